@@ -1,0 +1,64 @@
+# pairstore — build, test, demo, install.
+# `make demo` and `make test` work as the first command on a fresh Debian 12 machine:
+# missing Debian packages are installed when run as root (or listed with the exact
+# apt-get line otherwise) by .ci/deps.
+
+LUA        ?= lua5.4
+LUA_VERSION = 5.4
+PREFIX     ?= /usr/local
+DESTDIR    ?=
+LUA_CMOD   ?= $(PREFIX)/lib/lua/$(LUA_VERSION)
+LUA_LMOD   ?= $(PREFIX)/share/lua/$(LUA_VERSION)
+BINDIR     ?= $(PREFIX)/bin
+
+PKG_CONFIG ?= pkg-config
+CC         ?= cc
+CFLAGS     ?= -O2 -g
+WERROR     ?=
+PS_CFLAGS   = -std=c11 -D_GNU_SOURCE -fPIC -fvisibility=hidden \
+              -Wall -Wextra -Wshadow -Wmissing-prototypes -Wstrict-prototypes -pedantic $(WERROR) \
+              $(shell $(PKG_CONFIG) --cflags lua$(LUA_VERSION) libsodium 2>/dev/null)
+PS_LDFLAGS  = -shared
+PS_LIBS     = $(shell $(PKG_CONFIG) --libs libsodium 2>/dev/null || echo -lsodium)
+
+SRCS  = $(wildcard csrc/*.c)
+HDRS  = $(wildcard csrc/*.h)
+BUILD = build
+CORE  = $(BUILD)/pairstore/core.so
+
+# Run Lua against the in-tree build.
+export LUA_PATH  := $(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;;
+export LUA_CPATH := $(CURDIR)/$(BUILD)/?.so;;
+
+.PHONY: all deps test demo install uninstall clean lint
+
+all: $(CORE)
+
+$(CORE): $(SRCS) $(HDRS) Makefile
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(PS_CFLAGS) $(LDFLAGS) $(PS_LDFLAGS) -o $@ $(SRCS) $(PS_LIBS)
+
+deps:
+	@bash .ci/deps
+
+test: deps
+	@$(MAKE) --no-print-directory all
+	busted --lua=$(LUA) spec
+
+demo: deps
+	@$(MAKE) --no-print-directory all
+	$(LUA) examples/basic.lua
+
+lint:
+	luacheck lua spec examples
+
+install: $(CORE)
+	install -d $(DESTDIR)$(LUA_CMOD)/pairstore $(DESTDIR)$(LUA_LMOD)/pairstore
+	install -m 0755 $(CORE) $(DESTDIR)$(LUA_CMOD)/pairstore/core.so
+	install -m 0644 lua/pairstore/*.lua $(DESTDIR)$(LUA_LMOD)/pairstore/
+
+uninstall:
+	rm -rf $(DESTDIR)$(LUA_CMOD)/pairstore $(DESTDIR)$(LUA_LMOD)/pairstore
+
+clean:
+	rm -rf $(BUILD)

@@ -1,0 +1,1009 @@
+/*
+ * core.c — the Lua binding pairstore.core: the store userdata and the transaction that
+ * every operation runs (lock -> load -> validate -> prune -> act -> commit -> unlock), with
+ * Lua mutators called under the lock. Storage is reached only through a ps_backend.
+ */
+#include "pairstore.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <sodium.h>
+
+#define PS_STORE_MT "pairstore.store"
+#define PS_VERSION  "0.1.0"
+
+/* User values of a store userdata. */
+enum { UV_OPTS = 1, UV_ENCODE, UV_DECODE, UV_COUNT = UV_DECODE };
+
+static const char held_key = 'h'; /* registry: lock paths held by this Lua state */
+
+typedef struct ps_store {
+  ps_file f;
+  const ps_backend *be;
+  int max_sessions;
+} ps_store;
+
+typedef enum {
+  OP_GET, OP_LIST, OP_CREATE, OP_UPDATE, OP_TRANSITION, OP_FAILED_CODE, OP_VERIFY,
+  OP_CONSUME, OP_PRUNE,
+} ps_op;
+
+typedef struct ps_txn {
+  ps_store *s;
+  ps_op op;
+  int readonly;          /* get/list: write back only when pruning deleted something */
+  int64_t now;
+  int dirty;             /* in-memory sessions differ from the file */
+  int removed;           /* pruned away */
+  const char *outcome;   /* domain outcome: nil, outcome, outcome */
+  int failed;            /* system failure in err */
+  ps_err err;
+} ps_txn;
+
+/* Body stack: 1 = txn, 2 = store, 3.. = the method's arguments after self. */
+#define ARG(i) ((i) + 2)
+
+/* ---- helpers ------------------------------------------------------------------------------- */
+
+static ps_store *check_store(lua_State *L, int idx)
+{
+  ps_store *s = luaL_checkudata(L, idx, PS_STORE_MT);
+  if (!s->f.path) luaL_error(L, "pairstore: store is closed");
+  return s;
+}
+
+static void fail(ps_txn *t, const char *code, const char *msg)
+{
+  t->failed = 1;
+  ps_err_set(&t->err, code, "%s", msg);
+}
+
+/* Index of the session with this sid in the array at arr, or 0. */
+static lua_Integer find_sid(lua_State *L, int arr, const char *sid)
+{
+  lua_Integer n = (lua_Integer)lua_rawlen(L, arr), i;
+  for (i = 1; i <= n; i++) {
+    size_t len;
+    const char *s;
+    lua_rawgeti(L, arr, i);
+    s = ps_get_str(L, -1, "sid", &len);
+    lua_pop(L, 1);
+    if (s && strcmp(s, sid) == 0) return i;
+  }
+  return 0;
+}
+
+static int call_user(lua_State *L, int nargs, int nres);
+
+/* ---- load ------------------------------------------------------------------------------------ */
+
+static int shape_ok(lua_State *L, int doc, const char **why)
+{
+  lua_Integer n, count = 0;
+  doc = lua_absindex(L, doc);
+  *why = "top level must be an object";
+  if (lua_type(L, doc) != LUA_TTABLE) return 0;
+  lua_getfield(L, doc, "version");
+  n = lua_isinteger(L, -1) ? lua_tointeger(L, -1)
+      : (lua_type(L, -1) == LUA_TNUMBER && lua_tonumber(L, -1) == 1.0) ? 1 : -1;
+  lua_pop(L, 1);
+  *why = "version must be 1";
+  if (n != PS_FILE_VERSION) return 0;
+  *why = "sessions must be an array";
+  lua_getfield(L, doc, "sessions");
+  if (lua_type(L, -1) != LUA_TTABLE) { lua_pop(L, 1); return 0; }
+  n = (lua_Integer)lua_rawlen(L, -1);
+  lua_pushnil(L);
+  while (lua_next(L, -2) != 0) {
+    lua_pop(L, 1);
+    if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) < 1 || lua_tointeger(L, -1) > n) {
+      lua_pop(L, 2);
+      return 0;
+    }
+    count++;
+  }
+  lua_pop(L, 1);
+  if (count != n) return 0;
+  *why = "numbers must be finite";
+  if (!ps_check_value(L, doc, -2)) return 0; /* doc -2, sessions -1, each session 0 */
+  return 1;
+}
+
+static void quarantine(lua_State *L, ps_txn *t, const char *why)
+{
+  char moved[4096 + 64], detail[300];
+  ps_store *s = t->s;
+  (void)L;
+  if (s->be->quarantine(&s->f, ps_wall_ms(), moved, sizeof moved, &t->err) != 0) {
+    t->failed = 1;
+    return;
+  }
+  snprintf(detail, sizeof detail, "corrupt sessions file moved aside: %s", why);
+  ps_file_event(&s->f, "corrupt", detail, moved, 0, 0, 0);
+  t->dirty = 0;
+}
+
+/* Pushes the array of valid sessions (possibly empty), or sets t->failed. */
+static void load(lua_State *L, ps_txn *t)
+{
+  ps_store *s = t->s;
+  char *buf = NULL;
+  size_t len = 0;
+  int toobig = 0, rc, doc, arr;
+  ps_ident id;
+  const char *why = NULL;
+  lua_Integer n, i, kept = 0;
+  char reason[256];
+
+  rc = s->be->load(&s->f, &buf, &len, &toobig, &id, &t->err);
+  if (rc == PS_LOAD_ERROR) { t->failed = 1; return; }
+  if (rc == PS_LOAD_ABSENT) { lua_newtable(L); return; }
+  if (toobig) {
+    snprintf(reason, sizeof reason, "larger than %zu bytes", s->f.max_bytes);
+    quarantine(L, t, reason);
+    lua_newtable(L);
+    return;
+  }
+  lua_getiuservalue(L, 2, UV_DECODE);
+  lua_pushlstring(L, buf, len);
+  sodium_memzero(buf, len);
+  free(buf);
+  if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
+    snprintf(reason, sizeof reason, "invalid JSON (%s)",
+             lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "?");
+    lua_pop(L, 1);
+    quarantine(L, t, reason);
+    lua_newtable(L);
+    return;
+  }
+  doc = lua_gettop(L);
+  if (!shape_ok(L, doc, &why)) {
+    lua_pop(L, 1);
+    quarantine(L, t, why);
+    lua_newtable(L);
+    return;
+  }
+  lua_getfield(L, doc, "sessions");
+  arr = lua_gettop(L);
+  n = (lua_Integer)lua_rawlen(L, arr);
+  for (i = 1; i <= n; i++) {
+    lua_rawgeti(L, arr, i);
+    if (ps_validate_session(L, -1) == NULL) lua_rawseti(L, arr, ++kept);
+    else lua_pop(L, 1);
+  }
+  for (i = kept + 1; i <= n; i++) {
+    lua_pushnil(L);
+    lua_rawseti(L, arr, i);
+  }
+  if (kept < n) {
+    ps_file_event(&s->f, "invalid_dropped", "invalid session entries were dropped", s->f.path,
+                  (long)(n - kept), 0, 0);
+    t->dirty = 1;
+  }
+  lua_remove(L, doc);
+}
+
+/* ---- commit --------------------------------------------------------------------------------- */
+
+static void commit(lua_State *L, ps_txn *t, int arr)
+{
+  ps_store *s = t->s;
+  ps_buf b = { 0 };
+  ps_ident id;
+  lua_Integer n = (lua_Integer)lua_rawlen(L, arr), i;
+  int enc;
+
+  lua_getiuservalue(L, 2, UV_ENCODE);
+  enc = lua_gettop(L);
+  ps_buf_lit(&b, "{\"version\":1,\"sessions\":[");
+  for (i = 1; i <= n; i++) {
+    if (i > 1) ps_buf_lit(&b, ",");
+    lua_rawgeti(L, arr, i);
+    if (ps_encode_session(L, enc, -1, &b) != 0) {
+      lua_pop(L, 2);
+      ps_buf_free(&b);
+      fail(t, "invalid", "a session could not be encoded as JSON");
+      return;
+    }
+    lua_pop(L, 1);
+  }
+  ps_buf_lit(&b, "]}");
+  lua_pop(L, 1);
+  if (b.oom) {
+    ps_buf_free(&b);
+    fail(t, "io", "encode: out of memory (ENOMEM)");
+    return;
+  }
+  if (s->be->commit(&s->f, b.p, b.len, &id, &t->err) != 0) t->failed = 1;
+  ps_buf_free(&b);
+}
+
+/* ---- the operations, run under the lock ----------------------------------------------------- */
+
+/* Pushes a copy of the session at idx and returns 1. */
+static int push_copy(lua_State *L, int idx)
+{
+  ps_copy_value(L, idx, 0);
+  return 1;
+}
+
+static void touch_status(lua_State *L, int sess, const char *status, int64_t now)
+{
+  ps_set_str(L, sess, "status", status);
+  ps_set_int(L, sess, "lastStatusChangeAtMs", now);
+}
+
+static int act_list(lua_State *L, ps_txn *t, int arr);
+static int act_create(lua_State *L, ps_txn *t, int arr);
+static int act_update(lua_State *L, ps_txn *t, int arr, lua_Integer at, int sess);
+
+/* The per-sid operations: find the session, then act on it. */
+static int act_on_sid(lua_State *L, ps_txn *t, int arr)
+{
+  const char *sid = lua_tostring(L, ARG(1));
+  lua_Integer at = find_sid(L, arr, sid);
+  const char *status, *to;
+  int sess;
+  size_t len;
+
+  if (at == 0) {
+    t->outcome = "not_found";
+    return 0;
+  }
+  lua_rawgeti(L, arr, at);
+  sess = lua_gettop(L);
+  status = ps_get_str(L, sess, "status", &len);
+
+  switch (t->op) {
+  case OP_GET:
+    return push_copy(L, sess);
+
+  case OP_UPDATE:
+    return act_update(L, t, arr, at, sess);
+
+  case OP_TRANSITION:
+    to = lua_tostring(L, ARG(2));
+    if (strcmp(status, to) == 0) return push_copy(L, sess);
+    if (!ps_transition_allowed(status, to)) {
+      t->outcome = "illegal_transition";
+      return 0;
+    }
+    touch_status(L, sess, to, t->now);
+    t->dirty = 1;
+    return push_copy(L, sess);
+
+  case OP_FAILED_CODE:
+    if (ps_is_terminal(status)) return push_copy(L, sess); /* no counting after the end */
+    ps_set_int(L, sess, "secondaryCodeAttempts", ps_get_int(L, sess, "secondaryCodeAttempts") + 1);
+    if (ps_get_int(L, sess, "secondaryCodeAttempts") >= PS_MAX_CODE_ATTEMPTS)
+      touch_status(L, sess, "rejected", t->now);
+    t->dirty = 1;
+    return push_copy(L, sess);
+
+  case OP_VERIFY: {
+    const char *given = lua_tostring(L, ARG(2)), *code;
+    if (strcmp(status, "expired") == 0 || strcmp(status, "rejected") == 0) {
+      t->outcome = strcmp(status, "expired") == 0 ? "expired" : "rejected";
+      return 0;
+    }
+    if (strcmp(status, "consumed") == 0 || strcmp(status, "completed") == 0) {
+      t->outcome = "already_consumed";
+      return 0;
+    }
+    if (strcmp(status, "awaiting_scan") != 0 && strcmp(status, "device_connected") != 0) {
+      t->outcome = "illegal_transition";
+      return 0;
+    }
+    code = ps_get_str(L, sess, "secondaryCode", &len);
+    if (sodium_memcmp(code, given, 6) != 0) {
+      int64_t attempts = ps_get_int(L, sess, "secondaryCodeAttempts") + 1;
+      ps_set_int(L, sess, "secondaryCodeAttempts", attempts);
+      t->outcome = "wrong_code";
+      if (attempts >= PS_MAX_CODE_ATTEMPTS) {
+        touch_status(L, sess, "rejected", t->now);
+        t->outcome = "attempts_exhausted";
+      }
+      t->dirty = 1;
+      return 0;
+    }
+    if (strcmp(status, "awaiting_scan") == 0) {
+      touch_status(L, sess, "device_connected", t->now);
+      t->dirty = 1;
+    }
+    return push_copy(L, sess);
+  }
+
+  case OP_CONSUME:
+    if (t->now > ps_get_int(L, sess, "expiresAtMs")) t->outcome = "expired";
+    else if (!strcmp(status, "completed") || !strcmp(status, "consumed")) t->outcome = "already_consumed";
+    else if (!strcmp(status, "rejected")) t->outcome = "rejected";
+    else if (!strcmp(status, "expired")) t->outcome = "expired";
+    if (t->outcome) return 0;
+    push_copy(L, sess); /* the record as it was before */
+    touch_status(L, sess, "consumed", t->now);
+    t->dirty = 1;
+    return 1;
+
+  default:
+    return luaL_error(L, "pairstore: internal error: op %d", (int)t->op);
+  }
+}
+
+static int act_update(lua_State *L, ps_txn *t, int arr, lua_Integer at, int sess)
+{
+  const char *sid = lua_tostring(L, ARG(1)), *why, *newsid;
+  size_t len;
+  int res, copy;
+
+  push_copy(L, sess); /* the mutator's private copy; kept here to read back in-place edits */
+  copy = lua_gettop(L);
+  lua_pushvalue(L, ARG(2));
+  lua_pushvalue(L, copy);
+  if (call_user(L, 1, 1) != LUA_OK) {
+    ps_err_set(&t->err, "callback", "mutator failed: %s",
+               lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "(error object is not a string)");
+    t->failed = 1;
+    return 0;
+  }
+  res = lua_gettop(L);
+  if (lua_type(L, res) == LUA_TBOOLEAN && !lua_toboolean(L, res)) {
+    lua_Integer n = (lua_Integer)lua_rawlen(L, arr), i;
+    for (i = at; i < n; i++) {
+      lua_rawgeti(L, arr, i + 1);
+      lua_rawseti(L, arr, i);
+    }
+    lua_pushnil(L);
+    lua_rawseti(L, arr, n);
+    t->dirty = 1;
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  if (lua_isnil(L, res)) res = copy; /* edited in place */
+  if (lua_type(L, res) != LUA_TTABLE) {
+    fail(t, "invalid", "mutator must return a table, false or nothing");
+    return 0;
+  }
+  ps_copy_value(L, res, 0); /* what the caller keeps cannot change what we store */
+  res = lua_gettop(L);
+  why = ps_validate_session(L, res);
+  if (why) {
+    ps_err_set(&t->err, "invalid", "mutator result is not a valid session: %s", why);
+    t->failed = 1;
+    return 0;
+  }
+  newsid = ps_get_str(L, res, "sid", &len);
+  if (strcmp(newsid, sid) != 0) {
+    fail(t, "invalid", "mutator result is not a valid session: sid may not change");
+    return 0;
+  }
+  {
+    /* Encodable? (cjson rejects sparse arrays, functions, ...) */
+    ps_buf b = { 0 };
+    int enc, bad;
+    lua_getiuservalue(L, 2, UV_ENCODE);
+    enc = lua_gettop(L);
+    bad = ps_encode_session(L, enc, res, &b) != 0;
+    ps_buf_free(&b);
+    lua_pop(L, 1);
+    if (bad) {
+      fail(t, "invalid", "mutator result is not a valid session: not encodable as JSON");
+      return 0;
+    }
+  }
+  lua_pushvalue(L, res);
+  lua_rawseti(L, arr, at);
+  t->dirty = 1;
+  return push_copy(L, res);
+}
+
+static int cmp_entry(const void *a, const void *b);
+
+typedef struct { int64_t created; const char *sid; lua_Integer idx; } sort_entry;
+
+static int cmp_entry(const void *a, const void *b)
+{
+  const sort_entry *x = a, *y = b;
+  if (x->created != y->created) return x->created < y->created ? -1 : 1;
+  return strcmp(x->sid, y->sid);
+}
+
+static int act_list(lua_State *L, ps_txn *t, int arr)
+{
+  lua_Integer n = (lua_Integer)lua_rawlen(L, arr), i, k = 0;
+  int active_only = lua_toboolean(L, ARG(1));
+  sort_entry *e = malloc((size_t)(n ? n : 1) * sizeof *e);
+  (void)t;
+  if (!e) return luaL_error(L, "pairstore: out of memory");
+  for (i = 1; i <= n; i++) {
+    size_t len;
+    const char *status;
+    lua_rawgeti(L, arr, i);
+    status = ps_get_str(L, -1, "status", &len);
+    if (!active_only || !strcmp(status, "awaiting_scan") || !strcmp(status, "device_connected")) {
+      e[k].created = ps_get_int(L, -1, "createdAtMs");
+      e[k].sid = ps_get_str(L, -1, "sid", &len);
+      e[k].idx = i;
+      k++;
+    }
+    lua_pop(L, 1);
+  }
+  qsort(e, (size_t)k, sizeof *e, cmp_entry);
+  lua_createtable(L, (int)k, 0);
+  for (i = 0; i < k; i++) {
+    lua_rawgeti(L, arr, e[i].idx);
+    ps_copy_value(L, -1, 0);
+    lua_rawseti(L, -3, i + 1);
+    lua_pop(L, 1);
+  }
+  free(e);
+  return 1;
+}
+
+/* create(mode, operator, ttl, sid_hex|nil, sk_raw|nil, code|nil) */
+static int act_create(lua_State *L, ps_txn *t, int arr)
+{
+  lua_Integer n = (lua_Integer)lua_rawlen(L, arr), i, live = 0;
+  char sid[33], code[7], sk[44], pk[44];
+  unsigned char skraw[32];
+  size_t len;
+  int64_t ttl = (int64_t)lua_tointeger(L, ARG(3));
+  int tries;
+
+  for (i = 1; i <= n; i++) {
+    lua_rawgeti(L, arr, i);
+    if (!ps_is_terminal(ps_get_str(L, -1, "status", &len))) live++;
+    lua_pop(L, 1);
+  }
+  if (live >= t->s->max_sessions) {
+    ps_err_set(&t->err, "limit", "too many live sessions (max_sessions = %d)", t->s->max_sessions);
+    t->failed = 1;
+    return 0;
+  }
+  if (lua_isstring(L, ARG(4))) {
+    snprintf(sid, sizeof sid, "%s", lua_tostring(L, ARG(4)));
+    if (find_sid(L, arr, sid)) {
+      fail(t, "invalid", "the sid hook returned a sid that is already in use");
+      return 0;
+    }
+  } else {
+    for (tries = 0;; tries++) {
+      ps_random_hex(sid, 16);
+      if (!find_sid(L, arr, sid)) break;
+      if (tries > 8) { fail(t, "invalid", "could not draw an unused sid"); return 0; }
+    }
+  }
+  if (lua_isstring(L, ARG(5))) {
+    memcpy(skraw, lua_tolstring(L, ARG(5), &len), sizeof skraw);
+    ps_keypair_b64u(sk, pk, skraw);
+    sodium_memzero(skraw, sizeof skraw);
+  } else {
+    ps_keypair_b64u(sk, pk, NULL);
+  }
+  if (lua_isstring(L, ARG(6))) snprintf(code, sizeof code, "%s", lua_tostring(L, ARG(6)));
+  else ps_random_code(code);
+
+  lua_createtable(L, 0, 12);
+  ps_set_str(L, -1, "sid", sid);
+  ps_set_str(L, -1, "skGatewayB64", sk);
+  ps_set_str(L, -1, "pkGatewayB64", pk);
+  ps_set_int(L, -1, "createdAtMs", t->now);
+  ps_set_int(L, -1, "expiresAtMs", t->now + ttl);
+  ps_set_str(L, -1, "secondaryCode", code);
+  ps_set_int(L, -1, "secondaryCodeAttempts", 0);
+  ps_copy_value(L, ARG(2), 0);
+  lua_setfield(L, -2, "operatorContext");
+  lua_pushvalue(L, ARG(1));
+  lua_setfield(L, -2, "mode");
+  ps_set_str(L, -1, "status", "awaiting_scan");
+  ps_set_int(L, -1, "lastStatusChangeAtMs", t->now);
+  sodium_memzero(sk, sizeof sk);
+  sodium_memzero(code, sizeof code);
+  lua_pushvalue(L, -1);
+  lua_rawseti(L, arr, n + 1);
+  t->dirty = 1;
+  return push_copy(L, lua_gettop(L));
+}
+
+/* ---- the transaction -------------------------------------------------------------------------- */
+
+static int read_clock(lua_State *L, ps_txn *t)
+{
+  int isnum = 0;
+  lua_Integer v;
+  lua_getiuservalue(L, 2, UV_OPTS);
+  lua_getfield(L, -1, "now");
+  lua_remove(L, -2);
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    t->now = ps_wall_ms();
+    return 0;
+  }
+  if (call_user(L, 0, 1) != LUA_OK) {
+    ps_err_set(&t->err, "callback", "clock failed: %s",
+               lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "?");
+    t->failed = 1;
+    lua_pop(L, 1);
+    return -1;
+  }
+  v = lua_tointegerx(L, -1, &isnum);
+  lua_pop(L, 1);
+  if (!isnum) {
+    fail(t, "invalid", "the clock must return an integer number of milliseconds");
+    return -1;
+  }
+  t->now = (int64_t)v;
+  return 0;
+}
+
+static int txn_body(lua_State *L)
+{
+  ps_txn *t = lua_touserdata(L, 1);
+  int arr, nres = 0, expired = 0;
+
+  if (read_clock(L, t) != 0) return 0;
+  load(L, t);
+  if (t->failed) return 0;
+  arr = lua_gettop(L);
+  t->removed = ps_prune(L, arr, t->now, &expired);
+  if (t->removed || expired) t->dirty = 1;
+
+  switch (t->op) {
+  case OP_LIST:   nres = act_list(L, t, arr); break;
+  case OP_CREATE: nres = act_create(L, t, arr); break;
+  case OP_PRUNE:
+    lua_pushinteger(L, t->removed);
+    nres = 1;
+    break;
+  default:        nres = act_on_sid(L, t, arr); break;
+  }
+  if (t->failed) return 0;
+  if (t->readonly ? t->removed > 0 : t->dirty) {
+    commit(L, t, arr);
+    if (t->failed) return 0;
+  }
+  return nres;
+}
+
+static void deliver_events(lua_State *L, ps_store *s, int self)
+{
+  int i;
+  if (s->f.nevents == 0) return;
+  lua_getiuservalue(L, self, UV_OPTS);
+  lua_getfield(L, -1, "on_event");
+  lua_remove(L, -2);
+  for (i = 0; i < s->f.nevents && lua_isfunction(L, -1); i++) {
+    ps_event *ev = &s->f.events[i];
+    lua_pushvalue(L, -1);
+    lua_pushstring(L, ev->name);
+    lua_createtable(L, 0, 5);
+    lua_pushstring(L, ev->detail);
+    lua_setfield(L, -2, "message");
+    if (ev->path[0]) { lua_pushstring(L, ev->path); lua_setfield(L, -2, "path"); }
+    if (ev->count) { lua_pushinteger(L, ev->count); lua_setfield(L, -2, "count"); }
+    if (!strcmp(ev->name, "lock_broken")) {
+      lua_pushinteger(L, ev->age_ms); lua_setfield(L, -2, "age_ms");
+      lua_pushinteger(L, ev->pid); lua_setfield(L, -2, "pid");
+    }
+    if (call_user(L, 2, 0) != LUA_OK) lua_pop(L, 1); /* a failing listener changes nothing */
+  }
+  lua_pop(L, 1);
+  s->f.nevents = 0;
+}
+
+static int held_get(lua_State *L, ps_store *s)
+{
+  int held;
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &held_key);
+  lua_getfield(L, -1, s->f.lockpath);
+  held = lua_toboolean(L, -1);
+  lua_pop(L, 2);
+  return held;
+}
+
+static void held_set(lua_State *L, ps_store *s, int on)
+{
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &held_key);
+  if (on) lua_pushboolean(L, 1);
+  else lua_pushnil(L);
+  lua_setfield(L, -2, s->f.lockpath);
+  lua_pop(L, 1);
+}
+
+/* Runs op as one transaction; the method's arguments are 1..top (1 = self). */
+static int run(lua_State *L, ps_op op, int readonly)
+{
+  ps_store *s = check_store(L, 1);
+  int nargs = lua_gettop(L), i, status, base;
+  ps_txn t;
+
+  memset(&t, 0, sizeof t);
+  t.s = s;
+  t.op = op;
+  t.readonly = readonly;
+  s->f.nevents = 0;
+  if (held_get(L, s)) {
+    ps_err_set(&t.err, "reentrant",
+               "store call made while this process holds the lock on %s (from inside a mutator?)",
+               s->f.path);
+    return ps_push_err(L, &t.err);
+  }
+  if (s->be->lock(&s->f, &t.err) != 0) {
+    deliver_events(L, s, 1);
+    return ps_push_err(L, &t.err);
+  }
+  held_set(L, s, 1);
+
+  base = lua_gettop(L);
+  lua_pushcfunction(L, txn_body);
+  lua_pushlightuserdata(L, &t);
+  for (i = 1; i <= nargs; i++) lua_pushvalue(L, i);
+  status = lua_pcall(L, nargs + 1, LUA_MULTRET, 0);
+
+  s->be->unlock(&s->f);
+  held_set(L, s, 0);
+  if (status != LUA_OK) return lua_error(L); /* out of memory or a bug: lock already released */
+  deliver_events(L, s, 1);
+  if (t.failed) return ps_push_err(L, &t.err);
+  if (t.outcome) {
+    lua_settop(L, base);
+    lua_pushnil(L);
+    lua_pushstring(L, t.outcome);
+    lua_pushstring(L, t.outcome);
+    return 3;
+  }
+  return lua_gettop(L) - base;
+}
+
+/* ---- calling Lua from C ------------------------------------------------------------------------- */
+
+static int traceback(lua_State *L)
+{
+  const char *msg = lua_tostring(L, 1);
+  if (!msg) msg = luaL_typename(L, 1);
+  luaL_traceback(L, L, msg, 1);
+  return 1;
+}
+
+/* lua_pcall of the function below its nargs arguments, with a traceback handler. On error
+ * the message (with traceback) is left on the stack. */
+static int call_user(lua_State *L, int nargs, int nres)
+{
+  int base = lua_gettop(L) - nargs, status;
+  lua_pushcfunction(L, traceback);
+  lua_insert(L, base);
+  status = lua_pcall(L, nargs, nres, base);
+  lua_remove(L, base);
+  return status;
+}
+
+/* ---- methods ------------------------------------------------------------------------------- */
+
+static int m_get(lua_State *L)
+{
+  luaL_checkstring(L, 2);
+  lua_settop(L, 2);
+  return run(L, OP_GET, 1);
+}
+
+static int m_list(lua_State *L)
+{
+  lua_settop(L, 2);
+  return run(L, OP_LIST, 1);
+}
+
+static int m_create(lua_State *L)
+{
+  luaL_checkstring(L, 2);
+  luaL_checktype(L, 3, LUA_TTABLE);
+  luaL_checkinteger(L, 4);
+  lua_settop(L, 7);
+  return run(L, OP_CREATE, 0);
+}
+
+static int m_update(lua_State *L)
+{
+  luaL_checkstring(L, 2);
+  luaL_checktype(L, 3, LUA_TFUNCTION);
+  lua_settop(L, 3);
+  return run(L, OP_UPDATE, 0);
+}
+
+static int m_transition(lua_State *L)
+{
+  luaL_checkstring(L, 2);
+  if (!ps_is_known_status(luaL_checkstring(L, 3))) return luaL_argerror(L, 3, "unknown status");
+  lua_settop(L, 3);
+  return run(L, OP_TRANSITION, 0);
+}
+
+static int m_failed_code(lua_State *L)
+{
+  luaL_checkstring(L, 2);
+  lua_settop(L, 2);
+  return run(L, OP_FAILED_CODE, 0);
+}
+
+static int m_verify(lua_State *L)
+{
+  size_t n;
+  const char *code;
+  luaL_checkstring(L, 2);
+  code = luaL_checklstring(L, 3, &n);
+  if (n != 6 || strspn(code, "0123456789") != 6) {
+    lua_pushnil(L);
+    lua_pushstring(L, "bad_code");
+    lua_pushstring(L, "bad_code");
+    return 3;
+  }
+  lua_settop(L, 3);
+  return run(L, OP_VERIFY, 0);
+}
+
+static int m_consume(lua_State *L)
+{
+  luaL_checkstring(L, 2);
+  lua_settop(L, 2);
+  return run(L, OP_CONSUME, 0);
+}
+
+static int m_prune(lua_State *L)
+{
+  lua_settop(L, 1);
+  return run(L, OP_PRUNE, 0);
+}
+
+static int m_close(lua_State *L)
+{
+  ps_store *s = luaL_checkudata(L, 1, PS_STORE_MT);
+  if (s->f.lock.fd >= 0) s->be->unlock(&s->f);
+  free(s->f.path);
+  free(s->f.lockpath);
+  free(s->f.dir);
+  s->f.path = s->f.lockpath = s->f.dir = NULL;
+  return 0;
+}
+
+static int m_path(lua_State *L)
+{
+  ps_store *s = check_store(L, 1);
+  lua_pushstring(L, s->f.path);
+  return 1;
+}
+
+static int m_tostring(lua_State *L)
+{
+  ps_store *s = luaL_checkudata(L, 1, PS_STORE_MT);
+  lua_pushfstring(L, "pairstore.store (%s)", s->f.path ? s->f.path : "closed");
+  return 1;
+}
+
+/* ---- module functions ---------------------------------------------------------------------- */
+
+static int opt_int(lua_State *L, int opts, const char *key, int dflt, int lo, int hi)
+{
+  lua_Integer v;
+  int isnum;
+  lua_getfield(L, opts, key);
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    return dflt;
+  }
+  v = lua_tointegerx(L, -1, &isnum);
+  lua_pop(L, 1);
+  if (!isnum || v < lo || v > hi)
+    return luaL_error(L, "pairstore.open: option %s must be an integer in [%d, %d]", key, lo, hi);
+  return (int)v;
+}
+
+/* open(path, opts) -> store. opts: the normalised options table (kept as a user value). */
+static int f_open(lua_State *L)
+{
+  size_t len;
+  const char *path = luaL_checklstring(L, 1, &len);
+  ps_store *s;
+  char *abs, *slash;
+  char cwd[4096];
+
+  luaL_checktype(L, 2, LUA_TTABLE);
+  luaL_argcheck(L, len > 0 && len < 3500 && strlen(path) == len, 1, "invalid path");
+  luaL_argcheck(L, path[len - 1] != '/', 1, "path names a directory");
+
+  s = lua_newuserdatauv(L, sizeof *s, UV_COUNT);
+  memset(s, 0, sizeof *s);
+  s->f.lock.fd = -1;
+  s->be = &ps_file_backend;
+  luaL_setmetatable(L, PS_STORE_MT); /* before any resource is acquired */
+
+  s->f.lock_wait_ms = opt_int(L, 2, "lock_wait_ms", PS_LOCK_WAIT_MS, 0, 3600000);
+  s->f.lock_stale_ms = opt_int(L, 2, "lock_stale_ms", PS_LOCK_STALE_MS, 1, INT_MAX);
+  s->max_sessions = opt_int(L, 2, "max_sessions", PS_MAX_SESSIONS, 1, INT_MAX);
+  s->f.max_bytes = (size_t)opt_int(L, 2, "max_file_bytes", (int)PS_MAX_FILE_BYTES, 64, INT_MAX);
+  lua_getfield(L, 2, "durable");
+  s->f.durable = lua_isnil(L, -1) ? 1 : lua_toboolean(L, -1);
+  lua_pop(L, 1);
+
+  if (path[0] == '/') {
+    abs = strdup(path);
+  } else {
+    if (!getcwd(cwd, sizeof cwd)) return luaL_error(L, "pairstore.open: getcwd failed");
+    abs = malloc(strlen(cwd) + len + 2);
+    if (abs) sprintf(abs, "%s/%s", cwd, path);
+  }
+  if (!abs) return luaL_error(L, "pairstore.open: out of memory");
+  s->f.path = abs;
+  s->f.lockpath = malloc(strlen(abs) + 6);
+  s->f.dir = strdup(abs);
+  if (!s->f.lockpath || !s->f.dir) return luaL_error(L, "pairstore.open: out of memory");
+  sprintf(s->f.lockpath, "%s.lock", abs);
+  slash = strrchr(s->f.dir, '/');
+  if (slash == s->f.dir) slash[1] = '\0';
+  else *slash = '\0';
+  s->f.base = strrchr(s->f.path, '/') + 1;
+
+  lua_pushvalue(L, 2);
+  lua_setiuservalue(L, -2, UV_OPTS);
+  lua_getfield(L, lua_upvalueindex(1), "encode");
+  lua_setiuservalue(L, -2, UV_ENCODE);
+  lua_getfield(L, lua_upvalueindex(1), "decode");
+  lua_setiuservalue(L, -2, UV_DECODE);
+  return 1;
+}
+
+static int f_redact(lua_State *L)
+{
+  luaL_checktype(L, 1, LUA_TTABLE);
+  ps_copy_value(L, 1, 0);
+  lua_pushliteral(L, "[redacted]");
+  lua_setfield(L, -2, "skGatewayB64");
+  lua_pushliteral(L, "[redacted]");
+  lua_setfield(L, -2, "secondaryCode");
+  return 1;
+}
+
+static int f_is_terminal(lua_State *L)
+{
+  lua_pushboolean(L, ps_is_terminal(luaL_checkstring(L, 1)));
+  return 1;
+}
+
+static int f_clamp_ttl(lua_State *L)
+{
+  lua_Integer ttl = PS_DEFAULT_TTL_MS;
+  if (lua_type(L, 1) == LUA_TNUMBER) {
+    lua_Number d = lua_tonumber(L, 1);
+    if (lua_isinteger(L, 1)) {
+      lua_Integer v = lua_tointeger(L, 1);
+      if (v > 0) ttl = v;
+    } else if (d > 0 && !isnan(d)) {
+      ttl = d >= (lua_Number)PS_MAX_TTL_MS ? PS_MAX_TTL_MS : (lua_Integer)d;
+    }
+  }
+  if (ttl < PS_MIN_TTL_MS) ttl = PS_MIN_TTL_MS;
+  if (ttl > PS_MAX_TTL_MS) ttl = PS_MAX_TTL_MS;
+  lua_pushinteger(L, ttl);
+  return 1;
+}
+
+static int f_fault(lua_State *L)
+{
+  ps_fault_arm((long)luaL_optinteger(L, 1, 0), (int)luaL_optinteger(L, 2, 0), lua_toboolean(L, 3));
+  return 0;
+}
+
+static int f_fault_state(lua_State *L)
+{
+  lua_pushboolean(L, ps_fault_available());
+  lua_pushinteger(L, ps_fault_calls());
+  lua_pushboolean(L, ps_fault_hit());
+  return 3;
+}
+
+static int f_errno(lua_State *L)
+{
+  static const struct { const char *name; int value; } names[] = {
+    { "ENOSPC", ENOSPC }, { "EIO", EIO }, { "EACCES", EACCES }, { "EDQUOT", EDQUOT },
+    { "EROFS", EROFS }, { "EINTR", EINTR }, { "EFBIG", EFBIG }, { "EPERM", EPERM },
+  };
+  const char *n = luaL_checkstring(L, 1);
+  size_t i;
+  for (i = 0; i < sizeof names / sizeof names[0]; i++)
+    if (!strcmp(names[i].name, n)) {
+      lua_pushinteger(L, names[i].value);
+      return 1;
+    }
+  return luaL_argerror(L, 1, "unknown errno name");
+}
+
+static const luaL_Reg store_methods[] = {
+  { "get", m_get }, { "list", m_list }, { "create", m_create }, { "update", m_update },
+  { "transition", m_transition }, { "register_failed_code", m_failed_code },
+  { "verify_code", m_verify }, { "consume", m_consume }, { "prune", m_prune },
+  { "close", m_close }, { "path", m_path }, { NULL, NULL },
+};
+
+static const luaL_Reg module_funcs[] = {
+  { "redact", f_redact }, { "is_terminal", f_is_terminal }, { "clamp_ttl", f_clamp_ttl },
+  { "_fault", f_fault }, { "_fault_state", f_fault_state }, { "_errno", f_errno },
+  { NULL, NULL },
+};
+
+static void set_int(lua_State *L, const char *name, lua_Integer v)
+{
+  lua_pushinteger(L, v);
+  lua_setfield(L, -2, name);
+}
+
+static void json_cfg(lua_State *L, const char *name, int is_bool, int value)
+{
+  lua_getfield(L, -1, name);
+  if (is_bool) lua_pushboolean(L, value);
+  else lua_pushinteger(L, value);
+  lua_call(L, 1, 0);
+}
+
+/* A private cjson instance, strict: no NaN/Infinity/hex numbers, shallow nesting. The host's
+ * shared cjson module keeps its own settings. */
+static void push_json(lua_State *L)
+{
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "cjson");
+  lua_call(L, 1, 1);
+  lua_getfield(L, -1, "new");
+  lua_call(L, 0, 1);
+  lua_remove(L, -2);
+  json_cfg(L, "decode_invalid_numbers", 1, 0);
+  json_cfg(L, "encode_invalid_numbers", 1, 0);
+  json_cfg(L, "decode_max_depth", 0, PS_MAX_DEPTH + 4);
+  json_cfg(L, "encode_max_depth", 0, PS_MAX_DEPTH + 4);
+}
+
+int luaopen_pairstore_core(lua_State *L);
+
+__attribute__((visibility("default"))) int luaopen_pairstore_core(lua_State *L)
+{
+  if (sodium_init() < 0) return luaL_error(L, "pairstore: libsodium failed to initialise");
+
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &held_key);
+  if (lua_isnil(L, -1)) {
+    lua_newtable(L);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &held_key);
+  }
+  lua_pop(L, 1);
+
+  if (luaL_newmetatable(L, PS_STORE_MT)) {
+    luaL_newlib(L, store_methods);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, m_close);
+    lua_setfield(L, -2, "__gc");
+    lua_pushcfunction(L, m_close);
+    lua_setfield(L, -2, "__close");
+    lua_pushcfunction(L, m_tostring);
+    lua_setfield(L, -2, "__tostring");
+  }
+  lua_pop(L, 1);
+
+  luaL_newlib(L, module_funcs);
+  push_json(L);
+  lua_pushcclosure(L, f_open, 1);
+  lua_setfield(L, -2, "open");
+  ps_crypto_register(L);
+  set_int(L, "FILE_VERSION", PS_FILE_VERSION);
+  set_int(L, "DEFAULT_TTL_MS", PS_DEFAULT_TTL_MS);
+  set_int(L, "MIN_TTL_MS", PS_MIN_TTL_MS);
+  set_int(L, "MAX_TTL_MS", PS_MAX_TTL_MS);
+  set_int(L, "TERMINAL_RETENTION_MS", PS_TERMINAL_RETENTION_MS);
+  set_int(L, "MAX_CODE_ATTEMPTS", PS_MAX_CODE_ATTEMPTS);
+  set_int(L, "LOCK_STALE_MS", PS_LOCK_STALE_MS);
+  set_int(L, "LOCK_WAIT_MS", PS_LOCK_WAIT_MS);
+  set_int(L, "MAX_SESSIONS", PS_MAX_SESSIONS);
+  set_int(L, "MAX_FILE_BYTES", PS_MAX_FILE_BYTES);
+  lua_pushliteral(L, PS_VERSION);
+  lua_setfield(L, -2, "_VERSION");
+  return 1;
+}

@@ -1,0 +1,282 @@
+/*
+ * file.c — the file backend: bounded reads that never follow a symlink or block on a FIFO,
+ * atomic durable replacement (temp O_EXCL -> write -> fsync -> close -> fence -> rename ->
+ * fsync dir), quarantine of corrupt files, mkdir -p with 0700, and the orphan sweep.
+ */
+#include "pairstore.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <sodium.h>
+
+void ps_file_event(ps_file *f, const char *name, const char *detail, const char *path,
+                   long count, long age_ms, long pid)
+{
+  ps_event *ev;
+  if (f->nevents >= PS_MAX_EVENTS) return;
+  ev = &f->events[f->nevents++];
+  snprintf(ev->name, sizeof ev->name, "%s", name);
+  snprintf(ev->detail, sizeof ev->detail, "%s", detail ? detail : "");
+  snprintf(ev->path, sizeof ev->path, "%s", path ? path : "");
+  ev->count = count;
+  ev->age_ms = age_ms;
+  ev->pid = pid;
+}
+
+int ps_mkdir_p(const char *dir, ps_err *e)
+{
+  char buf[4096];
+  size_t n = strlen(dir), i;
+  struct stat st;
+
+  if (n == 0 || n >= sizeof buf) {
+    ps_err_set(e, "io", "directory path too long");
+    return -1;
+  }
+  memcpy(buf, dir, n + 1);
+  for (i = 1; i <= n; i++) {
+    if (buf[i] != '/' && buf[i] != '\0') continue;
+    buf[i] = '\0';
+    if (ps_mkdir(buf, 0700) == 0) {
+      /* umask may have narrowed it (0277 would make it unusable): a new level is 0700. */
+      if (ps_chmod(buf, 0700) != 0) {
+        ps_err_sys(e, errno, "chmod", buf);
+        return -1;
+      }
+    } else if (errno != EEXIST) {
+      ps_err_sys(e, errno, "mkdir", buf);
+      return -1;
+    }
+    if (i < n) buf[i] = '/';
+  }
+  if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
+    ps_err_set(e, "io", "mkdir %s: not a directory (ENOTDIR)", dir);
+    return -1;
+  }
+  return 0;
+}
+
+static int file_load(ps_file *f, char **out, size_t *outlen, int *toobig, ps_ident *id,
+                     ps_err *e)
+{
+  struct stat st;
+  char *buf;
+  size_t len = 0, want;
+  int fd;
+
+  *out = NULL;
+  *outlen = 0;
+  *toobig = 0;
+  id->valid = 0;
+  do {
+    fd = ps_open(f->path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0);
+  } while (fd < 0 && errno == EINTR);
+  if (fd < 0) {
+    if (errno == ENOENT) return PS_LOAD_ABSENT;
+    if (errno == ELOOP) {
+      ps_err_set(e, "io", "open %s: is a symbolic link; refusing to follow it (ELOOP)", f->path);
+      return PS_LOAD_ERROR;
+    }
+    ps_err_sys(e, errno, "open", f->path);
+    return PS_LOAD_ERROR;
+  }
+  if (ps_fstat(fd, &st) != 0) {
+    ps_err_sys(e, errno, "stat", f->path);
+    close(fd);
+    return PS_LOAD_ERROR;
+  }
+  if (!S_ISREG(st.st_mode)) {
+    ps_err_set(e, "io", "open %s: not a regular file; refusing to use it", f->path);
+    close(fd);
+    return PS_LOAD_ERROR;
+  }
+  id->dev = st.st_dev;
+  id->ino = st.st_ino;
+  id->size = st.st_size;
+  id->mtime = st.st_mtim;
+  if ((uintmax_t)st.st_size > f->max_bytes) {
+    close(fd);
+    *toobig = 1;
+    id->valid = 1;
+    return PS_LOAD_OK;
+  }
+  want = (size_t)st.st_size;
+  buf = malloc(want + 1);
+  if (!buf) {
+    close(fd);
+    ps_err_set(e, "io", "read %s: out of memory (ENOMEM)", f->path);
+    return PS_LOAD_ERROR;
+  }
+  while (len < want) {
+    ssize_t r = ps_read(fd, buf + len, want - len);
+    if (r < 0) {
+      int saved = errno;
+      if (saved == EINTR) continue;
+      sodium_memzero(buf, want + 1);
+      free(buf);
+      close(fd);
+      ps_err_sys(e, saved, "read", f->path);
+      return PS_LOAD_ERROR;
+    }
+    if (r == 0) break;
+    len += (size_t)r;
+  }
+  close(fd);
+  buf[len] = '\0';
+  id->valid = 1;
+  *out = buf;
+  *outlen = len;
+  return PS_LOAD_OK;
+}
+
+static int file_quarantine(ps_file *f, int64_t now_ms, char *moved_to, size_t n, ps_err *e)
+{
+  int i, fd;
+  for (i = 0; i < 100; i++) {
+    struct stat st;
+    if (i == 0) snprintf(moved_to, n, "%s.corrupt-%lld", f->path, (long long)now_ms);
+    else snprintf(moved_to, n, "%s.corrupt-%lld-%d", f->path, (long long)now_ms, i);
+    if (lstat(moved_to, &st) != 0 && errno == ENOENT) break;
+  }
+  if (ps_rename(f->path, moved_to) != 0) {
+    ps_err_sys(e, errno, "move corrupt file aside", f->path);
+    return -1;
+  }
+  fd = open(moved_to, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+  if (fd >= 0) {
+    fchmod(fd, 0600);
+    close(fd);
+  }
+  return 0;
+}
+
+static int write_all(int fd, const char *p, size_t n)
+{
+  while (n > 0) {
+    ssize_t w = ps_write(fd, p, n);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      return -1;
+    }
+    if (w == 0) { errno = EIO; return -1; }
+    p += w;
+    n -= (size_t)w;
+  }
+  return 0;
+}
+
+static int fsync_dir(ps_file *f, ps_err *e)
+{
+  int fd = ps_open(f->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0), rc = 0;
+  if (fd < 0) {
+    ps_err_sys(e, errno, "open directory", f->dir);
+    return -1;
+  }
+  if (ps_fsync(fd) != 0) {
+    ps_err_sys(e, errno, "fsync directory", f->dir);
+    rc = -1;
+  }
+  close(fd);
+  return rc;
+}
+
+static int file_commit(ps_file *f, const char *buf, size_t len, ps_ident *id, ps_err *e)
+{
+  char tmp[4096 + 64], rnd[17];
+  struct stat st;
+  int fd;
+
+  id->valid = 0;
+  ps_random_hex(rnd, 8);
+  snprintf(tmp, sizeof tmp, "%s.tmp-%ld-%s", f->path, (long)getpid(), rnd);
+  do {
+    fd = ps_open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+  } while (fd < 0 && errno == EINTR);
+  if (fd < 0) {
+    ps_err_sys(e, errno, "create temp file for", f->path);
+    return -1;
+  }
+  if (ps_fchmod(fd, 0600) != 0) { ps_err_sys(e, errno, "chmod temp file for", f->path); goto fail; }
+  if (write_all(fd, buf, len) != 0) { ps_err_sys(e, errno, "write temp file for", f->path); goto fail; }
+  if (f->durable && ps_fsync(fd) != 0) { ps_err_sys(e, errno, "fsync temp file for", f->path); goto fail; }
+  if (ps_fstat(fd, &st) != 0) { ps_err_sys(e, errno, "stat temp file for", f->path); goto fail; }
+  if (ps_close(fd) != 0 && errno != EINTR) {
+    fd = -1;
+    ps_err_sys(e, errno, "close temp file for", f->path);
+    goto fail;
+  }
+  fd = -1;
+  if (ps_lock_fence(f, e) != 0) goto fail;
+  if (ps_rename(tmp, f->path) != 0) { ps_err_sys(e, errno, "rename temp file onto", f->path); goto fail; }
+  id->valid = 1;
+  id->dev = st.st_dev;
+  id->ino = st.st_ino;
+  id->size = st.st_size;
+  id->mtime = st.st_mtim;
+  if (f->durable && fsync_dir(f, e) != 0) {
+    id->valid = 0; /* published, but not known to be durable: report it */
+    return -1;
+  }
+  return 0;
+fail:
+  if (fd >= 0) close(fd);
+  unlink(tmp);
+  return -1;
+}
+
+/* Remove temp, break and candidate files that killed processes left behind. Runs only
+ * while holding the lock, when no honest writer can be in the middle of one. */
+void ps_sweep_orphans(ps_file *f)
+{
+  char tprefix[512], bprefix[512], nprefix[512];
+  size_t tl, bl, nl;
+  const char *lockbase = strrchr(f->lockpath, '/');
+  struct dirent *d;
+  long removed = 0;
+  int dfd;
+  DIR *dir;
+
+  lockbase = lockbase ? lockbase + 1 : f->lockpath;
+  tl = (size_t)snprintf(tprefix, sizeof tprefix, "%s.tmp-", f->base);
+  bl = (size_t)snprintf(bprefix, sizeof bprefix, "%s.break-", lockbase);
+  nl = (size_t)snprintf(nprefix, sizeof nprefix, "%s.new-", lockbase);
+  dfd = open(f->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd < 0) return;
+  dir = fdopendir(dfd);
+  if (!dir) { close(dfd); return; }
+  while ((d = readdir(dir)) != NULL) {
+    struct stat st;
+    int is_new = strncmp(d->d_name, nprefix, nl) == 0;
+    if (strncmp(d->d_name, tprefix, tl) != 0 && strncmp(d->d_name, bprefix, bl) != 0 && !is_new)
+      continue;
+    if (fstatat(dfd, d->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0) continue;
+    if (!S_ISREG(st.st_mode) || st.st_uid != geteuid()) continue;
+    /* A candidate lock may belong to a live contender: only old ones are orphans. */
+    if (is_new && ps_wall_ms() - ((int64_t)st.st_mtim.tv_sec * 1000) < f->lock_stale_ms) continue;
+    if (unlinkat(dfd, d->d_name, 0) == 0) removed++;
+  }
+  closedir(dir);
+  if (removed) ps_file_event(f, "orphans_swept", "temporary files of killed writers removed",
+                             f->dir, removed, 0, 0);
+}
+
+static int file_lock(ps_file *f, ps_err *e)
+{
+  if (ps_lock_acquire(f, e) != 0) return -1;
+  if (!f->swept) {
+    ps_sweep_orphans(f);
+    f->swept = 1;
+  }
+  return 0;
+}
+
+const ps_backend ps_file_backend = {
+  "file", file_lock, ps_lock_release, file_load, file_quarantine, file_commit,
+};

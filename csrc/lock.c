@@ -1,0 +1,296 @@
+/*
+ * lock.c — the cross-process lock: a sentinel "<path>.lock" holding "<pid>\n", exactly what
+ * the reference implementation creates and honours, published already flock()ed so that a
+ * live pairstore holder can be told from a dead one. See locking-and-writes.md.
+ *
+ * A pairstore sentinel is marked by its owner-execute bit (mode 0500): the reference creates
+ * its sentinel with open(..., 0666) & ~umask, which can never carry an execute bit. So:
+ *   flock busy                      -> a live pairstore holder: wait, never break;
+ *   flock free, execute bit set     -> a crashed pairstore holder: break at once;
+ *   flock free, no execute bit      -> a reference holder: break only when its mtime is more
+ *                                      than lock_stale_ms away from now, in either direction.
+ */
+#include "pairstore.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/inotify.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define PS_SENTINEL_MODE 0500
+#define PS_WAIT_SLICE_MS 100   /* longest sleep between checks when inotify wakes us */
+#define PS_POLL_SLICE_MS 5     /* longest sleep between checks without inotify */
+
+enum { INSPECT_RETRY, INSPECT_WAIT, INSPECT_ERROR };
+
+static int64_t mtime_ms(const struct stat *st)
+{
+  return (int64_t)st->st_mtim.tv_sec * 1000 + st->st_mtim.tv_nsec / 1000000;
+}
+
+static int write_all(int fd, const char *p, size_t n)
+{
+  while (n > 0) {
+    ssize_t w = ps_write(fd, p, n);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      return -1;
+    }
+    if (w == 0) { errno = EIO; return -1; }
+    p += w;
+    n -= (size_t)w;
+  }
+  return 0;
+}
+
+/* The candidate sentinel: a private file holding "<pid>\n", mode 0500, flock(LOCK_EX).
+ * Preferably an unnamed O_TMPFILE; otherwise a uniquely named file (named is set). */
+static int make_candidate(ps_file *f, char *named, size_t namedsz, struct stat *st, ps_err *e)
+{
+  char pid[32], rnd[17];
+  int fd, n;
+
+  named[0] = '\0';
+  fd = ps_open(f->dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+  if (fd < 0 && errno == ENOENT) {
+    if (ps_mkdir_p(f->dir, e) != 0) return -1;
+    fd = ps_open(f->dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+  }
+  if (fd < 0 && (errno == EOPNOTSUPP || errno == EISDIR || errno == EINVAL)) {
+    ps_random_hex(rnd, 8);
+    snprintf(named, namedsz, "%s.new-%s", f->lockpath, rnd);
+    fd = ps_open(named, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0) named[0] = '\0';
+  }
+  if (fd < 0) {
+    ps_err_sys(e, errno, "create lock in", f->dir);
+    return -1;
+  }
+  n = snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
+  if (write_all(fd, pid, (size_t)n) != 0 || ps_fchmod(fd, PS_SENTINEL_MODE) != 0 ||
+      ps_flock(fd, LOCK_EX | LOCK_NB) != 0 || ps_fstat(fd, st) != 0) {
+    int saved = errno;
+    close(fd);
+    if (named[0]) unlink(named);
+    named[0] = '\0';
+    ps_err_sys(e, saved, "prepare lock", f->lockpath);
+    return -1;
+  }
+  return fd;
+}
+
+/* Publish the candidate at lockpath. 0: published; -1 with errno (EEXIST: held). */
+static int publish(ps_file *f, int fd, const char *named)
+{
+  char proc[64];
+  if (ps_futimens(fd) != 0) return -1; /* its age starts now, as the reference sees it */
+  if (named[0]) return ps_link(named, f->lockpath, 0);
+  snprintf(proc, sizeof proc, "/proc/self/fd/%d", fd);
+  if (ps_link(proc, f->lockpath, AT_SYMLINK_FOLLOW) == 0) return 0;
+  if (errno == ENOENT && access("/proc/self/fd", F_OK) != 0) {
+    /* No /proc: AT_EMPTY_PATH (needs CAP_DAC_READ_SEARCH). */
+    if (linkat(fd, "", AT_FDCWD, f->lockpath, AT_EMPTY_PATH) == 0) return 0;
+  }
+  return -1;
+}
+
+static long read_pid(int fd)
+{
+  char buf[32];
+  ssize_t n = pread(fd, buf, sizeof buf - 1, 0);
+  char *end;
+  long pid;
+  if (n <= 0) return 0;
+  buf[n] = '\0';
+  pid = strtol(buf, &end, 10);
+  return (end != buf && *end == '\n') ? pid : 0;
+}
+
+/* Move the sentinel we judged dead (inode of st, on which we hold LOCK_EX) out of the way:
+ * rename it to a private name, and only unlink it there if it is that very inode. */
+static void break_sentinel(ps_file *f, int fd, const struct stat *st, int crashed)
+{
+  char name[4096 + 64], rnd[17];
+  struct stat now;
+  long pid = read_pid(fd);
+  int64_t age = ps_wall_ms() - mtime_ms(st);
+
+  ps_random_hex(rnd, 8);
+  snprintf(name, sizeof name, "%s.break-%s", f->lockpath, rnd);
+  if (ps_rename(f->lockpath, name) != 0) return; /* gone already: just retry */
+  if (lstat(name, &now) != 0) return;            /* swept by the next holder */
+  if (now.st_dev == st->st_dev && now.st_ino == st->st_ino) {
+    unlink(name);
+    ps_file_event(f, "lock_broken",
+                  crashed ? "lock held by a crashed pairstore process was taken over"
+                          : "stale lock of another process was broken",
+                  f->lockpath, 0, (long)age, pid);
+    f->swept = 0; /* a dead writer may have left a temp file: sweep once we hold it */
+    return;
+  }
+  /* Not what we judged: put it back if nothing took its place. */
+  if (renameat2(AT_FDCWD, name, AT_FDCWD, f->lockpath, RENAME_NOREPLACE) != 0) unlink(name);
+}
+
+/* Look at an existing sentinel and decide: retry now, wait, or fail. */
+static int inspect(ps_file *f, int ino_fd, int64_t *foreign_left_ms, ps_err *e)
+{
+  struct stat st;
+  int fd = ps_open(f->lockpath, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0);
+  *foreign_left_ms = -1;
+  if (fd < 0) {
+    if (errno == ENOENT) return INSPECT_RETRY;
+    if (errno == ELOOP) {
+      ps_err_set(e, "io", "lock %s is a symbolic link; refusing to use it (ELOOP)", f->lockpath);
+      return INSPECT_ERROR;
+    }
+    ps_err_sys(e, errno, "open lock", f->lockpath);
+    return INSPECT_ERROR;
+  }
+  if (ps_fstat(fd, &st) != 0) {
+    ps_err_sys(e, errno, "stat lock", f->lockpath);
+    close(fd);
+    return INSPECT_ERROR;
+  }
+  if (!S_ISREG(st.st_mode)) {
+    ps_err_set(e, "io", "lock %s is not a regular file; refusing to use it", f->lockpath);
+    close(fd);
+    return INSPECT_ERROR;
+  }
+  if (ino_fd >= 0) {
+    /* Watch this very inode before testing it, so its release cannot slip by unseen:
+     * unlink (IN_ATTRIB), rename (IN_MOVE_SELF), and the holder's death (IN_CLOSE_WRITE). */
+    char proc[64];
+    snprintf(proc, sizeof proc, "/proc/self/fd/%d", fd);
+    inotify_add_watch(ino_fd, proc, IN_ATTRIB | IN_MOVE_SELF | IN_DELETE_SELF | IN_CLOSE_WRITE);
+  }
+  if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    close(fd);
+    if (errno == EWOULDBLOCK || errno == EINTR) return INSPECT_WAIT; /* live holder */
+    ps_err_sys(e, errno, "lock", f->lockpath);
+    return INSPECT_ERROR;
+  }
+  if (st.st_mode & S_IXUSR) {
+    break_sentinel(f, fd, &st, 1);
+  } else {
+    int64_t age = ps_wall_ms() - mtime_ms(&st);
+    if (age > f->lock_stale_ms || -age > f->lock_stale_ms) {
+      break_sentinel(f, fd, &st, 0);
+    } else {
+      *foreign_left_ms = f->lock_stale_ms - (age > 0 ? age : 0) + 1;
+      close(fd);
+      return INSPECT_WAIT;
+    }
+  }
+  close(fd);
+  return INSPECT_RETRY;
+}
+
+static void wait_for_change(int ino_fd, int64_t ms)
+{
+  if (ms <= 0) return;
+  if (ino_fd >= 0) {
+    struct pollfd p = { ino_fd, POLLIN, 0 };
+    char drain[4096];
+    if (poll(&p, 1, (int)ms) > 0)
+      while (read(ino_fd, drain, sizeof drain) > 0) { }
+  } else {
+    struct timespec ts = { (time_t)(ms / 1000), (long)(ms % 1000) * 1000000L };
+    nanosleep(&ts, NULL);
+  }
+}
+
+int ps_lock_acquire(ps_file *f, ps_err *e)
+{
+  char named[4096 + 64];
+  int64_t deadline = ps_mono_ms() + f->lock_wait_ms;
+  int64_t backoff = 1;
+  int ino_fd = -1, fd, rc = -1;
+  struct stat st;
+
+  if (f->lock.fd >= 0) {
+    ps_err_set(e, "reentrant", "lock %s is already held by this store", f->lockpath);
+    return -1;
+  }
+  fd = make_candidate(f, named, sizeof named, &st, e);
+  if (fd < 0) return -1;
+
+  for (;;) {
+    int64_t left, foreign_left, slice;
+    if (publish(f, fd, named) == 0) break;
+    if (errno == ENOENT) {               /* directory removed under us: recreate it */
+      if (ps_mkdir_p(f->dir, e) != 0) goto out;
+      continue;
+    }
+    if (errno != EEXIST) {
+      ps_err_sys(e, errno, "create lock", f->lockpath);
+      goto out;
+    }
+    if (ino_fd < 0) ino_fd = inotify_init1(IN_CLOEXEC | IN_NONBLOCK); /* -1: poll instead */
+    switch (inspect(f, ino_fd, &foreign_left, e)) {
+    case INSPECT_ERROR:
+      goto out;
+    case INSPECT_RETRY:
+      if (ps_mono_ms() < deadline) continue;
+      break;
+    default:
+      break;
+    }
+    left = deadline - ps_mono_ms();
+    if (left <= 0) {
+      ps_err_set(e, "timeout", "could not acquire lock at %s within %dms", f->lockpath,
+                 f->lock_wait_ms);
+      goto out;
+    }
+    if (ino_fd >= 0) {
+      slice = PS_WAIT_SLICE_MS;
+    } else {
+      slice = backoff;
+      backoff = backoff * 2 > PS_POLL_SLICE_MS ? PS_POLL_SLICE_MS : backoff * 2;
+    }
+    if (foreign_left > 0 && foreign_left < slice) slice = foreign_left;
+    wait_for_change(ino_fd, slice < left ? slice : left);
+  }
+
+  f->lock.fd = fd;
+  f->lock.dev = st.st_dev;
+  f->lock.ino = st.st_ino;
+  fd = -1;
+  rc = 0;
+out:
+  if (named[0]) unlink(named);
+  if (fd >= 0) close(fd);
+  if (ino_fd >= 0) close(ino_fd);
+  return rc;
+}
+
+int ps_lock_fence(ps_file *f, ps_err *e)
+{
+  struct stat mine, there;
+  if (f->lock.fd < 0 || ps_fstat(f->lock.fd, &mine) != 0 || mine.st_nlink == 0 ||
+      ps_lstat(f->lockpath, &there) != 0 || there.st_dev != f->lock.dev ||
+      there.st_ino != f->lock.ino) {
+    ps_err_set(e, "compromised", "lock %s was taken away before the commit; nothing written",
+               f->lockpath);
+    return -1;
+  }
+  return 0;
+}
+
+void ps_lock_release(ps_file *f)
+{
+  struct stat st;
+  if (f->lock.fd < 0) return;
+  /* Unlink by name only what is still ours, while still holding the flock. */
+  if (lstat(f->lockpath, &st) == 0 && st.st_dev == f->lock.dev && st.st_ino == f->lock.ino)
+    unlink(f->lockpath);
+  close(f->lock.fd);
+  f->lock.fd = -1;
+}

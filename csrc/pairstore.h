@@ -1,0 +1,191 @@
+/*
+ * pairstore.h — what the C files of pairstore.core share: the error type, the system-call
+ * seam, the storage backend interface (lock, load, commit), session rules and randomness.
+ */
+#ifndef PAIRSTORE_H
+#define PAIRSTORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <sys/stat.h>
+
+#include <lua.h>
+#include <lauxlib.h>
+
+#define PS_FILE_VERSION          1
+#define PS_DEFAULT_TTL_MS        900000
+#define PS_MIN_TTL_MS            300000
+#define PS_MAX_TTL_MS            3600000
+#define PS_TERMINAL_RETENTION_MS 3600000
+#define PS_MAX_CODE_ATTEMPTS     5
+#define PS_LOCK_STALE_MS         30000
+#define PS_LOCK_WAIT_MS          10000
+#define PS_MAX_SESSIONS          1000
+#define PS_MAX_FILE_BYTES        (16u * 1024u * 1024u)
+
+/* ---- errors (err.c) ------------------------------------------------------------------ */
+
+/* A failure: a stable lowercase code and a human message (never key material or codes). */
+typedef struct ps_err {
+  const char *code;
+  char msg[384];
+} ps_err;
+
+void ps_err_set(ps_err *e, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* code "io", message "<what> <path>: <strerror> (<ERRNAME>)" for a saved errno. */
+void ps_err_sys(ps_err *e, int saved_errno, const char *what, const char *path);
+/* Push nil, message, code; returns 3. */
+int ps_push_err(lua_State *L, const ps_err *e);
+
+/* ---- system-call seam (sys.c) -----------------------------------------------------------
+ * Every system call a transaction makes goes through these wrappers. Built with
+ * -DPS_FAULT_INJECTION they can be told to fail the Nth call with an errno (or to make a
+ * write short); a production build compiles them to the plain calls. */
+int     ps_open(const char *path, int flags, mode_t mode);
+int     ps_openat(int dirfd, const char *path, int flags, mode_t mode);
+ssize_t ps_read(int fd, void *buf, size_t n);
+ssize_t ps_write(int fd, const void *buf, size_t n);
+int     ps_close(int fd);
+int     ps_fsync(int fd);
+int     ps_fstat(int fd, struct stat *st);
+int     ps_lstat(const char *path, struct stat *st);
+int     ps_fchmod(int fd, mode_t mode);
+int     ps_rename(const char *from, const char *to);
+int     ps_link(const char *from, const char *to, int flags); /* linkat(AT_FDCWD...) */
+int     ps_unlink(const char *path);
+int     ps_mkdir(const char *path, mode_t mode);
+int     ps_chmod(const char *path, mode_t mode);
+int     ps_flock(int fd, int op);
+int     ps_futimens(int fd);
+
+/* Fault injection control (only meaningful in a PS_FAULT_INJECTION build). */
+int  ps_fault_available(void);
+void ps_fault_arm(long nth, int err, int short_write);
+long ps_fault_calls(void);
+int  ps_fault_hit(void);
+
+/* ---- time and randomness (rand.c) ---------------------------------------------------- */
+
+int64_t ps_wall_ms(void);
+int64_t ps_mono_ms(void);
+void    ps_random_hex(char *out, size_t nbytes); /* out gets 2*nbytes hex + NUL */
+void    ps_random_code(char out[7]);             /* unbiased 6 digits + NUL */
+/* base64url without padding: out needs 4*ceil(n/3)+1 bytes. */
+void    ps_b64u_encode(char *out, size_t outlen, const unsigned char *in, size_t n);
+/* Returns decoded length, or -1 when the text is not canonical unpadded base64url. */
+long    ps_b64u_decode(unsigned char *out, size_t outmax, const char *in, size_t n);
+void    ps_keypair_b64u(char sk[44], char pk[44], const unsigned char *sk_in /* or NULL */);
+
+/* ---- storage backend (file.c + lock.c) ------------------------------------------------
+ * The transaction rules (txn in core.c) see storage only through this interface, so a
+ * second backend can be added without touching them. */
+
+typedef struct ps_lock {
+  int fd;                /* the sentinel we hold (flock LOCK_EX), -1 when not held */
+  dev_t dev;
+  ino_t ino;
+} ps_lock;
+
+/* Identity of the file content last read or written under the lock. */
+typedef struct ps_ident {
+  int valid;
+  dev_t dev;
+  ino_t ino;
+  off_t size;
+  struct timespec mtime;
+} ps_ident;
+
+typedef struct ps_event {
+  char name[24];
+  char detail[320];      /* plain text for info.message; never secrets */
+  char path[256];        /* moved_to, etc. */
+  long count;
+  long age_ms;
+  long pid;
+} ps_event;
+
+#define PS_MAX_EVENTS 8
+
+typedef struct ps_file {
+  char *path;            /* sessions file (absolute) */
+  char *lockpath;        /* path .. ".lock" */
+  char *dir;             /* directory of path */
+  const char *base;      /* basename, points into path */
+  int lock_wait_ms;
+  int lock_stale_ms;
+  int durable;
+  size_t max_bytes;
+  int swept;             /* orphans swept since this store was opened */
+  ps_lock lock;
+  ps_event events[PS_MAX_EVENTS];
+  int nevents;
+} ps_file;
+
+/* Load result. */
+enum { PS_LOAD_OK = 0, PS_LOAD_ABSENT = 1, PS_LOAD_ERROR = -1 };
+
+typedef struct ps_backend {
+  const char *name;
+  int  (*lock)(ps_file *f, ps_err *e);                 /* 0 ok, -1 error */
+  void (*unlock)(ps_file *f);
+  /* Reads the whole file into a malloc'd buffer (caller wipes and frees). A file over the
+   * size cap yields PS_LOAD_OK with *toobig set and no buffer. */
+  int  (*load)(ps_file *f, char **buf, size_t *len, int *toobig, ps_ident *id, ps_err *e);
+  /* Moves a corrupt file aside; fills moved_to. */
+  int  (*quarantine)(ps_file *f, int64_t now_ms, char *moved_to, size_t n, ps_err *e);
+  /* Atomically replaces the file (fence checked before the rename). */
+  int  (*commit)(ps_file *f, const char *buf, size_t len, ps_ident *id, ps_err *e);
+} ps_backend;
+
+extern const ps_backend ps_file_backend;
+
+void ps_file_event(ps_file *f, const char *name, const char *detail, const char *path,
+                   long count, long age_ms, long pid);
+
+/* lock.c */
+int  ps_lock_acquire(ps_file *f, ps_err *e);
+void ps_lock_release(ps_file *f);
+int  ps_lock_fence(ps_file *f, ps_err *e);
+
+/* file.c */
+int  ps_mkdir_p(const char *dir, ps_err *e);
+void ps_sweep_orphans(ps_file *f);
+
+/* ---- byte buffer (err.c) ------------------------------------------------------------- */
+typedef struct ps_buf {
+  char *p;
+  size_t len, cap;
+  int oom;
+} ps_buf;
+
+void ps_buf_add(ps_buf *b, const char *s, size_t n);
+#define ps_buf_lit(b, s) ps_buf_add((b), (s), sizeof(s) - 1)
+void ps_buf_free(ps_buf *b); /* wipes before freeing */
+
+/* ---- session rules on Lua tables (session.c) --------------------------------------------- */
+
+#define PS_INT_LIMIT ((int64_t)1 << 53) /* integers JSON readers keep exactly */
+#define PS_MAX_DEPTH 16                 /* nesting accepted inside a session */
+
+int         ps_is_terminal(const char *status);
+int         ps_is_known_status(const char *status);
+int         ps_transition_allowed(const char *from, const char *to);
+const char *ps_get_str(lua_State *L, int idx, const char *key, size_t *len);
+int64_t     ps_get_int(lua_State *L, int idx, const char *key);
+void        ps_set_int(lua_State *L, int idx, const char *key, int64_t v);
+void        ps_set_str(lua_State *L, int idx, const char *key, const char *v);
+int         ps_check_value(lua_State *L, int idx, int depth);
+/* NULL when valid (numbers normalised to integers in place), else a reason. */
+const char *ps_validate_session(lua_State *L, int idx);
+void        ps_copy_value(lua_State *L, int idx, int depth); /* pushes a deep copy */
+/* Appends the session's compact JSON; enc is the stack index of cjson's encode. */
+int         ps_encode_session(lua_State *L, int enc, int idx, ps_buf *b);
+/* Expires and drops in place; returns the number removed, *expired the number expired. */
+int         ps_prune(lua_State *L, int arr, int64_t now, int *expired);
+
+/* ---- crypto bindings (crypto.c) ------------------------------------------------------ */
+void ps_crypto_register(lua_State *L); /* adds functions to the table on top of the stack */
+
+#endif

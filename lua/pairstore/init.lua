@@ -1,0 +1,213 @@
+--- pairstore: QR device-pairing sessions in one file shared by every process on the machine.
+--
+-- The public API over the C core `pairstore.core`. Programming errors (wrong argument
+-- types, unknown mode or status, unknown option) raise at the caller's level; expected
+-- outcomes and runtime failures return `nil, message, code`.
+
+local core = require "pairstore.core"
+
+local type, error, pairs, ipairs, setmetatable = type, error, pairs, ipairs, setmetatable
+local fmt, tointeger = string.format, math.tointeger
+
+local pairstore = {
+  _VERSION = core._VERSION,
+  FILE_VERSION = core.FILE_VERSION,
+  DEFAULT_TTL_MS = core.DEFAULT_TTL_MS,
+  MIN_TTL_MS = core.MIN_TTL_MS,
+  MAX_TTL_MS = core.MAX_TTL_MS,
+  TERMINAL_RETENTION_MS = core.TERMINAL_RETENTION_MS,
+  MAX_CODE_ATTEMPTS = core.MAX_CODE_ATTEMPTS,
+  LOCK_STALE_MS = core.LOCK_STALE_MS,
+  LOCK_WAIT_MS = core.LOCK_WAIT_MS,
+  MAX_SESSIONS = core.MAX_SESSIONS,
+  MAX_FILE_BYTES = core.MAX_FILE_BYTES,
+  MODES = { "generate", "import" },
+  STATUSES = { "awaiting_scan", "device_connected", "completed", "consumed", "expired", "rejected" },
+}
+
+local MODE, STATUS = {}, {}
+for _, m in ipairs(pairstore.MODES) do MODE[m] = true end
+for _, s in ipairs(pairstore.STATUSES) do STATUS[s] = true end
+
+-- Raise at the level of whoever called the public function.
+local function argerror(level, fn, msg)
+  error(fmt("pairstore.%s: %s", fn, msg), level + 1)
+end
+
+local function check_sid(fn, sid)
+  if type(sid) ~= "string" then argerror(3, fn, "sid must be a string, got " .. type(sid)) end
+end
+
+--- Clamp a TTL in ms: non-number, <= 0 or NaN gives the default; then [MIN, MAX].
+function pairstore.clamp_ttl(ms)
+  return core.clamp_ttl(ms)
+end
+
+--- Conventional path of the sessions file under base_dir.
+function pairstore.default_path(base_dir)
+  if type(base_dir) ~= "string" or base_dir == "" then
+    argerror(2, "default_path", "base_dir must be a non-empty string")
+  end
+  return (base_dir:gsub("/+$", "")) .. "/pair-sessions.json"
+end
+
+--- Copy of a session with skGatewayB64 and secondaryCode replaced by "[redacted]".
+function pairstore.redact(session)
+  if type(session) ~= "table" then argerror(2, "redact", "session must be a table") end
+  return core.redact(session)
+end
+
+function pairstore.is_terminal(status)
+  if type(status) ~= "string" then argerror(2, "is_terminal", "status must be a string") end
+  return core.is_terminal(status)
+end
+
+--- The pairing URL: the sid in the query, the public key only in the fragment, so that it
+-- never reaches a server log.
+function pairstore.pairing_url(base_url, session)
+  if type(base_url) ~= "string" or base_url == "" then
+    argerror(2, "pairing_url", "base_url must be a non-empty string")
+  end
+  if type(session) ~= "table" or type(session.sid) ~= "string" or type(session.pkGatewayB64) ~= "string" then
+    argerror(2, "pairing_url", "session must be a session table")
+  end
+  return base_url .. "?sid=" .. session.sid .. "#pk=" .. session.pkGatewayB64
+end
+
+-- Options -----------------------------------------------------------------------------------
+
+local OPTION_TYPES = {
+  now = "function", on_event = "function", rng = "table", durable = "boolean",
+  lock_wait_ms = "number", lock_stale_ms = "number", max_sessions = "number",
+  max_file_bytes = "number",
+}
+local RNG_HOOKS = { sid = true, secret_key = true, code = true }
+
+local function check_options(options)
+  if options == nil then return {} end
+  if type(options) ~= "table" then argerror(3, "open", "options must be a table") end
+  local opts = {}
+  for k, v in pairs(options) do
+    local want = OPTION_TYPES[k]
+    if not want then argerror(3, "open", fmt("unknown option %q", tostring(k))) end
+    if type(v) ~= want then argerror(3, "open", fmt("option %s must be a %s", k, want)) end
+    if want == "number" and (not tointeger(v) or v < 0) then
+      argerror(3, "open", fmt("option %s must be a non-negative integer", k))
+    end
+    opts[k] = v
+  end
+  if opts.rng then
+    for k, v in pairs(opts.rng) do
+      if not RNG_HOOKS[k] then argerror(3, "open", fmt("unknown rng hook %q", tostring(k))) end
+      if type(v) ~= "function" then argerror(3, "open", fmt("rng.%s must be a function", k)) end
+    end
+  end
+  return opts
+end
+
+-- The store --------------------------------------------------------------------------------
+
+local Store = {}
+Store.__index = Store
+Store.__name = "pairstore.store"
+
+--- Open the store at path (nothing is read or locked until the first operation).
+function pairstore.open(path, options)
+  if type(path) ~= "string" or path == "" then argerror(2, "open", "path must be a non-empty string") end
+  local opts = check_options(options)
+  local c = core.open(path, opts)
+  return setmetatable({ _core = c, _rng = opts.rng or {}, path = c:path() }, Store)
+end
+
+local function hook(self, name, want)
+  local fn = self._rng[name]
+  if not fn then return nil end
+  local v = fn()
+  if not want(v) then error(fmt("pairstore: rng.%s returned an invalid value", name), 3) end
+  return v
+end
+
+local function is_digits6(v) return type(v) == "string" and #v == 6 and v:match("^%d%d%d%d%d%d$") ~= nil end
+
+--- Create a session: store:create{ mode = "generate"|"import", operator = { channel = ...,
+-- senderId = ..., accountId = ... }, ttl_ms = n } --> session | nil, message, code
+function Store:create(spec)
+  if spec == nil then spec = {} end
+  if type(spec) ~= "table" then argerror(2, "create", "argument must be a table") end
+  local mode = spec.mode == nil and "generate" or spec.mode
+  if not MODE[mode] then argerror(2, "create", fmt("unknown mode %q", tostring(mode))) end
+  local op = spec.operator == nil and { channel = "unknown" } or spec.operator
+  if type(op) ~= "table" then argerror(2, "create", "operator must be a table") end
+  if type(op.channel) ~= "string" or op.channel == "" then
+    argerror(2, "create", "operator.channel must be a non-empty string")
+  end
+  local ctx = { channel = op.channel }
+  for _, k in ipairs { "senderId", "accountId" } do
+    if op[k] ~= nil then
+      if type(op[k]) ~= "string" then argerror(2, "create", "operator." .. k .. " must be a string") end
+      ctx[k] = op[k]
+    end
+  end
+  if spec.ttl_ms ~= nil and type(spec.ttl_ms) ~= "number" then
+    argerror(2, "create", "ttl_ms must be a number")
+  end
+  local sid = hook(self, "sid", function(v) return type(v) == "string" and #v == 16 end)
+  if sid then sid = (sid:gsub(".", function(ch) return fmt("%02x", ch:byte()) end)) end
+  local sk = hook(self, "secret_key", function(v) return type(v) == "string" and #v == 32 end)
+  local code = hook(self, "code", is_digits6)
+  return self._core:create(mode, ctx, core.clamp_ttl(spec.ttl_ms), sid, sk, code)
+end
+
+--- The session (terminal ones too) --> session | nil, "not_found"
+function Store:get(sid)
+  check_sid("get", sid)
+  return self._core:get(sid)
+end
+
+--- Run fn(copy) under the lock; its result replaces the session (nothing: the edited copy;
+-- false: remove it) --> stored session | false | nil, message, code
+function Store:update(sid, fn)
+  check_sid("update", sid)
+  if type(fn) ~= "function" then argerror(2, "update", "fn must be a function") end
+  return self._core:update(sid, fn)
+end
+
+function Store:transition(sid, status)
+  check_sid("transition", sid)
+  if not STATUS[status] then argerror(2, "transition", fmt("unknown status %q", tostring(status))) end
+  return self._core:transition(sid, status)
+end
+
+function Store:register_failed_code(sid)
+  check_sid("register_failed_code", sid)
+  return self._core:register_failed_code(sid)
+end
+
+function Store:verify_code(sid, code)
+  check_sid("verify_code", sid)
+  if type(code) ~= "string" and type(code) ~= "number" then
+    argerror(2, "verify_code", "code must be a string")
+  end
+  return self._core:verify_code(sid, tostring(code))
+end
+
+function Store:consume(sid)
+  check_sid("consume", sid)
+  return self._core:consume(sid)
+end
+
+function Store:reject(sid)
+  check_sid("reject", sid)
+  return self._core:transition(sid, "rejected")
+end
+
+function Store:list_active() return self._core:list(true) end
+function Store:list_all() return self._core:list(false) end
+function Store:prune() return self._core:prune() end
+
+function Store:close() self._core:close() end
+Store.__close = Store.close
+
+function Store:__tostring() return "pairstore.store (" .. self.path .. ")" end
+
+return pairstore

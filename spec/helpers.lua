@@ -1,0 +1,184 @@
+-- Shared test helpers: temp directories, a controllable clock, files and modes, and child
+-- processes (lua5.4 children running against the in-tree build, the Node.js reference peer).
+local helpers = {}
+
+local ROOT = (function()
+  local p = io.popen("pwd")
+  local d = p:read("l")
+  p:close()
+  return d
+end)()
+helpers.ROOT = ROOT
+helpers.SHARED = ROOT .. "/../shared"
+helpers.REFERENCE_PEER = helpers.SHARED .. "/tools/reference-peer.mjs"
+helpers.FIXTURES = helpers.SHARED .. "/fixtures"
+
+local LUA_ENV = string.format("LUA_PATH='%s/lua/?.lua;%s/lua/?/init.lua;%s/spec/?.lua;;' LUA_CPATH='%s/build/?.so;;'",
+  ROOT, ROOT, ROOT, ROOT)
+helpers.LUA_ENV = LUA_ENV
+
+function helpers.sh_quote(s)
+  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
+end
+local q = helpers.sh_quote
+
+--- Run a shell command; returns ok, output (stdout+stderr), exit code.
+function helpers.run(cmd)
+  local p = io.popen(cmd .. " 2>&1; echo \"__rc=$?\"")
+  local out = p:read("a")
+  p:close()
+  local rc = tonumber(out:match("__rc=(%d+)%s*$"))
+  out = out:gsub("__rc=%d+%s*$", "")
+  return rc == 0, out, rc
+end
+
+--- A fresh temp directory, removed by helpers.cleanup().
+local dirs = {}
+function helpers.tmpdir()
+  local p = io.popen("mktemp -d /tmp/pairstore-spec.XXXXXX")
+  local d = p:read("l")
+  p:close()
+  dirs[#dirs + 1] = d
+  return d
+end
+
+function helpers.cleanup()
+  for i = #dirs, 1, -1 do
+    os.execute("chmod -R u+rwx " .. q(dirs[i]) .. " 2>/dev/null; rm -rf " .. q(dirs[i]))
+    dirs[i] = nil
+  end
+end
+
+--- A clock under the test's control: clock.now is the function to pass as `now`.
+function helpers.clock(start)
+  local c = { t = start or 1764300000000 }
+  function c.now() return c.t end
+  function c.advance(ms) c.t = c.t + ms end
+  function c.set(ms) c.t = ms end
+  return c
+end
+
+function helpers.read(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+function helpers.write(path, content)
+  local f = assert(io.open(path, "wb"))
+  f:write(content)
+  f:close()
+end
+
+function helpers.exists(path)
+  return os.execute("test -e " .. q(path) .. " -o -L " .. q(path)) == true
+end
+
+--- Octal permission string of a path ("600").
+function helpers.mode(path)
+  local ok, out = helpers.run("stat -c %a " .. q(path))
+  return ok and out:match("%d+") or nil
+end
+
+--- Names in a directory (excluding . and ..), sorted.
+function helpers.ls(dir)
+  local names = {}
+  local p = io.popen("ls -A " .. q(dir) .. " 2>/dev/null")
+  for l in p:lines() do names[#names + 1] = l end
+  p:close()
+  table.sort(names)
+  return names
+end
+
+--- Files in dir other than the sessions file itself (temps, locks, quarantines).
+function helpers.leftovers(dir, keep)
+  local out = {}
+  for _, n in ipairs(helpers.ls(dir)) do
+    if n ~= (keep or "pair-sessions.json") then out[#out + 1] = n end
+  end
+  return out
+end
+
+local cjson = require("cjson").new()
+helpers.json = cjson
+
+function helpers.read_json(path)
+  return cjson.decode(assert(helpers.read(path)))
+end
+
+--- A lua5.4 child running `code` (a chunk); returns its pid. Output goes to outfile.
+function helpers.spawn_lua(code, outfile)
+  local script = os.tmpname()
+  helpers.write(script, code)
+  local cmd = string.format("%s lua5.4 %s > %s 2>&1 & echo $!", LUA_ENV, q(script),
+    q(outfile or "/dev/null"))
+  local p = io.popen(cmd)
+  local pid = tonumber(p:read("l"))
+  p:close()
+  return pid, script
+end
+
+--- Run a lua5.4 chunk to completion; returns ok, output.
+function helpers.run_lua(code, args)
+  local script = os.tmpname()
+  helpers.write(script, code)
+  local ok, out, rc = helpers.run(string.format("%s timeout 120 lua5.4 %s %s", LUA_ENV, q(script), args or ""))
+  os.remove(script)
+  return ok, out, rc
+end
+
+function helpers.alive(pid)
+  return os.execute("kill -0 " .. pid .. " 2>/dev/null") == true
+end
+
+function helpers.kill(pid, sig)
+  os.execute("kill -" .. (sig or "KILL") .. " " .. pid .. " 2>/dev/null")
+end
+
+--- Wait until pred() is true or timeout_s passes; returns pred()'s last value.
+function helpers.wait_for(pred, timeout_s)
+  local deadline = helpers.mono() + (timeout_s or 10)
+  while true do
+    local v = pred()
+    if v or helpers.mono() > deadline then return v end
+    helpers.sleep(0.01)
+  end
+end
+
+function helpers.sleep(s)
+  os.execute("sleep " .. s)
+end
+
+--- Monotonic seconds (float) from /proc/uptime's sibling: clock_gettime via date is too
+-- coarse, so read CLOCK_MONOTONIC through /proc/self/stat-free means: `date +%s.%N`.
+function helpers.mono()
+  local p = io.popen("date +%s.%N")
+  local v = tonumber(p:read("l"))
+  p:close()
+  return v
+end
+
+--- Wait for a child pid to exit (it is ours only through the shell, so poll).
+function helpers.wait_exit(pid, timeout_s)
+  return helpers.wait_for(function() return not helpers.alive(pid) end, timeout_s or 30)
+end
+
+function helpers.have(cmd)
+  return os.execute("command -v " .. cmd .. " >/dev/null 2>&1") == true
+end
+
+function helpers.is_root()
+  local p = io.popen("id -u")
+  local uid = p:read("l")
+  p:close()
+  return uid == "0"
+end
+
+--- Run the reference peer (Node.js); returns ok, output.
+function helpers.peer(args)
+  return helpers.run("timeout 60 node " .. q(helpers.REFERENCE_PEER) .. " " .. args)
+end
+
+return helpers
