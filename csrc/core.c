@@ -761,7 +761,7 @@ static int m_prune(lua_State *L)
 static int m_close(lua_State *L)
 {
   ps_store *s = luaL_checkudata(L, 1, PS_STORE_MT);
-  if (s->f.lock.fd >= 0) s->be->unlock(&s->f);
+  ps_lock_close(&s->f);
   free(s->f.path);
   free(s->f.lockpath);
   free(s->f.dir);
@@ -817,6 +817,7 @@ static int f_open(lua_State *L)
   s = lua_newuserdatauv(L, sizeof *s, UV_COUNT);
   memset(s, 0, sizeof *s);
   s->f.lock.fd = -1;
+  s->f.ino_fd = -1;
   s->be = &ps_file_backend;
   luaL_setmetatable(L, PS_STORE_MT); /* before any resource is acquired */
 
@@ -890,6 +891,12 @@ static int f_clamp_ttl(lua_State *L)
   return 1;
 }
 
+static int f_now_ms(lua_State *L)
+{
+  lua_pushinteger(L, (lua_Integer)ps_wall_ms());
+  return 1;
+}
+
 static int f_fault(lua_State *L)
 {
   ps_fault_arm((long)luaL_optinteger(L, 1, 0), (int)luaL_optinteger(L, 2, 0), lua_toboolean(L, 3));
@@ -928,7 +935,7 @@ static const luaL_Reg store_methods[] = {
 };
 
 static const luaL_Reg module_funcs[] = {
-  { "redact", f_redact }, { "is_terminal", f_is_terminal }, { "clamp_ttl", f_clamp_ttl },
+  { "redact", f_redact }, { "now_ms", f_now_ms }, { "is_terminal", f_is_terminal }, { "clamp_ttl", f_clamp_ttl },
   { "_fault", f_fault }, { "_fault_state", f_fault_state }, { "_errno", f_errno },
   { NULL, NULL },
 };
@@ -993,6 +1000,7 @@ __attribute__((visibility("default"))) int luaopen_pairstore_core(lua_State *L)
   lua_pushcclosure(L, f_open, 1);
   lua_setfield(L, -2, "open");
   ps_crypto_register(L);
+  ps_qr_register(L);
   set_int(L, "FILE_VERSION", PS_FILE_VERSION);
   set_int(L, "DEFAULT_TTL_MS", PS_DEFAULT_TTL_MS);
   set_int(L, "MIN_TTL_MS", PS_MIN_TTL_MS);

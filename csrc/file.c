@@ -47,7 +47,9 @@ int ps_mkdir_p(const char *dir, ps_err *e)
     if (ps_mkdir(buf, 0700) == 0) {
       /* umask may have narrowed it (0277 would make it unusable): a new level is 0700. */
       if (ps_chmod(buf, 0700) != 0) {
-        ps_err_sys(e, errno, "chmod", buf);
+        int saved = errno;
+        rmdir(buf); /* never leave a level that the next call would find and keep as is */
+        ps_err_sys(e, saved, "chmod", buf);
         return -1;
       }
     } else if (errno != EEXIST) {
@@ -172,15 +174,12 @@ static int write_all(int fd, const char *p, size_t n)
   return 0;
 }
 
-static int fsync_dir(ps_file *f, ps_err *e)
+/* fd: the directory, opened before the rename so that only the fsync itself can fail after it. */
+static int fsync_dir(ps_file *f, int fd, ps_err *e)
 {
-  int fd = ps_open(f->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0), rc = 0;
-  if (fd < 0) {
-    ps_err_sys(e, errno, "open directory", f->dir);
-    return -1;
-  }
+  int rc = 0;
   if (ps_fsync(fd) != 0) {
-    ps_err_sys(e, errno, "fsync directory", f->dir);
+    ps_err_sys(e, errno, "file replaced, but could not fsync directory", f->dir);
     rc = -1;
   }
   close(fd);
@@ -191,7 +190,7 @@ static int file_commit(ps_file *f, const char *buf, size_t len, ps_ident *id, ps
 {
   char tmp[4096 + 64], rnd[17];
   struct stat st;
-  int fd;
+  int fd, dfd = -1;
 
   id->valid = 0;
   ps_random_hex(rnd, 8);
@@ -213,6 +212,10 @@ static int file_commit(ps_file *f, const char *buf, size_t len, ps_ident *id, ps
     goto fail;
   }
   fd = -1;
+  if (f->durable && (dfd = ps_open(f->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0)) < 0) {
+    ps_err_sys(e, errno, "open directory", f->dir);
+    goto fail;
+  }
   if (ps_lock_fence(f, e) != 0) goto fail;
   if (ps_rename(tmp, f->path) != 0) { ps_err_sys(e, errno, "rename temp file onto", f->path); goto fail; }
   id->valid = 1;
@@ -220,13 +223,14 @@ static int file_commit(ps_file *f, const char *buf, size_t len, ps_ident *id, ps
   id->ino = st.st_ino;
   id->size = st.st_size;
   id->mtime = st.st_mtim;
-  if (f->durable && fsync_dir(f, e) != 0) {
+  if (f->durable && fsync_dir(f, dfd, e) != 0) {
     id->valid = 0; /* published, but not known to be durable: report it */
     return -1;
   }
   return 0;
 fail:
   if (fd >= 0) close(fd);
+  if (dfd >= 0) close(dfd);
   unlink(tmp);
   return -1;
 }

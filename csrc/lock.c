@@ -177,6 +177,16 @@ static int inspect(ps_file *f, int ino_fd, int64_t *foreign_left_ms, ps_err *e)
     ps_err_sys(e, errno, "lock", f->lockpath);
     return INSPECT_ERROR;
   }
+  {
+    /* Free now, but is it still the sentinel? A holder that just released it unlinked it
+     * before dropping the flock, and a new one may stand at the path already. */
+    struct stat cur, there;
+    if (ps_fstat(fd, &cur) != 0 || cur.st_nlink == 0 || lstat(f->lockpath, &there) != 0 ||
+        there.st_dev != st.st_dev || there.st_ino != st.st_ino) {
+      close(fd);
+      return INSPECT_RETRY;
+    }
+  }
   if (st.st_mode & S_IXUSR) {
     break_sentinel(f, fd, &st, 1);
   } else {
@@ -212,7 +222,7 @@ int ps_lock_acquire(ps_file *f, ps_err *e)
   char named[4096 + 64];
   int64_t deadline = ps_mono_ms() + f->lock_wait_ms;
   int64_t backoff = 1;
-  int ino_fd = -1, fd, rc = -1;
+  int fd, rc = -1;
   struct stat st;
 
   if (f->lock.fd >= 0) {
@@ -233,8 +243,13 @@ int ps_lock_acquire(ps_file *f, ps_err *e)
       ps_err_sys(e, errno, "create lock", f->lockpath);
       goto out;
     }
-    if (ino_fd < 0) ino_fd = inotify_init1(IN_CLOEXEC | IN_NONBLOCK); /* -1: poll instead */
-    switch (inspect(f, ino_fd, &foreign_left, e)) {
+    /* One inotify instance per store, kept open: closing one costs an RCU grace period
+     * (~10 ms), which would be paid while holding the lock. -1: poll instead. */
+    if (f->ino_fd == -1) {
+      f->ino_fd = inotify_init1(IN_CLOEXEC | IN_NONBLOCK);
+      if (f->ino_fd < 0) f->ino_fd = -2;
+    }
+    switch (inspect(f, f->ino_fd, &foreign_left, e)) {
     case INSPECT_ERROR:
       goto out;
     case INSPECT_RETRY:
@@ -249,14 +264,14 @@ int ps_lock_acquire(ps_file *f, ps_err *e)
                  f->lock_wait_ms);
       goto out;
     }
-    if (ino_fd >= 0) {
+    if (f->ino_fd >= 0) {
       slice = PS_WAIT_SLICE_MS;
     } else {
       slice = backoff;
       backoff = backoff * 2 > PS_POLL_SLICE_MS ? PS_POLL_SLICE_MS : backoff * 2;
     }
     if (foreign_left > 0 && foreign_left < slice) slice = foreign_left;
-    wait_for_change(ino_fd, slice < left ? slice : left);
+    wait_for_change(f->ino_fd, slice < left ? slice : left);
   }
 
   f->lock.fd = fd;
@@ -267,21 +282,38 @@ int ps_lock_acquire(ps_file *f, ps_err *e)
 out:
   if (named[0]) unlink(named);
   if (fd >= 0) close(fd);
-  if (ino_fd >= 0) close(ino_fd);
   return rc;
 }
 
 int ps_lock_fence(ps_file *f, ps_err *e)
 {
   struct stat mine, there;
-  if (f->lock.fd < 0 || ps_fstat(f->lock.fd, &mine) != 0 || mine.st_nlink == 0 ||
-      ps_lstat(f->lockpath, &there) != 0 || there.st_dev != f->lock.dev ||
-      there.st_ino != f->lock.ino) {
+  int lost = f->lock.fd < 0;
+  /* An I/O error while checking is reported as one, not as a lost lock. */
+  if (!lost && ps_fstat(f->lock.fd, &mine) != 0) {
+    ps_err_sys(e, errno, "check lock", f->lockpath);
+    return -1;
+  }
+  if (!lost && mine.st_nlink > 0 && ps_lstat(f->lockpath, &there) != 0) {
+    if (errno != ENOENT) {
+      ps_err_sys(e, errno, "check lock", f->lockpath);
+      return -1;
+    }
+    lost = 1;
+  }
+  if (lost || mine.st_nlink == 0 || there.st_dev != f->lock.dev || there.st_ino != f->lock.ino) {
     ps_err_set(e, "compromised", "lock %s was taken away before the commit; nothing written",
                f->lockpath);
     return -1;
   }
   return 0;
+}
+
+void ps_lock_close(ps_file *f)
+{
+  ps_lock_release(f);
+  if (f->ino_fd >= 0) close(f->ino_fd);
+  f->ino_fd = -1;
 }
 
 void ps_lock_release(ps_file *f)

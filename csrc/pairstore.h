@@ -119,6 +119,7 @@ typedef struct ps_file {
   size_t max_bytes;
   int swept;             /* orphans swept since this store was opened */
   ps_lock lock;
+  int ino_fd;            /* inotify instance for lock waits: -1 not yet, -2 unavailable */
   ps_event events[PS_MAX_EVENTS];
   int nevents;
 } ps_file;
@@ -147,6 +148,7 @@ void ps_file_event(ps_file *f, const char *name, const char *detail, const char 
 /* lock.c */
 int  ps_lock_acquire(ps_file *f, ps_err *e);
 void ps_lock_release(ps_file *f);
+void ps_lock_close(ps_file *f);   /* release, and close the wait instance */
 int  ps_lock_fence(ps_file *f, ps_err *e);
 
 /* file.c */
@@ -187,5 +189,8 @@ int         ps_prune(lua_State *L, int arr, int64_t now, int *expired);
 
 /* ---- crypto bindings (crypto.c) ------------------------------------------------------ */
 void ps_crypto_register(lua_State *L); /* adds functions to the table on top of the stack */
+
+/* ---- QR codes (qr.c) ----------------------------------------------------------------- */
+void ps_qr_register(lua_State *L);     /* adds qr_matrix to the table on top of the stack */
 
 #endif

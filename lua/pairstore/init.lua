@@ -116,8 +116,10 @@ function pairstore.open(path, options)
   if type(path) ~= "string" or path == "" then argerror(2, "open", "path must be a non-empty string") end
   local opts = check_options(options)
   local c = core.open(path, opts)
-  return setmetatable({ _core = c, _rng = opts.rng or {}, path = c:path() }, Store)
+  return setmetatable({ _core = c, _rng = opts.rng or {}, _now = opts.now, path = c:path() }, Store)
 end
+
+pairstore.Store = Store
 
 local function hook(self, name, want)
   local fn = self._rng[name]
@@ -204,6 +206,17 @@ end
 function Store:list_active() return self._core:list(true) end
 function Store:list_all() return self._core:list(false) end
 function Store:prune() return self._core:prune() end
+
+--- The store's clock (the `now` option, else the wall clock), in integer ms.
+function Store:now()
+  if self._now then return self._now() end
+  return core.now_ms()
+end
+
+--- The phone's response: one locked transaction (see pairstore.respond).
+function Store:respond(sid, body, opts)
+  return require("pairstore.respond")(self, sid, body, opts)
+end
 
 function Store:close() self._core:close() end
 Store.__close = Store.close

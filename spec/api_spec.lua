@@ -1,0 +1,135 @@
+-- The module table: constants, pure helpers, argument checking.
+local pairstore = require "pairstore"
+local helpers = require "helpers"
+
+describe("pairstore constants", function()
+  it("are the reference's integers", function()
+    assert.are.equal(1, pairstore.FILE_VERSION)
+    assert.are.equal(900000, pairstore.DEFAULT_TTL_MS)
+    assert.are.equal(300000, pairstore.MIN_TTL_MS)
+    assert.are.equal(3600000, pairstore.MAX_TTL_MS)
+    assert.are.equal(3600000, pairstore.TERMINAL_RETENTION_MS)
+    assert.are.equal(5, pairstore.MAX_CODE_ATTEMPTS)
+    assert.are.equal(30000, pairstore.LOCK_STALE_MS)
+    assert.are.equal(10000, pairstore.LOCK_WAIT_MS)
+    for _, k in ipairs { "FILE_VERSION", "DEFAULT_TTL_MS", "MIN_TTL_MS", "MAX_TTL_MS",
+      "TERMINAL_RETENTION_MS", "MAX_CODE_ATTEMPTS", "LOCK_STALE_MS", "LOCK_WAIT_MS" } do
+      assert.are.equal("integer", math.type(pairstore[k]), k)
+    end
+    assert.matches("^%d+%.%d+%.%d+", pairstore._VERSION)
+  end)
+
+  it("defines no globals", function()
+    local before = {}
+    for k in pairs(_G) do before[k] = true end
+    package.loaded["pairstore"] = nil
+    require "pairstore"
+    for k in pairs(_G) do assert.is_true(before[k], "new global " .. tostring(k)) end
+  end)
+end)
+
+describe("pairstore.clamp_ttl()", function()
+  local cases = {
+    { nil, 900000 }, { "600000", 900000 }, { {}, 900000 }, { 0, 900000 }, { -5, 900000 },
+    { 0 / 0, 900000 }, { -1 / 0, 900000 }, { 1, 300000 }, { 299999, 300000 },
+    { 300000, 300000 }, { 300001, 300001 }, { 900000, 900000 }, { 3599999, 3599999 },
+    { 3600000, 3600000 }, { 3600001, 3600000 }, { 1 / 0, 3600000 }, { 1e300, 3600000 },
+    { 450000.7, 450000 }, { 0.5, 300000 }, { math.maxinteger, 3600000 },
+  }
+  for _, c in ipairs(cases) do
+    it(("maps %s to %d"):format(tostring(c[1]), c[2]), function()
+      local v = pairstore.clamp_ttl(c[1])
+      assert.are.equal(c[2], v)
+      assert.are.equal("integer", math.type(v))
+    end)
+  end
+end)
+
+describe("pairstore.default_path()", function()
+  it("appends pair-sessions.json", function()
+    assert.are.equal("/var/lib/gw/pair-sessions.json", pairstore.default_path("/var/lib/gw"))
+    assert.are.equal("/var/lib/gw/pair-sessions.json", pairstore.default_path("/var/lib/gw/"))
+    assert.are.equal("rel/pair-sessions.json", pairstore.default_path("rel"))
+  end)
+
+  it("raises on a bad base_dir", function()
+    assert.has_error(function() pairstore.default_path() end)
+    assert.has_error(function() pairstore.default_path("") end)
+    assert.has_error(function() pairstore.default_path(42) end)
+  end)
+end)
+
+describe("pairstore.redact()", function()
+  it("returns a copy with the secret key and code hidden", function()
+    local s = { sid = "a", skGatewayB64 = "SECRET", pkGatewayB64 = "PUB", secondaryCode = "123456",
+      operatorContext = { channel = "cli" } }
+    local r = pairstore.redact(s)
+    assert.are.equal("[redacted]", r.skGatewayB64)
+    assert.are.equal("[redacted]", r.secondaryCode)
+    assert.are.equal("PUB", r.pkGatewayB64)
+    assert.are.equal("SECRET", s.skGatewayB64)
+    assert.are.equal("123456", s.secondaryCode)
+    r.operatorContext.channel = "changed"
+    assert.are.equal("cli", s.operatorContext.channel)
+  end)
+
+  it("raises on a non-table", function()
+    assert.has_error(function() pairstore.redact("x") end, "pairstore.redact: session must be a table")
+  end)
+end)
+
+describe("pairstore.is_terminal()", function()
+  it("knows the four terminal statuses", function()
+    for _, s in ipairs { "completed", "consumed", "expired", "rejected" } do
+      assert.is_true(pairstore.is_terminal(s))
+    end
+    for _, s in ipairs { "awaiting_scan", "device_connected", "something_new", "" } do
+      assert.is_false(pairstore.is_terminal(s))
+    end
+    assert.has_error(function() pairstore.is_terminal(nil) end)
+  end)
+end)
+
+describe("pairstore.pairing_url()", function()
+  it("puts the sid in the query and the key only in the fragment", function()
+    local url = pairstore.pairing_url("https://gw.example/pair",
+      { sid = "00112233445566778899aabbccddeeff", pkGatewayB64 = "B6N8vBQgk8i3VdwbEOhstCY3StFqqFPtC9_AsrhtHHw" })
+    assert.are.equal("https://gw.example/pair?sid=00112233445566778899aabbccddeeff#pk=B6N8vBQgk8i3VdwbEOhstCY3StFqqFPtC9_AsrhtHHw", url)
+  end)
+end)
+
+describe("pairstore.open()", function()
+  local dir
+  before_each(function() dir = helpers.tmpdir() end)
+  after_each(helpers.cleanup)
+
+  it("touches nothing until the first operation", function()
+    local store = pairstore.open(dir .. "/x/y/pair-sessions.json")
+    assert.is_false(helpers.exists(dir .. "/x"))
+    assert.are.equal(dir .. "/x/y/pair-sessions.json", store.path)
+  end)
+
+  it("makes a relative path absolute", function()
+    local store = pairstore.open("spec-relative/pair-sessions.json")
+    assert.are.equal(helpers.ROOT .. "/spec-relative/pair-sessions.json", store.path)
+  end)
+
+  it("raises at the caller's level on bad arguments", function()
+    local ok, err = pcall(pairstore.open, 42)
+    assert.is_false(ok)
+    assert.matches("path must be a non%-empty string", err)
+    assert.has_error(function() pairstore.open("") end)
+    assert.has_error(function() pairstore.open(dir .. "/p", "nope") end)
+    assert.has_error(function() pairstore.open(dir .. "/p", { durabel = true }) end)
+    assert.has_error(function() pairstore.open(dir .. "/p", { now = 5 }) end)
+    assert.has_error(function() pairstore.open(dir .. "/p", { lock_wait_ms = -1 }) end)
+    assert.has_error(function() pairstore.open(dir .. "/p", { lock_wait_ms = 1.5 }) end)
+    assert.has_error(function() pairstore.open(dir .. "/p", { max_sessions = 0 }) end)
+    assert.has_error(function() pairstore.open(dir .. "/p", { rng = { sid = "x" } }) end)
+    assert.has_error(function() pairstore.open(dir .. "/p", { rng = { salt = function() end } }) end)
+    assert.has_error(function() pairstore.open(dir .. "/") end)
+    -- the error names the caller's file, not pairstore's
+    local _, e = pcall(function() pairstore.open(dir .. "/p", { bogus = 1 }) end)
+    assert.matches("api_spec.lua", e)
+  end)
+end)

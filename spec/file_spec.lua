@@ -1,0 +1,405 @@
+-- The sessions file: reading the reference's files, robustness of the load, corrupt and
+-- unreadable files, write failures, hostile paths, modes.
+local pairstore = require "pairstore"
+local crypto = require "pairstore.crypto"
+local helpers = require "helpers"
+
+local T0 = 1764300000000
+local FIXTURE = helpers.FIXTURES .. "/reference-store.json"
+local q = helpers.sh_quote
+
+local function open_at(path, clock_ms, extra)
+  local events = {}
+  local opts = { now = function() return clock_ms end, durable = false,
+    on_event = function(name, info) events[#events + 1] = { name = name, info = info } end }
+  for k, v in pairs(extra or {}) do opts[k] = v end
+  return pairstore.open(path, opts), events
+end
+
+local function assert_io(code_expected, ...)
+  local v, msg, code = ...
+  assert.is_nil(v)
+  assert.are.equal(code_expected or "io", code)
+  assert.is_string(msg)
+  return msg
+end
+
+describe("the reference's file", function()
+  after_each(helpers.cleanup)
+
+  it("loads with its four sessions, statuses and fields", function()
+    local dir = helpers.tmpdir()
+    local path = dir .. "/pair-sessions.json"
+    helpers.write(path, helpers.read(FIXTURE))
+    local store = open_at(path, T0 + 60000)
+    local all = store:list_all()
+    assert.are.equal(4, #all)
+    local want = {
+      { "08a7a099bd235c2f544a3e132e2adc77", "awaiting_scan", 0, "042917", "generate", "cli" },
+      { "a7a70c90c1681fd41a352a9c02684643", "device_connected", 0, "100000", "import", "telegram" },
+      { "885d6435abf3284833d8c9ca0747452b", "completed", 0, "999999", "generate", "cli" },
+      { "a775ffdf45083034e50412bf8739ed44", "rejected", 5, "555555", "generate", "cli" },
+    }
+    for i, w in ipairs(want) do
+      local s = all[i]
+      assert.are.equal(w[1], s.sid)
+      assert.are.equal(w[2], s.status)
+      assert.are.equal(w[3], s.secondaryCodeAttempts)
+      assert.are.equal(w[4], s.secondaryCode)
+      assert.are.equal(w[5], s.mode)
+      assert.are.equal(w[6], s.operatorContext.channel)
+      assert.are.equal("integer", math.type(s.createdAtMs))
+      -- the reference's keys are real X25519 pairs
+      assert.are.equal(crypto.public_key(s.skGatewayB64), s.pkGatewayB64)
+    end
+    assert.are.same({ "08a7a099bd235c2f544a3e132e2adc77", "a7a70c90c1681fd41a352a9c02684643" },
+      { store:list_active()[1].sid, store:list_active()[2].sid })
+    -- read-only: the file is untouched
+    assert.are.equal(helpers.read(FIXTURE), helpers.read(path))
+  end)
+
+  it("is written back byte for byte after a change that is undone", function()
+    local dir = helpers.tmpdir()
+    local path = dir .. "/pair-sessions.json"
+    helpers.write(path, helpers.read(FIXTURE))
+    local store = open_at(path, T0 + 60000)
+    assert(store:update("08a7a099bd235c2f544a3e132e2adc77", function(s) s.tmp = 1 end))
+    assert(store:update("08a7a099bd235c2f544a3e132e2adc77", function(s) s.tmp = nil end))
+    assert.are.equal(helpers.read(FIXTURE), helpers.read(path))
+  end)
+
+  it("keeps unknown fields through a load-modify-write cycle", function()
+    local dir = helpers.tmpdir()
+    local path = dir .. "/pair-sessions.json"
+    local doc = helpers.json.decode(helpers.read(FIXTURE))
+    doc.sessions[1].futureField = { nested = { 1, 2, 3 }, flag = true, text = "é\"/\\" }
+    doc.sessions[1].operatorContext.extra = "kept"
+    helpers.write(path, helpers.json.encode(doc))
+    local store = open_at(path, T0 + 60000)
+    assert(store:transition("08a7a099bd235c2f544a3e132e2adc77", "device_connected"))
+    local back = helpers.read_json(path).sessions[1]
+    assert.are.same({ 1, 2, 3 }, back.futureField.nested)
+    assert.are.equal(true, back.futureField.flag)
+    assert.are.equal("é\"/\\", back.futureField.text)
+    assert.are.equal("kept", back.operatorContext.extra)
+    assert.are.equal("device_connected", back.status)
+  end)
+
+  it("prunes the reference's sessions on the reference's schedule", function()
+    local dir = helpers.tmpdir()
+    local path = dir .. "/pair-sessions.json"
+    helpers.write(path, helpers.read(FIXTURE))
+    -- the rejected one (changed at T0+50000) is kept until +3600000 and gone at +3600001
+    local kept = open_at(path, T0 + 50000 + 3600000)
+    local ids = {}
+    for _, s in ipairs(kept:list_all()) do ids[#ids + 1] = s.sid end
+    assert.are.equal(3, #ids) -- the completed one (changed at T0+40000) is already gone
+    assert.are.equal("a775ffdf45083034e50412bf8739ed44", ids[3])
+    local store = open_at(path, T0 + 50000 + 3600001)
+    local all = store:list_all()
+    local by = {}
+    for _, s in ipairs(all) do by[s.sid] = s end
+    assert.is_nil(by["a775ffdf45083034e50412bf8739ed44"])
+    assert.is_nil(by["885d6435abf3284833d8c9ca0747452b"])
+    assert.are.equal("expired", by["08a7a099bd235c2f544a3e132e2adc77"].status)
+    assert.are.equal(T0 + 900000, by["08a7a099bd235c2f544a3e132e2adc77"].lastStatusChangeAtMs)
+    -- and the file lost them (a read writes back when it deleted)
+    assert.are.equal(2, #helpers.read_json(path).sessions)
+  end)
+
+  it("is readable by the reference peer after pairstore wrote it", function()
+    if not helpers.have("node") then return pending("node not installed") end
+    local dir = helpers.tmpdir()
+    local path = dir .. "/pair-sessions.json"
+    local store = pairstore.open(path)
+    local s = assert(store:create { mode = "import", operator = { channel = "cli", senderId = "42" } })
+    local ok, out = helpers.peer("dump " .. q(path))
+    assert.is_true(ok, out)
+    local seen = helpers.json.decode(out)
+    assert.are.equal(1, #seen)
+    assert.are.equal(s.sid, seen[1].sid)
+    assert.are.equal(s.pkGatewayB64, seen[1].pkGatewayB64)
+    -- and pairstore reads what the peer creates
+    ok, out = helpers.peer("create " .. q(path))
+    assert.is_true(ok, out)
+    local created = helpers.json.decode(out)
+    local got = assert(store:get(created.sid))
+    assert.are.equal("reference-peer", got.operatorContext.channel)
+    assert.are.equal(2, #store:list_all())
+    assert.is_false(helpers.exists(path .. ".lock"))
+  end)
+end)
+
+describe("loading", function()
+  after_each(helpers.cleanup)
+
+  local function good(overrides)
+    local s = {
+      sid = "0123456789abcdef0123456789abcdef", skGatewayB64 = "sk", pkGatewayB64 = "pk",
+      createdAtMs = T0, expiresAtMs = T0 + 900000, secondaryCode = "123456",
+      secondaryCodeAttempts = 0, operatorContext = { channel = "cli" }, mode = "generate",
+      status = "awaiting_scan", lastStatusChangeAtMs = T0,
+    }
+    for k, v in pairs(overrides or {}) do s[k] = v end
+    return s
+  end
+
+  local function with_sessions(list)
+    local dir = helpers.tmpdir()
+    local path = dir .. "/pair-sessions.json"
+    local parts = {}
+    for i, s in ipairs(list) do parts[i] = type(s) == "string" and s or helpers.json.encode(s) end
+    helpers.write(path, '{"version":1,"sessions":[' .. table.concat(parts, ",") .. "]}")
+    return path, dir
+  end
+
+  it("drops invalid entries like the reference, and says so", function()
+    local null = helpers.json.null
+    local bad = {
+      good { sid = "" }, good { sid = 5 }, good { skGatewayB64 = 1 }, good { pkGatewayB64 = null },
+      good { createdAtMs = "1" }, good { expiresAtMs = true }, good { lastStatusChangeAtMs = {} },
+      good { secondaryCodeAttempts = "0" }, good { secondaryCode = "12345" },
+      good { secondaryCode = "1234567" }, good { secondaryCode = 123456 }, good { secondaryCode = "12a456" },
+      good { operatorContext = "cli" }, good { operatorContext = null }, good { mode = "export" },
+      good { status = 1 }, '"a string"', "42", "null", "[]",
+    }
+    local list = { good { sid = "aa" } }
+    for _, b in ipairs(bad) do list[#list + 1] = b end
+    list[#list + 1] = good { sid = "zz", status = "from_the_future" }
+    local path = with_sessions(list)
+    local store, events = open_at(path, T0)
+    local all = store:list_all()
+    assert.are.equal(2, #all)
+    assert.are.equal("aa", all[1].sid)
+    assert.are.equal("zz", all[2].sid)
+    -- an unknown status is kept and non-terminal
+    assert.are.equal("from_the_future", all[2].status)
+    assert.are.equal(1, #events)
+    assert.are.equal("invalid_dropped", events[1].name)
+    assert.are.equal(#bad, events[1].info.count)
+    -- a read does not rewrite; the next write drops them for good
+    assert.are.equal(#list, #helpers.read_json(path).sessions)
+    assert(store:transition("aa", "device_connected"))
+    assert.are.equal(2, #helpers.read_json(path).sessions)
+  end)
+
+  it("expires an unknown status like any non-terminal one", function()
+    local path = with_sessions { good { status = "from_the_future" } }
+    local store = open_at(path, T0 + 900001)
+    assert.are.equal("expired", store:get("0123456789abcdef0123456789abcdef").status)
+  end)
+
+  it("accepts integral numbers written as floats", function()
+    local path = with_sessions { '{"sid":"x","skGatewayB64":"a","pkGatewayB64":"b","createdAtMs":1.7643e12,' ..
+      '"expiresAtMs":1764300900000.0,"secondaryCode":"000000","secondaryCodeAttempts":0e0,' ..
+      '"operatorContext":{},"mode":"import","status":"awaiting_scan","lastStatusChangeAtMs":1764300000000}' }
+    local s = assert(open_at(path, T0):get("x"))
+    assert.are.equal(1764300000000, s.createdAtMs)
+    assert.are.equal("integer", math.type(s.createdAtMs))
+    assert.are.equal("integer", math.type(s.secondaryCodeAttempts))
+  end)
+
+  it("treats a missing file as empty and does not create it on reads", function()
+    local dir = helpers.tmpdir()
+    local store = open_at(dir .. "/none/pair-sessions.json", T0)
+    assert.are.same({}, store:list_all())
+    assert.are.equal(0, store:prune())
+    assert.are.same({ "none" }, helpers.ls(dir)) -- the lock needed the directory; nothing else
+    assert.are.same({}, helpers.ls(dir .. "/none"))
+  end)
+
+  local corrupt_cases = {
+    { "not JSON", "{version:1" },
+    { "empty file", "" },
+    { "NaN", '{"version":1,"sessions":[],"x":NaN}' },
+    { "Infinity", '{"version":1,"sessions":[],"x":-Infinity}' },
+    { "1e999", '{"version":1,"sessions":[{"sid":"a","n":1e999}]}' },
+    { "hex number", '{"version":1,"sessions":[],"x":0x10}' },
+    { "wrong version", '{"version":2,"sessions":[]}' },
+    { "version as a string", '{"version":"1","sessions":[]}' },
+    { "sessions not an array", '{"version":1,"sessions":{"a":1}}' },
+    { "sessions missing", '{"version":1}' },
+    { "top level an array", "[1,2]" },
+    { "deep nesting", '{"version":1,"sessions":[' .. ("["):rep(5000) .. ("]"):rep(5000) .. "]}" },
+    { "BOM", "\239\187\191" .. '{"version":1,"sessions":[]}' },
+    { "trailing garbage", '{"version":1,"sessions":[]} x' },
+  }
+  for _, c in ipairs(corrupt_cases) do
+    it("moves a corrupt file aside (" .. c[1] .. ") and starts empty", function()
+      local dir = helpers.tmpdir()
+      local path = dir .. "/pair-sessions.json"
+      helpers.write(path, c[2])
+      os.execute("chmod 0644 " .. q(path))
+      local store, events = open_at(path, T0)
+      assert.are.same({}, store:list_all())
+      assert.is_false(helpers.exists(path))
+      local moved
+      for _, n in ipairs(helpers.ls(dir)) do
+        if n:match("^pair%-sessions%.json%.corrupt%-%d+$") then moved = dir .. "/" .. n end
+      end
+      assert.is_string(moved)
+      assert.are.equal(c[2], helpers.read(moved))
+      assert.are.equal("600", helpers.mode(moved))
+      assert.are.equal(1, #events)
+      assert.are.equal("corrupt", events[1].name)
+      assert.are.equal(moved, events[1].info.path)
+      assert.matches("corrupt sessions file moved aside", events[1].info.message)
+      -- the next create starts a fresh file
+      assert(store:create {})
+      assert.are.equal(1, #helpers.read_json(path).sessions)
+    end)
+  end
+
+  it("quarantines a file over the size cap without reading it", function()
+    local dir = helpers.tmpdir()
+    local path = dir .. "/pair-sessions.json"
+    os.execute("truncate -s 50M " .. q(path))
+    local store, events = open_at(path, T0)
+    assert.are.same({}, store:list_all())
+    assert.are.equal("corrupt", events[1].name)
+    assert.matches("larger than", events[1].info.message)
+    -- a smaller cap applies too
+    helpers.write(path, helpers.read(FIXTURE))
+    local small, ev2 = open_at(path, T0, { max_file_bytes = 1000 })
+    assert.are.same({}, small:list_all())
+    assert.are.equal("corrupt", ev2[1].name)
+  end)
+end)
+
+describe("failures", function()
+  after_each(helpers.cleanup)
+
+  it("fails with 'io' on an unreadable file and writes nothing", function()
+    if helpers.is_root() and not helpers.have("setpriv") then return pending("needs a non-root user") end
+    local dir = helpers.tmpdir()
+    local path = dir .. "/pair-sessions.json"
+    helpers.write(path, helpers.read(FIXTURE))
+    os.execute("chmod 000 " .. q(path))
+    if helpers.is_root() then
+      -- run the operation as nobody, who owns the directory but cannot read the file
+      os.execute("chown -R nobody " .. q(dir) .. " && chmod 000 " .. q(path))
+      local ok, out = helpers.run(("setpriv --reuid=nobody --regid=nogroup --clear-groups env %s lua5.4 -e %s"):format(
+        helpers.LUA_ENV, q(([[
+        local store = require("pairstore").open(%q, { durable = false })
+        local v, msg, code = store:create {}
+        print(tostring(v), code, msg)
+        v, msg, code = store:list_all()
+        print(tostring(v), code, msg)
+      ]]):format(path))))
+      assert.is_true(ok, out)
+      assert.matches("nil\tio\topen .-pair%-sessions%.json: Permission denied %(EACCES%)", out)
+      local lines = {}
+      for l in out:gmatch("[^\n]+") do lines[#lines + 1] = l end
+      assert.are.equal(2, #lines)
+      assert.matches("^nil\tio\t", lines[2])
+    else
+      local store = open_at(path, T0)
+      local msg = assert_io("io", store:create {})
+      assert.matches("EACCES", msg)
+    end
+    os.execute("chmod 600 " .. q(path))
+    assert.are.equal(helpers.read(FIXTURE), helpers.read(path))
+    assert.are.same({ "pair-sessions.json" }, helpers.ls(dir))
+  end)
+
+  it("fails with 'io' when the path is a directory, a FIFO or a symlink", function()
+    local dir = helpers.tmpdir()
+    local path = dir .. "/pair-sessions.json"
+    local victim = helpers.tmpdir() .. "/victim"
+    helpers.write(victim, "victim")
+    local plant = {
+      directory = "mkdir " .. q(path),
+      fifo = "mkfifo " .. q(path),
+      symlink = "ln -s " .. q(victim) .. " " .. q(path),
+      ["dangling symlink"] = "ln -s " .. q(dir .. "/nowhere") .. " " .. q(path),
+    }
+    for what, cmd in pairs(plant) do
+      os.execute("rm -rf " .. q(path))
+      assert.is_true(os.execute(cmd))
+      local store = open_at(path, T0, { lock_wait_ms = 200 })
+      local msg = assert_io("io", store:create {})
+      assert.matches("pair%-sessions%.json", msg, what)
+      assert_io("io", store:list_all())
+      assert_io("io", store:get("x"))
+      assert.is_false(helpers.exists(path .. ".lock"), what)
+    end
+    assert.are.equal("victim", helpers.read(victim))
+    assert.is_false(helpers.exists(dir .. "/nowhere"))
+  end)
+
+  it("fails with 'io' when the lock path is a symlink, FIFO or directory, without hanging", function()
+    local dir = helpers.tmpdir()
+    local path = dir .. "/pair-sessions.json"
+    local victim = helpers.tmpdir() .. "/victim"
+    helpers.write(victim, "victim")
+    for _, cmd in ipairs { "ln -s " .. q(victim), "mkfifo", "mkdir", "ln -s " .. q(dir .. "/nowhere") } do
+      os.execute("rm -rf " .. q(path .. ".lock"))
+      assert.is_true(os.execute(cmd .. " " .. q(path .. ".lock")))
+      local store = open_at(path, T0, { lock_wait_ms = 5000 })
+      local t0 = helpers.mono()
+      local msg = assert_io("io", store:create {})
+      assert.is_true(helpers.mono() - t0 < 2, cmd)
+      assert.matches("lock", msg)
+      assert.is_false(helpers.exists(path))
+    end
+    assert.are.equal("victim", helpers.read(victim))
+    assert.is_false(helpers.exists(dir .. "/nowhere"))
+  end)
+
+  it("returns 'io' on a write failure and leaves the old file byte-identical (ulimit -f)", function()
+    local dir = helpers.tmpdir()
+    local path = dir .. "/pair-sessions.json"
+    helpers.write(path, helpers.read(FIXTURE))
+    local ok, out = helpers.run(("trap '' XFSZ; ulimit -f 2; %s lua5.4 -e %s"):format(helpers.LUA_ENV, q(([[
+      local store = require("pairstore").open(%q, { now = function() return %d end })
+      local v, msg, code = store:update("08a7a099bd235c2f544a3e132e2adc77", function(s)
+        s.padding = string.rep("x", 4096)
+      end)
+      print(tostring(v), code, msg)
+    ]]):format(path, T0 + 60000))))
+    assert.is_true(ok, out)
+    assert.matches("^nil\tio\twrite temp file for .-: File too large %(EFBIG%)", out)
+    assert.are.equal(helpers.read(FIXTURE), helpers.read(path))
+    assert.are.same({ "pair-sessions.json" }, helpers.ls(dir))
+  end)
+
+  it("fails with 'io' when the directory cannot be created", function()
+    local dir = helpers.tmpdir()
+    helpers.write(dir .. "/file", "x")
+    local store = open_at(dir .. "/file/sub/pair-sessions.json", T0)
+    local msg = assert_io("io", store:create {})
+    assert.matches("ENOTDIR", msg)
+  end)
+end)
+
+describe("modes", function()
+  after_each(helpers.cleanup)
+
+  it("brings a pre-existing 0644 file back to 0600 on the next write", function()
+    local dir = helpers.tmpdir()
+    local path = dir .. "/pair-sessions.json"
+    helpers.write(path, helpers.read(FIXTURE))
+    os.execute("chmod 0644 " .. q(path))
+    local store = open_at(path, T0 + 60000)
+    assert(store:create {})
+    assert.are.equal("600", helpers.mode(path))
+  end)
+
+  for _, umask in ipairs { "0000", "0277", "0077" } do
+    it("writes 0600 files and 0700 directories under umask " .. umask, function()
+      local dir = helpers.tmpdir()
+      local path = dir .. "/a/b/pair-sessions.json"
+      local ok, out = helpers.run(("umask %s; %s lua5.4 -e %s"):format(umask, helpers.LUA_ENV, q(([[
+        local store = require("pairstore").open(%q)
+        assert(store:create {})
+        assert(store:create {})
+        print(#store:list_all())
+      ]]):format(path))))
+      assert.is_true(ok, out)
+      assert.matches("^2", out)
+      assert.are.equal("600", helpers.mode(path))
+      assert.are.equal("700", helpers.mode(dir .. "/a"))
+      assert.are.equal("700", helpers.mode(dir .. "/a/b"))
+    end)
+  end
+end)
