@@ -76,12 +76,13 @@ bench: deps all
 	bash spec/bench/run.sh
 
 install: $(CORE)
-	install -d $(DESTDIR)$(LUA_CMOD)/pairstore $(DESTDIR)$(LUA_LMOD)/pairstore
+	install -d $(DESTDIR)$(LUA_CMOD)/pairstore $(DESTDIR)$(LUA_LMOD)/pairstore $(DESTDIR)$(BINDIR)
 	install -m 0755 $(CORE) $(DESTDIR)$(LUA_CMOD)/pairstore/core.so
 	install -m 0644 lua/pairstore/*.lua $(DESTDIR)$(LUA_LMOD)/pairstore/
+	install -m 0755 bin/pairstore $(DESTDIR)$(BINDIR)/pairstore
 
 uninstall:
-	rm -rf $(DESTDIR)$(LUA_CMOD)/pairstore $(DESTDIR)$(LUA_LMOD)/pairstore
+	rm -rf $(DESTDIR)$(LUA_CMOD)/pairstore $(DESTDIR)$(LUA_LMOD)/pairstore $(DESTDIR)$(BINDIR)/pairstore
 
 clean:
 	rm -rf $(BUILD) build-fault build-asan build-fuzz

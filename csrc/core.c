@@ -18,8 +18,10 @@
 #define PS_STORE_MT "pairstore.store"
 #define PS_VERSION  "0.1.0"
 
-/* User values of a store userdata. */
-enum { UV_OPTS = 1, UV_ENCODE, UV_DECODE, UV_COUNT = UV_DECODE };
+/* User values of a store userdata: options; cjson encode and decode; the sessions as last
+ * read or written (valid while the file's bytes are the cached ones); each session's JSON
+ * text (a weak-keyed table: session table -> string). */
+enum { UV_OPTS = 1, UV_ENCODE, UV_DECODE, UV_SESSIONS, UV_TEXTS, UV_COUNT = UV_TEXTS };
 
 static const char held_key = 'h'; /* registry: lock paths held by this Lua state */
 
@@ -27,6 +29,12 @@ typedef struct ps_store {
   ps_file f;
   const ps_backend *be;
   int max_sessions;
+  /* The file's bytes as last read or written under the lock. When the next read finds the
+   * same bytes, the parsed sessions in UV_SESSIONS are reused instead of parsing again.
+   * (Bytes, not stat identity: inode numbers are reused and mtimes are coarse.) */
+  char *cache;
+  size_t cache_len;
+  int cache_valid;
 } ps_store;
 
 typedef enum {
@@ -40,6 +48,8 @@ typedef struct ps_txn {
   int readonly;          /* get/list: write back only when pruning deleted something */
   int64_t now;
   int dirty;             /* in-memory sessions differ from the file */
+  int cacheable;         /* the loaded sessions are exactly the file's (nothing dropped) */
+  int committed;
   int removed;           /* pruned away */
   const char *outcome;   /* domain outcome: nil, outcome, outcome */
   int failed;            /* system failure in err */
@@ -115,6 +125,37 @@ static int shape_ok(lua_State *L, int doc, const char **why)
   return 1;
 }
 
+static void cache_drop(ps_store *s)
+{
+  if (s->cache) {
+    sodium_memzero(s->cache, s->cache_len);
+    free(s->cache);
+  }
+  s->cache = NULL;
+  s->cache_len = 0;
+  s->cache_valid = 0;
+}
+
+/* Takes ownership of buf (malloc'd, len bytes) as the cached file content. */
+static void cache_keep(ps_store *s, char *buf, size_t len)
+{
+  cache_drop(s);
+  s->cache = buf;
+  s->cache_len = len;
+}
+
+/* A session at idx was changed in place: its cached JSON text is stale. */
+static void changed(lua_State *L, ps_txn *t, int sess)
+{
+  sess = lua_absindex(L, sess);
+  t->dirty = 1;
+  lua_getiuservalue(L, 2, UV_TEXTS);
+  lua_pushvalue(L, sess);
+  lua_pushnil(L);
+  lua_rawset(L, -3);
+  lua_pop(L, 1);
+}
+
 static void quarantine(lua_State *L, ps_txn *t, const char *why)
 {
   char moved[4096 + 64], detail[300];
@@ -143,7 +184,19 @@ static void load(lua_State *L, ps_txn *t)
 
   rc = s->be->load(&s->f, &buf, &len, &toobig, &id, &t->err);
   if (rc == PS_LOAD_ERROR) { t->failed = 1; return; }
-  if (rc == PS_LOAD_ABSENT) { lua_newtable(L); return; }
+  if (rc == PS_LOAD_ABSENT) {
+    cache_drop(s);
+    lua_newtable(L);
+    return;
+  }
+  if (!toobig && s->cache_valid && len == s->cache_len && memcmp(buf, s->cache, len) == 0) {
+    sodium_memzero(buf, len);
+    free(buf);
+    lua_getiuservalue(L, 2, UV_SESSIONS);
+    t->cacheable = 1;
+    return;
+  }
+  cache_drop(s);
   if (toobig) {
     snprintf(reason, sizeof reason, "larger than %zu bytes", s->f.max_bytes);
     quarantine(L, t, reason);
@@ -152,8 +205,7 @@ static void load(lua_State *L, ps_txn *t)
   }
   lua_getiuservalue(L, 2, UV_DECODE);
   lua_pushlstring(L, buf, len);
-  sodium_memzero(buf, len);
-  free(buf);
+  cache_keep(s, buf, len);
   if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
     snprintf(reason, sizeof reason, "invalid JSON (%s)",
              lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "?");
@@ -185,6 +237,8 @@ static void load(lua_State *L, ps_txn *t)
     ps_file_event(&s->f, "invalid_dropped", "invalid session entries were dropped", s->f.path,
                   (long)(n - kept), 0, 0);
     t->dirty = 1;
+  } else {
+    t->cacheable = 1;
   }
   lua_remove(L, doc);
 }
@@ -197,31 +251,55 @@ static void commit(lua_State *L, ps_txn *t, int arr)
   ps_buf b = { 0 };
   ps_ident id;
   lua_Integer n = (lua_Integer)lua_rawlen(L, arr), i;
-  int enc;
+  int enc, texts;
 
   lua_getiuservalue(L, 2, UV_ENCODE);
   enc = lua_gettop(L);
+  lua_getiuservalue(L, 2, UV_TEXTS);
+  texts = lua_gettop(L);
   ps_buf_lit(&b, "{\"version\":1,\"sessions\":[");
   for (i = 1; i <= n; i++) {
+    size_t start = b.len, tlen;
+    const char *text;
     if (i > 1) ps_buf_lit(&b, ",");
     lua_rawgeti(L, arr, i);
-    if (ps_encode_session(L, enc, -1, &b) != 0) {
+    lua_pushvalue(L, -1);
+    if (lua_rawget(L, texts) == LUA_TSTRING) { /* unchanged since it was last encoded */
+      text = lua_tolstring(L, -1, &tlen);
+      ps_buf_add(&b, text, tlen);
       lua_pop(L, 2);
+      continue;
+    }
+    lua_pop(L, 1);
+    start = b.len;
+    if (ps_encode_session(L, enc, -1, &b) != 0) {
+      lua_pop(L, 3);
       ps_buf_free(&b);
       fail(t, "invalid", "a session could not be encoded as JSON");
       return;
     }
-    lua_pop(L, 1);
+    if (!b.oom) {
+      lua_pushlstring(L, b.p + start, b.len - start);
+      lua_rawset(L, texts); /* texts[session] = its JSON */
+    } else {
+      lua_pop(L, 1);
+    }
   }
   ps_buf_lit(&b, "]}");
-  lua_pop(L, 1);
+  lua_pop(L, 2);
   if (b.oom) {
     ps_buf_free(&b);
     fail(t, "io", "encode: out of memory (ENOMEM)");
     return;
   }
-  if (s->be->commit(&s->f, b.p, b.len, &id, &t->err) != 0) t->failed = 1;
-  ps_buf_free(&b);
+  if (s->be->commit(&s->f, b.p, b.len, &id, &t->err) != 0) {
+    t->failed = 1;
+    ps_buf_free(&b);
+    return;
+  }
+  /* What we wrote is what the file now holds: keep it (the buffer is handed over). */
+  cache_keep(s, b.p, b.len);
+  t->committed = 1;
 }
 
 /* ---- the operations, run under the lock ----------------------------------------------------- */
@@ -275,7 +353,7 @@ static int act_on_sid(lua_State *L, ps_txn *t, int arr)
       return 0;
     }
     touch_status(L, sess, to, t->now);
-    t->dirty = 1;
+    changed(L, t, sess);
     return push_copy(L, sess);
 
   case OP_FAILED_CODE:
@@ -283,7 +361,7 @@ static int act_on_sid(lua_State *L, ps_txn *t, int arr)
     ps_set_int(L, sess, "secondaryCodeAttempts", ps_get_int(L, sess, "secondaryCodeAttempts") + 1);
     if (ps_get_int(L, sess, "secondaryCodeAttempts") >= PS_MAX_CODE_ATTEMPTS)
       touch_status(L, sess, "rejected", t->now);
-    t->dirty = 1;
+    changed(L, t, sess);
     return push_copy(L, sess);
 
   case OP_VERIFY: {
@@ -309,12 +387,12 @@ static int act_on_sid(lua_State *L, ps_txn *t, int arr)
         touch_status(L, sess, "rejected", t->now);
         t->outcome = "attempts_exhausted";
       }
-      t->dirty = 1;
+      changed(L, t, sess);
       return 0;
     }
     if (strcmp(status, "awaiting_scan") == 0) {
       touch_status(L, sess, "device_connected", t->now);
-      t->dirty = 1;
+      changed(L, t, sess);
     }
     return push_copy(L, sess);
   }
@@ -327,7 +405,7 @@ static int act_on_sid(lua_State *L, ps_txn *t, int arr)
     if (t->outcome) return 0;
     push_copy(L, sess); /* the record as it was before */
     touch_status(L, sess, "consumed", t->now);
-    t->dirty = 1;
+    changed(L, t, sess);
     return 1;
 
   default:
@@ -550,7 +628,9 @@ static int txn_body(lua_State *L)
   load(L, t);
   if (t->failed) return 0;
   arr = lua_gettop(L);
-  t->removed = ps_prune(L, arr, t->now, &expired);
+  lua_getiuservalue(L, 2, UV_TEXTS);
+  t->removed = ps_prune(L, arr, lua_gettop(L), t->now, &expired);
+  lua_pop(L, 1);
   if (t->removed || expired) t->dirty = 1;
 
   switch (t->op) {
@@ -566,6 +646,12 @@ static int txn_body(lua_State *L)
   if (t->readonly ? t->removed > 0 : t->dirty) {
     commit(L, t, arr);
     if (t->failed) return 0;
+  }
+  /* The sessions in memory are the file's exactly: reuse them while its bytes stay. */
+  if (t->committed || (t->cacheable && !t->dirty)) {
+    lua_pushvalue(L, arr);
+    lua_setiuservalue(L, 2, UV_SESSIONS);
+    t->s->cache_valid = 1;
   }
   return nres;
 }
@@ -623,6 +709,7 @@ static int run(lua_State *L, ps_op op, int readonly)
   ps_txn t;
 
   memset(&t, 0, sizeof t);
+  s->cache_valid = s->cache_valid && s->cache != NULL;
   t.s = s;
   t.op = op;
   t.readonly = readonly;
@@ -647,6 +734,12 @@ static int run(lua_State *L, ps_op op, int readonly)
 
   s->be->unlock(&s->f);
   held_set(L, s, 0);
+  if (status != LUA_OK || t.failed || !s->cache_valid) {
+    /* Memory may now differ from the file: never trust it again. */
+    s->cache_valid = 0;
+    lua_pushnil(L);
+    lua_setiuservalue(L, 1, UV_SESSIONS);
+  }
   if (status != LUA_OK) return lua_error(L); /* out of memory or a bug: lock already released */
   deliver_events(L, s, 1);
   if (t.failed) return ps_push_err(L, &t.err);
@@ -762,6 +855,7 @@ static int m_close(lua_State *L)
 {
   ps_store *s = luaL_checkudata(L, 1, PS_STORE_MT);
   ps_lock_close(&s->f);
+  cache_drop(s);
   free(s->f.path);
   free(s->f.lockpath);
   free(s->f.dir);
@@ -853,6 +947,12 @@ static int f_open(lua_State *L)
   lua_setiuservalue(L, -2, UV_ENCODE);
   lua_getfield(L, lua_upvalueindex(1), "decode");
   lua_setiuservalue(L, -2, UV_DECODE);
+  lua_newtable(L); /* texts: weak keys */
+  lua_createtable(L, 0, 1);
+  lua_pushliteral(L, "k");
+  lua_setfield(L, -2, "__mode");
+  lua_setmetatable(L, -2);
+  lua_setiuservalue(L, -2, UV_TEXTS);
   return 1;
 }
 

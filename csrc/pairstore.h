@@ -184,8 +184,9 @@ const char *ps_validate_session(lua_State *L, int idx);
 void        ps_copy_value(lua_State *L, int idx, int depth); /* pushes a deep copy */
 /* Appends the session's compact JSON; enc is the stack index of cjson's encode. */
 int         ps_encode_session(lua_State *L, int enc, int idx, ps_buf *b);
-/* Expires and drops in place; returns the number removed, *expired the number expired. */
-int         ps_prune(lua_State *L, int arr, int64_t now, int *expired);
+/* Expires and drops in place (forgetting the cached JSON, in the table at texts, of what it
+ * expires); returns the number removed, *expired the number expired. */
+int         ps_prune(lua_State *L, int arr, int texts, int64_t now, int *expired);
 
 /* ---- crypto bindings (crypto.c) ------------------------------------------------------ */
 void ps_crypto_register(lua_State *L); /* adds functions to the table on top of the stack */

@@ -102,7 +102,9 @@ static int normalize_int(lua_State *L, int idx, const char *key)
   return ok;
 }
 
-/* Every number finite, every key a string or a sequence index, depth bounded. */
+/* Every number finite, every key a string or a sequence index, depth bounded. Integral
+ * numbers nested in tables become Lua integers (cjson decodes every number as a float), so a
+ * value reads the same whether it was just stored or read back from the file. */
 int ps_check_value(lua_State *L, int idx, int depth)
 {
   int t = lua_type(L, idx);
@@ -122,6 +124,14 @@ int ps_check_value(lua_State *L, int idx, int depth)
     if ((kt != LUA_TSTRING && !lua_isinteger(L, -2)) || !ps_check_value(L, -1, depth + 1)) {
       lua_pop(L, 2);
       return 0;
+    }
+    if (lua_type(L, -1) == LUA_TNUMBER && !lua_isinteger(L, -1)) {
+      lua_Number d = lua_tonumber(L, -1);
+      if (d == floor(d) && fabs(d) <= (lua_Number)PS_INT_LIMIT) {
+        lua_pushvalue(L, -2);
+        lua_pushinteger(L, (lua_Integer)d);
+        lua_rawset(L, idx); /* assigning an existing field during traversal is allowed */
+      }
     }
     lua_pop(L, 1);
   }
@@ -285,11 +295,12 @@ int ps_encode_session(lua_State *L, int enc, int idx, ps_buf *b)
 
 /* ---- pruning ----------------------------------------------------------------------------- */
 
-int ps_prune(lua_State *L, int arr, int64_t now, int *expired)
+int ps_prune(lua_State *L, int arr, int texts, int64_t now, int *expired)
 {
   lua_Integer n = (lua_Integer)lua_rawlen(L, arr), i, out = 0;
   int removed = 0;
   arr = lua_absindex(L, arr);
+  texts = lua_absindex(L, texts);
   *expired = 0;
   for (i = 1; i <= n; i++) {
     const char *status;
@@ -299,6 +310,9 @@ int ps_prune(lua_State *L, int arr, int64_t now, int *expired)
     if (!ps_is_terminal(status) && now > ps_get_int(L, -1, "expiresAtMs")) {
       ps_set_str(L, -1, "status", "expired");
       ps_set_int(L, -1, "lastStatusChangeAtMs", ps_get_int(L, -1, "expiresAtMs"));
+      lua_pushvalue(L, -1);
+      lua_pushnil(L);
+      lua_rawset(L, texts); /* its cached JSON is stale */
       status = "expired";
       (*expired)++;
     }

@@ -687,3 +687,60 @@ describe("events", function()
     assert.is_nil(flat:find(s.secondaryCode, 1, true))
   end)
 end)
+
+describe("the parsed-file cache", function()
+  after_each(helpers.cleanup)
+
+  it("sees every change made through another store object", function()
+    local a, clock, path = setup()
+    local b = pairstore.open(path, { now = clock.now, durable = false })
+    local s = a:create {}
+    assert.are.equal(s.sid, b:get(s.sid).sid)
+    for i = 1, 20 do
+      local w, r = (i % 2 == 0) and a or b, (i % 2 == 0) and b or a
+      assert(w:update(s.sid, function(x) x.n = i end))
+      assert.are.equal(i, r:get(s.sid).n)
+    end
+  end)
+
+  it("sees an edit from outside that keeps the size and the mtime", function()
+    local store, _, path = setup()
+    local s = store:create {}
+    assert.are.equal(0, store:get(s.sid).secondaryCodeAttempts)
+    local text = helpers.read(path)
+    local edited = text:gsub('"secondaryCodeAttempts":0', '"secondaryCodeAttempts":3')
+    assert.are.equal(#text, #edited)
+    os.execute("touch -r " .. helpers.sh_quote(path) .. " " .. helpers.sh_quote(path .. ".ref"))
+    helpers.write(path, edited)
+    os.execute("touch -r " .. helpers.sh_quote(path .. ".ref") .. " " .. helpers.sh_quote(path))
+    os.remove(path .. ".ref")
+    assert.are.equal(3, store:get(s.sid).secondaryCodeAttempts)
+  end)
+
+  it("is dropped when a transaction fails, so memory never drifts from the file", function()
+    local store, _, path = setup()
+    local s = store:create {}
+    assert.are.equal("callback", select(3, store:update(s.sid, function(x) x.n = 1; error("no") end)))
+    assert.is_nil(store:get(s.sid).n)
+    -- a failed commit (the lock taken away) leaves the memory as the file
+    assert.are.equal("compromised", select(3, store:update(s.sid, function(x)
+      x.n = 2
+      os.remove(path .. ".lock")
+    end)))
+    assert.is_nil(store:get(s.sid).n)
+    assert.is_nil(helpers.read_json(path).sessions[1].n)
+  end)
+
+  it("keeps integers nested in unknown fields integers, fresh or cached", function()
+    local store, clock, path = setup()
+    local s = store:create {}
+    store:update(s.sid, function(x) x.meta = { n = 3, f = 2.5, list = { 1, 2 } } end)
+    local cached = store:get(s.sid).meta
+    local fresh = pairstore.open(path, { now = clock.now }):get(s.sid).meta
+    for _, m in ipairs { cached, fresh } do
+      assert.are.equal("integer", math.type(m.n))
+      assert.are.equal("integer", math.type(m.list[2]))
+      assert.are.equal(2.5, m.f)
+    end
+  end)
+end)
