@@ -197,8 +197,14 @@ static void load(lua_State *L, ps_txn *t)
     return;
   }
   cache_drop(s);
-  if (toobig) {
-    snprintf(reason, sizeof reason, "larger than %zu bytes", s->f.max_bytes);
+  if (toobig || memchr(buf, '\0', len) != NULL) {
+    /* cjson stops at a NUL byte, and JSON text never holds a raw one */
+    if (toobig) snprintf(reason, sizeof reason, "larger than %zu bytes", s->f.max_bytes);
+    else snprintf(reason, sizeof reason, "NUL byte in the file");
+    if (buf) {
+      sodium_memzero(buf, len);
+      free(buf);
+    }
     quarantine(L, t, reason);
     lua_newtable(L);
     return;
@@ -815,6 +821,14 @@ static int m_transition(lua_State *L)
   return run(L, OP_TRANSITION, 0);
 }
 
+static int m_reject(lua_State *L)
+{
+  luaL_checkstring(L, 2);
+  lua_settop(L, 2);
+  lua_pushliteral(L, "rejected");
+  return run(L, OP_TRANSITION, 0);
+}
+
 static int m_failed_code(lua_State *L)
 {
   luaL_checkstring(L, 2);
@@ -1029,7 +1043,7 @@ static int f_errno(lua_State *L)
 
 static const luaL_Reg store_methods[] = {
   { "get", m_get }, { "list", m_list }, { "create", m_create }, { "update", m_update },
-  { "transition", m_transition }, { "register_failed_code", m_failed_code },
+  { "transition", m_transition }, { "reject", m_reject }, { "register_failed_code", m_failed_code },
   { "verify_code", m_verify }, { "consume", m_consume }, { "prune", m_prune },
   { "close", m_close }, { "path", m_path }, { NULL, NULL },
 };

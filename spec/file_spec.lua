@@ -403,3 +403,32 @@ describe("modes", function()
     end)
   end
 end)
+
+describe("orphans of killed writers", function()
+  after_each(helpers.cleanup)
+
+  it("are swept under the lock: only regular files of ours with our prefixes", function()
+    local dir = helpers.tmpdir()
+    local path = dir .. "/pair-sessions.json"
+    helpers.write(path, helpers.read(FIXTURE))
+    local victim = helpers.tmpdir() .. "/victim"
+    helpers.write(victim, "victim")
+    helpers.write(path .. ".tmp-999-1764300000000", "half a fi")        -- the reference's temp name
+    helpers.write(path .. ".tmp-998-0123456789abcdef", "half")          -- ours
+    helpers.write(path .. ".lock.break-0123456789abcdef", "12\n")       -- a break interrupted
+    os.execute("ln -s " .. q(victim) .. " " .. q(path .. ".tmp-1-symlink"))
+    os.execute("mkdir " .. q(path .. ".tmp-2-dir"))
+    helpers.write(dir .. "/other.tmp-3-x", "not ours")
+    local store, events = open_at(path, T0 + 60000)
+    assert.are.equal(4, #store:list_all())
+    assert.are.same({ "other.tmp-3-x", "pair-sessions.json", "pair-sessions.json.tmp-1-symlink",
+      "pair-sessions.json.tmp-2-dir" }, helpers.ls(dir))
+    assert.are.equal("victim", helpers.read(victim))
+    assert.are.equal("orphans_swept", events[1].name)
+    assert.are.equal(3, events[1].info.count)
+    -- the sweep needs the lock: the same store does not sweep on every call
+    helpers.write(path .. ".tmp-997-late", "x")
+    store:list_all()
+    assert.is_true(helpers.exists(path .. ".tmp-997-late"))
+  end)
+end)

@@ -200,7 +200,7 @@ end
 
 function Store:reject(sid)
   check_sid("reject", sid)
-  return self._core:transition(sid, "rejected")
+  return self._core:reject(sid)
 end
 
 function Store:list_active() return self._core:list(true) end
