@@ -47,7 +47,7 @@ test: deps
 
 demo: deps
 	@$(MAKE) --no-print-directory all
-	$(LUA) examples/basic.lua
+	$(LUA) examples/pairing_flow.lua
 
 lint:
 	luacheck lua spec examples

@@ -170,6 +170,13 @@ static void quarantine(lua_State *L, ps_txn *t, const char *why)
   t->dirty = 0;
 }
 
+/* Whether an error message is cjson's decoding verdict ("Expected value but found invalid
+ * token at character 2", "Found too many nested data structures (21) at character 9", ...). */
+static int is_json_verdict(const char *msg)
+{
+  return strstr(msg, " at character ") != NULL || strstr(msg, "UTF-16 or UTF-32") != NULL;
+}
+
 /* Pushes the array of valid sessions (possibly empty), or sets t->failed. */
 static void load(lua_State *L, ps_txn *t)
 {
@@ -212,9 +219,14 @@ static void load(lua_State *L, ps_txn *t)
   lua_getiuservalue(L, 2, UV_DECODE);
   lua_pushlstring(L, buf, len);
   cache_keep(s, buf, len);
-  if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
-    snprintf(reason, sizeof reason, "invalid JSON (%s)",
-             lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "?");
+  rc = lua_pcall(L, 1, 1, 0);
+  if (rc != LUA_OK) {
+    const char *msg = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+    /* Only cjson's own verdict on the bytes makes the file corrupt. Anything else raised
+     * meanwhile (out of memory, an "interrupted!" from a SIGINT hook) is not about the
+     * file: let it propagate (the lock is released on the way out). */
+    if (rc != LUA_ERRRUN || !msg || !is_json_verdict(msg)) lua_error(L);
+    snprintf(reason, sizeof reason, "invalid JSON (%s)", msg);
     lua_pop(L, 1);
     quarantine(L, t, reason);
     lua_newtable(L);
@@ -467,18 +479,23 @@ static int act_update(lua_State *L, ps_txn *t, int arr, lua_Integer at, int sess
     return 0;
   }
   {
-    /* Encodable? (cjson rejects sparse arrays, functions, ...) */
-    ps_buf b = { 0 };
-    int enc, bad;
+    /* Encodable? (cjson rejects sparse arrays, functions, ...) And changed at all? A
+     * mutator that changed nothing costs no write. */
+    ps_buf b = { 0 }, old = { 0 };
+    int enc, bad, same = 0;
     lua_getiuservalue(L, 2, UV_ENCODE);
     enc = lua_gettop(L);
     bad = ps_encode_session(L, enc, res, &b) != 0;
+    if (!bad && ps_encode_session(L, enc, sess, &old) == 0 && !b.oom && !old.oom)
+      same = b.len == old.len && memcmp(b.p, old.p, b.len) == 0;
     ps_buf_free(&b);
+    ps_buf_free(&old);
     lua_pop(L, 1);
     if (bad) {
       fail(t, "invalid", "mutator result is not a valid session: not encodable as JSON");
       return 0;
     }
+    if (same) return push_copy(L, sess);
   }
   lua_pushvalue(L, res);
   lua_rawseti(L, arr, at);

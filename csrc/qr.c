@@ -56,7 +56,7 @@ static int qr_matrix(lua_State *L)
   size_t len;
   const char *text = luaL_checklstring(L, 1, &len);
   QRcode *qr;
-  int st, saved;
+  int st;
 
   luaL_argcheck(L, strlen(text) == len, 1, "text must not contain NUL bytes");
   if (len == 0) return qr_fail(L, "qr: cannot encode an empty text");
@@ -65,7 +65,7 @@ static int qr_matrix(lua_State *L)
   errno = 0;
   qr = QRcode_encodeString(text, 0, QR_ECLEVEL_M, QR_MODE_8, 1);
   if (qr == NULL) {
-    saved = errno;
+    int saved = errno;
     if (saved == ERANGE) return qr_fail(L, "qr: text too long for a QR code");
     if (saved == ENOMEM) return qr_fail(L, "qr: out of memory");
     return qr_fail(L, "qr: libqrencode could not encode the text");

@@ -181,4 +181,38 @@ function helpers.peer(args)
   return helpers.run("timeout 60 node " .. q(helpers.REFERENCE_PEER) .. " " .. args)
 end
 
+--- Run a shell command with stdout and stderr kept apart; returns ok, stdout, stderr, exit code.
+function helpers.run_split(cmd)
+  local errfile = os.tmpname()
+  local ok, out, rc = helpers.run("{ { " .. cmd .. "; } 2>" .. q(errfile) .. "; }")
+  local err = helpers.read(errfile) or ""
+  os.remove(errfile)
+  return ok, out, err, rc
+end
+
+--- Start cmd in the background as the leader of a new process group (as a terminal's
+-- foreground job is), stdout to outfile, stderr to errfile; its exit code is written to
+-- rcfile. The wrapping shell ignores SIGINT so that it survives a group-wide SIGINT and can
+-- record the code. Returns the process group id (for `kill -INT -- -pgid`).
+function helpers.spawn_group(cmd, outfile, errfile, rcfile)
+  local inner = string.format("trap '' INT; %s >%s 2>%s; echo $? >%s", cmd, q(outfile), q(errfile),
+    q(rcfile .. ".tmp")) .. "; mv " .. q(rcfile .. ".tmp") .. " " .. q(rcfile)
+  local p = io.popen("setsid sh -c " .. q(inner) .. " </dev/null >/dev/null 2>&1 & echo $!")
+  local pid = tonumber(p:read("l"))
+  p:close()
+  return pid
+end
+
+--- Wait until path exists and pred(content) holds (default: any content); returns the content
+-- or nil after timeout_s.
+function helpers.wait_file(path, pred, timeout_s)
+  local got
+  helpers.wait_for(function()
+    local c = helpers.read(path)
+    if c and (pred == nil or pred(c)) then got = c end
+    return got ~= nil
+  end, timeout_s or 20)
+  return got
+end
+
 return helpers

@@ -744,3 +744,51 @@ describe("the parsed-file cache", function()
     end
   end)
 end)
+
+describe("errors that are not about the file", function()
+  after_each(helpers.cleanup)
+
+  it("propagate out of a read without quarantining a healthy file (e.g. a SIGINT hook)", function()
+    local store, clock, path, dir = setup()
+    local s = store:create {}
+    local before = helpers.read(path)
+    local other = pairstore.open(path, { now = clock.now })
+    -- raise from a call hook at each of the first calls made during the read, in turn
+    for n = 1, 12 do
+      local k = 0
+      local ok, err = pcall(function()
+        debug.sethook(function()
+          k = k + 1
+          if k == n then debug.sethook(); error("interrupted!") end
+        end, "c")
+        local r = other:get(s.sid)
+        debug.sethook()
+        return r
+      end)
+      debug.sethook()
+      if not ok then assert.matches("interrupted!", err) end
+      assert.are.equal(before, helpers.read(path), "call " .. n)
+      assert.are.same({ "pair-sessions.json" }, helpers.ls(dir), "call " .. n)
+    end
+    assert.are.equal(s.sid, other:get(s.sid).sid)
+  end)
+end)
+
+describe("a mutator that changes nothing", function()
+  after_each(helpers.cleanup)
+
+  it("costs no write", function()
+    local store, _, path = setup()
+    local s = store:create {}
+    local function inode()
+      local _, out = helpers.run("stat -c %i " .. helpers.sh_quote(path))
+      return out
+    end
+    local ino = inode()
+    assert.are.same(s, store:update(s.sid, function() end))
+    assert.are.same(s, store:update(s.sid, function(x) x.mode = x.mode end))
+    assert.are.equal(ino, inode())
+    store:update(s.sid, function(x) x.mode = "import" end)
+    assert.are_not.equal(ino, inode())
+  end)
+end)

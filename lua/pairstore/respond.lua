@@ -1,0 +1,112 @@
+--- pairstore.respond: the phone's response, as one locked transaction.
+--
+-- respond(store, sid, body, opts) --> plaintext, session | nil, reason, reason
+--
+-- body is what the phone POSTs: { v = 1, sid = ..., pk_d = ..., nonce = ..., ct = ... }.
+-- In order (the reference gateway's semantics):
+--   1. shape checks, before anything is read or locked: bad_request;
+--   2. consume's checks under the lock: not_found, expired, already_consumed, rejected;
+--   3. the code was never verified (status not device_connected): not_device_connected, and
+--      the session is rejected;
+--   4. decryption: decrypt_failed, and the session is rejected ("unsupported" when this CPU
+--      lacks AES-256-GCM: the session is left as it was, the phone may retry elsewhere);
+--   5. success: the session is stored consumed; the caller finishes its own work with the
+--      plaintext and then calls store:transition(sid, "completed").
+-- Failures of the store itself (lock, I/O, ...) pass through as nil, message, code.
+-- Programming errors (sid not a string, bad opts) raise at the caller's level.
+
+local crypto = require "pairstore.crypto"
+
+local type, error, tostring = type, error, tostring
+
+local AEAD = {}
+for _, a in ipairs(crypto.AEADS) do AEAD[a] = true end
+
+local function argerror(msg)
+  error("pairstore.respond: " .. msg, 3)
+end
+
+local B64U_VALUE = {}
+do
+  local alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+  for i = 1, #alphabet do B64U_VALUE[alphabet:byte(i)] = i - 1 end
+end
+
+local MAX_B64U = 2731 -- characters of the longest field (2048 bytes): no scan of huge input
+
+-- Decoded length of canonical unpadded base64url text, or nil when it is not that.
+local function b64u_len(s)
+  if type(s) ~= "string" then return nil end
+  local n = #s
+  if n > MAX_B64U or n % 4 == 1 or not s:match("^[A-Za-z0-9_%-]*$") then return nil end
+  -- Canonical: the bits past the last whole byte must be zero.
+  if n % 4 == 2 and B64U_VALUE[s:byte(n)] & 15 ~= 0 then return nil end
+  if n % 4 == 3 and B64U_VALUE[s:byte(n)] & 3 ~= 0 then return nil end
+  return n * 3 // 4
+end
+
+local function shape_ok(sid, body)
+  if type(body) ~= "table" then return false end
+  if body.v ~= 1 then return false end
+  local bsid = body.sid
+  if type(bsid) ~= "string" or #bsid ~= 32 or not bsid:match("^[0-9a-f]+$") or bsid ~= sid then
+    return false
+  end
+  if b64u_len(body.pk_d) ~= 32 then return false end
+  if b64u_len(body.nonce) ~= 12 then return false end
+  local ctlen = b64u_len(body.ct)
+  if not ctlen or ctlen < 17 or ctlen > 2048 then return false end
+  return true
+end
+
+local function fail(reason) return nil, reason, reason end
+
+return function(store, sid, body, opts)
+  if type(sid) ~= "string" then argerror("sid must be a string, got " .. type(sid)) end
+  if opts ~= nil and type(opts) ~= "table" then argerror("opts must be a table or nil") end
+  local aead = opts and opts.aead or "aes-256-gcm"
+  if not AEAD[aead] then argerror("unknown aead " .. tostring(aead)) end
+
+  if not shape_ok(sid, body) then return fail("bad_request") end
+  local pk_d, nonce, ct = body.pk_d, body.nonce, body.ct
+
+  local outcome, plaintext
+  local stored, msg, code = store:update(sid, function(s)
+    local now = store:now()
+    local status = s.status
+    -- consume's rules, in the reference's order; a session already ended stays as it is.
+    if now > s.expiresAtMs then outcome = "expired"
+    elseif status == "completed" or status == "consumed" then outcome = "already_consumed"
+    elseif status == "rejected" then outcome = "rejected"
+    elseif status == "expired" then outcome = "expired"
+    end
+    if outcome then return s end
+
+    if status ~= "device_connected" then
+      outcome = "not_device_connected"
+      s.status, s.lastStatusChangeAtMs = "rejected", now
+      return s
+    end
+
+    local pt, why = crypto.open {
+      sk_gateway = s.skGatewayB64, pk_device = pk_d, sid = sid, nonce = nonce, ct = ct, aead = aead,
+    }
+    if not pt then
+      if why == "unsupported" then
+        outcome = "unsupported"
+        return s
+      end
+      outcome = "decrypt_failed"
+      s.status, s.lastStatusChangeAtMs = "rejected", now
+      return s
+    end
+    plaintext = pt
+    s.status, s.lastStatusChangeAtMs = "consumed", now
+    return s
+  end)
+
+  -- Not committed (lock, I/O, ...): the payload must not be acted upon.
+  if stored == nil then return nil, msg, code end
+  if outcome then return fail(outcome) end
+  return plaintext, stored
+end
