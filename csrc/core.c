@@ -20,8 +20,9 @@
 
 /* User values of a store userdata: options; cjson encode and decode; the sessions as last
  * read or written (valid while the file's bytes are the cached ones); each session's JSON
- * text (a weak-keyed table: session table -> string). */
-enum { UV_OPTS = 1, UV_ENCODE, UV_DECODE, UV_SESSIONS, UV_TEXTS, UV_COUNT = UV_TEXTS };
+ * text (a weak-keyed table: session table -> string); sid -> position in the sessions
+ * array, while index_valid. */
+enum { UV_OPTS = 1, UV_ENCODE, UV_DECODE, UV_SESSIONS, UV_TEXTS, UV_INDEX, UV_COUNT = UV_INDEX };
 
 static const char held_key = 'h'; /* registry: lock paths held by this Lua state */
 
@@ -29,12 +30,15 @@ typedef struct ps_store {
   ps_file f;
   const ps_backend *be;
   int max_sessions;
-  /* The file's bytes as last read or written under the lock. When the next read finds the
-   * same bytes, the parsed sessions in UV_SESSIONS are reused instead of parsing again.
-   * (Bytes, not stat identity: inode numbers are reused and mtimes are coarse.) */
-  char *cache;
-  size_t cache_len;
+  /* The file's bytes (and identity) as last read or written under the lock. When the next
+   * read finds the same file, the parsed sessions in UV_SESSIONS are reused instead of
+   * parsing again. Three buffers, swapped rather than allocated, wiped when freed. */
+  ps_buf cache, rbuf, wbuf;
+  ps_ident cache_id;
   int cache_valid;
+  /* With the cache: pruning changes nothing while now <= prune_after. */
+  int64_t prune_after;
+  int index_valid;
 } ps_store;
 
 typedef enum {
@@ -49,6 +53,7 @@ typedef struct ps_txn {
   int64_t now;
   int dirty;             /* in-memory sessions differ from the file */
   int cacheable;         /* the loaded sessions are exactly the file's (nothing dropped) */
+  int from_cache;        /* the sessions were reused, not parsed */
   int committed;
   int removed;           /* pruned away */
   const char *outcome;   /* domain outcome: nil, outcome, outcome */
@@ -75,18 +80,39 @@ static void fail(ps_txn *t, const char *code, const char *msg)
 }
 
 /* Index of the session with this sid in the array at arr, or 0. */
-static lua_Integer find_sid(lua_State *L, int arr, const char *sid)
+/* Position of the session with this sid in the array at arr (the transaction's), or 0.
+ * Through the sid index, rebuilt in one pass when the array was replaced or shrank. */
+static lua_Integer find_sid(lua_State *L, ps_store *s, int arr, const char *sid)
 {
-  lua_Integer n = (lua_Integer)lua_rawlen(L, arr), i;
-  for (i = 1; i <= n; i++) {
-    size_t len;
-    const char *s;
-    lua_rawgeti(L, arr, i);
-    s = ps_get_str(L, -1, "sid", &len);
-    lua_pop(L, 1);
-    if (s && strcmp(s, sid) == 0) return i;
+  lua_Integer at;
+  arr = lua_absindex(L, arr);
+  if (!s->index_valid) {
+    lua_Integer n = (lua_Integer)lua_rawlen(L, arr), i;
+    lua_createtable(L, 0, (int)n);
+    for (i = n; i >= 1; i--) { /* backwards: the first of duplicate sids wins, as before */
+      lua_rawgeti(L, arr, i);
+      lua_getfield(L, -1, "sid");
+      lua_pushinteger(L, i);
+      lua_rawset(L, -4);
+      lua_pop(L, 1);
+    }
+    lua_setiuservalue(L, 2, UV_INDEX);
+    s->index_valid = 1;
   }
-  return 0;
+  lua_getiuservalue(L, 2, UV_INDEX);
+  lua_getfield(L, -1, sid);
+  at = lua_tointeger(L, -1);
+  lua_pop(L, 2);
+  return at;
+}
+
+static void index_add(lua_State *L, ps_store *s, const char *sid, lua_Integer at)
+{
+  if (!s->index_valid) return;
+  lua_getiuservalue(L, 2, UV_INDEX);
+  lua_pushinteger(L, at);
+  lua_setfield(L, -2, sid);
+  lua_pop(L, 1);
 }
 
 static int call_user(lua_State *L, int nargs, int nres);
@@ -127,28 +153,27 @@ static int shape_ok(lua_State *L, int doc, const char **why)
 
 static void cache_drop(ps_store *s)
 {
-  if (s->cache) {
-    sodium_memzero(s->cache, s->cache_len);
-    free(s->cache);
-  }
-  s->cache = NULL;
-  s->cache_len = 0;
   s->cache_valid = 0;
+  s->cache_id.valid = 0;
 }
 
-/* Takes ownership of buf (malloc'd, len bytes) as the cached file content. */
-static void cache_keep(ps_store *s, char *buf, size_t len)
+static void buffers_free(ps_store *s)
 {
   cache_drop(s);
-  s->cache = buf;
-  s->cache_len = len;
+  ps_buf_free(&s->cache);
+  ps_buf_free(&s->rbuf);
+  ps_buf_free(&s->wbuf);
 }
 
-/* A session at idx was changed in place: its cached JSON text is stale. */
+/* A session at idx is new or was changed in place: its cached JSON text is stale, and it
+ * may need pruning earlier than the others. */
 static void changed(lua_State *L, ps_txn *t, int sess)
 {
+  int64_t next;
   sess = lua_absindex(L, sess);
   t->dirty = 1;
+  next = ps_next_prune(L, sess);
+  if (next < t->s->prune_after) t->s->prune_after = next;
   lua_getiuservalue(L, 2, UV_TEXTS);
   lua_pushvalue(L, sess);
   lua_pushnil(L);
@@ -181,44 +206,41 @@ static int is_json_verdict(const char *msg)
 static void load(lua_State *L, ps_txn *t)
 {
   ps_store *s = t->s;
-  char *buf = NULL;
-  size_t len = 0;
   int toobig = 0, rc, doc, arr;
   ps_ident id;
   const char *why = NULL;
   lua_Integer n, i, kept = 0;
   char reason[256];
 
-  rc = s->be->load(&s->f, &buf, &len, &toobig, &id, &t->err);
+  rc = s->be->load(&s->f, &s->rbuf, s->cache_valid ? &s->cache_id : NULL, &toobig, &id, &t->err);
   if (rc == PS_LOAD_ERROR) { t->failed = 1; return; }
   if (rc == PS_LOAD_ABSENT) {
     cache_drop(s);
     lua_newtable(L);
     return;
   }
-  if (!toobig && s->cache_valid && len == s->cache_len && memcmp(buf, s->cache, len) == 0) {
-    sodium_memzero(buf, len);
-    free(buf);
+  if (rc == PS_LOAD_SAME ||
+      (!toobig && s->cache_valid && s->rbuf.len == s->cache.len &&
+       memcmp(s->rbuf.p, s->cache.p, s->cache.len) == 0)) {
+    s->cache_id = id; /* same bytes: from now on known by this identity */
     lua_getiuservalue(L, 2, UV_SESSIONS);
     t->cacheable = 1;
+    t->from_cache = 1;
     return;
   }
   cache_drop(s);
-  if (toobig || memchr(buf, '\0', len) != NULL) {
+  if (toobig || memchr(s->rbuf.p, '\0', s->rbuf.len) != NULL) {
     /* cjson stops at a NUL byte, and JSON text never holds a raw one */
     if (toobig) snprintf(reason, sizeof reason, "larger than %zu bytes", s->f.max_bytes);
     else snprintf(reason, sizeof reason, "NUL byte in the file");
-    if (buf) {
-      sodium_memzero(buf, len);
-      free(buf);
-    }
     quarantine(L, t, reason);
     lua_newtable(L);
     return;
   }
+  ps_buf_swap(&s->cache, &s->rbuf); /* these bytes are the file's now */
+  s->cache_id = id;
   lua_getiuservalue(L, 2, UV_DECODE);
-  lua_pushlstring(L, buf, len);
-  cache_keep(s, buf, len);
+  lua_pushlstring(L, s->cache.p, s->cache.len);
   rc = lua_pcall(L, 1, 1, 0);
   if (rc != LUA_OK) {
     const char *msg = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
@@ -266,7 +288,7 @@ static void load(lua_State *L, ps_txn *t)
 static void commit(lua_State *L, ps_txn *t, int arr)
 {
   ps_store *s = t->s;
-  ps_buf b = { 0 };
+  ps_buf *wb = &s->wbuf;
   ps_ident id;
   lua_Integer n = (lua_Integer)lua_rawlen(L, arr), i;
   int enc, texts;
@@ -275,48 +297,49 @@ static void commit(lua_State *L, ps_txn *t, int arr)
   enc = lua_gettop(L);
   lua_getiuservalue(L, 2, UV_TEXTS);
   texts = lua_gettop(L);
-  ps_buf_lit(&b, "{\"version\":1,\"sessions\":[");
+  wb->len = 0;
+  wb->oom = 0;
+  ps_buf_reserve(wb, s->cache.len + 1024); /* about the size of the last file */
+  ps_buf_lit(wb, "{\"version\":1,\"sessions\":[");
   for (i = 1; i <= n; i++) {
-    size_t start = b.len, tlen;
+    size_t start = wb->len, tlen;
     const char *text;
-    if (i > 1) ps_buf_lit(&b, ",");
+    if (i > 1) ps_buf_lit(wb, ",");
     lua_rawgeti(L, arr, i);
     lua_pushvalue(L, -1);
     if (lua_rawget(L, texts) == LUA_TSTRING) { /* unchanged since it was last encoded */
       text = lua_tolstring(L, -1, &tlen);
-      ps_buf_add(&b, text, tlen);
+      ps_buf_add(wb, text, tlen);
       lua_pop(L, 2);
       continue;
     }
     lua_pop(L, 1);
-    start = b.len;
-    if (ps_encode_session(L, enc, -1, &b) != 0) {
+    start = wb->len;
+    if (ps_encode_session(L, enc, -1, wb) != 0) {
       lua_pop(L, 3);
-      ps_buf_free(&b);
       fail(t, "invalid", "a session could not be encoded as JSON");
       return;
     }
-    if (!b.oom) {
-      lua_pushlstring(L, b.p + start, b.len - start);
+    if (!wb->oom) {
+      lua_pushlstring(L, wb->p + start, wb->len - start);
       lua_rawset(L, texts); /* texts[session] = its JSON */
     } else {
       lua_pop(L, 1);
     }
   }
-  ps_buf_lit(&b, "]}");
+  ps_buf_lit(wb, "]}");
   lua_pop(L, 2);
-  if (b.oom) {
-    ps_buf_free(&b);
+  if (wb->oom) {
     fail(t, "io", "encode: out of memory (ENOMEM)");
     return;
   }
-  if (s->be->commit(&s->f, b.p, b.len, &id, &t->err) != 0) {
+  if (s->be->commit(&s->f, wb->p, wb->len, &id, &t->err) != 0) {
     t->failed = 1;
-    ps_buf_free(&b);
     return;
   }
-  /* What we wrote is what the file now holds: keep it (the buffer is handed over). */
-  cache_keep(s, b.p, b.len);
+  /* What we wrote is what the file now holds. */
+  ps_buf_swap(&s->cache, wb);
+  s->cache_id = id;
   t->committed = 1;
 }
 
@@ -343,7 +366,7 @@ static int act_update(lua_State *L, ps_txn *t, int arr, lua_Integer at, int sess
 static int act_on_sid(lua_State *L, ps_txn *t, int arr)
 {
   const char *sid = lua_tostring(L, ARG(1));
-  lua_Integer at = find_sid(L, arr, sid);
+  lua_Integer at = find_sid(L, t->s, arr, sid);
   const char *status, *to;
   int sess;
   size_t len;
@@ -457,6 +480,7 @@ static int act_update(lua_State *L, ps_txn *t, int arr, lua_Integer at, int sess
     lua_pushnil(L);
     lua_rawseti(L, arr, n);
     t->dirty = 1;
+    t->s->index_valid = 0;
     lua_pushboolean(L, 0);
     return 1;
   }
@@ -499,7 +523,7 @@ static int act_update(lua_State *L, ps_txn *t, int arr, lua_Integer at, int sess
   }
   lua_pushvalue(L, res);
   lua_rawseti(L, arr, at);
-  t->dirty = 1;
+  changed(L, t, res);
   return push_copy(L, res);
 }
 
@@ -568,14 +592,14 @@ static int act_create(lua_State *L, ps_txn *t, int arr)
   }
   if (lua_isstring(L, ARG(4))) {
     snprintf(sid, sizeof sid, "%s", lua_tostring(L, ARG(4)));
-    if (find_sid(L, arr, sid)) {
+    if (find_sid(L, t->s, arr, sid)) {
       fail(t, "invalid", "the sid hook returned a sid that is already in use");
       return 0;
     }
   } else {
     for (tries = 0;; tries++) {
       ps_random_hex(sid, 16);
-      if (!find_sid(L, arr, sid)) break;
+      if (!find_sid(L, t->s, arr, sid)) break;
       if (tries > 8) { fail(t, "invalid", "could not draw an unused sid"); return 0; }
     }
   }
@@ -607,7 +631,8 @@ static int act_create(lua_State *L, ps_txn *t, int arr)
   sodium_memzero(code, sizeof code);
   lua_pushvalue(L, -1);
   lua_rawseti(L, arr, n + 1);
-  t->dirty = 1;
+  index_add(L, t->s, sid, n + 1);
+  changed(L, t, -1);
   return push_copy(L, lua_gettop(L));
 }
 
@@ -651,10 +676,14 @@ static int txn_body(lua_State *L)
   load(L, t);
   if (t->failed) return 0;
   arr = lua_gettop(L);
-  lua_getiuservalue(L, 2, UV_TEXTS);
-  t->removed = ps_prune(L, arr, lua_gettop(L), t->now, &expired);
-  lua_pop(L, 1);
-  if (t->removed || expired) t->dirty = 1;
+  if (!t->from_cache) t->s->index_valid = 0; /* a new array */
+  if (!t->from_cache || t->now > t->s->prune_after) {
+    lua_getiuservalue(L, 2, UV_TEXTS);
+    t->removed = ps_prune(L, arr, lua_gettop(L), t->now, &expired, &t->s->prune_after);
+    lua_pop(L, 1);
+    if (t->removed || expired) t->dirty = 1;
+    if (t->removed) t->s->index_valid = 0;
+  }
 
   switch (t->op) {
   case OP_LIST:   nres = act_list(L, t, arr); break;
@@ -732,7 +761,6 @@ static int run(lua_State *L, ps_op op, int readonly)
   ps_txn t;
 
   memset(&t, 0, sizeof t);
-  s->cache_valid = s->cache_valid && s->cache != NULL;
   t.s = s;
   t.op = op;
   t.readonly = readonly;
@@ -760,6 +788,7 @@ static int run(lua_State *L, ps_op op, int readonly)
   if (status != LUA_OK || t.failed || !s->cache_valid) {
     /* Memory may now differ from the file: never trust it again. */
     s->cache_valid = 0;
+    s->index_valid = 0;
     lua_pushnil(L);
     lua_setiuservalue(L, 1, UV_SESSIONS);
   }
@@ -886,7 +915,7 @@ static int m_close(lua_State *L)
 {
   ps_store *s = luaL_checkudata(L, 1, PS_STORE_MT);
   ps_lock_close(&s->f);
-  cache_drop(s);
+  buffers_free(s);
   free(s->f.path);
   free(s->f.lockpath);
   free(s->f.dir);

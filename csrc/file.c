@@ -65,16 +65,22 @@ int ps_mkdir_p(const char *dir, ps_err *e)
   return 0;
 }
 
-static int file_load(ps_file *f, char **out, size_t *outlen, int *toobig, ps_ident *id,
+static int same_ident(const ps_ident *a, const ps_ident *b)
+{
+  return a->valid && b->valid && a->dev == b->dev && a->ino == b->ino && a->size == b->size &&
+         a->mtime.tv_sec == b->mtime.tv_sec && a->mtime.tv_nsec == b->mtime.tv_nsec &&
+         a->ctime.tv_sec == b->ctime.tv_sec && a->ctime.tv_nsec == b->ctime.tv_nsec;
+}
+
+static int file_load(ps_file *f, ps_buf *into, const ps_ident *known, int *toobig, ps_ident *id,
                      ps_err *e)
 {
   struct stat st;
-  char *buf;
-  size_t len = 0, want;
+  size_t want;
   int fd;
 
-  *out = NULL;
-  *outlen = 0;
+  into->len = 0;
+  into->oom = 0;
   *toobig = 0;
   id->valid = 0;
   do {
@@ -99,42 +105,45 @@ static int file_load(ps_file *f, char **out, size_t *outlen, int *toobig, ps_ide
     close(fd);
     return PS_LOAD_ERROR;
   }
+  id->valid = 1;
   id->dev = st.st_dev;
   id->ino = st.st_ino;
   id->size = st.st_size;
   id->mtime = st.st_mtim;
+  id->ctime = st.st_ctim;
+  if (known && same_ident(id, known) &&
+      ps_wall_ms() - ((int64_t)st.st_ctim.tv_sec * 1000 + st.st_ctim.tv_nsec / 1000000) >
+          PS_IDENT_SETTLE_MS) {
+    close(fd);
+    return PS_LOAD_SAME;
+  }
   if ((uintmax_t)st.st_size > f->max_bytes) {
     close(fd);
     *toobig = 1;
-    id->valid = 1;
     return PS_LOAD_OK;
   }
   want = (size_t)st.st_size;
-  buf = malloc(want + 1);
-  if (!buf) {
+  ps_buf_reserve(into, want);
+  if (into->oom) {
     close(fd);
     ps_err_set(e, "io", "read %s: out of memory (ENOMEM)", f->path);
     return PS_LOAD_ERROR;
   }
-  while (len < want) {
-    ssize_t r = ps_read(fd, buf + len, want - len);
+  while (into->len < want) {
+    ssize_t r = ps_read(fd, into->p + into->len, want - into->len);
     if (r < 0) {
       int saved = errno;
       if (saved == EINTR) continue;
-      sodium_memzero(buf, want + 1);
-      free(buf);
       close(fd);
+      into->len = 0;
       ps_err_sys(e, saved, "read", f->path);
       return PS_LOAD_ERROR;
     }
     if (r == 0) break;
-    len += (size_t)r;
+    into->len += (size_t)r;
   }
   close(fd);
-  buf[len] = '\0';
-  id->valid = 1;
-  *out = buf;
-  *outlen = len;
+  into->p[into->len] = '\0';
   return PS_LOAD_OK;
 }
 
@@ -153,7 +162,9 @@ static int file_quarantine(ps_file *f, int64_t now_ms, char *moved_to, size_t n,
   }
   fd = open(moved_to, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
   if (fd >= 0) {
-    fchmod(fd, 0600);
+    struct stat st;
+    /* A hard link's inode is also a file elsewhere: never change that file's mode. */
+    if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_nlink == 1) fchmod(fd, 0600);
     close(fd);
   }
   return 0;

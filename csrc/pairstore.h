@@ -78,6 +78,19 @@ void    ps_b64u_encode(char *out, size_t outlen, const unsigned char *in, size_t
 long    ps_b64u_decode(unsigned char *out, size_t outmax, const char *in, size_t n);
 void    ps_keypair_b64u(char sk[44], char pk[44], const unsigned char *sk_in /* or NULL */);
 
+/* ---- byte buffer (err.c) ------------------------------------------------------------- */
+typedef struct ps_buf {
+  char *p;
+  size_t len, cap;
+  int oom;
+} ps_buf;
+
+void ps_buf_add(ps_buf *b, const char *s, size_t n);
+void ps_buf_reserve(ps_buf *b, size_t n); /* room for n more bytes */
+void ps_buf_swap(ps_buf *a, ps_buf *b);
+#define ps_buf_lit(b, s) ps_buf_add((b), (s), sizeof(s) - 1)
+void ps_buf_free(ps_buf *b); /* wipes (all of it) before freeing */
+
 /* ---- storage backend (file.c + lock.c) ------------------------------------------------
  * The transaction rules (txn in core.c) see storage only through this interface, so a
  * second backend can be added without touching them. */
@@ -94,8 +107,14 @@ typedef struct ps_ident {
   dev_t dev;
   ino_t ino;
   off_t size;
-  struct timespec mtime;
+  struct timespec mtime, ctime;
 } ps_ident;
+
+/* A file whose identity matches and whose ctime is older than this is trusted unchanged
+ * without reading it: any later change would carry a later ctime, which nobody can set.
+ * (Younger files are compared byte for byte: inode numbers are reused at once and file
+ * system timestamps are coarse, so two writes within one tick can look identical.) */
+#define PS_IDENT_SETTLE_MS 5000
 
 typedef struct ps_event {
   char name[24];
@@ -124,16 +143,18 @@ typedef struct ps_file {
   int nevents;
 } ps_file;
 
-/* Load result. */
-enum { PS_LOAD_OK = 0, PS_LOAD_ABSENT = 1, PS_LOAD_ERROR = -1 };
+/* Load result. PS_LOAD_SAME: the file is the one `known` describes; nothing was read. */
+enum { PS_LOAD_OK = 0, PS_LOAD_ABSENT = 1, PS_LOAD_SAME = 2, PS_LOAD_ERROR = -1 };
 
 typedef struct ps_backend {
   const char *name;
   int  (*lock)(ps_file *f, ps_err *e);                 /* 0 ok, -1 error */
   void (*unlock)(ps_file *f);
-  /* Reads the whole file into a malloc'd buffer (caller wipes and frees). A file over the
-   * size cap yields PS_LOAD_OK with *toobig set and no buffer. */
-  int  (*load)(ps_file *f, char **buf, size_t *len, int *toobig, ps_ident *id, ps_err *e);
+  /* Reads the whole file into `into` (emptied first; the caller owns it), unless it is
+   * provably the one `known` describes (PS_LOAD_SAME). A file over the size cap yields
+   * PS_LOAD_OK with *toobig set and nothing read. */
+  int  (*load)(ps_file *f, ps_buf *into, const ps_ident *known, int *toobig, ps_ident *id,
+               ps_err *e);
   /* Moves a corrupt file aside; fills moved_to. */
   int  (*quarantine)(ps_file *f, int64_t now_ms, char *moved_to, size_t n, ps_err *e);
   /* Atomically replaces the file (fence checked before the rename). */
@@ -155,17 +176,6 @@ int  ps_lock_fence(ps_file *f, ps_err *e);
 int  ps_mkdir_p(const char *dir, ps_err *e);
 void ps_sweep_orphans(ps_file *f);
 
-/* ---- byte buffer (err.c) ------------------------------------------------------------- */
-typedef struct ps_buf {
-  char *p;
-  size_t len, cap;
-  int oom;
-} ps_buf;
-
-void ps_buf_add(ps_buf *b, const char *s, size_t n);
-#define ps_buf_lit(b, s) ps_buf_add((b), (s), sizeof(s) - 1)
-void ps_buf_free(ps_buf *b); /* wipes before freeing */
-
 /* ---- session rules on Lua tables (session.c) --------------------------------------------- */
 
 #define PS_INT_LIMIT ((int64_t)1 << 53) /* integers JSON readers keep exactly */
@@ -185,8 +195,11 @@ void        ps_copy_value(lua_State *L, int idx, int depth); /* pushes a deep co
 /* Appends the session's compact JSON; enc is the stack index of cjson's encode. */
 int         ps_encode_session(lua_State *L, int enc, int idx, ps_buf *b);
 /* Expires and drops in place (forgetting the cached JSON, in the table at texts, of what it
- * expires); returns the number removed, *expired the number expired. */
-int         ps_prune(lua_State *L, int arr, int texts, int64_t now, int *expired);
+ * expires); returns the number removed, *expired the number expired, and *next the earliest
+ * time after which pruning would change something again. */
+int         ps_prune(lua_State *L, int arr, int texts, int64_t now, int *expired, int64_t *next);
+/* The earliest time after which pruning would change the session at idx. */
+int64_t     ps_next_prune(lua_State *L, int idx);
 
 /* ---- crypto bindings (crypto.c) ------------------------------------------------------ */
 void ps_crypto_register(lua_State *L); /* adds functions to the table on top of the stack */

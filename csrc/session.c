@@ -295,13 +295,22 @@ int ps_encode_session(lua_State *L, int enc, int idx, ps_buf *b)
 
 /* ---- pruning ----------------------------------------------------------------------------- */
 
-int ps_prune(lua_State *L, int arr, int texts, int64_t now, int *expired)
+int64_t ps_next_prune(lua_State *L, int idx)
+{
+  size_t len;
+  if (ps_is_terminal(ps_get_str(L, idx, "status", &len)))
+    return ps_get_int(L, idx, "lastStatusChangeAtMs") + PS_TERMINAL_RETENTION_MS;
+  return ps_get_int(L, idx, "expiresAtMs");
+}
+
+int ps_prune(lua_State *L, int arr, int texts, int64_t now, int *expired, int64_t *next)
 {
   lua_Integer n = (lua_Integer)lua_rawlen(L, arr), i, out = 0;
   int removed = 0;
   arr = lua_absindex(L, arr);
   texts = lua_absindex(L, texts);
   *expired = 0;
+  *next = INT64_MAX;
   for (i = 1; i <= n; i++) {
     const char *status;
     size_t len;
@@ -316,11 +325,17 @@ int ps_prune(lua_State *L, int arr, int texts, int64_t now, int *expired)
       status = "expired";
       (*expired)++;
     }
-    if (ps_is_terminal(status) &&
-        now - ps_get_int(L, -1, "lastStatusChangeAtMs") > PS_TERMINAL_RETENTION_MS) {
-      removed++;
-      lua_pop(L, 1);
-      continue;
+    if (ps_is_terminal(status)) {
+      int64_t until = ps_get_int(L, -1, "lastStatusChangeAtMs") + PS_TERMINAL_RETENTION_MS;
+      if (now > until) {
+        removed++;
+        lua_pop(L, 1);
+        continue;
+      }
+      if (until < *next) *next = until;
+    } else {
+      int64_t until = ps_get_int(L, -1, "expiresAtMs");
+      if (until < *next) *next = until;
     }
     lua_rawseti(L, arr, ++out);
   }

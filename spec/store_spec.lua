@@ -792,3 +792,31 @@ describe("a mutator that changes nothing", function()
     assert.are_not.equal(ino, inode())
   end)
 end)
+
+describe("a store whose file has settled (identity trusted without reading)", function()
+  after_each(helpers.cleanup)
+
+  it("still sees every outside change", function()
+    if not helpers.have("faketime") then return pending("faketime not installed") end
+    local dir = helpers.tmpdir()
+    local path = dir .. "/pair-sessions.json"
+    -- the child's clock runs an hour ahead, so every file looks settled to it
+    local ok, out = helpers.run(("faketime -f +1h env %s lua5.4 -e %s"):format(helpers.LUA_ENV, helpers.sh_quote(([[
+      local store = require("pairstore").open(%q, { durable = false })
+      local s = assert(store:create {})
+      local seen = 0
+      for i = 1, 20 do
+        os.execute("sleep 0.02") -- past one tick of the file system's coarse clock
+        local text = io.open(%q):read("a")
+        local f = io.open(%q, "w")
+        f:write((text:gsub('"secondaryCodeAttempts":%%d', '"secondaryCodeAttempts":' .. (i %% 10))))
+        f:close()
+        if store:get(s.sid).secondaryCodeAttempts == i %% 10 then seen = seen + 1 end
+        if store:get(s.sid).secondaryCodeAttempts == i %% 10 then seen = seen + 1 end
+      end
+      print("seen " .. seen)
+    ]]):format(path, path, path))))
+    assert.is_true(ok, out)
+    assert.matches("seen 40", out)
+  end)
+end)

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# `make bench` (issue 5): build the bench helpers, run spec/bench/bench.lua against the in-tree
+# build in a temporary directory, clean up. BENCH_QUICK=1: short CI mode. BENCH_STRICT=1:
+# failing targets fail the run. BENCH_DIR: where the temporary directory goes (default /tmp;
+# the figures are those of that file system).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$ROOT"
+LUA="${LUA:-lua5.4}"
+CC="${CC:-gcc}"
+PKG_CONFIG="${PKG_CONFIG:-pkg-config}"
+
+if [ ! -f build/pairstore/core.so ]; then
+  echo "bench: build/pairstore/core.so is missing; run 'make' (or 'make bench') first" >&2
+  exit 1
+fi
+
+mkdir -p build/bench
+LUA_CFLAGS="$($PKG_CONFIG --cflags lua5.4)"
+LUA_LIBS="$($PKG_CONFIG --libs lua5.4)"
+$CC -O2 -std=c11 -Wall -Wextra $LUA_CFLAGS -o build/bench/floor csrc/bench/floor.c $LUA_LIBS
+$CC -O2 -std=c11 -Wall -Wextra -fPIC -shared $LUA_CFLAGS -o build/bench/benchutil.so csrc/bench/benchutil.c
+
+base="${BENCH_DIR:-/tmp}"
+mkdir -p "$base"
+WORKDIR="$(mktemp -d "$base/pairstore-bench.XXXXXX")"
+
+cleanup() {
+  # Child processes the bench started and recorded (a holder waiting to be killed, workers
+  # of an interrupted run): end each by its pid, then remove the directory.
+  if [ -f "$WORKDIR/pids" ]; then
+    while read -r pid; do
+      case "$pid" in ''|*[!0-9]*) continue ;; esac
+      kill -9 "$pid" 2>/dev/null || true
+    done < "$WORKDIR/pids"
+  fi
+  rm -rf "$WORKDIR"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+export BENCH_WORKDIR="$WORKDIR" BENCH_ROOT="$ROOT" BENCH_LUA="$LUA"
+export LUA_PATH="$ROOT/lua/?.lua;$ROOT/lua/?/init.lua;;"
+export LUA_CPATH="$ROOT/build/?.so;$ROOT/build/bench/?.so;;"
+"$LUA" spec/bench/bench.lua

@@ -1,0 +1,119 @@
+--- spec/bench/worker.lua — the child processes of spec/bench/bench.lua (issue 5).
+--
+--   contend PATH SID N DURABLE GOFILE OUT   N updates of SID, started together when GOFILE
+--                                           appears; each increments benchCounter.
+--   hold PATH SID DURABLE READY             takes the lock (update of SID), writes its pid to
+--                                           READY from inside the mutator, then sleeps there
+--                                           until it is SIGKILLed (60 s at most).
+--   wait PATH SID DURABLE WAITING OUT       writes WAITING, then one update of SID; records
+--                                           the monotonic time its mutator ran (= got the lock).
+--   rss PATH OUT                            peak RSS of a process using the store at PATH.
+--
+-- Results go to OUT as a Lua chunk (`return {...}`), written to a temp name and renamed.
+local pairstore = require "pairstore"
+local bu = require "benchutil"
+
+local fmt = string.format
+
+local function write_atomic(path, text)
+  local tmp = path .. ".part"
+  local f = assert(io.open(tmp, "wb"))
+  f:write(text)
+  f:close()
+  assert(os.rename(tmp, path))
+end
+
+local function exists(path)
+  local f = io.open(path, "rb")
+  if f then f:close() return true end
+  return false
+end
+
+local function num_list(t)
+  local parts = {}
+  for i = 1, #t do parts[i] = fmt("%.9f", t[i]) end
+  return "{" .. table.concat(parts, ",") .. "}"
+end
+
+local mode = arg[1]
+
+if mode == "contend" then
+  local path, sid, n, durable, go, out = arg[2], arg[3], tonumber(arg[4]), arg[5] == "1", arg[6], arg[7]
+  local store = pairstore.open(path, { durable = durable })
+  write_atomic(out .. ".ready", tostring(bu.getpid()))
+  local deadline = bu.mono() + 60
+  while not exists(go) do
+    if bu.mono() > deadline then error("contend: no go signal") end
+    bu.sleep(0.0002)
+  end
+  local t_enter
+  local function inc(s)
+    t_enter = bu.mono()
+    s.benchCounter = (s.benchCounter or 0) + 1
+  end
+  local starts, enters, ends = {}, {}, {}
+  local ok, errs, last_err = 0, 0, nil
+  for _ = 1, n do
+    t_enter = nil
+    local t0 = bu.mono()
+    local r, err = store:update(sid, inc)
+    local t1 = bu.mono()
+    if r then
+      ok = ok + 1
+      starts[ok], enters[ok], ends[ok] = t0, t_enter, t1
+    else
+      errs = errs + 1
+      last_err = tostring(err)
+    end
+  end
+  write_atomic(out, fmt("return { ok = %d, errors = %d, last_error = %q, start = %s, enter = %s, finish = %s }\n",
+    ok, errs, last_err or "", num_list(starts), num_list(enters), num_list(ends)))
+
+elseif mode == "hold" then
+  local path, sid, durable, ready = arg[2], arg[3], arg[4] == "1", arg[5]
+  local store = pairstore.open(path, { durable = durable })
+  local _, err = store:update(sid, function()
+    write_atomic(ready, tostring(bu.getpid()))
+    bu.sleep(60) -- killed long before this ends
+  end)
+  io.stderr:write("hold: was not killed (", tostring(err), ")\n")
+  os.exit(1)
+
+elseif mode == "wait" then
+  local path, sid, durable, waiting, out = arg[2], arg[3], arg[4] == "1", arg[5], arg[6]
+  local events = {}
+  local store = pairstore.open(path, { durable = durable, on_event = function(name) events[#events + 1] = name end })
+  write_atomic(waiting, tostring(bu.getpid()))
+  local t_call = bu.mono()
+  local t_in
+  local r, err = store:update(sid, function() t_in = bu.mono() end)
+  write_atomic(out, fmt("return { ok = %s, err = %q, t_call = %.9f, t_in = %.9f, events = %q }\n",
+    tostring(r ~= nil), tostring(err), t_call, t_in or 0, table.concat(events, ",")))
+
+elseif mode == "rss" then
+  local path, out = arg[2], arg[3]
+  local function status()
+    local f = assert(io.open("/proc/self/status", "r"))
+    local s = f:read("a")
+    f:close()
+    return tonumber(s:match("VmHWM:%s*(%d+)")), tonumber(s:match("VmRSS:%s*(%d+)"))
+  end
+  local store = pairstore.open(path, { max_sessions = 100000 })
+  local base_hwm = status()
+  local all = assert(store:list_all())
+  local function bump(s)
+    local c = s.operatorContext
+    c.accountId = fmt("acct-%07d", (tonumber(c.accountId:sub(6)) + 1) % 10000000)
+  end
+  for i = 1, 20 do assert(store:get(all[(i * 37) % #all + 1].sid)) end
+  for i = 1, 5 do assert(store:update(all[(i * 91) % #all + 1].sid, bump)) end
+  local active = assert(store:list_active())
+  assert(store:prune())
+  local hwm, rss = status()
+  write_atomic(out, fmt("return { sessions = %d, active = %d, base_hwm_kb = %d, hwm_kb = %d, rss_kb = %d }\n",
+    #all, #active, base_hwm, hwm, rss))
+
+else
+  io.stderr:write("usage: worker.lua contend|hold|wait|rss ...\n")
+  os.exit(2)
+end
