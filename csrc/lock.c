@@ -165,11 +165,15 @@ static int inspect(ps_file *f, int ino_fd, int64_t *foreign_left_ms, ps_err *e)
     return INSPECT_ERROR;
   }
   if (ino_fd >= 0) {
-    /* Watch this very inode before testing it, so its release cannot slip by unseen:
-     * unlink (IN_ATTRIB), rename (IN_MOVE_SELF), and the holder's death (IN_CLOSE_WRITE). */
+    /* Watch this very inode before testing it, so its release cannot slip by unseen. A
+     * pairstore holder unlinks, then closes its descriptor (also when it dies): waking on
+     * the close alone wakes each waiter once per release. A reference holder closed its
+     * descriptor long ago: its release is the unlink (IN_ATTRIB). Breaks: IN_MOVE_SELF. */
     char proc[64];
+    uint32_t mask = IN_MOVE_SELF | IN_DELETE_SELF |
+                    ((st.st_mode & S_IXUSR) ? IN_CLOSE_WRITE : IN_ATTRIB);
     snprintf(proc, sizeof proc, "/proc/self/fd/%d", fd);
-    inotify_add_watch(ino_fd, proc, IN_ATTRIB | IN_MOVE_SELF | IN_DELETE_SELF | IN_CLOSE_WRITE);
+    inotify_add_watch(ino_fd, proc, mask);
   }
   if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
     close(fd);
