@@ -234,6 +234,7 @@ static int file_commit(ps_file *f, const char *buf, size_t len, ps_ident *id, ps
   id->ino = st.st_ino;
   id->size = st.st_size;
   id->mtime = st.st_mtim;
+  id->ctime = st.st_ctim; /* before the rename: a kernel that bumps it on rename forces a reread */
   if (f->durable && fsync_dir(f, dfd, e) != 0) {
     id->valid = 0; /* published, but not known to be durable: report it */
     return -1;

@@ -1,0 +1,399 @@
+-- Hostile files and a hostile file system (issue 3, item 7): every nasty sessions file is either
+-- loaded (invalid entries dropped, with an event) or quarantined to <path>.corrupt-<ms> (0600,
+-- the original bytes, a "corrupt" event), never a crash, a hang or a secret in a message;
+-- symlinks, FIFOs and directories planted at the sessions path, the sentinel path and the temp
+-- prefixes give clean errors (or are left alone) and a victim file outside is never written;
+-- umask 0000 and 0277 change no mode; a pre-existing 0644 file comes back 0600.
+-- PAIRSTORE_HOSTILE_BIG_MB sets the size of the oversized file (default 50; the sanitizer runs
+-- use a smaller one).
+local pairstore = require "pairstore"
+local H = require "fault.harness"
+
+local json = H.json
+local T0 = 1764300000000
+local BIG_MB = tonumber(os.getenv("PAIRSTORE_HOSTILE_BIG_MB")) or 50
+local LUA_ENV = string.format("LUA_PATH=%s LUA_CPATH=%s",
+  H.q(os.getenv("LUA_PATH") or "lua/?.lua;lua/?/init.lua;;"), H.q(os.getenv("LUA_CPATH") or "build/?.so;;"))
+
+-- A session as the reference writes it, with the canary key and code in it.
+local function session(over)
+  local s = {
+    sid = "0123456789abcdef0123456789abcdef", skGatewayB64 = H.CANARY_KEY_B64,
+    pkGatewayB64 = "aciViA89s8Wv1GD7HqJJoEO7h4vnbm3DN4LcqZoEvTY", createdAtMs = T0,
+    expiresAtMs = T0 + 900000, secondaryCode = H.CANARY_CODE, secondaryCodeAttempts = 0,
+    operatorContext = { channel = "cli" }, mode = "generate", status = "awaiting_scan",
+    lastStatusChangeAtMs = T0,
+  }
+  for k, v in pairs(over or {}) do s[k] = v end
+  return s
+end
+
+local KEYS = { "sid", "skGatewayB64", "pkGatewayB64", "createdAtMs", "expiresAtMs", "secondaryCode",
+  "secondaryCodeAttempts", "operatorContext", "mode", "status", "lastStatusChangeAtMs" }
+
+-- Compact JSON in the reference's key order; `raw` replaces the value text of some keys.
+local function session_json(over, raw)
+  local s = session(over)
+  local parts = {}
+  for _, k in ipairs(KEYS) do
+    local v = raw and raw[k] or (s[k] ~= nil and json.encode(s[k]) or nil)
+    if v then parts[#parts + 1] = '"' .. k .. '":' .. v end
+  end
+  for k, v in pairs(raw or {}) do
+    local known = false
+    for _, kk in ipairs(KEYS) do if kk == k then known = true end end
+    if not known then parts[#parts + 1] = '"' .. k .. '":' .. v end
+  end
+  return "{" .. table.concat(parts, ",") .. "}"
+end
+
+local GOOD_SID = "fedcba9876543210fedcba9876543210"
+local function file_with(entry_json)
+  -- one good session plus the entry under test
+  return '{"version":1,"sessions":[' .. session_json({ sid = GOOD_SID }) .. "," .. entry_json .. "]}"
+end
+
+local function nested(depth, inner)
+  return string.rep("[", depth) .. (inner or "1") .. string.rep("]", depth)
+end
+
+-- outcome: "loaded" (both sessions), "dropped" (the entry dropped, the good one kept, an
+-- invalid_dropped event), "quarantined", or "either" (loaded or quarantined, checked for
+-- consistency).
+local CASES = {
+  { "empty file", "", "quarantined" },
+  { "only whitespace", "  \n\t ", "quarantined" },
+  { "not JSON", "hello " .. H.CANARY_KEY_B64, "quarantined" },
+  { "truncated after the secret", file_with(session_json()):sub(1, 200), "quarantined" },
+  { "BOM before the JSON", "\239\187\191" .. file_with(session_json()), "quarantined" },
+  { "NUL byte after the JSON", file_with(session_json()) .. "\0", "quarantined" },
+  { "NUL byte inside a string", file_with(session_json(nil, { status = '"awaiting\0scan"' })), "either" },
+  { "escaped NUL inside a string", file_with(session_json(nil, { extra = '"a\\u0000b"' })), "loaded" },
+  { "invalid UTF-8 in a string", file_with(session_json(nil, { operatorContext = '{"channel":"\255\254\128"}' })), "either" },
+  { "overlong UTF-8 in a key", file_with(session_json(nil, { ["\192\175x"] = "1" })), "either" },
+  { "lone surrogate escape", file_with(session_json(nil, { extra = '"\\ud800"' })), "either" },
+  { "deep nesting at top level", nested(100000), "quarantined" },
+  { "deep nesting inside sessions", '{"version":1,"sessions":' .. nested(5000) .. "}", "quarantined" },
+  { "deep nesting inside an extra field", file_with(session_json(nil, { extra = nested(40) })), "quarantined" },
+  { "1e999 as a timestamp", file_with(session_json(nil, { createdAtMs = "1e999" })), "quarantined" },
+  { "-1e999 in an extra field", file_with(session_json(nil, { extra = "-1e999" })), "quarantined" },
+  { "NaN as a timestamp", file_with(session_json(nil, { expiresAtMs = "NaN" })), "quarantined" },
+  { "Infinity as attempts", file_with(session_json(nil, { secondaryCodeAttempts = "Infinity" })), "quarantined" },
+  { "hex number", file_with(session_json(nil, { secondaryCodeAttempts = "0x10" })), "quarantined" },
+  { "huge integer timestamp", file_with(session_json(nil, { createdAtMs = "123456789012345678901234567890" })), "dropped" },
+  { "2^63 as attempts", file_with(session_json(nil, { secondaryCodeAttempts = "9223372036854775808" })), "dropped" },
+  { "-2^63 as expiry", file_with(session_json(nil, { expiresAtMs = "-9223372036854775808" })), "dropped" },
+  { "fractional timestamp", file_with(session_json(nil, { createdAtMs = "1764300000000.5" })), "dropped" },
+  { "1e15 timestamp (integral float)", file_with(session_json(nil, { createdAtMs = "1.7643e12" })), "loaded" },
+  { "duplicate keys in a session", file_with(session_json(nil, { status = '"rejected","status":"awaiting_scan"' })), "loaded" },
+  { "duplicate version key", '{"version":2,"version":1,"sessions":[' .. session_json() .. "]}", "either" },
+  { "duplicate sids", '{"version":1,"sessions":[' .. session_json() .. "," .. session_json() .. "]}", "either" },
+  { "version 2", '{"version":2,"sessions":[]}', "quarantined" },
+  { "version as a string", '{"version":"1","sessions":[]}', "quarantined" },
+  { "sessions an object", '{"version":1,"sessions":{"a":1}}', "quarantined" },
+  { "sessions null", '{"version":1,"sessions":null}', "quarantined" },
+  { "sessions sparse array with null", '{"version":1,"sessions":[null,' .. session_json() .. "]}", "either" },
+  { "top level an array", "[" .. session_json() .. "]", "quarantined" },
+  { "top level a string", '"' .. H.CANARY_KEY_B64 .. '"', "quarantined" },
+  { "a session that is a string", file_with('"' .. H.CANARY_KEY_B64 .. '"'), "dropped" },
+  { "secondaryCode 5 digits", file_with(session_json({ secondaryCode = "42424" })), "dropped" },
+  { "mode unknown", file_with(session_json({ mode = "steal" })), "dropped" },
+  { "status unknown (kept, non-terminal)", file_with(session_json({ status = "future_status" })), "loaded" },
+  { "empty sid", file_with(session_json({ sid = "" })), "dropped" },
+  { "unknown extra fields", file_with(session_json(nil, { zzz = '{"a":[1,2,{"b":null}]}' })), "loaded" },
+  { "absent operatorContext", file_with(session_json(nil, { operatorContext = "" }):gsub(',"operatorContext":', "")), "dropped" },
+}
+
+-- Wrong type in each field: each wrong value makes the entry invalid.
+local WRONG = { '"string"', "42", "true", "null", "[]", "{}" }
+local VALID_TYPE = {
+  sid = "string", skGatewayB64 = "string", pkGatewayB64 = "string", createdAtMs = "number",
+  expiresAtMs = "number", secondaryCode = "string", secondaryCodeAttempts = "number",
+  operatorContext = "object", mode = "string", status = "string", lastStatusChangeAtMs = "number",
+}
+local WRONG_TYPE = { ['"string"'] = "string", ["42"] = "number", ["true"] = "boolean", ["null"] = "null",
+  ["[]"] = "array", ["{}"] = "object" }
+for _, k in ipairs(KEYS) do
+  for _, w in ipairs(WRONG) do
+    local t = WRONG_TYPE[w]
+    -- an empty JSON array decodes to the same Lua table as an object
+    local ok_type = t == VALID_TYPE[k] or (VALID_TYPE[k] == "object" and t == "array")
+    if not ok_type then
+      CASES[#CASES + 1] = { "wrong type in " .. k .. ": " .. w, file_with(session_json(nil, { [k] = w })), "dropped" }
+    end
+  end
+end
+
+-- Outcomes known to be wrong until a fix in csrc/core.c lands (see the issue-3 report): the
+-- case is reported as pending while it still shows exactly this outcome, and passes once fixed.
+local KNOWN = {
+  -- name of a case = the wrong outcome it shows, e.g. ["NUL byte after the JSON"] = "loaded"
+  -- (that one was fixed in core.c: lua-cjson stops at a NUL byte, so "<valid JSON>\0<junk>"
+  -- loaded as the valid prefix; load() now quarantines a buffer containing a NUL byte).
+}
+
+local function no_secret(what, text)
+  local leak = H.leak(text or "")
+  assert.is_nil(leak, what .. " leaks: " .. tostring(text))
+end
+
+describe("hostile sessions files", function()
+  local dir, path, events, store
+
+  local function open()
+    events = {}
+    store = pairstore.open(path, {
+      now = function() return T0 + 1000 end,
+      rng = H.canary_rng(),
+      durable = false,
+      on_event = function(name, info) events[#events + 1] = { name = name, info = info } end,
+    })
+  end
+
+  local function corrupt_files()
+    local t = {}
+    for _, n in ipairs(H.ls(dir)) do
+      if n:match("^pair%-sessions%.json%.corrupt%-%d+") then t[#t + 1] = n end
+    end
+    return t
+  end
+
+  local function event(name)
+    for _, e in ipairs(events) do if e.name == name then return e end end
+  end
+
+  local function check_events()
+    for _, e in ipairs(events) do
+      for k, v in pairs(e.info) do no_secret("event " .. e.name .. "." .. k, tostring(v)) end
+    end
+  end
+
+  before_each(function()
+    dir = H.tmpdir("hostile")
+    path = dir .. "/pair-sessions.json"
+  end)
+  after_each(function() H.rmrf(dir) end)
+
+  for _, case in ipairs(CASES) do
+    local name, content, outcome = case[1], case[2], case[3]
+    it(name .. ": " .. outcome, function()
+      H.write(path, content)
+      open()
+      local t0 = os.time()
+      local list, msg, code = store:list_all()
+      no_secret("list_all error", msg)
+      assert.is_table(list, "list_all failed: " .. tostring(msg) .. " " .. tostring(code))
+      local q = corrupt_files()
+      local got
+      if #q == 1 then
+        got = "quarantined"
+        local ev = event("corrupt")
+        assert.is_table(ev, "quarantined without a corrupt event")
+        assert.are.equal(dir .. "/" .. q[1], ev.info.path)
+        assert.are.equal(content, H.read(dir .. "/" .. q[1]), "quarantine must move the bytes as they were")
+        assert.are.equal("600", H.mode(dir .. "/" .. q[1]))
+        assert.is_false(H.read(path) ~= nil, "the corrupt file is still in place")
+        assert.are.equal(0, #list)
+      else
+        assert.are.equal(0, #q, "several quarantine files")
+        assert.is_nil(event("corrupt"))
+        local sids = {}
+        for _, s in ipairs(list) do sids[s.sid] = true end
+        if #list == 1 and sids[GOOD_SID] then
+          got = "dropped"
+          assert.is_table(event("invalid_dropped"), "an entry was dropped without an event")
+        elseif #list >= 1 then
+          got = "loaded"
+        else
+          got = "emptied"
+        end
+      end
+      if os.getenv("HOSTILE_VERBOSE") then print(name .. " -> " .. got) end
+      if outcome == "either" then
+        assert.is_truthy(got == "loaded" or got == "quarantined" or got == "dropped", got)
+      elseif KNOWN[name] and got == KNOWN[name] and got ~= outcome then
+        pending("known defect, fix pending in csrc/core.c: " .. got .. " instead of " .. outcome)
+        return
+      else
+        assert.are.equal(outcome, got)
+      end
+      -- Every entry that was kept has the shape of a session.
+      for _, s in ipairs(list) do
+        assert.are.equal("string", type(s.sid))
+        assert.are.equal(math.type(s.createdAtMs), "integer")
+        assert.are.equal(math.type(s.secondaryCodeAttempts), "integer")
+      end
+      -- get and a mutation work afterwards, and write a file that loads back.
+      local g, gmsg = store:get(GOOD_SID)
+      no_secret("get", gmsg)
+      if got == "quarantined" then assert.is_nil(g) end
+      local created, cmsg = store:create { operator = { channel = "hostile" } }
+      no_secret("create error", cmsg)
+      assert.is_table(created, "create after a hostile file failed: " .. tostring(cmsg))
+      local back = store:list_all()
+      assert.is_table(back)
+      assert.are.equal(#list + 1, #back)
+      assert.is_true(os.time() - t0 < 20, "took too long")
+      check_events()
+      store:close()
+      local ok, doc = pcall(json.decode, H.read(path))
+      assert.is_true(ok, "the rewritten file does not parse")
+      assert.are.equal(1, doc.version)
+    end)
+  end
+
+  it("a " .. BIG_MB .. " MB file is quarantined without being read", function()
+    os.execute(string.format("head -c %d /dev/zero | tr '\\0' ' ' > %s", BIG_MB * 1024 * 1024, H.q(path)))
+    open()
+    local t0 = os.clock()
+    local list, msg = store:list_all()
+    assert.is_table(list, msg)
+    assert.are.equal(0, #list)
+    assert.is_table(event("corrupt"))
+    assert.are.equal(1, #corrupt_files())
+    assert.is_true(os.clock() - t0 < 1.0, "the size cap must apply before reading")
+    check_events()
+  end)
+
+  it("a file just over max_file_bytes is quarantined, one at the cap is read", function()
+    local content = file_with(session_json())
+    H.write(path, content)
+    events = {}
+    local s = pairstore.open(path, { max_file_bytes = #content, now = function() return T0 end,
+      on_event = function(n, i) events[#events + 1] = { name = n, info = i } end })
+    assert.are.equal(2, #s:list_all())
+    assert.are.equal(0, #corrupt_files())
+    H.write(path, content .. " ")
+    assert.are.equal(0, #s:list_all())
+    assert.are.equal(1, #corrupt_files())
+  end)
+end)
+
+describe("a hostile file system", function()
+  local dir, path, victim, victim_content
+  before_each(function()
+    dir = H.tmpdir("hostilefs")
+    os.execute("mkdir -p " .. H.q(dir .. "/d"))
+    path = dir .. "/d/pair-sessions.json"
+    victim = dir .. "/victim"
+    victim_content = "victim content, must never change\n"
+    H.write(victim, victim_content)
+    os.execute("chmod 0644 " .. H.q(victim))
+  end)
+  after_each(function()
+    assert.are.equal(victim_content, H.read(victim), "the victim outside the directory was written")
+    assert.are.equal("644", H.mode(victim))
+    H.rmrf(dir)
+  end)
+
+  local function store(opts)
+    opts = opts or {}
+    opts.lock_wait_ms = opts.lock_wait_ms or 1500
+    opts.rng = H.canary_rng()
+    return pairstore.open(path, opts)
+  end
+
+  local function expect_clean_error(fn, what)
+    local t0 = os.time()
+    local r, msg, code = fn()
+    assert.is_nil(r, what .. " must fail")
+    assert.are.equal("string", type(msg))
+    assert.are.equal("io", code, what .. ": " .. tostring(msg))
+    no_secret(what, msg)
+    assert.is_true(os.time() - t0 <= 3, what .. " hung")
+    return msg
+  end
+
+  local PLANTS = {
+    symlink = function(p) os.execute("ln -s " .. H.q(victim) .. " " .. H.q(p)) end,
+    ["dangling symlink"] = function(p) os.execute("ln -s " .. H.q(dir .. "/nowhere") .. " " .. H.q(p)) end,
+    fifo = function(p) os.execute("mkfifo " .. H.q(p)) end,
+    directory = function(p) os.execute("mkdir " .. H.q(p)) end,
+  }
+
+  for kind, plant in pairs(PLANTS) do
+    it(kind .. " at the sessions path: clean error, nothing followed", function()
+      plant(path)
+      local s = store()
+      expect_clean_error(function() return s:list_all() end, "list_all")
+      expect_clean_error(function() return s:create {} end, "create")
+      assert.are.same({ "pair-sessions.json" }, H.ls(dir .. "/d"))
+    end)
+
+    it(kind .. " at the sentinel path: clean error, no hang, not removed", function()
+      plant(path .. ".lock")
+      local s = store({ lock_stale_ms = 1 })
+      expect_clean_error(function() return s:create {} end, "create")
+      assert.are.same({ "pair-sessions.json.lock" }, H.ls(dir .. "/d"))
+    end)
+
+    it(kind .. " at the temp, candidate and break prefixes: left alone, writes still work", function()
+      local names = { "pair-sessions.json.tmp-1-0000000000000000", "pair-sessions.json.tmp-",
+        "pair-sessions.json.lock.new-0000000000000000", "pair-sessions.json.lock.break-0000000000000000" }
+      for _, n in ipairs(names) do plant(dir .. "/d/" .. n) end
+      local s = store()
+      local created, msg = s:create {}
+      assert.is_table(created, msg)
+      assert.is_table(s:get(created.sid))
+      local want = { "pair-sessions.json" }
+      for _, n in ipairs(names) do want[#want + 1] = n end
+      table.sort(want)
+      assert.are.same(want, H.ls(dir .. "/d"))
+      assert.are.equal("600", H.mode(path))
+    end)
+  end
+
+  it("a symlinked sentinel pointing at the victim is never truncated or broken", function()
+    os.execute("ln -s " .. H.q(victim) .. " " .. H.q(path .. ".lock"))
+    os.execute("touch -h -d '2 hours ago' " .. H.q(path .. ".lock"))
+    local s = store({ lock_stale_ms = 1 })
+    expect_clean_error(function() return s:create {} end, "create")
+    assert.is_true(os.execute("test -L " .. H.q(path .. ".lock")) == true)
+  end)
+
+  it("a hard link of the victim as the sessions file is replaced, not written through", function()
+    os.execute("ln " .. H.q(victim) .. " " .. H.q(path))
+    -- not JSON: quarantined (renamed), then a new file is written; the victim's inode is untouched
+    local s = store()
+    local created, msg = s:create {}
+    assert.is_table(created, msg)
+  end)
+
+  it("a pre-existing 0644 file comes back 0600 after a write", function()
+    local s = store()
+    assert.is_table(s:create {})
+    os.execute("chmod 0644 " .. H.q(path))
+    assert.are.equal("644", H.mode(path))
+    assert.is_table(s:create {})
+    assert.are.equal("600", H.mode(path))
+  end)
+
+  local function umask_run(mask, user)
+    local d = dir .. "/u" .. mask .. "/a/b"
+    local p = d .. "/pair-sessions.json"
+    local cmd = string.format("umask %s; %s lua5.4 spec/fault/one_op.lua %s seed && %s lua5.4 spec/fault/one_op.lua %s incr && %s lua5.4 spec/fault/one_op.lua %s list",
+      mask, LUA_ENV, H.q(p), LUA_ENV, H.q(p), LUA_ENV, H.q(p))
+    if user then
+      os.execute("mkdir -p " .. H.q(dir .. "/u" .. mask) .. " && chown " .. user .. " " .. H.q(dir .. "/u" .. mask))
+      os.execute("chmod 0755 " .. H.q(dir))
+      cmd = "setpriv --reuid=" .. user .. " --regid=" .. user .. " --clear-groups -- sh -c " .. H.q(cmd)
+    end
+    local ok, out = H.sh(cmd)
+    assert.is_true(ok, out)
+    assert.are.equal("ok 1", out:match("ok %d+\n*$") and out:match("(ok %d+)\n[^\n]*$") or out:match("ok 1"))
+    assert.are.equal("600", H.mode(p))
+    assert.are.equal("700", H.mode(dir .. "/u" .. mask .. "/a"))
+    assert.are.equal("700", H.mode(d))
+    assert.are.same({ "pair-sessions.json" }, H.ls(d))
+  end
+
+  it("umask 0000 changes no mode (file 0600, new directories 0700)", function() umask_run("0000") end)
+  it("umask 0277 changes no mode and does not lock the store out", function() umask_run("0277") end)
+  it("umask 0277 as an unprivileged user (permissions really apply)", function()
+    if not H.sh("test $(id -u) = 0 && command -v setpriv") then
+      pending("needs root and setpriv to switch to an unprivileged user")
+      return
+    end
+    umask_run("0277", "65534")
+  end)
+end)
