@@ -36,7 +36,7 @@ all: $(CORE)
 
 $(CORE): $(SRCS) $(HDRS) Makefile
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(PS_CFLAGS) $(LDFLAGS) $(PS_LDFLAGS) -o $@ $(SRCS) $(PS_LIBS)
+	$(CC) $(CFLAGS) $(PS_CFLAGS) $(LDFLAGS) $(PS_LDFLAGS) -o $@.tmp $(SRCS) $(PS_LIBS) && mv -f $@.tmp $@
 
 deps:
 	@bash .ci/deps
@@ -58,7 +58,7 @@ FAULT_CORE = build-fault/pairstore/core.so
 
 $(FAULT_CORE): $(SRCS) $(HDRS) Makefile
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(PS_CFLAGS) -DPS_FAULT_INJECTION $(LDFLAGS) $(PS_LDFLAGS) -o $@ $(SRCS) $(PS_LIBS)
+	$(CC) $(CFLAGS) $(PS_CFLAGS) -DPS_FAULT_INJECTION $(LDFLAGS) $(PS_LDFLAGS) -o $@.tmp $(SRCS) $(PS_LIBS) && mv -f $@.tmp $@
 
 test-stress: deps all
 	bash spec/stress/run.sh

@@ -160,11 +160,11 @@ static int file_quarantine(ps_file *f, int64_t now_ms, char *moved_to, size_t n,
     ps_err_sys(e, errno, "move corrupt file aside", f->path);
     return -1;
   }
-  fd = open(moved_to, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+  fd = ps_open(moved_to, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0);
   if (fd >= 0) {
     struct stat st;
     /* A hard link's inode is also a file elsewhere: never change that file's mode. */
-    if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_nlink == 1) fchmod(fd, 0600);
+    if (ps_fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_nlink == 1) ps_fchmod(fd, 0600);
     close(fd);
   }
   return 0;
@@ -191,6 +191,7 @@ static int fsync_dir(ps_file *f, int fd, ps_err *e)
   int rc = 0;
   if (ps_fsync(fd) != 0) {
     ps_err_sys(e, errno, "file replaced, but could not fsync directory", f->dir);
+    e->code = "not_durable"; /* the change is visible: a retry would apply it twice */
     rc = -1;
   }
   close(fd);

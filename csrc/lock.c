@@ -104,7 +104,7 @@ static int publish(ps_file *f, int fd, const char *named)
 static long read_pid(int fd)
 {
   char buf[32];
-  ssize_t n = pread(fd, buf, sizeof buf - 1, 0);
+  ssize_t n = ps_pread(fd, buf, sizeof buf - 1, 0);
   char *end;
   long pid;
   if (n <= 0) return 0;
@@ -127,7 +127,7 @@ static void break_sentinel(ps_file *f, int fd, const struct stat *st, int crashe
   if (ps_rename(f->lockpath, name) != 0) return; /* gone already: just retry */
   if (lstat(name, &now) != 0) return;            /* swept by the next holder */
   if (now.st_dev == st->st_dev && now.st_ino == st->st_ino) {
-    unlink(name);
+    ps_unlink(name);
     ps_file_event(f, "lock_broken",
                   crashed ? "lock held by a crashed pairstore process was taken over"
                           : "stale lock of another process was broken",
@@ -136,7 +136,7 @@ static void break_sentinel(ps_file *f, int fd, const struct stat *st, int crashe
     return;
   }
   /* Not what we judged: put it back if nothing took its place. */
-  if (renameat2(AT_FDCWD, name, AT_FDCWD, f->lockpath, RENAME_NOREPLACE) != 0) unlink(name);
+  if (ps_rename_noreplace(name, f->lockpath) != 0) ps_unlink(name);
 }
 
 /* Look at an existing sentinel and decide: retry now, wait, or fail. */
@@ -175,7 +175,7 @@ static int inspect(ps_file *f, int ino_fd, int64_t *foreign_left_ms, ps_err *e)
     snprintf(proc, sizeof proc, "/proc/self/fd/%d", fd);
     inotify_add_watch(ino_fd, proc, mask);
   }
-  if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+  if (ps_flock(fd, LOCK_EX | LOCK_NB) != 0) {
     close(fd);
     if (errno == EWOULDBLOCK || errno == EINTR) return INSPECT_WAIT; /* live holder */
     ps_err_sys(e, errno, "lock", f->lockpath);

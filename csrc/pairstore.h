@@ -53,6 +53,8 @@ int     ps_fstat(int fd, struct stat *st);
 int     ps_lstat(const char *path, struct stat *st);
 int     ps_fchmod(int fd, mode_t mode);
 int     ps_rename(const char *from, const char *to);
+int     ps_rename_noreplace(const char *from, const char *to);
+ssize_t ps_pread(int fd, void *buf, size_t n, off_t at);
 int     ps_link(const char *from, const char *to, int flags); /* linkat(AT_FDCWD...) */
 int     ps_unlink(const char *path);
 int     ps_mkdir(const char *path, mode_t mode);

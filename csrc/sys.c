@@ -2,6 +2,11 @@
  * sys.c — the system-call seam. Every call a transaction makes on the file system goes
  * through here, so a PS_FAULT_INJECTION build can fail the Nth one with a chosen errno
  * (or shorten a write). Without that define each wrapper is a plain call.
+ *
+ * Left outside on purpose: the lock release (lstat + unlink of our own sentinel, then
+ * close) and the orphan sweep. Both are best effort and self-healing: a sentinel left by a
+ * failed unlink is no longer flock()ed, so the next pairstore process takes it over at once,
+ * and an orphan left now is swept next time.
  */
 #include "pairstore.h"
 
@@ -119,6 +124,18 @@ int ps_rename(const char *from, const char *to)
 {
   FAULT(-1);
   return rename(from, to);
+}
+
+int ps_rename_noreplace(const char *from, const char *to)
+{
+  FAULT(-1);
+  return renameat2(AT_FDCWD, from, AT_FDCWD, to, RENAME_NOREPLACE);
+}
+
+ssize_t ps_pread(int fd, void *buf, size_t n, off_t at)
+{
+  FAULT(-1);
+  return pread(fd, buf, n, at);
 }
 
 int ps_link(const char *from, const char *to, int flags)

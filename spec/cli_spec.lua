@@ -135,6 +135,17 @@ describe("bin/pairstore", function()
     end)
   end)
 
+  describe("a corrupt sessions file", function()
+    it("is reported on stderr when the store moves it aside", function()
+      helpers.write(file, "{not json")
+      local rc, out, err = cli("list --all")
+      assert.are.equal(0, rc)
+      assert.matches("no sessions", out)
+      assert.matches("pairstore: note: the sessions file was corrupt; moved aside to " ..
+        file:gsub("%p", "%%%0") .. "%.corrupt%-%d+", err)
+    end)
+  end)
+
   describe("list", function()
     it("prints a redacted table of the active sessions", function()
       local st = store()

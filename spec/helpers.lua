@@ -129,8 +129,14 @@ function helpers.run_lua(code, args)
   return ok, out, rc
 end
 
+--- Whether pid runs (a zombie does not: PID 1 may never reap our orphans).
 function helpers.alive(pid)
-  return os.execute("kill -0 " .. pid .. " 2>/dev/null") == true
+  local f = io.open("/proc/" .. pid .. "/stat")
+  if not f then return false end
+  local stat = f:read("a") or ""
+  f:close()
+  local state = stat:match("^%d+ %b() (%a)")
+  return state ~= nil and state ~= "Z" and state ~= "X"
 end
 
 function helpers.kill(pid, sig)

@@ -201,11 +201,13 @@ for _, c in ipairs(cases) do
           problem("the message does not name the failure " .. fault.name .. ": [" .. tostring(code) .. "] " .. tostring(msg))
         end
         if after ~= before then
-          if after == expected and tostring(msg):find("file replaced, but", 1, true) then
+          if after == expected and code == "not_durable" and tostring(msg):find("file replaced, but", 1, true) then
             n_post = n_post + 1 -- published, then the directory fsync failed
           else
-            problem("file changed by a failed call (" .. tostring(msg) .. ")")
+            problem("file changed by a failed call ([" .. tostring(code) .. "] " .. tostring(msg) .. ")")
           end
+        elseif code == "not_durable" then
+          problem("'not_durable' although the file was not replaced: " .. tostring(msg))
         end
       elseif ok then
         n_ok = n_ok + 1

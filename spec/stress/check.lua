@@ -17,8 +17,8 @@ local function load_file(path)
 end
 
 if mode == "chaos" then
-  local work, path, sid, workers, t_start, t_end = arg[2], arg[3], arg[4], tonumber(arg[5]), tonumber(arg[6]), tonumber(arg[7])
-  t_start, t_end = math.floor(t_start * 1000), math.floor(t_end * 1000)
+  -- arg[4], arg[6], arg[7]: the sid and the run's start and end times (for the log)
+  local work, path, workers = arg[2], arg[3], tonumber(arg[5])
   -- acknowledged increments and their timings
   local acked, errors, breaks = 0, {}, {}
   local max_op, max_wait, max_hold = 0, 0, 0
