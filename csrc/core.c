@@ -570,12 +570,11 @@ static int act_list(lua_State *L, ps_txn *t, int arr)
   return 1;
 }
 
-/* create(mode, operator, ttl, sid_hex|nil, sk_raw|nil, code|nil) */
+/* create: ARG 1..7 = mode, operator, ttl, sid_hex|nil, sk_b64u, code, pk_b64u */
 static int act_create(lua_State *L, ps_txn *t, int arr)
 {
   lua_Integer n = (lua_Integer)lua_rawlen(L, arr), i, live = 0;
-  char sid[33], code[7], sk[44], pk[44];
-  unsigned char skraw[32];
+  char sid[33];
   size_t len;
   int64_t ttl = (int64_t)lua_tointeger(L, ARG(3));
   int tries;
@@ -603,23 +602,16 @@ static int act_create(lua_State *L, ps_txn *t, int arr)
       if (tries > 8) { fail(t, "invalid", "could not draw an unused sid"); return 0; }
     }
   }
-  if (lua_isstring(L, ARG(5))) {
-    memcpy(skraw, lua_tolstring(L, ARG(5), &len), sizeof skraw);
-    ps_keypair_b64u(sk, pk, skraw);
-    sodium_memzero(skraw, sizeof skraw);
-  } else {
-    ps_keypair_b64u(sk, pk, NULL);
-  }
-  if (lua_isstring(L, ARG(6))) snprintf(code, sizeof code, "%s", lua_tostring(L, ARG(6)));
-  else ps_random_code(code);
-
   lua_createtable(L, 0, 12);
   ps_set_str(L, -1, "sid", sid);
-  ps_set_str(L, -1, "skGatewayB64", sk);
-  ps_set_str(L, -1, "pkGatewayB64", pk);
+  lua_pushvalue(L, ARG(5));
+  lua_setfield(L, -2, "skGatewayB64");
+  lua_pushvalue(L, ARG(7));
+  lua_setfield(L, -2, "pkGatewayB64");
   ps_set_int(L, -1, "createdAtMs", t->now);
   ps_set_int(L, -1, "expiresAtMs", t->now + ttl);
-  ps_set_str(L, -1, "secondaryCode", code);
+  lua_pushvalue(L, ARG(6));
+  lua_setfield(L, -2, "secondaryCode");
   ps_set_int(L, -1, "secondaryCodeAttempts", 0);
   ps_copy_value(L, ARG(2), 0);
   lua_setfield(L, -2, "operatorContext");
@@ -627,8 +619,6 @@ static int act_create(lua_State *L, ps_txn *t, int arr)
   lua_setfield(L, -2, "mode");
   ps_set_str(L, -1, "status", "awaiting_scan");
   ps_set_int(L, -1, "lastStatusChangeAtMs", t->now);
-  sodium_memzero(sk, sizeof sk);
-  sodium_memzero(code, sizeof code);
   lua_pushvalue(L, -1);
   lua_rawseti(L, arr, n + 1);
   index_add(L, t->s, sid, n + 1);
@@ -842,12 +832,42 @@ static int m_list(lua_State *L)
   return run(L, OP_LIST, 1);
 }
 
+/* create(mode, operator, ttl, sid_hex|nil, sk_raw|nil, code|nil). The key pair and the
+ * code are made before taking the lock: they do not depend on the file. */
 static int m_create(lua_State *L)
 {
+  char sk[44], pk[44], code[7];
+  const char *v;
+  size_t len;
+
   luaL_checkstring(L, 2);
   luaL_checktype(L, 3, LUA_TTABLE);
   luaL_checkinteger(L, 4);
   lua_settop(L, 7);
+  if (!lua_isnil(L, 5)) {
+    v = luaL_checklstring(L, 5, &len);
+    luaL_argcheck(L, len == 32 && strspn(v, "0123456789abcdef") == 32, 5, "sid must be 32 lowercase hex");
+  }
+  if (!lua_isnil(L, 6)) {
+    v = luaL_checklstring(L, 6, &len);
+    luaL_argcheck(L, len == 32, 6, "secret key must be 32 bytes");
+    ps_keypair_b64u(sk, pk, (const unsigned char *)v);
+  } else {
+    ps_keypair_b64u(sk, pk, NULL);
+  }
+  if (!lua_isnil(L, 7)) {
+    v = luaL_checklstring(L, 7, &len);
+    luaL_argcheck(L, len == 6 && strspn(v, "0123456789") == 6, 7, "code must be 6 digits");
+  } else {
+    ps_random_code(code);
+    lua_pushstring(L, code);
+    lua_replace(L, 7);
+    sodium_memzero(code, sizeof code);
+  }
+  lua_pushstring(L, sk);
+  lua_replace(L, 6);
+  lua_pushstring(L, pk);  /* 8 */
+  sodium_memzero(sk, sizeof sk);
   return run(L, OP_CREATE, 0);
 }
 

@@ -133,3 +133,17 @@ describe("pairstore.open()", function()
     assert.matches("api_spec.lua", e)
   end)
 end)
+
+describe("pairstore.core (the C layer) checks its own arguments", function()
+  after_each(helpers.cleanup)
+
+  it("raises on a short secret key, a bad sid or a bad code instead of reading past them", function()
+    local core = require "pairstore.core"
+    local store = core.open(helpers.tmpdir() .. "/pair-sessions.json", { durable = false })
+    local op = { channel = "cli" }
+    assert.has_error(function() store:create("generate", op, 300000, nil, "short") end)
+    assert.has_error(function() store:create("generate", op, 300000, "00112233", nil) end)
+    assert.has_error(function() store:create("generate", op, 300000, nil, nil, "12345") end)
+    assert.is_table(store:create("generate", op, 300000, nil, ("k"):rep(32), "123456"))
+  end)
+end)
