@@ -16,6 +16,51 @@
 
 #include <sodium.h>
 
+int ps_write_all(int fd, const char *p, size_t n)
+{
+  while (n > 0) {
+    ssize_t w = ps_write(fd, p, n);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      return -1;
+    }
+    if (w == 0) { errno = EIO; return -1; }
+    p += w;
+    n -= (size_t)w;
+  }
+  return 0;
+}
+
+int ps_open_regular(const char *path, const char *what, struct stat *st, ps_err *e)
+{
+  int fd;
+  do {
+    fd = ps_open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0);
+  } while (fd < 0 && errno == EINTR);
+  if (fd < 0) {
+    int saved = errno;
+    if (saved == ELOOP)
+      ps_err_set(e, "io", "%s %s: is a symbolic link; refusing to follow it (ELOOP)", what, path);
+    else if (saved != ENOENT)
+      ps_err_sys(e, saved, what, path);
+    errno = saved;
+    return -1;
+  }
+  if (ps_fstat(fd, st) != 0) {
+    ps_err_sys(e, errno, what, path);
+    close(fd);
+    errno = EIO;
+    return -1;
+  }
+  if (!S_ISREG(st->st_mode)) {
+    ps_err_set(e, "io", "%s %s: not a regular file; refusing to use it", what, path);
+    close(fd);
+    errno = EINVAL;
+    return -1;
+  }
+  return fd;
+}
+
 void ps_file_event(ps_file *f, const char *name, const char *detail, const char *path,
                    long count, long age_ms, long pid)
 {
@@ -83,28 +128,8 @@ static int file_load(ps_file *f, ps_buf *into, const ps_ident *known, int *toobi
   into->oom = 0;
   *toobig = 0;
   id->valid = 0;
-  do {
-    fd = ps_open(f->path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0);
-  } while (fd < 0 && errno == EINTR);
-  if (fd < 0) {
-    if (errno == ENOENT) return PS_LOAD_ABSENT;
-    if (errno == ELOOP) {
-      ps_err_set(e, "io", "open %s: is a symbolic link; refusing to follow it (ELOOP)", f->path);
-      return PS_LOAD_ERROR;
-    }
-    ps_err_sys(e, errno, "open", f->path);
-    return PS_LOAD_ERROR;
-  }
-  if (ps_fstat(fd, &st) != 0) {
-    ps_err_sys(e, errno, "stat", f->path);
-    close(fd);
-    return PS_LOAD_ERROR;
-  }
-  if (!S_ISREG(st.st_mode)) {
-    ps_err_set(e, "io", "open %s: not a regular file; refusing to use it", f->path);
-    close(fd);
-    return PS_LOAD_ERROR;
-  }
+  fd = ps_open_regular(f->path, "open", &st, e);
+  if (fd < 0) return errno == ENOENT ? PS_LOAD_ABSENT : PS_LOAD_ERROR;
   id->valid = 1;
   id->dev = st.st_dev;
   id->ino = st.st_ino;
@@ -170,21 +195,6 @@ static int file_quarantine(ps_file *f, int64_t now_ms, char *moved_to, size_t n,
   return 0;
 }
 
-static int write_all(int fd, const char *p, size_t n)
-{
-  while (n > 0) {
-    ssize_t w = ps_write(fd, p, n);
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      return -1;
-    }
-    if (w == 0) { errno = EIO; return -1; }
-    p += w;
-    n -= (size_t)w;
-  }
-  return 0;
-}
-
 /* fd: the directory, opened before the rename so that only the fsync itself can fail after it. */
 static int fsync_dir(ps_file *f, int fd, ps_err *e)
 {
@@ -215,7 +225,7 @@ static int file_commit(ps_file *f, const char *buf, size_t len, ps_ident *id, ps
     return -1;
   }
   if (ps_fchmod(fd, 0600) != 0) { ps_err_sys(e, errno, "chmod temp file for", f->path); goto fail; }
-  if (write_all(fd, buf, len) != 0) { ps_err_sys(e, errno, "write temp file for", f->path); goto fail; }
+  if (ps_write_all(fd, buf, len) != 0) { ps_err_sys(e, errno, "write temp file for", f->path); goto fail; }
   if (f->durable && ps_fsync(fd) != 0) { ps_err_sys(e, errno, "fsync temp file for", f->path); goto fail; }
   if (ps_fstat(fd, &st) != 0) { ps_err_sys(e, errno, "stat temp file for", f->path); goto fail; }
   if (ps_close(fd) != 0 && errno != EINTR) {

@@ -35,21 +35,6 @@ static int64_t mtime_ms(const struct stat *st)
   return (int64_t)st->st_mtim.tv_sec * 1000 + st->st_mtim.tv_nsec / 1000000;
 }
 
-static int write_all(int fd, const char *p, size_t n)
-{
-  while (n > 0) {
-    ssize_t w = ps_write(fd, p, n);
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      return -1;
-    }
-    if (w == 0) { errno = EIO; return -1; }
-    p += w;
-    n -= (size_t)w;
-  }
-  return 0;
-}
-
 /* The candidate sentinel: a private file holding "<pid>\n", mode 0500, flock(LOCK_EX).
  * Preferably an unnamed O_TMPFILE; otherwise a uniquely named file (named is set). */
 static int make_candidate(ps_file *f, char *named, size_t namedsz, struct stat *st, ps_err *e)
@@ -74,7 +59,7 @@ static int make_candidate(ps_file *f, char *named, size_t namedsz, struct stat *
     return -1;
   }
   n = snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
-  if (write_all(fd, pid, (size_t)n) != 0 || ps_fchmod(fd, PS_SENTINEL_MODE) != 0 ||
+  if (ps_write_all(fd, pid, (size_t)n) != 0 || ps_fchmod(fd, PS_SENTINEL_MODE) != 0 ||
       ps_flock(fd, LOCK_EX | LOCK_NB) != 0 || ps_fstat(fd, st) != 0) {
     int saved = errno;
     close(fd);
@@ -143,27 +128,9 @@ static void break_sentinel(ps_file *f, int fd, const struct stat *st, int crashe
 static int inspect(ps_file *f, int ino_fd, int64_t *foreign_left_ms, ps_err *e)
 {
   struct stat st;
-  int fd = ps_open(f->lockpath, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0);
+  int fd = ps_open_regular(f->lockpath, "open lock", &st, e);
   *foreign_left_ms = -1;
-  if (fd < 0) {
-    if (errno == ENOENT) return INSPECT_RETRY;
-    if (errno == ELOOP) {
-      ps_err_set(e, "io", "lock %s is a symbolic link; refusing to use it (ELOOP)", f->lockpath);
-      return INSPECT_ERROR;
-    }
-    ps_err_sys(e, errno, "open lock", f->lockpath);
-    return INSPECT_ERROR;
-  }
-  if (ps_fstat(fd, &st) != 0) {
-    ps_err_sys(e, errno, "stat lock", f->lockpath);
-    close(fd);
-    return INSPECT_ERROR;
-  }
-  if (!S_ISREG(st.st_mode)) {
-    ps_err_set(e, "io", "lock %s is not a regular file; refusing to use it", f->lockpath);
-    close(fd);
-    return INSPECT_ERROR;
-  }
+  if (fd < 0) return errno == ENOENT ? INSPECT_RETRY : INSPECT_ERROR;
   if (ino_fd >= 0) {
     /* Watch this very inode before testing it, so its release cannot slip by unseen. A
      * pairstore holder unlinks, then closes its descriptor (also when it dies): waking on

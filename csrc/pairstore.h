@@ -176,6 +176,11 @@ int  ps_lock_fence(ps_file *f, ps_err *e);
 
 /* file.c */
 int  ps_mkdir_p(const char *dir, ps_err *e);
+/* Writes all of p (short writes and EINTR handled); -1 with errno. */
+int  ps_write_all(int fd, const char *p, size_t n);
+/* Opens path read-only, never through a symlink nor blocking on a FIFO, and requires a
+ * regular file. -1 with errno ENOENT when absent (e untouched), else -1 with e set. */
+int  ps_open_regular(const char *path, const char *what, struct stat *st, ps_err *e);
 void ps_sweep_orphans(ps_file *f);
 
 /* ---- session rules on Lua tables (session.c) --------------------------------------------- */
