@@ -79,7 +79,6 @@ static void fail(ps_txn *t, const char *code, const char *msg)
   ps_err_set(&t->err, code, "%s", msg);
 }
 
-/* Index of the session with this sid in the array at arr, or 0. */
 /* Position of the session with this sid in the array at arr (the transaction's), or 0.
  * Through the sid index, rebuilt in one pass when the array was replaced or shrank. */
 static lua_Integer find_sid(lua_State *L, ps_store *s, int arr, const char *sid)
@@ -181,11 +180,10 @@ static void changed(lua_State *L, ps_txn *t, int sess)
   lua_pop(L, 1);
 }
 
-static void quarantine(lua_State *L, ps_txn *t, const char *why)
+static void quarantine(ps_txn *t, const char *why)
 {
   char moved[4096 + 64], detail[300];
   ps_store *s = t->s;
-  (void)L;
   if (s->be->quarantine(&s->f, ps_wall_ms(), moved, sizeof moved, &t->err) != 0) {
     t->failed = 1;
     return;
@@ -233,7 +231,7 @@ static void load(lua_State *L, ps_txn *t)
     /* cjson stops at a NUL byte, and JSON text never holds a raw one */
     if (toobig) snprintf(reason, sizeof reason, "larger than %zu bytes", s->f.max_bytes);
     else snprintf(reason, sizeof reason, "NUL byte in the file");
-    quarantine(L, t, reason);
+    quarantine(t, reason);
     lua_newtable(L);
     return;
   }
@@ -250,14 +248,14 @@ static void load(lua_State *L, ps_txn *t)
     if (rc != LUA_ERRRUN || !msg || !is_json_verdict(msg)) lua_error(L);
     snprintf(reason, sizeof reason, "invalid JSON (%s)", msg);
     lua_pop(L, 1);
-    quarantine(L, t, reason);
+    quarantine(t, reason);
     lua_newtable(L);
     return;
   }
   doc = lua_gettop(L);
   if (!shape_ok(L, doc, &why)) {
     lua_pop(L, 1);
-    quarantine(L, t, why);
+    quarantine(t, why);
     lua_newtable(L);
     return;
   }
@@ -527,7 +525,6 @@ static int act_update(lua_State *L, ps_txn *t, int arr, lua_Integer at, int sess
   return push_copy(L, res);
 }
 
-static int cmp_entry(const void *a, const void *b);
 
 typedef struct { int64_t created; const char *sid; lua_Integer idx; } sort_entry;
 

@@ -121,7 +121,7 @@ typedef struct ps_ident {
 typedef struct ps_event {
   char name[24];
   char detail[320];      /* plain text for info.message; never secrets */
-  char path[256];        /* moved_to, etc. */
+  char path[4096 + 64];  /* moved_to, etc. */
   long count;
   long age_ms;
   long pid;
