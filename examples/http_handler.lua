@@ -9,18 +9,11 @@
 -- Use it from any server: local h = dofile("examples/http_handler.lua"). Run as a script
 -- (lua5.4 examples/http_handler.lua) it runs a self-test against a temp store and exits 0.
 
--- Run from a source tree (after `make`): unless LUA_PATH / LUA_CPATH say otherwise, use the
--- tree's lua/ and build/ ahead of any installed copy.
+-- Run from a source tree (after `make`): use the tree's lua/ and build/ (examples/lib).
 do
-  local root = ((arg and arg[0] or ""):match("^(.*)/[^/]*$") or ".") .. "/.."
-  local f = io.open(root .. "/lua/pairstore/init.lua")
-  if f then
-    f:close()
-    if not os.getenv("LUA_PATH") then
-      package.path = root .. "/lua/?.lua;" .. root .. "/lua/?/init.lua;" .. package.path
-    end
-    if not os.getenv("LUA_CPATH") then package.cpath = root .. "/build/?.so;" .. package.cpath end
-  end
+  local here = (arg and arg[0] or ""):match("^(.*)/[^/]*$") or "."
+  local tree = loadfile(here .. "/lib/source_tree.lua")
+  if tree then tree(here .. "/..") end
 end
 
 local pairstore = require "pairstore"
