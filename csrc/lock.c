@@ -71,11 +71,13 @@ static int make_candidate(ps_file *f, char *named, size_t namedsz, struct stat *
   return fd;
 }
 
-/* Publish the candidate at lockpath. 0: published; -1 with errno (EEXIST: held). */
-static int publish(ps_file *f, int fd, const char *named)
+/* Publish the candidate at lockpath. 0: published; -1 with errno (EEXIST: held). A candidate
+ * made more than a second ago gets a fresh mtime first: its age, as the reference judges
+ * it, starts when it is published. */
+static int publish(ps_file *f, int fd, const char *named, int64_t made_ms)
 {
   char proc[64];
-  if (ps_futimens(fd) != 0) return -1; /* its age starts now, as the reference sees it */
+  if (ps_mono_ms() - made_ms > 1000 && ps_futimens(fd) != 0) return -1;
   if (named[0]) return ps_link(named, f->lockpath, 0);
   snprintf(proc, sizeof proc, "/proc/self/fd/%d", fd);
   if (ps_link(proc, f->lockpath, AT_SYMLINK_FOLLOW) == 0) return 0;
@@ -110,7 +112,13 @@ static void break_sentinel(ps_file *f, int fd, const struct stat *st, int crashe
   ps_random_hex(rnd, 8);
   snprintf(name, sizeof name, "%s.break-%s", f->lockpath, rnd);
   if (ps_rename(f->lockpath, name) != 0) return; /* gone already: just retry */
-  if (lstat(name, &now) != 0) return;            /* swept by the next holder */
+  if (lstat(name, &now) != 0) {
+    /* The next holder may already have swept our break file. If the inode we judged is no
+     * longer linked anywhere, that was it: we broke it. */
+    struct stat mine;
+    if (fstat(fd, &mine) == 0 && mine.st_nlink == 0) now = *st;
+    else return;
+  }
   if (now.st_dev == st->st_dev && now.st_ino == st->st_ino) {
     ps_unlink(name);
     ps_file_event(f, "lock_broken",
@@ -192,8 +200,8 @@ int ps_lock_acquire(ps_file *f, ps_err *e)
 {
   char named[4096 + 64];
   int64_t deadline = ps_mono_ms() + f->lock_wait_ms;
-  int64_t backoff = 1;
-  int fd, rc = -1;
+  int64_t backoff = 1, made;
+  int fd, rc = -1, waited = 0;
   struct stat st;
 
   if (f->lock.fd >= 0) {
@@ -202,17 +210,23 @@ int ps_lock_acquire(ps_file *f, ps_err *e)
   }
   fd = make_candidate(f, named, sizeof named, &st, e);
   if (fd < 0) return -1;
+  made = ps_mono_ms();
 
   for (;;) {
     int64_t left, foreign_left, slice;
-    if (publish(f, fd, named) == 0) break;
-    if (errno == ENOENT) {               /* directory removed under us: recreate it */
-      if (ps_mkdir_p(f->dir, e) != 0) goto out;
-      continue;
-    }
-    if (errno != EEXIST) {
-      ps_err_sys(e, errno, "create lock", f->lockpath);
-      goto out;
+    struct stat there;
+    /* After a wait, look before trying: a failed linkat takes the directory's lock, which
+     * the holder needs for its own rename and unlink. */
+    if (!(waited && lstat(f->lockpath, &there) == 0)) {
+      if (publish(f, fd, named, made) == 0) break;
+      if (errno == ENOENT) {             /* directory removed under us: recreate it */
+        if (ps_mkdir_p(f->dir, e) != 0) goto out;
+        continue;
+      }
+      if (errno != EEXIST) {
+        ps_err_sys(e, errno, "create lock", f->lockpath);
+        goto out;
+      }
     }
     /* One inotify instance per store, kept open: closing one costs an RCU grace period
      * (~10 ms), which would be paid while holding the lock. -1: poll instead. */
@@ -243,6 +257,7 @@ int ps_lock_acquire(ps_file *f, ps_err *e)
     }
     if (foreign_left > 0 && foreign_left < slice) slice = foreign_left;
     wait_for_change(f->ino_fd, slice < left ? slice : left);
+    waited = 1;
   }
 
   f->lock.fd = fd;
