@@ -972,6 +972,34 @@ static int opt_int(lua_State *L, int opts, const char *key, int dflt, int lo, in
   return (int)v;
 }
 
+/* Lexically normalises an absolute path in place: no empty, "." or ".." components, so
+ * that two spellings of one file share one lock record (re-entry is detected by path).
+ * Returns 0 when the last component names a file, -1 otherwise. */
+static int normalize_path(char *p)
+{
+  char *out = p, *in = p;
+  while (*in) {
+    char *seg;
+    size_t n;
+    while (*in == '/') in++;
+    seg = in;
+    while (*in && *in != '/') in++;
+    n = (size_t)(in - seg);
+    if (n == 0 || (n == 1 && seg[0] == '.')) continue;
+    if (n == 2 && seg[0] == '.' && seg[1] == '.') {
+      while (out > p && *--out != '/') { }
+      continue;
+    }
+    *out++ = '/';
+    memmove(out, seg, n);
+    out += n;
+  }
+  *out = '\0';
+  if (out == p) return -1;
+  /* the original's last component must have been a name, not "", "." or ".." */
+  return 0;
+}
+
 /* open(path, opts) -> store. opts: the normalised options table (kept as a user value). */
 static int f_open(lua_State *L)
 {
@@ -983,7 +1011,12 @@ static int f_open(lua_State *L)
 
   luaL_checktype(L, 2, LUA_TTABLE);
   luaL_argcheck(L, len > 0 && len < 3500 && strlen(path) == len, 1, "invalid path");
-  luaL_argcheck(L, path[len - 1] != '/', 1, "path names a directory");
+  {
+    const char *last = strrchr(path, '/');
+    last = last ? last + 1 : path;
+    luaL_argcheck(L, *last && strcmp(last, ".") != 0 && strcmp(last, "..") != 0, 1,
+                  "path names a directory");
+  }
 
   s = lua_newuserdatauv(L, sizeof *s, UV_COUNT);
   memset(s, 0, sizeof *s);
@@ -1009,6 +1042,7 @@ static int f_open(lua_State *L)
   }
   if (!abs) return luaL_error(L, "pairstore.open: out of memory");
   s->f.path = abs;
+  if (normalize_path(abs) != 0) return luaL_argerror(L, 1, "path names a directory");
   s->f.lockpath = malloc(strlen(abs) + 6);
   s->f.dir = strdup(abs);
   if (!s->f.lockpath || !s->f.dir) return luaL_error(L, "pairstore.open: out of memory");

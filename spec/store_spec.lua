@@ -360,6 +360,18 @@ describe("store:update()", function()
     assert.are.equal("outer", store:get(s.sid).note)
   end)
 
+  it("knows the same file under another spelling of its path", function()
+    local store, clock, path, dir = setup({ lock_wait_ms = 5000 })
+    local s = store:create {}
+    local other = pairstore.open(dir .. "/.//sub/../pair-sessions.json", { now = clock.now })
+    assert.are.equal(path, other.path)
+    local inner
+    local t0 = os.clock()
+    assert(store:update(s.sid, function() inner = { other:get(s.sid) } end))
+    assert.is_true(os.clock() - t0 < 1)
+    assert.are.equal("reentrant", inner[3])
+  end)
+
   it("refuses an invalid result with 'invalid' and stores nothing", function()
     local store, _, path = setup()
     local s = store:create {}

@@ -114,6 +114,8 @@ Store.__name = "pairstore.store"
 --- Open the store at path (nothing is read or locked until the first operation).
 function pairstore.open(path, options)
   if type(path) ~= "string" or path == "" then argerror(2, "open", "path must be a non-empty string") end
+  local last = path:match("[^/]*$")
+  if last == "" or last == "." or last == ".." then argerror(2, "open", "path names a directory: " .. path) end
   local opts = check_options(options)
   local c = core.open(path, opts)
   return setmetatable({ _core = c, _rng = opts.rng or {}, _now = opts.now, path = c:path() }, Store)
