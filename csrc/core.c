@@ -504,15 +504,35 @@ static int act_update(lua_State *L, ps_txn *t, int arr, lua_Integer at, int sess
     /* Encodable? (cjson rejects sparse arrays, functions, ...) And changed at all? A
      * mutator that changed nothing costs no write. */
     ps_buf b = { 0 }, old = { 0 };
-    int enc, bad, same = 0;
+    const char *oldtext;
+    size_t oldlen = 0;
+    int enc, texts, bad, same = 0;
     lua_getiuservalue(L, 2, UV_ENCODE);
     enc = lua_gettop(L);
-    bad = ps_encode_session(L, enc, res, &b) != 0;
-    if (!bad && ps_encode_session(L, enc, sess, &old) == 0 && !b.oom && !old.oom)
-      same = b.len == old.len && memcmp(b.p, old.p, b.len) == 0;
+    lua_getiuservalue(L, 2, UV_TEXTS);
+    texts = lua_gettop(L);
+    bad = ps_encode_session(L, enc, res, &b) != 0 || b.oom;
+    if (!bad) {
+      lua_pushvalue(L, sess);
+      if (lua_rawget(L, texts) == LUA_TSTRING) { /* the old text, as last written */
+        oldtext = lua_tolstring(L, -1, &oldlen);
+      } else {
+        oldtext = ps_encode_session(L, enc, sess, &old) == 0 && !old.oom ? old.p : NULL;
+        oldlen = old.len;
+      }
+      same = oldtext && b.len == oldlen && memcmp(b.p, oldtext, b.len) == 0;
+      lua_pop(L, 1);
+    }
+    if (!bad && !same) {
+      /* The new session goes into the file as this text: the commit need not encode it. */
+      changed(L, t, res);
+      lua_pushvalue(L, res);
+      lua_pushlstring(L, b.p, b.len);
+      lua_rawset(L, texts);
+    }
     ps_buf_free(&b);
     ps_buf_free(&old);
-    lua_pop(L, 1);
+    lua_pop(L, 2);
     if (bad) {
       fail(t, "invalid", "mutator result is not a valid session: not encodable as JSON");
       return 0;
@@ -521,7 +541,6 @@ static int act_update(lua_State *L, ps_txn *t, int arr, lua_Integer at, int sess
   }
   lua_pushvalue(L, res);
   lua_rawseti(L, arr, at);
-  changed(L, t, res);
   return push_copy(L, res);
 }
 
