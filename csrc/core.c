@@ -1146,6 +1146,7 @@ static int f_errno(lua_State *L)
   static const struct { const char *name; int value; } names[] = {
     { "ENOSPC", ENOSPC }, { "EIO", EIO }, { "EACCES", EACCES }, { "EDQUOT", EDQUOT },
     { "EROFS", EROFS }, { "EINTR", EINTR }, { "EFBIG", EFBIG }, { "EPERM", EPERM },
+    { "EOPNOTSUPP", EOPNOTSUPP },
   };
   const char *n = luaL_checkstring(L, 1);
   size_t i;

@@ -1,0 +1,43 @@
+-- The lock's fallback for file systems without O_TMPFILE: the candidate sentinel is then a
+-- uniquely named file (<path>.lock.new-<random>) linked into place. Forced here by failing
+-- the first system call of an operation (the O_TMPFILE open) with EOPNOTSUPP, on the
+-- fault-injection build. Prints its checks and "N passed, N failed".
+local H = dofile("spec/fault/harness.lua")
+local core = require "pairstore.core"
+local pairstore = require "pairstore"
+
+local avail = core._fault_state()
+if not avail then
+  H.check("fallback: the fault-injection build is loaded", false, "run with build-fault on LUA_CPATH")
+  H.finish()
+end
+
+local dir = io.popen("mktemp -d /tmp/pairstore-fallback.XXXXXX"):read("l")
+local path = dir .. "/pair-sessions.json"
+local store = pairstore.open(path, { durable = false })
+local s = assert(store:create {})
+
+local ok_all, calls = true, 0
+for i = 1, 20 do
+  core._fault(1, core._errno("EOPNOTSUPP"), false)
+  local r, msg = store:update(s.sid, function(x) x.n = i end)
+  local _, _, hit = core._fault_state()
+  core._fault(0)
+  -- call 1 is the O_TMPFILE open: EOPNOTSUPP anywhere else would fail the update
+  calls = calls + 1
+  if not (hit and r and r.n == i) then
+    ok_all = false
+    H.check("fallback: update " .. i .. " succeeds through the named candidate", false, msg)
+    break
+  end
+end
+H.check("fallback: 20 updates succeed when O_TMPFILE is refused", ok_all)
+H.check("fallback: the updates all landed", store:get(s.sid).n == 20, tostring(store:get(s.sid).n))
+local left = {}
+for _, n in ipairs(H.ls(dir)) do
+  if n ~= "pair-sessions.json" then left[#left + 1] = n end
+end
+H.check("fallback: no candidate, sentinel or temp file left", #left == 0, table.concat(left, " "))
+print(string.format("fallback: %d updates through the named candidate, %d files left", calls, #left))
+os.execute("rm -rf " .. H.q(dir))
+H.finish()
