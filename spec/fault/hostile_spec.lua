@@ -124,14 +124,6 @@ for _, k in ipairs(KEYS) do
   end
 end
 
--- Outcomes known to be wrong until a fix in csrc/core.c lands (see the issue-3 report): the
--- case is reported as pending while it still shows exactly this outcome, and passes once fixed.
-local KNOWN = {
-  -- name of a case = the wrong outcome it shows, e.g. ["NUL byte after the JSON"] = "loaded"
-  -- (that one was fixed in core.c: lua-cjson stops at a NUL byte, so "<valid JSON>\0<junk>"
-  -- loaded as the valid prefix; load() now quarantines a buffer containing a NUL byte).
-}
-
 local function no_secret(what, text)
   local leak = H.leak(text or "")
   assert.is_nil(leak, what .. " leaks: " .. tostring(text))
@@ -211,9 +203,6 @@ describe("hostile sessions files", function()
       if os.getenv("HOSTILE_VERBOSE") then print(name .. " -> " .. got) end
       if outcome == "either" then
         assert.is_truthy(got == "loaded" or got == "quarantined" or got == "dropped", got)
-      elseif KNOWN[name] and got == KNOWN[name] and got ~= outcome then
-        pending("known defect, fix pending in csrc/core.c: " .. got .. " instead of " .. outcome)
-        return
       else
         assert.are.equal(outcome, got)
       end
