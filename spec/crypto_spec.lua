@@ -2,15 +2,10 @@
 -- failure modes of seal/open.
 
 local crypto = require "pairstore.crypto"
-local json = require("cjson").new()
-
-local FIXTURE = "../shared/fixtures/pairing-vectors.json"
+local helpers = require "helpers"
 
 local function read_fixture()
-  local f = assert(io.open(FIXTURE, "rb"))
-  local text = f:read("a")
-  f:close()
-  return json.decode(text)
+  return helpers.read_json(helpers.FIXTURES .. "/pairing-vectors.json")
 end
 
 local function unhex(s)
@@ -27,41 +22,7 @@ local function bytes(from, to)
   return table.concat(t)
 end
 
--- Minimal base64url (no padding) for building tampered inputs in the specs.
-local ALPHA = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
-local INDEX = {}
-for i = 1, #ALPHA do INDEX[ALPHA:sub(i, i)] = i - 1 end
-
-local function b64u_encode(s)
-  local out = {}
-  for i = 1, #s, 3 do
-    local a, b, c = s:byte(i, i + 2)
-    local n = a * 65536 + (b or 0) * 256 + (c or 0)
-    local chars = 2 + (b and 1 or 0) + (c and 1 or 0)
-    for k = 1, chars do
-      local v = (n >> (6 * (4 - k))) & 63
-      out[#out + 1] = ALPHA:sub(v + 1, v + 1)
-    end
-  end
-  return table.concat(out)
-end
-
-local function b64u_decode(s)
-  local out = {}
-  for i = 1, #s, 4 do
-    local chunk = s:sub(i, i + 3)
-    local n = 0
-    for k = 1, 4 do
-      local ch = chunk:sub(k, k)
-      n = n * 64 + (ch ~= "" and INDEX[ch] or 0)
-    end
-    local nbytes = #chunk - 1
-    for k = 1, nbytes do
-      out[#out + 1] = string.char((n >> (8 * (3 - k))) & 255)
-    end
-  end
-  return table.concat(out)
-end
+local b64u_encode, b64u_decode = helpers.b64u_encode, helpers.b64u_decode
 
 local function flip_byte(b64, pos)
   local raw = b64u_decode(b64)

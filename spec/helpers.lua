@@ -68,8 +68,37 @@ end
 
 function helpers.write(path, content)
   local f = assert(io.open(path, "wb"))
-  f:write(content)
-  f:close()
+  assert(f:write(content))
+  assert(f:close())
+end
+
+--- base64url without padding, for building and reading raw keys and tampered inputs.
+local B64U = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+function helpers.b64u_encode(s)
+  local out = {}
+  for i = 1, #s, 3 do
+    local a, b, c = s:byte(i, i + 2)
+    local n = (a << 16) | ((b or 0) << 8) | (c or 0)
+    for k = 1, 2 + (b and 1 or 0) + (c and 1 or 0) do
+      local v = (n >> (6 * (4 - k))) & 63
+      out[#out + 1] = B64U:sub(v + 1, v + 1)
+    end
+  end
+  return table.concat(out)
+end
+
+function helpers.b64u_decode(s)
+  local bits, nbits, out = 0, 0, {}
+  for i = 1, #s do
+    bits = ((bits << 6) | (B64U:find(s:sub(i, i), 1, true) - 1)) & 0xffff
+    nbits = nbits + 6
+    if nbits >= 8 then
+      nbits = nbits - 8
+      out[#out + 1] = string.char((bits >> nbits) & 255)
+    end
+  end
+  return table.concat(out)
 end
 
 function helpers.exists(path)

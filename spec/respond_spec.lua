@@ -21,31 +21,7 @@ local function unhex(s)
 end
 
 -- base64url without padding, both ways (independent of the code under test).
-local ALPHA = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
-local function b64u(s)
-  local out = {}
-  for i = 1, #s, 3 do
-    local a, b, c = s:byte(i, i + 2)
-    local n = (a << 16) | ((b or 0) << 8) | (c or 0)
-    for k = 1, 2 + (b and 1 or 0) + (c and 1 or 0) do
-      local v = (n >> (6 * (4 - k))) & 63
-      out[#out + 1] = ALPHA:sub(v + 1, v + 1)
-    end
-  end
-  return table.concat(out)
-end
-local function unb64u(s)
-  local bits, nbits, out = 0, 0, {}
-  for i = 1, #s do
-    bits = (bits << 6) | (ALPHA:find(s:sub(i, i), 1, true) - 1)
-    nbits = nbits + 6
-    if nbits >= 8 then
-      nbits = nbits - 8
-      out[#out + 1] = string.char((bits >> nbits) & 255)
-    end
-  end
-  return table.concat(out)
-end
+local b64u, unb64u = helpers.b64u_encode, helpers.b64u_decode
 
 -- A store whose next session has the fixture's sid and gateway key, and code "123456".
 local function fixture_store(c, extra)

@@ -105,18 +105,7 @@ describe("store:create()", function()
   it("uses the rng hooks when given", function()
     local fixture = helpers.json.decode(helpers.read(helpers.FIXTURES .. "/pairing-vectors.json"))
     local kp = fixture.keypairs[1]
-    -- the fixture's secret key (base64url) as raw bytes
-    local sk_raw = (function()
-      local s = kp.sk_b64u:gsub("-", "+"):gsub("_", "/")
-      local alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
-      local bits = s:gsub(".", function(c)
-        local v = alphabet:find(c, 1, true) - 1
-        local r = ""
-        for i = 5, 0, -1 do r = r .. ((v >> i) & 1) end
-        return r
-      end)
-      return (bits:gsub("%d%d%d%d%d%d%d%d", function(b) return string.char(tonumber(b, 2)) end):sub(1, 32))
-    end)()
+    local sk_raw = helpers.b64u_decode(kp.sk_b64u)
     local store = setup({ rng = {
       sid = function() return ("\0\17\34\51\68\85\102\119\136\153\170\187\204\221\238\255") end,
       secret_key = function() return sk_raw end,
