@@ -356,7 +356,7 @@ static void touch_status(lua_State *L, int sess, const char *status, int64_t now
   ps_set_int(L, sess, "lastStatusChangeAtMs", now);
 }
 
-static int act_list(lua_State *L, ps_txn *t, int arr);
+static int act_list(lua_State *L, int arr);
 static int act_create(lua_State *L, ps_txn *t, int arr);
 static int act_update(lua_State *L, ps_txn *t, int arr, lua_Integer at, int sess);
 
@@ -554,12 +554,11 @@ static int cmp_entry(const void *a, const void *b)
   return strcmp(x->sid, y->sid);
 }
 
-static int act_list(lua_State *L, ps_txn *t, int arr)
+static int act_list(lua_State *L, int arr)
 {
   lua_Integer n = (lua_Integer)lua_rawlen(L, arr), i, k = 0;
   int active_only = lua_toboolean(L, ARG(1));
   sort_entry *e = malloc((size_t)(n ? n : 1) * sizeof *e);
-  (void)t;
   if (!e) return luaL_error(L, "pairstore: out of memory");
   for (i = 1; i <= n; i++) {
     size_t len;
@@ -692,7 +691,7 @@ static int txn_body(lua_State *L)
   }
 
   switch (t->op) {
-  case OP_LIST:   nres = act_list(L, t, arr); break;
+  case OP_LIST:   nres = act_list(L, arr); break;
   case OP_CREATE: nres = act_create(L, t, arr); break;
   case OP_PRUNE:
     lua_pushinteger(L, t->removed);
