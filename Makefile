@@ -41,8 +41,16 @@ $(CORE): $(SRCS) $(HDRS) Makefile
 deps:
 	@bash .ci/deps
 
+# Test-only helper (fork for the specs); never installed.
+FORKUTIL = $(BUILD)/test/forkutil.so
+
+$(FORKUTIL): spec/support/forkutil.c Makefile
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -std=c11 -D_GNU_SOURCE -fPIC -Wall -Wextra $(shell $(PKG_CONFIG) --cflags lua$(LUA_VERSION)) \
+	  $(LDFLAGS) -shared -o $@ $<
+
 test: deps
-	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory all $(FORKUTIL)
 	busted --lua=$(LUA) spec
 
 demo: deps

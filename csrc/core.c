@@ -1038,8 +1038,7 @@ static int f_open(lua_State *L)
 
   s = lua_newuserdatauv(L, sizeof *s, UV_COUNT);
   memset(s, 0, sizeof *s);
-  s->f.lock.fd = -1;
-  s->f.ino_fd = -1;
+  ps_lock_init(&s->f);
   s->be = &ps_file_backend;
   luaL_setmetatable(L, PS_STORE_MT); /* before any resource is acquired */
 

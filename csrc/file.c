@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -258,12 +259,12 @@ fail:
   return -1;
 }
 
-/* Remove temp, break and candidate files that killed processes left behind. Runs only
+/* Remove temp, break, candidate and parked lock files that killed processes left behind. Runs only
  * while holding the lock, when no honest writer can be in the middle of one. */
 void ps_sweep_orphans(ps_file *f)
 {
-  char tprefix[512], bprefix[512], nprefix[512];
-  size_t tl, bl, nl;
+  char tprefix[512], bprefix[512], nprefix[512], iprefix[512];
+  size_t tl, bl, nl, il;
   const char *lockbase = strrchr(f->lockpath, '/');
   struct dirent *d;
   long removed = 0;
@@ -274,6 +275,7 @@ void ps_sweep_orphans(ps_file *f)
   tl = (size_t)snprintf(tprefix, sizeof tprefix, "%s.tmp-", f->base);
   bl = (size_t)snprintf(bprefix, sizeof bprefix, "%s.break-", lockbase);
   nl = (size_t)snprintf(nprefix, sizeof nprefix, "%s.new-", lockbase);
+  il = (size_t)snprintf(iprefix, sizeof iprefix, "%s.idle-", lockbase);
   dfd = open(f->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (dfd < 0) return;
   dir = fdopendir(dfd);
@@ -281,13 +283,29 @@ void ps_sweep_orphans(ps_file *f)
   while ((d = readdir(dir)) != NULL) {
     struct stat st;
     int is_new = strncmp(d->d_name, nprefix, nl) == 0;
-    if (strncmp(d->d_name, tprefix, tl) != 0 && strncmp(d->d_name, bprefix, bl) != 0 && !is_new)
+    int is_idle = strncmp(d->d_name, iprefix, il) == 0;
+    int held = -1;
+    if (strncmp(d->d_name, tprefix, tl) != 0 && strncmp(d->d_name, bprefix, bl) != 0 && !is_new &&
+        !is_idle)
       continue;
     if (fstatat(dfd, d->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0) continue;
     if (!S_ISREG(st.st_mode) || st.st_uid != geteuid()) continue;
     /* A candidate lock may belong to a live contender: only old ones are orphans. */
     if (is_new && ps_wall_ms() - ((int64_t)st.st_mtim.tv_sec * 1000) < f->lock_stale_ms) continue;
+    if (is_idle) {
+      /* A parked sentinel stays flock()ed while its process lives: only a free one is an
+       * orphan (a fork child that still shares a dead parent's flock keeps it one run longer). */
+      struct stat fs;
+      held = openat(dfd, d->d_name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+      if (held < 0) continue;
+      if (fstat(held, &fs) != 0 || fs.st_dev != st.st_dev || fs.st_ino != st.st_ino ||
+          flock(held, LOCK_EX | LOCK_NB) != 0) {
+        close(held);
+        continue;
+      }
+    }
     if (unlinkat(dfd, d->d_name, 0) == 0) removed++;
+    if (held >= 0) close(held);
   }
   closedir(dir);
   if (removed) ps_file_event(f, "orphans_swept", "temporary files of killed writers removed",

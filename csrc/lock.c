@@ -9,6 +9,12 @@
  *   flock free, execute bit set     -> a crashed pairstore holder: break at once;
  *   flock free, no execute bit      -> a reference holder: break only when its mtime is more
  *                                      than lock_stale_ms away from now, in either direction.
+ *
+ * A sentinel is made once per store and process, not once per transaction: on release it is
+ * renamed to a private parking name "<path>.lock.idle-<random>", still flock()ed, and the
+ * next transaction publishes it again with rename(RENAME_NOREPLACE). Creating and freeing an
+ * inode twice per transaction cost more than the rest of the lock. Parked sentinels of dead
+ * processes (flock free) are swept like the other orphans.
  */
 #include "pairstore.h"
 
@@ -71,13 +77,23 @@ static int make_candidate(ps_file *f, char *named, size_t namedsz, struct stat *
   return fd;
 }
 
-/* Publish the candidate at lockpath. 0: published; -1 with errno (EEXIST: held). A candidate
- * made more than a second ago gets a fresh mtime first: its age, as the reference judges
- * it, starts when it is published. */
-static int publish(ps_file *f, int fd, const char *named, int64_t made_ms)
+/* A sentinel whose mtime was set more than a second ago gets a fresh one before it is
+ * published: its age, as the reference judges it, starts when it is published. */
+static int touch(ps_file *f, int fd)
+{
+  int64_t now = ps_mono_ms();
+  if (now - f->lock.touched_ms <= 1000) return 0;
+  if (ps_futimens(fd) != 0) return -1;
+  f->lock.touched_ms = now;
+  return 0;
+}
+
+/* Publish the candidate at lockpath. 0: published; -1 with errno (EEXIST: held). */
+static int publish(ps_file *f, int fd, const char *named, int parked)
 {
   char proc[64];
-  if (ps_mono_ms() - made_ms > 1000 && ps_futimens(fd) != 0) return -1;
+  if (touch(f, fd) != 0) return -1;
+  if (parked) return ps_rename_noreplace(f->lock.idle_name, f->lockpath);
   if (named[0]) return ps_link(named, f->lockpath, 0);
   snprintf(proc, sizeof proc, "/proc/self/fd/%d", fd);
   if (ps_link(proc, f->lockpath, AT_SYMLINK_FOLLOW) == 0) return 0;
@@ -132,6 +148,12 @@ static void break_sentinel(ps_file *f, int fd, const struct stat *st, int crashe
   if (ps_rename_noreplace(name, f->lockpath) != 0) ps_unlink(name);
 }
 
+static void unwatch(ps_file *f)
+{
+  if (f->ino_wd >= 0 && f->ino_fd >= 0) inotify_rm_watch(f->ino_fd, f->ino_wd);
+  f->ino_wd = -1;
+}
+
 /* Look at an existing sentinel and decide: retry now, wait, or fail. */
 static int inspect(ps_file *f, int ino_fd, int64_t *foreign_left_ms, ps_err *e)
 {
@@ -141,20 +163,31 @@ static int inspect(ps_file *f, int ino_fd, int64_t *foreign_left_ms, ps_err *e)
   if (fd < 0) return errno == ENOENT ? INSPECT_RETRY : INSPECT_ERROR;
   if (ino_fd >= 0) {
     /* Watch this very inode before testing it, so its release cannot slip by unseen. A
-     * pairstore holder unlinks, then closes its descriptor (also when it dies): waking on
-     * the close alone wakes each waiter once per release. A reference holder closed its
-     * descriptor long ago: its release is the unlink (IN_ATTRIB). Breaks: IN_MOVE_SELF. */
+     * pairstore holder releases by renaming it away to park it (IN_MOVE_SELF), or by an
+     * unlink then a close; when it dies, its descriptor is closed (IN_CLOSE_WRITE). A
+     * reference holder closed its descriptor long ago: its release is the unlink
+     * (IN_ATTRIB). Breaks rename it (IN_MOVE_SELF). The watch is removed after each wait:
+     * a parked sentinel lives on, and its later moves must not wake us. */
     char proc[64];
     uint32_t mask = IN_MOVE_SELF | IN_DELETE_SELF |
                     ((st.st_mode & S_IXUSR) ? IN_CLOSE_WRITE : IN_ATTRIB);
     snprintf(proc, sizeof proc, "/proc/self/fd/%d", fd);
-    inotify_add_watch(ino_fd, proc, mask);
+    unwatch(f);
+    f->ino_wd = inotify_add_watch(ino_fd, proc, mask);
   }
   if (ps_flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    struct stat there;
+    int saved = errno;
     close(fd);
-    if (errno == EWOULDBLOCK || errno == EINTR) return INSPECT_WAIT; /* live holder */
-    ps_err_sys(e, errno, "lock", f->lockpath);
-    return INSPECT_ERROR;
+    if (saved != EWOULDBLOCK && saved != EINTR) {
+      ps_err_sys(e, saved, "lock", f->lockpath);
+      return INSPECT_ERROR;
+    }
+    /* A live holder, unless it released between our open and our watch: a parked
+     * sentinel keeps its flock, so look whether it is still the one at the path. */
+    if (lstat(f->lockpath, &there) != 0 || there.st_dev != st.st_dev || there.st_ino != st.st_ino)
+      return INSPECT_RETRY;
+    return INSPECT_WAIT;
   }
   {
     /* Free now, but is it still the sentinel? A holder that just released it unlinked it
@@ -182,43 +215,94 @@ static int inspect(ps_file *f, int ino_fd, int64_t *foreign_left_ms, ps_err *e)
   return INSPECT_RETRY;
 }
 
-static void wait_for_change(int ino_fd, int64_t ms)
+static void wait_for_change(ps_file *f, int64_t ms)
 {
+  int ino_fd = f->ino_fd;
   if (ms <= 0) return;
   if (ino_fd >= 0) {
     struct pollfd p = { ino_fd, POLLIN, 0 };
     char drain[4096];
-    if (poll(&p, 1, (int)ms) > 0)
+    if (poll(&p, 1, (int)ms) > 0) {
+      unwatch(f);
       while (read(ino_fd, drain, sizeof drain) > 0) { }
+    }
   } else {
     struct timespec ts = { (time_t)(ms / 1000), (long)(ms % 1000) * 1000000L };
     nanosleep(&ts, NULL);
   }
 }
 
+void ps_lock_init(ps_file *f)
+{
+  f->lock.fd = -1;
+  f->lock.idle_fd = -1;
+  f->lock.idle_name = NULL;
+  f->lock.no_park = 0;
+  f->ino_fd = -1;
+  f->ino_wd = -1;
+}
+
+/* Let go of the parked sentinel without touching the file system: it is gone, or it is
+ * our parent's (inherited across fork: the flock belongs to the shared open file). */
+static void idle_forget(ps_file *f)
+{
+  if (f->lock.idle_fd >= 0) close(f->lock.idle_fd);
+  f->lock.idle_fd = -1;
+  free(f->lock.idle_name);
+  f->lock.idle_name = NULL;
+}
+
 int ps_lock_acquire(ps_file *f, ps_err *e)
 {
   char named[4096 + 64];
   int64_t deadline = ps_mono_ms() + f->lock_wait_ms;
-  int64_t backoff = 1, made;
-  int fd, rc = -1, waited = 0;
+  int64_t backoff = 1;
+  int fd, rc = -1, waited = 0, parked = 0;
+  pid_t me = getpid();
   struct stat st;
 
   if (f->lock.fd >= 0) {
     ps_err_set(e, "reentrant", "lock %s is already held by this store", f->lockpath);
     return -1;
   }
-  fd = make_candidate(f, named, sizeof named, &st, e);
-  if (fd < 0) return -1;
-  made = ps_mono_ms();
+  if (f->lock.idle_fd >= 0 && f->lock.idle_pid != me) idle_forget(f);
+  if (f->ino_fd >= 0 && f->ino_pid != me) { /* the parent's instance: make our own */
+    close(f->ino_fd);
+    f->ino_fd = -1;
+    f->ino_wd = -1;
+  }
+  named[0] = '\0';
+  if (f->lock.idle_fd >= 0) {
+    fd = f->lock.idle_fd;
+    f->lock.idle_fd = -1;
+    st.st_dev = f->lock.idle_dev;
+    st.st_ino = f->lock.idle_ino;
+    parked = 1;
+  } else {
+    fd = make_candidate(f, named, sizeof named, &st, e);
+    if (fd < 0) return -1;
+    f->lock.touched_ms = ps_mono_ms();
+  }
 
   for (;;) {
     int64_t left, foreign_left, slice;
     struct stat there;
-    /* After a wait, look before trying: a failed linkat takes the directory's lock, which
-     * the holder needs for its own rename and unlink. */
+    /* After a wait, look before trying: a failed linkat or rename takes the directory's
+     * lock, which the holder needs for its own rename. */
     if (!(waited && lstat(f->lockpath, &there) == 0)) {
-      if (publish(f, fd, named, made) == 0) break;
+      if (publish(f, fd, named, parked) == 0) break;
+      if (parked && (errno == ENOENT || errno == EINVAL)) {
+        /* The parked sentinel was removed, or this file system cannot rename without
+         * replacing: go on with a new sentinel. */
+        if (errno == EINVAL) f->lock.no_park = 1;
+        f->lock.idle_fd = fd;
+        idle_forget(f);
+        parked = 0;
+        fd = make_candidate(f, named, sizeof named, &st, e);
+        if (fd < 0) goto out;
+        f->lock.touched_ms = ps_mono_ms();
+        continue;
+      }
       if (errno == ENOENT) {             /* directory removed under us: recreate it */
         if (ps_mkdir_p(f->dir, e) != 0) goto out;
         continue;
@@ -233,6 +317,8 @@ int ps_lock_acquire(ps_file *f, ps_err *e)
     if (f->ino_fd == -1) {
       f->ino_fd = inotify_init1(IN_CLOEXEC | IN_NONBLOCK);
       if (f->ino_fd < 0) f->ino_fd = -2;
+      f->ino_pid = me;
+      f->ino_wd = -1;
     }
     switch (inspect(f, f->ino_fd, &foreign_left, e)) {
     case INSPECT_ERROR:
@@ -256,18 +342,21 @@ int ps_lock_acquire(ps_file *f, ps_err *e)
       backoff = backoff * 2 > PS_POLL_SLICE_MS ? PS_POLL_SLICE_MS : backoff * 2;
     }
     if (foreign_left > 0 && foreign_left < slice) slice = foreign_left;
-    wait_for_change(f->ino_fd, slice < left ? slice : left);
+    wait_for_change(f, slice < left ? slice : left);
     waited = 1;
   }
 
   f->lock.fd = fd;
   f->lock.dev = st.st_dev;
   f->lock.ino = st.st_ino;
+  f->lock.idle_pid = me;
   fd = -1;
   rc = 0;
 out:
+  unwatch(f);
   if (named[0]) unlink(named);
-  if (fd >= 0) close(fd);
+  if (fd >= 0 && parked) f->lock.idle_fd = fd; /* still parked: keep it for next time */
+  else if (fd >= 0) close(fd);
   return rc;
 }
 
@@ -297,18 +386,61 @@ int ps_lock_fence(ps_file *f, ps_err *e)
 
 void ps_lock_close(ps_file *f)
 {
+  struct stat st;
   ps_lock_release(f);
+  if (f->lock.idle_fd >= 0 && f->lock.idle_pid == getpid() &&
+      lstat(f->lock.idle_name, &st) == 0 && st.st_dev == f->lock.idle_dev &&
+      st.st_ino == f->lock.idle_ino)
+    unlink(f->lock.idle_name);
+  idle_forget(f);
   if (f->ino_fd >= 0) close(f->ino_fd);
   f->ino_fd = -1;
+  f->ino_wd = -1;
+}
+
+/* Rename the sentinel we hold (just checked to be at lockpath) to its parking name.
+ * 1: parked, or found broken and let go; 0: not parked, remove it as before. */
+static int park(ps_file *f, int fd)
+{
+  struct stat st;
+  if (f->lock.no_park) return 0;
+  if (!f->lock.idle_name) {
+    char rnd[17];
+    size_t n = strlen(f->lockpath) + sizeof ".idle-" + 16;
+    if (!(f->lock.idle_name = malloc(n))) return 0;
+    ps_random_hex(rnd, 8);
+    snprintf(f->lock.idle_name, n, "%s.idle-%s", f->lockpath, rnd);
+  }
+  if (renameat2(AT_FDCWD, f->lockpath, AT_FDCWD, f->lock.idle_name, RENAME_NOREPLACE) != 0) {
+    if (errno == EINVAL) f->lock.no_park = 1;
+    return 0;
+  }
+  if (lstat(f->lock.idle_name, &st) != 0 || st.st_dev != f->lock.dev || st.st_ino != f->lock.ino) {
+    /* Ours was broken as stale and another sentinel published in the instant between the
+     * check and the rename: put that one back, and let ours go. */
+    if (renameat2(AT_FDCWD, f->lock.idle_name, AT_FDCWD, f->lockpath, RENAME_NOREPLACE) != 0)
+      unlink(f->lock.idle_name);
+    close(fd);
+    free(f->lock.idle_name);
+    f->lock.idle_name = NULL;
+    return 1;
+  }
+  f->lock.idle_fd = fd;
+  f->lock.idle_dev = f->lock.dev;
+  f->lock.idle_ino = f->lock.ino;
+  return 1;
 }
 
 void ps_lock_release(ps_file *f)
 {
   struct stat st;
-  if (f->lock.fd < 0) return;
-  /* Unlink by name only what is still ours, while still holding the flock. */
-  if (lstat(f->lockpath, &st) == 0 && st.st_dev == f->lock.dev && st.st_ino == f->lock.ino)
-    unlink(f->lockpath);
-  close(f->lock.fd);
+  int fd = f->lock.fd;
+  if (fd < 0) return;
   f->lock.fd = -1;
+  /* Park or unlink by name only what is still ours, while still holding the flock. */
+  if (lstat(f->lockpath, &st) == 0 && st.st_dev == f->lock.dev && st.st_ino == f->lock.ino) {
+    if (park(f, fd)) return;
+    unlink(f->lockpath);
+  }
+  close(fd);
 }

@@ -101,6 +101,15 @@ typedef struct ps_lock {
   int fd;                /* the sentinel we hold (flock LOCK_EX), -1 when not held */
   dev_t dev;
   ino_t ino;
+  /* Between transactions the sentinel is parked, still flock()ed, at "<lockpath>.idle-<hex>"
+   * and published again by a rename: no inode is made or freed per transaction. */
+  int idle_fd;           /* the parked sentinel, -1: none */
+  dev_t idle_dev;
+  ino_t idle_ino;
+  pid_t idle_pid;        /* the process that parked it: a forked child makes its own */
+  int64_t touched_ms;    /* monotonic time its mtime was last set */
+  int no_park;           /* rename(RENAME_NOREPLACE) refused here: a new sentinel each time */
+  char *idle_name;       /* malloc'd parking name, NULL until first needed */
 } ps_lock;
 
 /* Identity of the file content last read or written under the lock. */
@@ -141,6 +150,8 @@ typedef struct ps_file {
   int swept;             /* orphans swept since this store was opened */
   ps_lock lock;
   int ino_fd;            /* inotify instance for lock waits: -1 not yet, -2 unavailable */
+  int ino_wd;            /* the watch of the current wait, -1: none */
+  pid_t ino_pid;         /* the process that made ino_fd */
   ps_event events[PS_MAX_EVENTS];
   int nevents;
 } ps_file;
@@ -171,7 +182,8 @@ void ps_file_event(ps_file *f, const char *name, const char *detail, const char 
 /* lock.c */
 int  ps_lock_acquire(ps_file *f, ps_err *e);
 void ps_lock_release(ps_file *f);
-void ps_lock_close(ps_file *f);   /* release, and close the wait instance */
+void ps_lock_close(ps_file *f);   /* release, remove the parked sentinel, close the wait instance */
+void ps_lock_init(ps_file *f);
 int  ps_lock_fence(ps_file *f, ps_err *e);
 
 /* file.c */

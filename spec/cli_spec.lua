@@ -245,6 +245,9 @@ describe("bin/pairstore", function()
       assert.are.equal(2, rc)
       assert.are.equal("", out)
       assert.matches("invalid SID", err, 1, true)
+      st:close()
+      -- no run, failed or not, left its lock sentinel parked behind
+      assert.are.same({ "pair-sessions.json" }, helpers.ls(dir))
     end)
   end)
 

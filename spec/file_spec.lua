@@ -205,6 +205,7 @@ describe("loading", function()
     assert.are.same({}, store:list_all())
     assert.are.equal(0, store:prune())
     assert.are.same({ "none" }, helpers.ls(dir)) -- the lock needed the directory; nothing else
+    store:close()
     assert.are.same({}, helpers.ls(dir .. "/none"))
   end)
 
@@ -410,25 +411,34 @@ describe("orphans of killed writers", function()
   it("are swept under the lock: only regular files of ours with our prefixes", function()
     local dir = helpers.tmpdir()
     local path = dir .. "/pair-sessions.json"
+    local alive = open_at(path, T0 + 60000) -- a live store: its parked sentinel is flocked
+    alive:list_all()
     helpers.write(path, helpers.read(FIXTURE))
     local victim = helpers.tmpdir() .. "/victim"
     helpers.write(victim, "victim")
     helpers.write(path .. ".tmp-999-1764300000000", "half a fi")        -- the reference's temp name
     helpers.write(path .. ".tmp-998-0123456789abcdef", "half")          -- ours
     helpers.write(path .. ".lock.break-0123456789abcdef", "12\n")       -- a break interrupted
+    helpers.write(path .. ".lock.idle-0123456789abcdef", "13\n")        -- parked by a dead process
     os.execute("ln -s " .. q(victim) .. " " .. q(path .. ".tmp-1-symlink"))
     os.execute("mkdir " .. q(path .. ".tmp-2-dir"))
     helpers.write(dir .. "/other.tmp-3-x", "not ours")
     local store, events = open_at(path, T0 + 60000)
     assert.are.equal(4, #store:list_all())
     assert.are.same({ "other.tmp-3-x", "pair-sessions.json", "pair-sessions.json.tmp-1-symlink",
-      "pair-sessions.json.tmp-2-dir" }, helpers.ls(dir))
+      "pair-sessions.json.tmp-2-dir" }, helpers.ls_live(dir))
+    assert.are.equal(2, #helpers.ls(dir) - #helpers.ls_live(dir)) -- the live store's and ours
     assert.are.equal("victim", helpers.read(victim))
     assert.are.equal("orphans_swept", events[1].name)
-    assert.are.equal(3, events[1].info.count)
+    assert.are.equal(4, events[1].info.count)
     -- the sweep needs the lock: the same store does not sweep on every call
     helpers.write(path .. ".tmp-997-late", "x")
     store:list_all()
     assert.is_true(helpers.exists(path .. ".tmp-997-late"))
+    -- closing removes the parked sentinels
+    alive:close()
+    store:close()
+    assert.are.same({ "other.tmp-3-x", "pair-sessions.json", "pair-sessions.json.tmp-1-symlink",
+      "pair-sessions.json.tmp-2-dir", "pair-sessions.json.tmp-997-late" }, helpers.ls(dir))
   end)
 end)

@@ -121,6 +121,16 @@ function helpers.ls(dir)
   return names
 end
 
+--- As ls, without the parked lock sentinels ("<path>.lock.idle-<hex>") that open stores keep
+--- between transactions: for tests whose stores are still open.
+function helpers.ls_live(dir)
+  local names = {}
+  for _, n in ipairs(helpers.ls(dir)) do
+    if not n:match("%.lock%.idle%-%x+$") then names[#names + 1] = n end
+  end
+  return names
+end
+
 --- Files in dir other than the sessions file itself (temps, locks, quarantines).
 function helpers.leftovers(dir, keep)
   local out = {}

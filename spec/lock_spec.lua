@@ -55,6 +55,68 @@ describe("the lock", function()
     local acked = run_children(8, incr_script(path, s.sid, 200, false))
     assert.are.equal(1600, acked)
     assert.are.equal(1600, store:get(s.sid).counter)
+    store:close()
+    assert.are.same({ "pair-sessions.json" }, helpers.ls(dir))
+  end)
+
+  it("keeps one parked sentinel per store between transactions, removed by close", function()
+    local s = assert(store:create {})
+    local function parked()
+      local names = {}
+      for _, n in ipairs(helpers.ls(dir)) do
+        if n:match("^pair%-sessions%.json%.lock%.idle%-%x+$") then names[#names + 1] = n end
+      end
+      return names
+    end
+    local first = parked()
+    assert.are.equal(1, #first)
+    assert.is_false(helpers.exists(path .. ".lock"))
+    local _, ino = helpers.run("stat -c %i " .. helpers.sh_quote(dir .. "/" .. first[1]))
+    local seen
+    assert(store:update(s.sid, function()
+      -- the same inode is the sentinel while held, and it is parked nowhere else meanwhile
+      seen = { helpers.run("stat -c %i:%a " .. helpers.sh_quote(path .. ".lock")) }
+      seen.parked = #parked()
+    end))
+    assert.are.equal(ino:match("%d+") .. ":500", seen[2]:match("[%d:]+"))
+    assert.are.equal(0, seen.parked)
+    assert.are.same(first, parked())
+    store:close()
+    assert.are.same({ "pair-sessions.json" }, helpers.ls(dir))
+  end)
+
+  it("gives a forked child a sentinel of its own, never its parent's", function()
+    local fu = require "test.forkutil"
+    local s = assert(store:create {})
+    assert(store:update(s.sid, function(x) x.counter = 0 end))
+    local before = helpers.ls(dir)
+    local pid = fu.fork()
+    if pid == 0 then
+      -- the child: 200 increments; each time the sentinel must name this process
+      local ok, me = pcall(function()
+        local me = fu.getpid()
+        for _ = 1, 200 do
+          assert(store:update(s.sid, function(x)
+            assert(helpers.read(path .. ".lock") == me .. "\n", "sentinel not ours")
+            x.counter = x.counter + 1
+          end))
+        end
+        store:close()
+        return me
+      end)
+      if not ok then io.stderr:write("child: ", tostring(me), "\n") end
+      fu._exit(ok and 0 or 1)
+    end
+    for _ = 1, 200 do
+      assert(store:update(s.sid, function(x)
+        assert.are.equal(fu.getpid() .. "\n", helpers.read(path .. ".lock"))
+        x.counter = x.counter + 1
+      end))
+    end
+    assert.are.equal(0, fu.wait(pid))
+    assert.are.equal(400, store:get(s.sid).counter)
+    assert.are.same(before, helpers.ls(dir)) -- the child took nothing of ours, and left nothing
+    store:close()
     assert.are.same({ "pair-sessions.json" }, helpers.ls(dir))
   end)
 
@@ -87,6 +149,7 @@ describe("the lock", function()
     assert.are.equal("lock_broken", events[1].name)
     assert.are.equal(pid, events[1].info.pid)
     assert.matches("crashed", events[1].info.message)
+    store:close()
     assert.are.same({ "holding", "pair-sessions.json" }, helpers.ls(dir))
   end)
 
@@ -142,6 +205,7 @@ describe("the lock", function()
       assert.are.equal(12345, events[1].info.pid)
       assert.is_true(events[1].info.age_ms >= 30000)
       assert.matches("stale", events[1].info.message)
+      store:close()
       assert.are.same({ "pair-sessions.json" }, helpers.ls(dir))
     end)
 

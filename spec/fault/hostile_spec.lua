@@ -306,6 +306,7 @@ describe("a hostile file system", function()
       local s = store()
       expect_clean_error(function() return s:list_all() end, "list_all")
       expect_clean_error(function() return s:create {} end, "create")
+      s:close()
       assert.are.same({ "pair-sessions.json" }, H.ls(dir .. "/d"))
     end)
 
@@ -316,9 +317,10 @@ describe("a hostile file system", function()
       assert.are.same({ "pair-sessions.json.lock" }, H.ls(dir .. "/d"))
     end)
 
-    it(kind .. " at the temp, candidate and break prefixes: left alone, writes still work", function()
+    it(kind .. " at the temp, candidate, parked and break prefixes: left alone, writes still work", function()
       local names = { "pair-sessions.json.tmp-1-0000000000000000", "pair-sessions.json.tmp-",
-        "pair-sessions.json.lock.new-0000000000000000", "pair-sessions.json.lock.break-0000000000000000" }
+        "pair-sessions.json.lock.new-0000000000000000", "pair-sessions.json.lock.break-0000000000000000",
+        "pair-sessions.json.lock.idle-0000000000000000" }
       for _, n in ipairs(names) do plant(dir .. "/d/" .. n) end
       local s = store()
       local created, msg = s:create {}
@@ -327,6 +329,7 @@ describe("a hostile file system", function()
       local want = { "pair-sessions.json" }
       for _, n in ipairs(names) do want[#want + 1] = n end
       table.sort(want)
+      s:close()
       assert.are.same(want, H.ls(dir .. "/d"))
       assert.are.equal("600", H.mode(path))
     end)

@@ -1,6 +1,7 @@
 -- One store operation in its own process, for the harnesses that act from outside (fiu-run,
 -- ulimit -f, strace, chaos): lua5.4 spec/fault/one_op.lua PATH OP [ARG]
 --   incr [SID]    update: secondaryCodeAttempts + 1     -> "ok <attempts>"
+--   incr2 [SID]   the same twice, in two transactions   -> "ok <attempts>"
 --   big KB [SID]  update: set a field of KB kilobytes   -> "ok <attempts>"
 -- (without SID, the first session of list_all, found in a transaction of its own).
 -- Environment: PS_LOCK_WAIT_MS (lock_wait_ms), PS_DURABLE=0 (durable = false).
@@ -31,13 +32,16 @@ local r, msg, code
 if op == "seed" then
   r, msg, code = store:create { operator = { channel = "harness" }, ttl_ms = pairstore.MAX_TTL_MS }
   if r then r = r.sid end
-elseif op == "incr" or op == "big" then
+elseif op == "incr" or op == "incr2" or op == "big" then
   local filler = op == "big" and string.rep("b", 1024 * tonumber(a3)) or nil
   local sid = sid_of(op == "big" and a4 or a3)
-  r, msg, code = store:update(sid, function(s)
-    s.secondaryCodeAttempts = s.secondaryCodeAttempts + 1
-    if filler then s.bigField = filler end
-  end)
+  for _ = 1, op == "incr2" and 2 or 1 do
+    r, msg, code = store:update(sid, function(s)
+      s.secondaryCodeAttempts = s.secondaryCodeAttempts + 1
+      if filler then s.bigField = filler end
+    end)
+    if not r then break end
+  end
   if r then r = r.secondaryCodeAttempts end
 elseif op == "list" then
   r, msg, code = store:list_all()

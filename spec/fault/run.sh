@@ -31,6 +31,8 @@ done
 #    directory left behind at mode 0500 would lock a non-root user out).
 part "fault loop (umask 022)" env LUA_CPATH="$ROOT/build-fault/?.so;;" sh -c 'umask 022; exec lua5.4 spec/fault/loop.lua'
 part "fault loop (umask 0277)" env LUA_CPATH="$ROOT/build-fault/?.so;;" sh -c 'umask 0277; exec lua5.4 spec/fault/loop.lua'
+# ... and on a store that already made a transaction (its lock sentinel parked, published again).
+part "fault loop (warm store)" env FAULT_WARM=1 LUA_CPATH="$ROOT/build-fault/?.so;;" sh -c 'umask 022; exec lua5.4 spec/fault/loop.lua'
 # 2. From outside the process: fiu-run and a real EFBIG (production build).
 # The lock's fallback without O_TMPFILE (fault-injection build).
 part "lock fallback" env LUA_CPATH="$ROOT/build-fault/?.so;;" lua5.4 spec/fault/fallback.lua

@@ -1,7 +1,9 @@
 -- Syscall order of one update, seen from outside with strace -f: the lock is published
 -- already flocked with linkat, the temp file is created O_CREAT|O_EXCL|O_NOFOLLOW|O_CLOEXEC
 -- 0600 in the same directory, fchmod 0600, written, fsync'd, closed, renamed over the file,
--- the directory is fsync'd, and only then is the sentinel unlinked and its descriptor closed.
+-- the directory is fsync'd, and only then is the sentinel parked (renamed away, still flocked);
+-- closing the store unlinks the parked sentinel, then closes its descriptor. A second update in
+-- the same process publishes the parked sentinel again with renameat2(RENAME_NOREPLACE).
 -- Nothing is ever opened with O_TRUNC and the sessions file is never opened for writing.
 -- With durable = false the same sequence runs without the two fsyncs.
 package.path = "spec/?.lua;" .. package.path
@@ -19,10 +21,10 @@ local _, seed = H.sh("lua5.4 spec/fault/one_op.lua " .. H.q(path) .. " seed")
 local sid = seed:match("^ok (%x+)")
 H.check("strace: seed session created", sid ~= nil, seed)
 
-local function trace(env)
+local function trace(env, op)
   local out = dir .. "/trace"
-  local ok, res = H.sh(string.format("%s strace -f -qq -o %s -e trace=openat,open,creat,write,fsync,fdatasync,close,rename,renameat,renameat2,linkat,link,unlink,unlinkat,flock,fchmod lua5.4 spec/fault/one_op.lua %s incr %s",
-    env, H.q(out), H.q(path), sid))
+  local ok, res = H.sh(string.format("%s strace -f -qq -o %s -e trace=openat,open,creat,write,fsync,fdatasync,close,rename,renameat,renameat2,linkat,link,unlink,unlinkat,flock,fchmod lua5.4 spec/fault/one_op.lua %s %s %s",
+    env, H.q(out), H.q(path), op or "incr", sid))
   local lines = {}
   for l in io.lines(out) do lines[#lines + 1] = l:gsub("^%d+%s+", "") end
   os.remove(out)
@@ -80,9 +82,16 @@ local function analyse(lines)
       elseif fd and fd == lock_fd then add("close_lock"); lock_fd = nil end
       if fd then fd_name[fd] = nil end
     elseif l:match("^rename") then
-      if l:find('"' .. path .. '"', 1, true) and l:find(".tmp-", 1, true) then add("rename") end
+      local from, to = l:match('^rename%w*%(.-"([^"]*)",.-"([^"]*)"')
+      local parked = to and to:match("^" .. lock:gsub("%p", "%%%0") .. "%.idle%-%x+$")
+      if to == path and from:find(".tmp-", 1, true) then add("rename")
+      elseif from == lock and parked and l:find("RENAME_NOREPLACE") and l:find("= 0$") then add("park_lock")
+      elseif to == lock and from:match("%.idle%-%x+$") and l:find("RENAME_NOREPLACE") and l:find("= 0$") then
+        add("publish_parked")
+      end
     elseif l:match("^unlink") then
-      if l:find('"' .. lock .. '"', 1, true) then add("unlink_lock") end
+      if l:find('"' .. lock .. '"', 1, true) then add("unlink_lock")
+      elseif l:find(lock .. ".idle-", 1, true) then add("unlink_parked") end
     end
   end
   return ev, fails
@@ -91,12 +100,17 @@ end
 -- The order the promises require (one update = the transaction that writes).
 local WANT = { "open_candidate", "write_lock", "fchmod_lock", "flock_lock", "linkat_lock",
   "open_tmp", "fchmod_tmp", "write_tmp", "fsync_tmp", "close_tmp", "rename", "fsync_dir",
-  "unlink_lock", "close_lock" }
+  "park_lock", "unlink_parked", "close_lock" }
+-- A later transaction of the same process, with the sentinel parked by the one before.
+local WANT_PARKED = { "publish_parked", "open_tmp", "fchmod_tmp", "write_tmp", "fsync_tmp",
+  "close_tmp", "rename", "fsync_dir", "park_lock", "unlink_parked", "close_lock" }
 
 local function check_order(name, ev, want)
   -- the last transaction (the one containing the rename)
   local start = 1
-  for i, e in ipairs(ev) do if e.kind == "open_candidate" then start = i end end
+  for i, e in ipairs(ev) do
+    if e.kind == "open_candidate" or e.kind == "publish_parked" then start = i end
+  end
   local got = {}
   for i = start, #ev do
     local k = ev[i].kind
@@ -121,6 +135,16 @@ H.check("strace: durable = false flags", #fails2 == 0 and #ev2 > 10, table.conca
 local want2 = {}
 for _, k in ipairs(WANT) do if k ~= "fsync_tmp" and k ~= "fsync_dir" then want2[#want2 + 1] = k end end
 check_order("strace: durable = false order", ev2, want2)
+
+-- Two updates in one process: the second publishes the parked sentinel again.
+local ok3, lines3, res3 = trace("", "incr2")
+H.check("strace: two traced updates in one process succeeded", ok3, res3)
+local ev3, fails3 = analyse(lines3)
+H.check("strace: second update flags", #fails3 == 0, table.concat(fails3, "; "))
+local n_candidates = 0
+for _, e in ipairs(ev3) do if e.kind == "open_candidate" then n_candidates = n_candidates + 1 end end
+H.check("strace: one sentinel made for both updates", n_candidates == 1, tostring(n_candidates))
+check_order("strace: second update order", ev3, WANT_PARKED)
 
 H.check("strace: sentinel gone, no temp left", #H.ls(dir) == 1, table.concat(H.ls(dir), " "))
 H.rmrf(dir)
