@@ -21,6 +21,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,6 +34,7 @@
 #define PS_SENTINEL_MODE 0500
 #define PS_WAIT_SLICE_MS 100   /* longest sleep between checks when inotify wakes us */
 #define PS_POLL_SLICE_MS 5     /* longest sleep between checks without inotify */
+#define PS_POLITE_MS 100       /* yield before taking the lock this long after finding it busy */
 
 enum { INSPECT_RETRY, INSPECT_WAIT, INSPECT_ERROR };
 
@@ -148,10 +150,15 @@ static void break_sentinel(ps_file *f, int fd, const struct stat *st, int crashe
   if (ps_rename_noreplace(name, f->lockpath) != 0) ps_unlink(name);
 }
 
+/* Remove the watch of the last inspected sentinel, and drain what it queued (IN_IGNORED
+ * at least), so that the next wait sleeps until the next sentinel changes. */
 static void unwatch(ps_file *f)
 {
-  if (f->ino_wd >= 0 && f->ino_fd >= 0) inotify_rm_watch(f->ino_fd, f->ino_wd);
+  char drain[4096];
+  if (f->ino_wd < 0 || f->ino_fd < 0) return;
+  inotify_rm_watch(f->ino_fd, f->ino_wd);
   f->ino_wd = -1;
+  while (read(f->ino_fd, drain, sizeof drain) > 0) { }
 }
 
 /* Look at an existing sentinel and decide: retry now, wait, or fail. */
@@ -224,7 +231,7 @@ static void wait_for_change(ps_file *f, int64_t ms)
     char drain[4096];
     if (poll(&p, 1, (int)ms) > 0) {
       unwatch(f);
-      while (read(ino_fd, drain, sizeof drain) > 0) { }
+      while (read(ino_fd, drain, sizeof drain) > 0) { } /* any other watch's events */
     }
   } else {
     struct timespec ts = { (time_t)(ms / 1000), (long)(ms % 1000) * 1000000L };
@@ -238,6 +245,7 @@ void ps_lock_init(ps_file *f)
   f->lock.idle_fd = -1;
   f->lock.idle_name = NULL;
   f->lock.no_park = 0;
+  f->lock.busy_seen_ms = INT64_MIN / 2;
   f->ino_fd = -1;
   f->ino_wd = -1;
 }
@@ -271,6 +279,10 @@ int ps_lock_acquire(ps_file *f, ps_err *e)
     f->ino_fd = -1;
     f->ino_wd = -1;
   }
+  /* Lately contended: let the waiters our last release woke run first. A parked sentinel is
+   * published again within microseconds, sooner than a woken waiter gets a CPU, so without
+   * this one process could keep the lock to itself. */
+  if (ps_mono_ms() - f->lock.busy_seen_ms < PS_POLITE_MS) sched_yield();
   named[0] = '\0';
   if (f->lock.idle_fd >= 0) {
     fd = f->lock.idle_fd;
@@ -312,6 +324,7 @@ int ps_lock_acquire(ps_file *f, ps_err *e)
         goto out;
       }
     }
+    f->lock.busy_seen_ms = ps_mono_ms();
     /* One inotify instance per store, kept open: closing one costs an RCU grace period
      * (~10 ms), which would be paid while holding the lock. -1: poll instead. */
     if (f->ino_fd == -1) {

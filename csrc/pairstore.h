@@ -108,6 +108,7 @@ typedef struct ps_lock {
   ino_t idle_ino;
   pid_t idle_pid;        /* the process that parked it: a forked child makes its own */
   int64_t touched_ms;    /* monotonic time its mtime was last set */
+  int64_t busy_seen_ms;  /* monotonic time the lock was last found held by another */
   int no_park;           /* rename(RENAME_NOREPLACE) refused here: a new sentinel each time */
   char *idle_name;       /* malloc'd parking name, NULL until first needed */
 } ps_lock;

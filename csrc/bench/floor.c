@@ -16,10 +16,10 @@
  *       could do it at best.
  *
  *   floor lock DIR N
- *       (information only) N times the lock round trip of lock.c with no contention:
- *       open(DIR, O_TMPFILE) -> write "<pid>\n" -> fchmod 0500 -> flock -> fstat -> futimens ->
- *       linkat(/proc/self/fd/N -> DIR/floor.json.lock) -> fstat+lstat (the commit fence) ->
- *       lstat -> unlink -> close.
+ *       (information only) N times the lock round trip of lock.c with no contention, with
+ *       the sentinel made once and parked (its futimens, once a second at most, left out):
+ *       getpid -> renameat2(parked -> DIR/floor.json.lock, RENAME_NOREPLACE) -> fstat+lstat
+ *       (the commit fence) -> lstat -> renameat2(back to the parking name) -> lstat.
  *
  * Output, one line: "floor mode=<m> size=<bytes> n=<N> secs=<s> ops_per_s=<r> us_per_op=<u>
  * us_median=<u> us_max=<u>". Exit status 0, or 1 with a message on the first failure.
@@ -196,34 +196,39 @@ static int do_read(const char *path, long n)
 
 static int do_lock(const char *dir, long n)
 {
-  char lockpath[PATH_MAX], proc[64], pid[32];
+  char lockpath[PATH_MAX], idle[PATH_MAX + 32], proc[64], pid[32];
   double *each = malloc((size_t)n * sizeof *each), t0, t1;
   int plen = snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
+  int fd;
   long i;
 
   if (!each) die("malloc", NULL);
   snprintf(lockpath, sizeof lockpath, "%s/floor.json.lock", dir);
+  snprintf(idle, sizeof idle, "%s.idle-0123456789abcdef", lockpath);
+  /* Made once, as a store does: a flocked 0500 sentinel holding "<pid>\n", parked. */
+  fd = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+  if (fd < 0) die("open O_TMPFILE", dir);
+  write_all(fd, pid, (size_t)plen, dir);
+  if (fchmod(fd, 0500) != 0) die("fchmod", dir);
+  if (flock(fd, LOCK_EX | LOCK_NB) != 0) die("flock", dir);
+  snprintf(proc, sizeof proc, "/proc/self/fd/%d", fd);
+  if (linkat(AT_FDCWD, proc, AT_FDCWD, idle, AT_SYMLINK_FOLLOW) != 0) die("linkat", idle);
   t0 = mono();
   for (i = 0; i < n; i++) {
     double s = mono();
-    struct stat st, mine, there;
-    int fd = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
-    if (fd < 0) die("open O_TMPFILE", dir);
-    write_all(fd, pid, (size_t)plen, dir);
-    if (fchmod(fd, 0500) != 0) die("fchmod", dir);
-    if (flock(fd, LOCK_EX | LOCK_NB) != 0) die("flock", dir);
-    if (fstat(fd, &st) != 0) die("fstat", dir);
-    if (futimens(fd, NULL) != 0) die("futimens", dir);
-    snprintf(proc, sizeof proc, "/proc/self/fd/%d", fd);
-    if (linkat(AT_FDCWD, proc, AT_FDCWD, lockpath, AT_SYMLINK_FOLLOW) != 0) die("linkat", lockpath);
+    struct stat mine, there;
+    if (getpid() <= 0) die("getpid", NULL);
+    if (renameat2(AT_FDCWD, idle, AT_FDCWD, lockpath, RENAME_NOREPLACE) != 0) die("rename", lockpath);
     if (fstat(fd, &mine) != 0 || lstat(lockpath, &there) != 0) die("fence", lockpath);
     if (lstat(lockpath, &there) != 0) die("lstat", lockpath);
-    if (unlink(lockpath) != 0) die("unlink", lockpath);
-    close(fd);
+    if (renameat2(AT_FDCWD, lockpath, AT_FDCWD, idle, RENAME_NOREPLACE) != 0) die("rename", idle);
+    if (lstat(idle, &there) != 0) die("lstat", idle);
     each[i] = mono() - s;
   }
   t1 = mono();
   report("lock", 0, n, t1 - t0, each);
+  unlink(idle);
+  close(fd);
   free(each);
   return 0;
 }

@@ -537,6 +537,12 @@ end
 -- ---- analysis ---------------------------------------------------------------------------------
 
 local TARGETS = {}
+-- The best ratio to the reference that the floor of this machine leaves for an operation.
+local function reference_ceiling(res, name, level)
+  local f = res.floors[level]
+  return (name == "get" and f.read_ops_s or f.write_nofsync_ops_s) / REFERENCE[name][level]
+end
+
 local function target(name, value, limit, pass, unit)
   TARGETS[#TARGETS + 1] = { name = name, value = value, limit = limit, pass = pass, unit = unit }
 end
@@ -619,12 +625,16 @@ local function print_report(M, G, C, T, S, elapsed)
     end
   end
   p("")
-  p("Against the reference (TypeScript on Node 20, never fsyncs), ours with durable = false")
-  p(fmt("  %-8s %5s %10s %10s %8s", "op", "live", "reference", "ours", "ratio"))
+  p("Against the reference (TypeScript on Node 20, never fsyncs), ours with durable = false. ceiling =")
+  p("the matching floor of this machine over the reference figure: the most any implementation of the")
+  p("same file sequence reaches here (mutations: the no-fsync write floor, which ext4's rename over an")
+  p("existing file makes start writeback; get: the read+parse floor, beaten by the cache)")
+  p(fmt("  %-8s %5s %10s %10s %8s %8s", "op", "live", "reference", "ours", "ratio", "ceiling"))
   for _, name in ipairs { "create", "get", "consume" } do
     for _, level in ipairs { 100, 1000 } do
       local ours = R.ops.nondurable[level][name].ops_s
-      p(fmt("  %-8s %5d %10d %10.0f %7.1f×", name, level, REFERENCE[name][level], ours, ours / REFERENCE[name][level]))
+      p(fmt("  %-8s %5d %10d %10.0f %7.1f× %7.1f×", name, level, REFERENCE[name][level], ours,
+        ours / REFERENCE[name][level], reference_ceiling(R, name, level)))
     end
   end
   p(fmt("  %-8s %s %s %10.0f %7.1f× (vs 450; durable = true: %.0f ops/s)", "contend", lpad("4×", 5), lpad("250–450", 10),
@@ -711,8 +721,10 @@ local function main()
     for _, level in ipairs { 100, 1000 } do
       local want = level == 100 and 4 or 10
       local r = R.ops.nondurable[level][name].ops_s / REFERENCE[name][level]
+      local ceiling = reference_ceiling(R, name, level)
       target(fmt("%s at %d live, durable=false: ≥ %d× reference (%d/s)", name, level, want, REFERENCE[name][level]),
-        r, want .. "×", r >= want, "×")
+        r, fmt("%d×%s", want, name ~= "get" and ceiling < want and fmt("; the floor allows %.1f×", ceiling) or ""),
+        r >= want, "×")
     end
   end
   for _, mode in ipairs(MODES) do
@@ -768,6 +780,7 @@ local function main()
     for _, level in ipairs { 100, 1000 } do
       local ours = R.ops.nondurable[level][name].ops_s
       reference[name .. "_" .. level] = { reference_ops_s = REFERENCE[name][level], ours_nondurable_ops_s = ours,
+        ceiling = reference_ceiling(R, name, level),
         ratio = ours / REFERENCE[name][level] }
     end
   end

@@ -75,6 +75,10 @@ if [[ $SKIP != *" asan "* ]]; then
         -o "$tree/build/pairstore/core.so" csrc/*.c \
         $(pkg-config --libs libsodium libqrencode 2>/dev/null || echo -lsodium -lqrencode) 2>&1); then
       cp "$tree/build/pairstore/core.so" "$out/pairstore-core-asan.so"
+      # The specs' test-only fork helper, plain (nothing of pairstore in it).
+      mkdir -p "$tree/build/test"
+      cc -O2 -std=c11 -D_GNU_SOURCE -fPIC -shared $(pkg-config --cflags lua5.4 2>/dev/null || echo -I/usr/include/lua5.4) \
+        -o "$tree/build/test/forkutil.so" spec/support/forkutil.c
       rm -f "$out"/asan.*
       # Every process (busted, the lua5.4 and node children) logs to build-asan/asan.<pid>;
       # leak exit codes are neutralised (node leaks by design) and judged from the logs instead.
