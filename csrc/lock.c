@@ -150,15 +150,20 @@ static void break_sentinel(ps_file *f, int fd, const struct stat *st, int crashe
   if (ps_rename_noreplace(name, f->lockpath) != 0) ps_unlink(name);
 }
 
+static void drain(int ino_fd)
+{
+  char buf[4096];
+  while (read(ino_fd, buf, sizeof buf) > 0) { }
+}
+
 /* Remove the watch of the last inspected sentinel, and drain what it queued (IN_IGNORED
  * at least), so that the next wait sleeps until the next sentinel changes. */
 static void unwatch(ps_file *f)
 {
-  char drain[4096];
   if (f->ino_wd < 0 || f->ino_fd < 0) return;
   inotify_rm_watch(f->ino_fd, f->ino_wd);
   f->ino_wd = -1;
-  while (read(f->ino_fd, drain, sizeof drain) > 0) { }
+  drain(f->ino_fd);
 }
 
 /* Look at an existing sentinel and decide: retry now, wait, or fail. */
@@ -228,10 +233,9 @@ static void wait_for_change(ps_file *f, int64_t ms)
   if (ms <= 0) return;
   if (ino_fd >= 0) {
     struct pollfd p = { ino_fd, POLLIN, 0 };
-    char drain[4096];
     if (poll(&p, 1, (int)ms) > 0) {
-      unwatch(f);
-      while (read(ino_fd, drain, sizeof drain) > 0) { } /* any other watch's events */
+      if (f->ino_wd >= 0) unwatch(f);
+      else drain(ino_fd);
     }
   } else {
     struct timespec ts = { (time_t)(ms / 1000), (long)(ms % 1000) * 1000000L };
@@ -433,9 +437,8 @@ static int park(ps_file *f, int fd)
      * check and the rename: put that one back, and let ours go. */
     if (renameat2(AT_FDCWD, f->lock.idle_name, AT_FDCWD, f->lockpath, RENAME_NOREPLACE) != 0)
       unlink(f->lock.idle_name);
-    close(fd);
-    free(f->lock.idle_name);
-    f->lock.idle_name = NULL;
+    f->lock.idle_fd = fd;
+    idle_forget(f);
     return 1;
   }
   f->lock.idle_fd = fd;

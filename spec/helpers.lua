@@ -121,12 +121,23 @@ function helpers.ls(dir)
   return names
 end
 
---- As ls, without the parked lock sentinels ("<path>.lock.idle-<hex>") that open stores keep
---- between transactions: for tests whose stores are still open.
+-- The parked lock sentinels ("<path>.lock.idle-<hex>") that open stores keep between transactions.
+local PARKED = "%.lock%.idle%-%x+$"
+
+--- Names in dir that are parked lock sentinels, sorted.
+function helpers.ls_parked(dir)
+  local names = {}
+  for _, n in ipairs(helpers.ls(dir)) do
+    if n:match(PARKED) then names[#names + 1] = n end
+  end
+  return names
+end
+
+--- As ls, without the parked lock sentinels: for tests whose stores are still open.
 function helpers.ls_live(dir)
   local names = {}
   for _, n in ipairs(helpers.ls(dir)) do
-    if not n:match("%.lock%.idle%-%x+$") then names[#names + 1] = n end
+    if not n:match(PARKED) then names[#names + 1] = n end
   end
   return names
 end

@@ -61,26 +61,20 @@ describe("the lock", function()
 
   it("keeps one parked sentinel per store between transactions, removed by close", function()
     local s = assert(store:create {})
-    local function parked()
-      local names = {}
-      for _, n in ipairs(helpers.ls(dir)) do
-        if n:match("^pair%-sessions%.json%.lock%.idle%-%x+$") then names[#names + 1] = n end
-      end
-      return names
-    end
-    local first = parked()
+    local first = helpers.ls_parked(dir)
     assert.are.equal(1, #first)
+    assert.matches("^pair%-sessions%.json%.lock%.idle%-%x+$", first[1])
     assert.is_false(helpers.exists(path .. ".lock"))
     local _, ino = helpers.run("stat -c %i " .. helpers.sh_quote(dir .. "/" .. first[1]))
     local seen
     assert(store:update(s.sid, function()
       -- the same inode is the sentinel while held, and it is parked nowhere else meanwhile
       seen = { helpers.run("stat -c %i:%a " .. helpers.sh_quote(path .. ".lock")) }
-      seen.parked = #parked()
+      seen.parked = #helpers.ls_parked(dir)
     end))
     assert.are.equal(ino:match("%d+") .. ":500", seen[2]:match("[%d:]+"))
     assert.are.equal(0, seen.parked)
-    assert.are.same(first, parked())
+    assert.are.same(first, helpers.ls_parked(dir))
     store:close()
     assert.are.same({ "pair-sessions.json" }, helpers.ls(dir))
   end)
