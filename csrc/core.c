@@ -264,7 +264,7 @@ static void load(lua_State *L, ps_txn *t)
   n = (lua_Integer)lua_rawlen(L, arr);
   for (i = 1; i <= n; i++) {
     lua_rawgeti(L, arr, i);
-    if (ps_validate_session(L, -1) == NULL) lua_rawseti(L, arr, ++kept);
+    if (ps_validate_session(L, -1, 1) == NULL) lua_rawseti(L, arr, ++kept); /* shape_ok checked values */
     else lua_pop(L, 1);
   }
   for (i = kept + 1; i <= n; i++) {
@@ -489,7 +489,7 @@ static int act_update(lua_State *L, ps_txn *t, int arr, lua_Integer at, int sess
   }
   ps_copy_value(L, res, 0); /* what the caller keeps cannot change what we store */
   res = lua_gettop(L);
-  why = ps_validate_session(L, res);
+  why = ps_validate_session(L, res, 0);
   if (why) {
     ps_err_set(&t->err, "invalid", "mutator result is not a valid session: %s", why);
     t->failed = 1;
@@ -950,6 +950,7 @@ static int m_close(lua_State *L)
 {
   ps_store *s = luaL_checkudata(L, 1, PS_STORE_MT);
   ps_lock_close(&s->f);
+  ps_file_unpin(&s->f);
   buffers_free(s);
   free(s->f.path);
   free(s->f.lockpath);
@@ -1039,6 +1040,7 @@ static int f_open(lua_State *L)
   s = lua_newuserdatauv(L, sizeof *s, UV_COUNT);
   memset(s, 0, sizeof *s);
   ps_lock_init(&s->f);
+  s->f.pin_fd = -1;
   s->be = &ps_file_backend;
   luaL_setmetatable(L, PS_STORE_MT); /* before any resource is acquired */
 

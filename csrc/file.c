@@ -118,6 +118,31 @@ static int same_ident(const ps_ident *a, const ps_ident *b)
          a->ctime.tv_sec == b->ctime.tv_sec && a->ctime.tv_nsec == b->ctime.tv_nsec;
 }
 
+static void set_ident(ps_ident *id, const struct stat *st)
+{
+  id->valid = 1;
+  id->dev = st->st_dev;
+  id->ino = st->st_ino;
+  id->size = st->st_size;
+  id->mtime = st->st_mtim;
+  id->ctime = st->st_ctim;
+}
+
+void ps_file_unpin(ps_file *f)
+{
+  if (f->pin_fd >= 0) close(f->pin_fd);
+  f->pin_fd = -1;
+}
+
+/* Hold fd (read-only or O_PATH; ours from now on) as the pin of the inode st describes. */
+static void pin(ps_file *f, int fd, const struct stat *st)
+{
+  ps_file_unpin(f);
+  f->pin_fd = fd;
+  f->pin_dev = st->st_dev;
+  f->pin_ino = st->st_ino;
+}
+
 static int file_load(ps_file *f, ps_buf *into, const ps_ident *known, int *toobig, ps_ident *id,
                      ps_err *e)
 {
@@ -129,14 +154,17 @@ static int file_load(ps_file *f, ps_buf *into, const ps_ident *known, int *toobi
   into->oom = 0;
   *toobig = 0;
   id->valid = 0;
+  if (f->fine_ctime && known && known->valid && f->pin_fd >= 0 && known->dev == f->pin_dev &&
+      known->ino == f->pin_ino && lstat(f->path, &st) == 0 && S_ISREG(st.st_mode)) {
+    /* The path still names the inode we hold open: no other file can carry its number. If
+     * it also has the size and timestamps we know, it is the file we read or wrote last. */
+    set_ident(id, &st);
+    if (same_ident(id, known)) return PS_LOAD_SAME;
+    id->valid = 0; /* changed in place, or lstat saw something else: read it */
+  }
   fd = ps_open_regular(f->path, "open", &st, e);
   if (fd < 0) return errno == ENOENT ? PS_LOAD_ABSENT : PS_LOAD_ERROR;
-  id->valid = 1;
-  id->dev = st.st_dev;
-  id->ino = st.st_ino;
-  id->size = st.st_size;
-  id->mtime = st.st_mtim;
-  id->ctime = st.st_ctim;
+  set_ident(id, &st);
   if (known && same_ident(id, known) &&
       ps_wall_ms() - ((int64_t)st.st_ctim.tv_sec * 1000 + st.st_ctim.tv_nsec / 1000000) >
           PS_IDENT_SETTLE_MS) {
@@ -168,7 +196,7 @@ static int file_load(ps_file *f, ps_buf *into, const ps_ident *known, int *toobi
     if (r == 0) break;
     into->len += (size_t)r;
   }
-  close(fd);
+  pin(f, fd, &st); /* what we read is the inode we will recognise next time */
   into->p[into->len] = '\0';
   return PS_LOAD_OK;
 }
@@ -213,7 +241,7 @@ static int file_commit(ps_file *f, const char *buf, size_t len, ps_ident *id, ps
 {
   char tmp[4096 + 64], rnd[17];
   struct stat st;
-  int fd, dfd = -1;
+  int fd, dfd = -1, keep = -1;
 
   id->valid = 0;
   ps_random_hex(rnd, 8);
@@ -226,7 +254,18 @@ static int file_commit(ps_file *f, const char *buf, size_t len, ps_ident *id, ps
     return -1;
   }
   if (ps_fchmod(fd, 0600) != 0) { ps_err_sys(e, errno, "chmod temp file for", f->path); goto fail; }
+  if (!f->fine_ctime && fstat(fd, &st) != 0) st.st_ctim.tv_sec = -1;
   if (ps_write_all(fd, buf, len) != 0) { ps_err_sys(e, errno, "write temp file for", f->path); goto fail; }
+  if (!f->fine_ctime && st.st_ctim.tv_sec >= 0) {
+    /* The write, made just after a stat, changed the ctime by less than any coarse clock
+     * tick (>= 1 ms) and not by 0: this file system stamps changes after a stat finely. */
+    struct stat after;
+    if (fstat(fd, &after) == 0) {
+      int64_t d = ((int64_t)after.st_ctim.tv_sec - st.st_ctim.tv_sec) * 1000000000 +
+                  (after.st_ctim.tv_nsec - st.st_ctim.tv_nsec);
+      if (d > 0 && d < 500000) f->fine_ctime = 1;
+    }
+  }
   if (f->durable && ps_fsync(fd) != 0) { ps_err_sys(e, errno, "fsync temp file for", f->path); goto fail; }
   if (ps_fstat(fd, &st) != 0) { ps_err_sys(e, errno, "stat temp file for", f->path); goto fail; }
   if (ps_close(fd) != 0 && errno != EINTR) {
@@ -235,18 +274,23 @@ static int file_commit(ps_file *f, const char *buf, size_t len, ps_ident *id, ps
     goto fail;
   }
   fd = -1;
+  /* An O_PATH handle (it can neither read nor write) to pin the inode once it is the file;
+   * without one (EMFILE, ...) the next load just reads the file again. */
+  keep = open(tmp, O_PATH | O_NOFOLLOW | O_CLOEXEC);
   if (f->durable && (dfd = ps_open(f->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0)) < 0) {
     ps_err_sys(e, errno, "open directory", f->dir);
     goto fail;
   }
   if (ps_lock_fence(f, e) != 0) goto fail;
   if (ps_rename(tmp, f->path) != 0) { ps_err_sys(e, errno, "rename temp file onto", f->path); goto fail; }
-  id->valid = 1;
-  id->dev = st.st_dev;
-  id->ino = st.st_ino;
-  id->size = st.st_size;
-  id->mtime = st.st_mtim;
-  id->ctime = st.st_ctim; /* before the rename: a kernel that bumps it on rename forces a reread */
+  /* The identity the path now shows: rename bumps the ctime on most file systems. Without
+   * the pin, the one from before the rename (it only forces the next load to read). */
+  if (keep >= 0) {
+    struct stat now;
+    if (fstat(keep, &now) == 0 && now.st_dev == st.st_dev && now.st_ino == st.st_ino) st = now;
+    pin(f, keep, &st);
+  }
+  set_ident(id, &st);
   if (f->durable && fsync_dir(f, dfd, e) != 0) {
     id->valid = 0; /* published, but not known to be durable: report it */
     return -1;
@@ -255,6 +299,7 @@ static int file_commit(ps_file *f, const char *buf, size_t len, ps_ident *id, ps
 fail:
   if (fd >= 0) close(fd);
   if (dfd >= 0) close(dfd);
+  if (keep >= 0) close(keep);
   unlink(tmp);
   return -1;
 }

@@ -122,10 +122,11 @@ typedef struct ps_ident {
   struct timespec mtime, ctime;
 } ps_ident;
 
-/* A file whose identity matches and whose ctime is older than this is trusted unchanged
- * without reading it: any later change would carry a later ctime, which nobody can set.
- * (Younger files are compared byte for byte: inode numbers are reused at once and file
- * system timestamps are coarse, so two writes within one tick can look identical.) */
+/* A file whose identity matches is trusted unchanged without reading it when its inode is
+ * the one we pin (ps_file.pin_fd: nobody else can have been given its number since), or when
+ * its ctime is older than this: any later change would carry a later ctime, which nobody can
+ * set. (Otherwise it is compared byte for byte: inode numbers are reused at once and file
+ * system timestamps are coarse, so two replacements within one tick can look identical.) */
 #define PS_IDENT_SETTLE_MS 5000
 
 typedef struct ps_event {
@@ -153,6 +154,16 @@ typedef struct ps_file {
   int ino_fd;            /* inotify instance for lock waits: -1 not yet, -2 unavailable */
   int ino_wd;            /* the watch of the current wait, -1: none */
   pid_t ino_pid;         /* the process that made ino_fd */
+  /* The data file's inode as last read or written, held open (read-only or O_PATH) so that
+   * its number cannot be given to another file while we remember it: a path that still
+   * names this inode with the same size and timestamps is the file we know. -1: none. */
+  int pin_fd;
+  dev_t pin_dev;
+  ino_t pin_ino;
+  /* The file system gives a change made after a stat a ctime of its own (Linux 6.13+
+   * multigrain timestamps), seen on our own temp file: only then is a pinned inode's
+   * identity proof that it was not rewritten in place within one coarse clock tick. */
+  int fine_ctime;
   ps_event events[PS_MAX_EVENTS];
   int nevents;
 } ps_file;
@@ -195,6 +206,7 @@ int  ps_write_all(int fd, const char *p, size_t n);
  * regular file. -1 with errno ENOENT when absent (e untouched), else -1 with e set. */
 int  ps_open_regular(const char *path, const char *what, struct stat *st, ps_err *e);
 void ps_sweep_orphans(ps_file *f);
+void ps_file_unpin(ps_file *f);
 
 /* ---- session rules on Lua tables (session.c) --------------------------------------------- */
 
@@ -209,8 +221,9 @@ int64_t     ps_get_int(lua_State *L, int idx, const char *key);
 void        ps_set_int(lua_State *L, int idx, const char *key, int64_t v);
 void        ps_set_str(lua_State *L, int idx, const char *key, const char *v);
 int         ps_check_value(lua_State *L, int idx, int depth);
-/* NULL when valid (numbers normalised to integers in place), else a reason. */
-const char *ps_validate_session(lua_State *L, int idx);
+/* NULL when valid (numbers normalised to integers in place), else a reason. values_checked:
+ * the caller already ran ps_check_value over the session (a file's whole document, say). */
+const char *ps_validate_session(lua_State *L, int idx, int values_checked);
 void        ps_copy_value(lua_State *L, int idx, int depth); /* pushes a deep copy */
 /* Appends the session's compact JSON; enc is the stack index of cjson's encode. */
 int         ps_encode_session(lua_State *L, int enc, int idx, ps_buf *b);

@@ -719,6 +719,64 @@ describe("the parsed-file cache", function()
     assert.are.equal(3, store:get(s.sid).secondaryCodeAttempts)
   end)
 
+  -- The descriptors this process holds on `path`: { fd = flags (octal text of fdinfo) }.
+  local function handles_on(path)
+    local pid = io.open("/proc/self/stat"):read("l"):match("^(%d+)")
+    local found = {}
+    local ls = io.popen("ls -l /proc/" .. pid .. "/fd 2>/dev/null")
+    for line in ls:lines() do
+      local fd, target = line:match("(%d+) %-> (.*)$")
+      if fd and (target == path or target == path .. " (deleted)") then
+        local info = io.open("/proc/" .. pid .. "/fdinfo/" .. fd)
+        found[tonumber(fd)] = info and info:read("a"):match("flags:%s*(%d+)") or "?"
+        if info then info:close() end
+      end
+    end
+    ls:close()
+    return found
+  end
+
+  it("holds the file it knows only through a handle that cannot write, and lets go on close", function()
+    local store, _, path = setup()
+    store:create {}
+    local n = 0
+    for _, flags in pairs(handles_on(path)) do
+      n = n + 1
+      local access = tonumber(flags, 8) & 3           -- O_RDONLY 0, O_WRONLY 1, O_RDWR 2
+      local o_path = tonumber(flags, 8) & 8 ^ 7 // 1  -- O_PATH 010000000
+      assert.is_true(access == 0 or o_path ~= 0, "flags " .. flags)
+    end
+    assert.are.equal(1, n)
+    -- read by another store: that one pins what it read, read-only
+    local other = pairstore.open(path, { durable = false })
+    assert(other:list_all())
+    assert.are.equal(2, (function() local k = 0 for _ in pairs(handles_on(path)) do k = k + 1 end return k end)())
+    other:close()
+    store:close()
+    assert.are.same({}, handles_on(path))
+  end)
+
+  it("sees a replacement that keeps the size and the mtime, made right after its own write", function()
+    local store, _, path, dir = setup()
+    local s = store:create {}
+    for i = 1, 20 do
+      assert(store:update(s.sid, function(x) x.n = i % 10 end)) -- same size each time
+      local text = helpers.read(path)
+      local edited = text:gsub('"n":%d', '"n":' .. (i + 5) % 10)
+      assert.are.equal(#text, #edited)
+      -- in place (same inode) or by rename (a new inode), with the old mtime put back
+      os.execute("touch -r " .. helpers.sh_quote(path) .. " " .. helpers.sh_quote(dir .. "/ref"))
+      if i % 2 == 0 then
+        helpers.write(path, edited)
+      else
+        helpers.write(dir .. "/new", edited)
+        assert(os.rename(dir .. "/new", path))
+      end
+      os.execute("touch -r " .. helpers.sh_quote(dir .. "/ref") .. " " .. helpers.sh_quote(path))
+      assert.are.equal((i + 5) % 10, store:get(s.sid).n, "round " .. i)
+    end
+  end)
+
   it("is dropped when a transaction fails, so memory never drifts from the file", function()
     local store, _, path = setup()
     local s = store:create {}
