@@ -21,7 +21,7 @@
 /* User values of a store userdata: options; cjson encode and decode; the sessions as last
  * read or written (valid while the file's bytes are the cached ones); each session's JSON
  * text (a weak-keyed table: session table -> string); sid -> position in the sessions
- * array, while index_valid. */
+ * array (of the first session with that sid), while index_valid. */
 enum { UV_OPTS = 1, UV_ENCODE, UV_DECODE, UV_SESSIONS, UV_TEXTS, UV_INDEX, UV_COUNT = UV_INDEX };
 
 static const char held_key = 'h'; /* registry: lock paths held by this Lua state */
@@ -38,7 +38,13 @@ typedef struct ps_store {
   int cache_valid;
   /* With the cache: pruning changes nothing while now <= prune_after. */
   int64_t prune_after;
+  /* The sid index and the count of live (non-terminal) sessions of the transaction's array:
+   * built in one pass for a new array, then kept up to date by every change made to it
+   * (create, update, delete, status changes, expiry, removal). index_dups: the array holds a
+   * sid twice (a hand-edited file), so a removal may uncover another position: rebuild. */
   int index_valid;
+  int index_dups;
+  lua_Integer live;
 } ps_store;
 
 typedef enum {
@@ -79,25 +85,42 @@ static void fail(ps_txn *t, const char *code, const char *msg)
   ps_err_set(&t->err, code, "%s", msg);
 }
 
-/* Position of the session with this sid in the array at arr (the transaction's), or 0.
- * Through the sid index, rebuilt in one pass when the array was replaced or shrank. */
+static int is_live(lua_State *L, int sess)
+{
+  size_t len;
+  return !ps_is_terminal(ps_get_str(L, sess, "status", &len));
+}
+
+/* Builds the sid index and the live count of the array at arr, unless they are valid. */
+static void index_ensure(lua_State *L, ps_store *s, int arr)
+{
+  lua_Integer n, i;
+  if (s->index_valid) return;
+  arr = lua_absindex(L, arr);
+  n = (lua_Integer)lua_rawlen(L, arr);
+  s->live = 0;
+  s->index_dups = 0;
+  lua_createtable(L, 0, (int)n);
+  for (i = n; i >= 1; i--) { /* backwards: the first of duplicate sids wins */
+    lua_rawgeti(L, arr, i);
+    if (is_live(L, -1)) s->live++;
+    lua_getfield(L, -1, "sid");
+    lua_pushvalue(L, -1);
+    if (lua_rawget(L, -4) != LUA_TNIL) s->index_dups = 1;
+    lua_pop(L, 1);
+    lua_pushinteger(L, i);
+    lua_rawset(L, -4);
+    lua_pop(L, 1);
+  }
+  lua_setiuservalue(L, 2, UV_INDEX);
+  s->index_valid = 1;
+}
+
+/* Position of the session with this sid in the array at arr (the transaction's), or 0. */
 static lua_Integer find_sid(lua_State *L, ps_store *s, int arr, const char *sid)
 {
   lua_Integer at;
-  arr = lua_absindex(L, arr);
-  if (!s->index_valid) {
-    lua_Integer n = (lua_Integer)lua_rawlen(L, arr), i;
-    lua_createtable(L, 0, (int)n);
-    for (i = n; i >= 1; i--) { /* backwards: the first of duplicate sids wins, as before */
-      lua_rawgeti(L, arr, i);
-      lua_getfield(L, -1, "sid");
-      lua_pushinteger(L, i);
-      lua_rawset(L, -4);
-      lua_pop(L, 1);
-    }
-    lua_setiuservalue(L, 2, UV_INDEX);
-    s->index_valid = 1;
-  }
+  index_ensure(L, s, arr);
   lua_getiuservalue(L, 2, UV_INDEX);
   lua_getfield(L, -1, sid);
   at = lua_tointeger(L, -1);
@@ -105,13 +128,37 @@ static lua_Integer find_sid(lua_State *L, ps_store *s, int arr, const char *sid)
   return at;
 }
 
-static void index_add(lua_State *L, ps_store *s, const char *sid, lua_Integer at)
+/* index[sid of the session at sess] = at (0: forget it); index at idx. */
+static void index_put(lua_State *L, int idx, int sess, lua_Integer at)
 {
-  if (!s->index_valid) return;
-  lua_getiuservalue(L, 2, UV_INDEX);
-  lua_pushinteger(L, at);
-  lua_setfield(L, -2, sid);
-  lua_pop(L, 1);
+  lua_getfield(L, sess, "sid");
+  if (at) lua_pushinteger(L, at);
+  else lua_pushnil(L);
+  lua_rawset(L, idx);
+}
+
+/* Removes the session at position at (its table at sess) from the array at arr, keeping the
+ * index and the live count, or dropping the index when it cannot be kept. */
+static void remove_at(lua_State *L, ps_store *s, int arr, lua_Integer at, int sess)
+{
+  lua_Integer n = (lua_Integer)lua_rawlen(L, arr), i;
+  int idx = 0;
+  if (s->index_valid && !s->index_dups) {
+    lua_getiuservalue(L, 2, UV_INDEX);
+    idx = lua_gettop(L);
+    index_put(L, idx, sess, 0);
+    s->live -= is_live(L, sess);
+  } else {
+    s->index_valid = 0;
+  }
+  for (i = at; i < n; i++) {
+    lua_rawgeti(L, arr, i + 1);
+    if (idx) index_put(L, idx, lua_gettop(L), i);
+    lua_rawseti(L, arr, i);
+  }
+  lua_pushnil(L);
+  lua_rawseti(L, arr, n);
+  if (idx) lua_pop(L, 1);
 }
 
 static int call_user(lua_State *L, int nargs, int nres);
@@ -350,10 +397,11 @@ static int push_copy(lua_State *L, int idx)
   return 1;
 }
 
-static void touch_status(lua_State *L, int sess, const char *status, int64_t now)
+static void touch_status(lua_State *L, ps_txn *t, int sess, const char *status)
 {
+  if (t->s->index_valid) t->s->live += !ps_is_terminal(status) - is_live(L, sess);
   ps_set_str(L, sess, "status", status);
-  ps_set_int(L, sess, "lastStatusChangeAtMs", now);
+  ps_set_int(L, sess, "lastStatusChangeAtMs", t->now);
 }
 
 static int act_list(lua_State *L, int arr);
@@ -391,7 +439,7 @@ static int act_on_sid(lua_State *L, ps_txn *t, int arr)
       t->outcome = "illegal_transition";
       return 0;
     }
-    touch_status(L, sess, to, t->now);
+    touch_status(L, t, sess, to);
     changed(L, t, sess);
     return push_copy(L, sess);
 
@@ -399,7 +447,7 @@ static int act_on_sid(lua_State *L, ps_txn *t, int arr)
     if (ps_is_terminal(status)) return push_copy(L, sess); /* no counting after the end */
     ps_set_int(L, sess, "secondaryCodeAttempts", ps_get_int(L, sess, "secondaryCodeAttempts") + 1);
     if (ps_get_int(L, sess, "secondaryCodeAttempts") >= PS_MAX_CODE_ATTEMPTS)
-      touch_status(L, sess, "rejected", t->now);
+      touch_status(L, t, sess, "rejected");
     changed(L, t, sess);
     return push_copy(L, sess);
 
@@ -423,14 +471,14 @@ static int act_on_sid(lua_State *L, ps_txn *t, int arr)
       ps_set_int(L, sess, "secondaryCodeAttempts", attempts);
       t->outcome = "wrong_code";
       if (attempts >= PS_MAX_CODE_ATTEMPTS) {
-        touch_status(L, sess, "rejected", t->now);
+        touch_status(L, t, sess, "rejected");
         t->outcome = "attempts_exhausted";
       }
       changed(L, t, sess);
       return 0;
     }
     if (strcmp(status, "awaiting_scan") == 0) {
-      touch_status(L, sess, "device_connected", t->now);
+      touch_status(L, t, sess, "device_connected");
       changed(L, t, sess);
     }
     return push_copy(L, sess);
@@ -443,7 +491,7 @@ static int act_on_sid(lua_State *L, ps_txn *t, int arr)
     else if (!strcmp(status, "expired")) t->outcome = "expired";
     if (t->outcome) return 0;
     push_copy(L, sess); /* the record as it was before */
-    touch_status(L, sess, "consumed", t->now);
+    touch_status(L, t, sess, "consumed");
     changed(L, t, sess);
     return 1;
 
@@ -470,15 +518,8 @@ static int act_update(lua_State *L, ps_txn *t, int arr, lua_Integer at, int sess
   }
   res = lua_gettop(L);
   if (lua_type(L, res) == LUA_TBOOLEAN && !lua_toboolean(L, res)) {
-    lua_Integer n = (lua_Integer)lua_rawlen(L, arr), i;
-    for (i = at; i < n; i++) {
-      lua_rawgeti(L, arr, i + 1);
-      lua_rawseti(L, arr, i);
-    }
-    lua_pushnil(L);
-    lua_rawseti(L, arr, n);
+    remove_at(L, t->s, arr, at, sess);
     t->dirty = 1;
-    t->s->index_valid = 0;
     lua_pushboolean(L, 0);
     return 1;
   }
@@ -539,6 +580,7 @@ static int act_update(lua_State *L, ps_txn *t, int arr, lua_Integer at, int sess
     }
     if (same) return push_copy(L, sess);
   }
+  if (t->s->index_valid) t->s->live += is_live(L, res) - is_live(L, sess);
   lua_pushvalue(L, res);
   lua_rawseti(L, arr, at);
   return push_copy(L, res);
@@ -588,18 +630,13 @@ static int act_list(lua_State *L, int arr)
 /* create: ARG 1..7 = mode, operator, ttl, sid_hex|nil, sk_b64u, code, pk_b64u */
 static int act_create(lua_State *L, ps_txn *t, int arr)
 {
-  lua_Integer n = (lua_Integer)lua_rawlen(L, arr), i, live = 0;
+  lua_Integer n = (lua_Integer)lua_rawlen(L, arr);
   char sid[33];
-  size_t len;
   int64_t ttl = (int64_t)lua_tointeger(L, ARG(3));
   int tries;
 
-  for (i = 1; i <= n; i++) {
-    lua_rawgeti(L, arr, i);
-    if (!ps_is_terminal(ps_get_str(L, -1, "status", &len))) live++;
-    lua_pop(L, 1);
-  }
-  if (live >= t->s->max_sessions) {
+  index_ensure(L, t->s, arr);
+  if (t->s->live >= t->s->max_sessions) {
     ps_err_set(&t->err, "limit", "too many live sessions (max_sessions = %d)", t->s->max_sessions);
     t->failed = 1;
     return 0;
@@ -636,7 +673,11 @@ static int act_create(lua_State *L, ps_txn *t, int arr)
   ps_set_int(L, -1, "lastStatusChangeAtMs", t->now);
   lua_pushvalue(L, -1);
   lua_rawseti(L, arr, n + 1);
-  index_add(L, t->s, sid, n + 1);
+  lua_getiuservalue(L, 2, UV_INDEX); /* valid: ensured above, and nothing since dropped it */
+  lua_pushinteger(L, n + 1);
+  lua_setfield(L, -2, sid);
+  lua_pop(L, 1);
+  t->s->live++;
   changed(L, t, -1);
   return push_copy(L, lua_gettop(L));
 }
@@ -683,11 +724,15 @@ static int txn_body(lua_State *L)
   arr = lua_gettop(L);
   if (!t->from_cache) t->s->index_valid = 0; /* a new array */
   if (!t->from_cache || t->now > t->s->prune_after) {
+    ps_store *s = t->s;
+    int keep = s->index_valid && !s->index_dups, top = lua_gettop(L);
     lua_getiuservalue(L, 2, UV_TEXTS);
-    t->removed = ps_prune(L, arr, lua_gettop(L), t->now, &expired, &t->s->prune_after);
-    lua_pop(L, 1);
+    if (keep) lua_getiuservalue(L, 2, UV_INDEX);
+    t->removed = ps_prune(L, arr, top + 1, keep ? top + 2 : 0, t->now, &expired, &s->prune_after);
+    lua_settop(L, top);
     if (t->removed || expired) t->dirty = 1;
-    if (t->removed) t->s->index_valid = 0;
+    if (t->removed && !keep) s->index_valid = 0;
+    else s->live -= expired; /* expired: live -> terminal; removed: terminal already */
   }
 
   switch (t->op) {
@@ -946,6 +991,70 @@ static int m_prune(lua_State *L)
   return run(L, OP_PRUNE, 0);
 }
 
+/* For tests: whether the sid index and the live count agree with the cached sessions.
+ * Returns true, "indexed" | "not indexed", or false, what disagrees. Reads memory only. */
+static int m_selfcheck(lua_State *L)
+{
+  ps_store *s = check_store(L, 1);
+  lua_Integer n, i, live = 0, keys = 0, distinct = 0;
+  int arr, idx, seen;
+  lua_settop(L, 1);
+  if (!s->cache_valid || !s->index_valid) {
+    lua_pushboolean(L, 1);
+    lua_pushliteral(L, "not indexed");
+    return 2;
+  }
+  lua_getiuservalue(L, 1, UV_SESSIONS);
+  arr = 2;
+  lua_getiuservalue(L, 1, UV_INDEX);
+  idx = 3;
+  lua_newtable(L);
+  seen = 4;
+  n = (lua_Integer)lua_rawlen(L, arr);
+  for (i = 1; i <= n; i++) {
+    lua_Integer at;
+    lua_rawgeti(L, arr, i);
+    live += is_live(L, -1);
+    lua_getfield(L, -1, "sid");
+    lua_pushvalue(L, -1);
+    if (lua_rawget(L, seen) == LUA_TNIL) distinct++;
+    lua_pop(L, 1);
+    lua_pushvalue(L, -1);
+    lua_pushboolean(L, 1);
+    lua_rawset(L, seen);
+    lua_pushvalue(L, -1);
+    lua_rawget(L, idx);
+    at = lua_tointeger(L, -1);
+    if (at < 1 || at > i) {
+      lua_pushboolean(L, 0);
+      lua_pushfstring(L, "position %d: sid indexed at %d", (int)i, (int)at);
+      return 2;
+    }
+    lua_rawgeti(L, arr, at);
+    lua_getfield(L, -1, "sid");
+    if (!lua_rawequal(L, -1, -4)) {
+      lua_pushboolean(L, 0);
+      lua_pushfstring(L, "position %d: index points at %d, another sid", (int)i, (int)at);
+      return 2;
+    }
+    lua_settop(L, seen);
+  }
+  lua_pushnil(L);
+  while (lua_next(L, idx) != 0) {
+    keys++;
+    lua_pop(L, 1);
+  }
+  if (keys != distinct || live != s->live) {
+    lua_pushboolean(L, 0);
+    lua_pushfstring(L, "index has %d sids for %d distinct; live %d, counted %d", (int)keys,
+                    (int)distinct, (int)s->live, (int)live);
+    return 2;
+  }
+  lua_pushboolean(L, 1);
+  lua_pushliteral(L, "indexed");
+  return 2;
+}
+
 static int m_close(lua_State *L)
 {
   ps_store *s = luaL_checkudata(L, 1, PS_STORE_MT);
@@ -1162,7 +1271,7 @@ static const luaL_Reg store_methods[] = {
   { "get", m_get }, { "list", m_list }, { "create", m_create }, { "update", m_update },
   { "transition", m_transition }, { "reject", m_reject }, { "register_failed_code", m_failed_code },
   { "verify_code", m_verify }, { "consume", m_consume }, { "prune", m_prune },
-  { "close", m_close }, { "path", m_path }, { NULL, NULL },
+  { "close", m_close }, { "path", m_path }, { "_selfcheck", m_selfcheck }, { NULL, NULL },
 };
 
 static const luaL_Reg module_funcs[] = {

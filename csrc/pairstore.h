@@ -228,9 +228,11 @@ void        ps_copy_value(lua_State *L, int idx, int depth); /* pushes a deep co
 /* Appends the session's compact JSON; enc is the stack index of cjson's encode. */
 int         ps_encode_session(lua_State *L, int enc, int idx, ps_buf *b);
 /* Expires and drops in place (forgetting the cached JSON, in the table at texts, of what it
- * expires); returns the number removed, *expired the number expired, and *next the earliest
- * time after which pruning would change something again. */
-int         ps_prune(lua_State *L, int arr, int texts, int64_t now, int *expired, int64_t *next);
+ * expires, and keeping the sid -> position table at index up to date unless index is 0);
+ * returns the number removed, *expired the number expired, and *next the earliest time after
+ * which pruning would change something again. */
+int         ps_prune(lua_State *L, int arr, int texts, int index, int64_t now, int *expired,
+                     int64_t *next);
 /* The earliest time after which pruning would change the session at idx. */
 int64_t     ps_next_prune(lua_State *L, int idx);
 

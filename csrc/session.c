@@ -303,12 +303,22 @@ int64_t ps_next_prune(lua_State *L, int idx)
   return ps_get_int(L, idx, "expiresAtMs");
 }
 
-int ps_prune(lua_State *L, int arr, int texts, int64_t now, int *expired, int64_t *next)
+/* index[sid of the session on top] = at, or nil when at is 0. */
+static void reindex(lua_State *L, int index, lua_Integer at)
+{
+  lua_getfield(L, -1, "sid");
+  if (at) lua_pushinteger(L, at);
+  else lua_pushnil(L);
+  lua_rawset(L, index);
+}
+
+int ps_prune(lua_State *L, int arr, int texts, int index, int64_t now, int *expired, int64_t *next)
 {
   lua_Integer n = (lua_Integer)lua_rawlen(L, arr), i, out = 0;
   int removed = 0;
   arr = lua_absindex(L, arr);
   texts = lua_absindex(L, texts);
+  if (index) index = lua_absindex(L, index);
   *expired = 0;
   *next = INT64_MAX;
   for (i = 1; i <= n; i++) {
@@ -329,6 +339,7 @@ int ps_prune(lua_State *L, int arr, int texts, int64_t now, int *expired, int64_
       int64_t until = ps_get_int(L, -1, "lastStatusChangeAtMs") + PS_TERMINAL_RETENTION_MS;
       if (now > until) {
         removed++;
+        if (index) reindex(L, index, 0);
         lua_pop(L, 1);
         continue;
       }
@@ -337,7 +348,9 @@ int ps_prune(lua_State *L, int arr, int texts, int64_t now, int *expired, int64_
       int64_t until = ps_get_int(L, -1, "expiresAtMs");
       if (until < *next) *next = until;
     }
-    lua_rawseti(L, arr, ++out);
+    out++;
+    if (index && out != i) reindex(L, index, out); /* moved down */
+    lua_rawseti(L, arr, out);
   }
   for (i = out + 1; i <= n; i++) {
     lua_pushnil(L);

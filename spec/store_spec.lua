@@ -805,6 +805,86 @@ describe("the parsed-file cache", function()
   end)
 end)
 
+describe("the sid index and the live count", function()
+  after_each(helpers.cleanup)
+
+  -- Random operations (fixed seeds: reproducible) on one store, with another store of the same
+  -- file changing it now and then (so the array is parsed again) and time moving on (so
+  -- sessions expire and are removed). After every call the index and the live count must
+  -- agree with a recount, and max_sessions must refuse exactly when the live count is full.
+  for _, seed in ipairs { 1, 2, 3 } do
+    it("stay exact through every kind of change (seed " .. seed .. ")", function()
+      math.randomseed(seed)
+      local MAX = 12
+      local store, clock, path = setup({ max_sessions = MAX })
+      local other = pairstore.open(path, { now = clock.now, durable = false, max_sessions = 1000 })
+      local sids, codes, checked = {}, {}, 0
+      local function pick() return sids[math.random(#sids)] end
+      local function live_now()
+        local n = 0
+        for _, x in ipairs(assert(other:list_all())) do
+          if not pairstore.is_terminal(x.status) then n = n + 1 end
+        end
+        return n
+      end
+      local ops = {
+        function()
+          local live = live_now()
+          local s, _, code = store:create { ttl_ms = math.random(1, 4) * 60000 }
+          if live < MAX then
+            assert.is_table(s)
+            sids[#sids + 1], codes[s.sid] = s.sid, s.secondaryCode
+          else
+            assert.are.equal("limit", code)
+          end
+        end,
+        function() store:update(pick(), function() return false end) end,
+        function() store:update(pick(), function(x) x.status = "rejected" end) end,
+        function() store:update(pick(), function(x) x.status = "awaiting_scan"; x.n = math.random(9) end) end,
+        function() store:update(pick(), function(x) x.n = (x.n or 0) + 1 end) end,
+        function() store:transition(pick(), "device_connected") end,
+        function() store:reject(pick()) end,
+        function() store:register_failed_code(pick()) end,
+        function() local sid = pick(); store:verify_code(sid, codes[sid] or "000000") end,
+        function() store:verify_code(pick(), "999999") end,
+        function() store:consume(pick()) end,
+        function() store:prune() end,
+        function() clock.advance(math.random(0, 3) * 60000) end,
+        function() clock.advance(pairstore.TERMINAL_RETENTION_MS // 2) end,
+        function() local sid = pick(); other:update(sid, function(x) x.m = 1 end) end,
+        function() other:create {} end,
+      }
+      for _ = 1, 400 do
+        if #sids == 0 then ops[1]() else ops[math.random(#ops)]() end
+        local ok, why = store._core:_selfcheck()
+        assert(ok, why)
+        if why == "indexed" then checked = checked + 1 end
+      end
+      assert.is_true(checked > 100, "index checked " .. checked .. " times")
+    end)
+  end
+
+  it("finds the first of two sessions with the same sid, before and after removals", function()
+    local store, clock, path = setup()
+    local a = store:create {}
+    local b = store:create {}
+    local doc = helpers.read_json(path)
+    local dup = helpers.json.decode(helpers.json.encode(doc.sessions[1]))
+    dup.secondaryCodeAttempts = 3 -- the second copy of a's sid differs
+    doc.sessions[#doc.sessions + 1] = dup
+    helpers.write(path, helpers.json.encode(doc))
+    store = pairstore.open(path, { now = clock.now, durable = false })
+    assert.are.equal(0, store:get(a.sid).secondaryCodeAttempts)
+    assert(store._core:_selfcheck())
+    assert.is_false(store:update(b.sid, function() return false end))
+    assert(store._core:_selfcheck())
+    assert.are.equal(0, store:get(a.sid).secondaryCodeAttempts)
+    assert.is_false(store:update(a.sid, function() return false end))
+    assert.are.equal(3, store:get(a.sid).secondaryCodeAttempts) -- the other copy shows now
+    assert(store._core:_selfcheck())
+  end)
+end)
+
 describe("errors that are not about the file", function()
   after_each(helpers.cleanup)
 
