@@ -1149,7 +1149,7 @@ static int f_open(lua_State *L)
   s = lua_newuserdatauv(L, sizeof *s, UV_COUNT);
   memset(s, 0, sizeof *s);
   ps_lock_init(&s->f);
-  s->f.pin_fd = -1;
+  s->f.pin_fd = s->f.stale_fd = -1;
   s->be = &ps_file_backend;
   luaL_setmetatable(L, PS_STORE_MT); /* before any resource is acquired */
 

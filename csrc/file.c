@@ -131,16 +131,33 @@ static void set_ident(ps_ident *id, const struct stat *st)
 void ps_file_unpin(ps_file *f)
 {
   if (f->pin_fd >= 0) close(f->pin_fd);
+  if (f->stale_fd >= 0) close(f->stale_fd);
+  f->pin_fd = f->stale_fd = -1;
+}
+
+/* The pinned inode is no longer the file: let it go once the lock is released. */
+static void pin_retire(ps_file *f)
+{
+  if (f->pin_fd < 0) return;
+  if (f->stale_fd >= 0) close(f->stale_fd);
+  f->stale_fd = f->pin_fd;
   f->pin_fd = -1;
 }
 
-/* Hold fd (read-only or O_PATH; ours from now on) as the pin of the inode st describes. */
+/* Hold fd (an O_PATH handle, ours from now on) as the pin of the inode st describes. */
 static void pin(ps_file *f, int fd, const struct stat *st)
 {
-  ps_file_unpin(f);
+  pin_retire(f);
   f->pin_fd = fd;
   f->pin_dev = st->st_dev;
   f->pin_ino = st->st_ino;
+}
+
+static void file_unlock(ps_file *f)
+{
+  ps_lock_release(f);
+  if (f->stale_fd >= 0) close(f->stale_fd);
+  f->stale_fd = -1;
 }
 
 static int file_load(ps_file *f, ps_buf *into, const ps_ident *known, int *toobig, ps_ident *id,
@@ -196,7 +213,8 @@ static int file_load(ps_file *f, ps_buf *into, const ps_ident *known, int *toobi
     if (r == 0) break;
     into->len += (size_t)r;
   }
-  pin(f, fd, &st); /* what we read is the inode we will recognise next time */
+  close(fd);
+  if (f->pin_fd >= 0 && (st.st_dev != f->pin_dev || st.st_ino != f->pin_ino)) pin_retire(f);
   into->p[into->len] = '\0';
   return PS_LOAD_OK;
 }
@@ -368,5 +386,5 @@ static int file_lock(ps_file *f, ps_err *e)
 }
 
 const ps_backend ps_file_backend = {
-  "file", file_lock, ps_lock_release, file_load, file_quarantine, file_commit,
+  "file", file_lock, file_unlock, file_load, file_quarantine, file_commit,
 };

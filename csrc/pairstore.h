@@ -154,12 +154,16 @@ typedef struct ps_file {
   int ino_fd;            /* inotify instance for lock waits: -1 not yet, -2 unavailable */
   int ino_wd;            /* the watch of the current wait, -1: none */
   pid_t ino_pid;         /* the process that made ino_fd */
-  /* The data file's inode as last read or written, held open (read-only or O_PATH) so that
-   * its number cannot be given to another file while we remember it: a path that still
-   * names this inode with the same size and timestamps is the file we know. -1: none. */
+  /* The data file's inode as we last wrote it, held by an O_PATH handle so that its number
+   * cannot be given to another file while we remember it: a path that still names this
+   * inode with the same size and timestamps is the file we wrote. -1: none. (Files we only
+   * read are not pinned: the reader would then pay for freeing them once replaced.) */
   int pin_fd;
   dev_t pin_dev;
   ino_t pin_ino;
+  /* A pin whose inode was replaced: closed after the lock is released, since closing it may
+   * free the inode's blocks, which need not hold up the next process. -1: none. */
+  int stale_fd;
   /* The file system gives a change made after a stat a ctime of its own (Linux 6.13+
    * multigrain timestamps), seen on our own temp file: only then is a pinned inode's
    * identity proof that it was not rewritten in place within one coarse clock tick. */
