@@ -48,7 +48,7 @@ local CFG = QUICK and {
   floor_write = { durable = 15, nondurable = 30 },                -- per sample, 2 samples a round
   floor_read = { [10] = 200, [100] = 40, [1000] = 6 },
   floor_lock = 500,
-  contention_workers = 4, contention_n = 100, single_update_n = 50, single_update_rounds = 3,
+  contention_workers = 4, contention_n = 100, contention_rounds = 1, single_update_n = 50,
   takeover = 5,
 } or {
   rounds = 7,
@@ -56,7 +56,7 @@ local CFG = QUICK and {
   floor_write = { durable = 100, nondurable = 200 },
   floor_read = { [10] = 2000, [100] = 300, [1000] = 30 },
   floor_lock = 5000,
-  contention_workers = 4, contention_n = 500, single_update_n = 300, single_update_rounds = 5,
+  contention_workers = 4, contention_n = 500, contention_rounds = 3, single_update_n = 300,
   takeover = 20,
 }
 
@@ -396,33 +396,14 @@ local function wait_file(path, seconds, what, pid)
   end
 end
 
-local function contention(mode)
-  local dir, path = fresh_store(mode, 10, "-contention")
-  local sid = SEED.sids[1]
-  local store = pairstore.open(path, { durable = mode.durable })
-  local function counter() return must(store:get(sid)).benchCounter or 0 end
-  local function inc(s) s.benchCounter = (s.benchCounter or 0) + 1 end
-
-  -- The single-process update rate on this very file and session, for the ratio: sampled
-  -- before and after the contended run (fsync latency drifts over minutes).
-  must(store:get(sid))
-  local single = {}
-  local function single_rounds(k)
-    for _ = 1, k do
-      collectgarbage()
-      local t0 = mono()
-      for _ = 1, CFG.single_update_n do must(store:update(sid, inc)) end
-      single[#single + 1] = CFG.single_update_n / (mono() - t0)
-    end
-  end
-  single_rounds((CFG.single_update_rounds + 1) // 2)
-  local before = counter()
-
+-- One contended run: CFG.contention_workers processes × CFG.contention_n updates, started
+-- together. Returns its figures and the pooled per-update records.
+local function contended_run(mode, dir, path, sid, tag)
   local nw, n = CFG.contention_workers, CFG.contention_n
-  local go = dir .. "/go"
+  local go = fmt("%s/go-%s", dir, tag)
   local outs = {}
   for w = 1, nw do
-    outs[w] = fmt("%s/contend-%d.out", dir, w)
+    outs[w] = fmt("%s/contend-%s-%d.out", dir, tag, w)
     spawn(fmt("contend %s %s %d %s %s %s", sh_quote(path), sid, n, mode.durable and "1" or "0",
       sh_quote(go), sh_quote(outs[w])))
   end
@@ -434,42 +415,72 @@ local function contention(mode)
   end
   write_file(go, "go")
   for w = 1, nw do wait_file(outs[w], 300, "contention worker result", pids[w]) end
-  local after = counter()
-  single_rounds(CFG.single_update_rounds // 2)
-  store:close()
-
-  local ok, errors, last_error = 0, 0, nil
+  local r = { ok = 0, errors = 0, lat = {}, acq = {} }
   local first, last = math.huge, -math.huge
-  local lat, acq = {}, {}
   for w = 1, nw do
     local res = assert(loadfile(outs[w]))()
-    ok = ok + res.ok
-    errors = errors + res.errors
-    if res.errors > 0 then last_error = res.last_error end
+    r.ok = r.ok + res.ok
+    r.errors = r.errors + res.errors
+    if res.errors > 0 then r.last_error = res.last_error end
     for i = 1, res.ok do
       first = math.min(first, res.start[i])
       last = math.max(last, res.finish[i])
-      lat[#lat + 1] = res.finish[i] - res.start[i]
-      acq[#acq + 1] = { enter = res.enter[i], finish = res.finish[i], worker = w }
+      r.lat[#r.lat + 1] = res.finish[i] - res.start[i]
+      r.acq[#r.acq + 1] = { enter = res.enter[i], finish = res.finish[i], worker = w }
     end
   end
-  -- Hand-off gaps: between the end of one holder's call (taken just after it released the
-  -- lock) and the next holder's mutator starting (it has acquired the lock and loaded the
-  -- file by then). A waiter that slept past the release shows up here directly.
-  table.sort(acq, function(a, b) return a.enter < b.enter end)
-  local gaps = {}
-  for i = 2, #acq do
-    local g = acq[i].enter - acq[i - 1].finish
-    gaps[#gaps + 1] = g > 0 and g or 0
+  r.seconds = last - first
+  r.total_ops_s = r.ok / r.seconds
+  return r
+end
+
+local function contention(mode)
+  local dir, path = fresh_store(mode, 10, "-contention")
+  local sid = SEED.sids[1]
+  local store = pairstore.open(path, { durable = mode.durable })
+  local function counter() return must(store:get(sid)).benchCounter or 0 end
+  local function inc(s) s.benchCounter = (s.benchCounter or 0) + 1 end
+
+  -- Rounds of: the single-process update rate on this very file and session, then one
+  -- contended run; a last single-process sample closes. Medians of each (fsync latency drifts
+  -- over minutes, and one run of a few seconds can land on a slow stretch of the disk).
+  must(store:get(sid))
+  local single = {}
+  local function single_round()
+    collectgarbage()
+    local t0 = mono()
+    for _ = 1, CFG.single_update_n do must(store:update(sid, inc)) end
+    single[#single + 1] = CFG.single_update_n / (mono() - t0)
   end
-  local lost = ok - (after - before)
-  local total = ok / (last - first)
-  local single_ops_s = median(single)
+  local ok, errors, last_error, seconds, lost = 0, 0, nil, 0, 0
+  local totals, lat, gaps = {}, {}, {}
+  for round = 1, CFG.contention_rounds do
+    single_round()
+    local before = counter()
+    local r = contended_run(mode, dir, path, sid, tostring(round))
+    lost = lost + r.ok - (counter() - before)
+    ok, errors, seconds = ok + r.ok, errors + r.errors, seconds + r.seconds
+    last_error = r.last_error or last_error
+    totals[#totals + 1] = r.total_ops_s
+    for _, x in ipairs(r.lat) do lat[#lat + 1] = x end
+    -- Hand-off gaps: between the end of one holder's call (taken just after it released the
+    -- lock) and the next holder's mutator starting (it has acquired the lock and loaded the
+    -- file by then). A waiter that slept past the release shows up here directly.
+    table.sort(r.acq, function(a, b) return a.enter < b.enter end)
+    for i = 2, #r.acq do
+      local g = r.acq[i].enter - r.acq[i - 1].finish
+      gaps[#gaps + 1] = g > 0 and g or 0
+    end
+  end
+  single_round()
+  store:close()
+
+  local total, single_ops_s = median(totals), median(single)
   local res = {
-    durable = mode.durable, workers = nw, updates_per_worker = n,
+    durable = mode.durable, workers = CFG.contention_workers, updates_per_worker = CFG.contention_n,
+    rounds = CFG.contention_rounds, round_totals_ops_s = totals, single_rounds_ops_s = single,
     acknowledged = ok, errors = errors, last_error = last_error,
-    counter_delta = after - before, lost_updates = lost,
-    seconds = last - first, total_ops_s = total,
+    lost_updates = lost, seconds = seconds, total_ops_s = total,
     single_update_ops_s = single_ops_s, ratio_to_single = total / single_ops_s,
     op_ms_median = median(lat) * 1e3, op_ms_p99 = percentile(lat, 0.99) * 1e3, op_ms_max = maxof(lat) * 1e3,
     worst_wait_ms = (maxof(lat) - median(lat)) * 1e3,
@@ -640,7 +651,11 @@ local function print_report(M, G, C, T, S, elapsed)
   p(fmt("  %-8s %s %s %10.0f %7.1f× (vs 450; durable = true: %.0f ops/s)", "contend", lpad("4×", 5), lpad("250–450", 10),
     C.nondurable.total_ops_s, C.nondurable.total_ops_s / 450, C.durable.total_ops_s))
   p("")
-  p(fmt("Contention: %d processes × %d updates of one session (file of 10 sessions)", CFG.contention_workers, CFG.contention_n))
+  p(fmt("Contention: %d processes × %d updates of one session (file of 10 sessions); total/s, single/s:",
+    CFG.contention_workers, CFG.contention_n))
+  p(fmt("  medians of %d contended runs and %d single-process samples around and between them; op and", CFG.contention_rounds,
+    CFG.contention_rounds + 1))
+  p("  hand-off times pooled over all runs")
   p(fmt("  %-10s %9s %9s %7s %5s %6s | %8s %8s %8s %9s | %9s %9s %9s", "mode", "total/s", "single/s", "ratio",
     "lost", "errors", "op med", "op p99", "op max", "worst wait", "handoff", "hand p99", "hand max"))
   for _, mode in ipairs(MODES) do
@@ -790,7 +805,8 @@ local function main()
   local doc = {
     version = 1, quick = QUICK, machine = M, elapsed_s = elapsed,
     config = { rounds = CFG.rounds, batch_s = CFG.batch_s,
-      contention_workers = CFG.contention_workers, contention_updates = CFG.contention_n, takeover_runs = CFG.takeover },
+      contention_workers = CFG.contention_workers, contention_updates = CFG.contention_n,
+      contention_rounds = CFG.contention_rounds, takeover_runs = CFG.takeover },
     floors = floors, ops = ops, growth = G, reference = reference, contention = C, takeover = T, rss = S,
     targets = TARGETS, targets_failed_count = #failed, hard_failures_count = #HARD_FAILURES,
   }
