@@ -311,7 +311,7 @@ static void load(lua_State *L, ps_txn *t)
   n = (lua_Integer)lua_rawlen(L, arr);
   for (i = 1; i <= n; i++) {
     lua_rawgeti(L, arr, i);
-    if (ps_validate_session(L, -1, 1) == NULL) lua_rawseti(L, arr, ++kept); /* shape_ok checked values */
+    if (ps_validate_session(L, -1, 1) == NULL) lua_rawseti(L, arr, ++kept); /* shape_ok checked */
     else lua_pop(L, 1);
   }
   for (i = kept + 1; i <= n; i++) {

@@ -225,9 +225,10 @@ int64_t     ps_get_int(lua_State *L, int idx, const char *key);
 void        ps_set_int(lua_State *L, int idx, const char *key, int64_t v);
 void        ps_set_str(lua_State *L, int idx, const char *key, const char *v);
 int         ps_check_value(lua_State *L, int idx, int depth);
-/* NULL when valid (numbers normalised to integers in place), else a reason. values_checked:
- * the caller already ran ps_check_value over the session (a file's whole document, say). */
-const char *ps_validate_session(lua_State *L, int idx, int values_checked);
+/* NULL when valid (numbers normalised to integers in place), else a reason. decoded: the
+ * session comes from cjson (an object has string keys only; an array has no sid) and
+ * ps_check_value already ran over it (over the file's whole document). */
+const char *ps_validate_session(lua_State *L, int idx, int decoded);
 void        ps_copy_value(lua_State *L, int idx, int depth); /* pushes a deep copy */
 /* Appends the session's compact JSON; enc is the stack index of cjson's encode. */
 int         ps_encode_session(lua_State *L, int enc, int idx, ps_buf *b);

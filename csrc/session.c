@@ -138,7 +138,7 @@ int ps_check_value(lua_State *L, int idx, int depth)
   return 1;
 }
 
-const char *ps_validate_session(lua_State *L, int idx, int values_checked)
+const char *ps_validate_session(lua_State *L, int idx, int decoded)
 {
   size_t n;
   const char *s, *mode;
@@ -162,7 +162,8 @@ const char *ps_validate_session(lua_State *L, int idx, int values_checked)
   if (!mode || (strcmp(mode, "generate") != 0 && strcmp(mode, "import") != 0))
     return "mode must be generate or import";
   if (!ps_get_str(L, idx, "status", &n)) return "status must be a string";
-  if (!values_checked && !ps_check_value(L, idx, 0)) return "values must be finite JSON values";
+  if (decoded) return NULL;
+  if (!ps_check_value(L, idx, 0)) return "values must be finite JSON values";
   lua_pushnil(L);
   while (lua_next(L, idx) != 0) {
     int kt = lua_type(L, -2);
