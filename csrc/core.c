@@ -615,7 +615,8 @@ static int act_list(lua_State *L, int arr)
     }
     lua_pop(L, 1);
   }
-  qsort(e, (size_t)k, sizeof *e, cmp_entry);
+  for (i = 1; i < k && cmp_entry(&e[i - 1], &e[i]) <= 0; i++) {}
+  if (i < k) qsort(e, (size_t)k, sizeof *e, cmp_entry); /* creates append: usually sorted */
   lua_createtable(L, (int)k, 0);
   for (i = 0; i < k; i++) {
     lua_rawgeti(L, arr, e[i].idx);

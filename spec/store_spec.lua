@@ -656,6 +656,25 @@ describe("store:list_active() and store:list_all()", function()
     assert.are.equal(0, #setup():list_all())
   end)
 
+  it("orders a file whose sessions are not in creation order (hand-edited, or the reference's)", function()
+    local store, clock, path = setup()
+    local made = {}
+    for k = 1, 5 do
+      made[k] = store:create {}.sid
+      clock.advance(10)
+    end
+    local doc = helpers.read_json(path)
+    local reversed = {}
+    for k = #doc.sessions, 1, -1 do reversed[#reversed + 1] = doc.sessions[k] end
+    doc.sessions = reversed
+    helpers.write(path, helpers.json.encode(doc))
+    for _, list in ipairs { store:list_all(), store:list_active() } do
+      local got = {}
+      for k, x in ipairs(list) do got[k] = x.sid end
+      assert.are.same(made, got)
+    end
+  end)
+
   it("counts device_connected as active and expired sessions as not", function()
     local store, clock = setup()
     local a = store:create {}
