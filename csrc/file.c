@@ -174,7 +174,7 @@ static int file_load(ps_file *f, ps_buf *into, const ps_ident *known, int *toobi
   if (f->fine_ctime && known && known->valid && f->pin_fd >= 0 && known->dev == f->pin_dev &&
       known->ino == f->pin_ino && lstat(f->path, &st) == 0 && S_ISREG(st.st_mode)) {
     /* The path still names the inode we hold open: no other file can carry its number. If
-     * it also has the size and timestamps we know, it is the file we read or wrote last. */
+     * it also has the size and timestamps we know, it is the file we wrote last. */
     set_ident(id, &st);
     if (same_ident(id, known)) return PS_LOAD_SAME;
     id->valid = 0; /* changed in place, or lstat saw something else: read it */
@@ -305,7 +305,10 @@ static int file_commit(ps_file *f, const char *buf, size_t len, ps_ident *id, ps
    * the pin, the one from before the rename (it only forces the next load to read). */
   if (keep >= 0) {
     struct stat now;
-    if (fstat(keep, &now) == 0 && now.st_dev == st.st_dev && now.st_ino == st.st_ino) st = now;
+    if (fstat(keep, &now) == 0 && now.st_dev == st.st_dev && now.st_ino == st.st_ino &&
+        now.st_size == st.st_size && now.st_mtim.tv_sec == st.st_mtim.tv_sec &&
+        now.st_mtim.tv_nsec == st.st_mtim.tv_nsec)
+      st = now; /* (a write into it since our fstat would have moved the mtime) */
     pin(f, keep, &st);
   }
   set_ident(id, &st);
