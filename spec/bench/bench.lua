@@ -49,7 +49,7 @@ local CFG = QUICK and {
   floor_read = { [10] = 200, [100] = 40, [1000] = 6 },
   floor_lock = 500,
   contention_workers = 4, contention_n = 100, contention_rounds = 1, single_update_n = 50,
-  takeover = 5,
+  takeover = 5, peer_n = { [100] = 200, [1000] = 30 },
 } or {
   rounds = 7,
   batch_s = 0.15, batch_min = { [10] = 20, [100] = 10, [1000] = 5 },
@@ -57,7 +57,7 @@ local CFG = QUICK and {
   floor_read = { [10] = 2000, [100] = 300, [1000] = 30 },
   floor_lock = 5000,
   contention_workers = 4, contention_n = 500, contention_rounds = 3, single_update_n = 300,
-  takeover = 20,
+  takeover = 20, peer_n = { [100] = 600, [1000] = 150 }, peer_rounds = 3,
 }
 
 -- Reference implementation (issue 5; TypeScript on Node 20, no fsync), operations/s.
@@ -67,6 +67,8 @@ local REFERENCE = {
   consume = { [100] = 1500, [1000] = 260 },
   contention = { 250, 450 },
 }
+
+local PEER = (os.getenv("BENCH_SHARED") or (ROOT .. "/../shared")) .. "/tools/reference-peer.mjs"
 
 local HARD_FAILURES = {} -- correctness problems: exit 1
 
@@ -494,6 +496,41 @@ local function contention(mode)
   return res
 end
 
+-- ---- the reference's sequence, measured here -------------------------------------------------
+-- shared/tools/reference-peer.mjs speaks the reference's lock and write protocol: its `incr`
+-- does what the reference does for each update or consume (create the sentinel exclusively,
+-- read and JSON.parse the file, prune, change one session, JSON.stringify, write a temp file,
+-- rename, unlink the sentinel), in one Node.js process. Timed as a run of N minus the faster
+-- of two runs of 0 (Node's start-up), on a copy of the same seed file. Medians of peer_rounds
+-- (quick mode: one short round, which only checks that it runs).
+local function reference_here()
+  local have = capture("command -v node && test -r " .. sh_quote(PEER) .. " && echo yes")
+  if not have:find("yes", 1, true) then
+    log("reference peer: node or %s missing, skipped", PEER)
+    return nil
+  end
+  local out = {}
+  for _, level in ipairs { 100, 1000 } do
+    local _, path = fresh_store(MODES[2], level, "-peer")
+    local sid = SEED.sids[1]
+    local function run(n)
+      local t0 = mono()
+      local text, ok = capture(fmt("node %s incr %s %s %d", sh_quote(PEER), sh_quote(path), sid, n))
+      if not ok or not text:find("acked " .. n, 1, true) then error("reference peer failed: " .. text) end
+      return mono() - t0
+    end
+    local rates = {}
+    for _ = 1, CFG.peer_rounds or 1 do
+      local n = CFG.peer_n[level]
+      local base = math.min(run(0), run(0))
+      local t = run(n) - base
+      if t > 0 then rates[#rates + 1] = n / t end -- else start-up noise swallowed the run
+    end
+    out[level] = { update_ops_s = median(rates), rounds = rates, n = CFG.peer_n[level] }
+  end
+  return out
+end
+
 -- ---- takeover after SIGKILL ---------------------------------------------------------------------
 
 local function takeover()
@@ -594,7 +631,7 @@ end
 local function kb(n) return n >= 1024 * 1024 and fmt("%.1f MB", n / 1048576) or fmt("%.1f KB", n / 1024) end
 local function pf(v) return v and "PASS" or "FAIL" end
 
-local function print_report(M, G, C, T, S, elapsed)
+local function print_report(M, G, C, T, S, P, elapsed)
   local p = print
   p(fmt("pairstore bench%s — %s", QUICK and " (BENCH_QUICK=1)" or "", os.date("!%Y-%m-%d %H:%M:%SZ")))
   p(fmt("machine: %s, %s cores, %s MB RAM; %s; kernel %s; %s on %s (%s)", M.cpu, M.cores, M.mem_mb,
@@ -650,6 +687,17 @@ local function print_report(M, G, C, T, S, elapsed)
   end
   p(fmt("  %-8s %s %s %10.0f %7.1f× (vs 450; durable = true: %.0f ops/s)", "contend", lpad("4×", 5), lpad("250–450", 10),
     C.nondurable.total_ops_s, C.nondurable.total_ops_s / 450, C.durable.total_ops_s))
+  if P then
+    p("The reference's sequence measured on this machine in this run (shared/tools/reference-peer.mjs incr:")
+    p("lock, read, JSON.parse, prune, change one session, JSON.stringify, write, rename, unlock; Node.js),")
+    p("against ours with durable = false (update, consume: the same work)")
+    p(fmt("  %5s %14s %12s %8s %12s %8s", "live", "reference/s", "update/s", "ratio", "consume/s", "ratio"))
+    for _, level in ipairs { 100, 1000 } do
+      local ref, o = P[level].update_ops_s, R.ops.nondurable[level]
+      p(fmt("  %5d %14.0f %12.0f %7.1f× %12.0f %7.1f×", level, ref, o.update.ops_s, o.update.ops_s / ref,
+        o.consume.ops_s, o.consume.ops_s / ref))
+    end
+  end
   p("")
   p(fmt("Contention: %d processes × %d updates of one session (file of 10 sessions); total/s, single/s:",
     CFG.contention_workers, CFG.contention_n))
@@ -717,6 +765,8 @@ local function main()
     C[mode.name] = contention(mode)
     log("contention %s: %.0f ops/s, lost %d", mode.name, C[mode.name].total_ops_s, C[mode.name].lost_updates)
   end
+  local P = reference_here()
+  if P then log("reference peer here: %.0f updates/s at 100, %.0f at 1000", P[100].update_ops_s, P[1000].update_ops_s) end
   local T = takeover()
   log("takeover: median %.2f ms", T.median_ms)
   local S = peak_rss()
@@ -765,7 +815,7 @@ local function main()
   end
 
   local elapsed = mono() - t_start
-  print_report(M, G, C, T, S, elapsed)
+  print_report(M, G, C, T, S, P, elapsed)
 
   local failed = {}
   for _, t in ipairs(TARGETS) do if not t.pass then failed[#failed + 1] = t.name end end
@@ -801,6 +851,15 @@ local function main()
   end
   reference.contention = { reference_ops_s = REFERENCE.contention, ours_nondurable_ops_s = C.nondurable.total_ops_s,
     ours_durable_ops_s = C.durable.total_ops_s }
+  if P then
+    reference.measured_here = {}
+    for _, level in ipairs { 100, 1000 } do
+      local o = R.ops.nondurable[level]
+      reference.measured_here[tostring(level)] = { peer_update_ops_s = P[level].update_ops_s, rounds = P[level].rounds,
+        n = P[level].n, ours_update_ratio = o.update.ops_s / P[level].update_ops_s,
+        ours_consume_ratio = o.consume.ops_s / P[level].update_ops_s }
+    end
+  end
   T.ms = nil
   local doc = {
     version = 1, quick = QUICK, machine = M, elapsed_s = elapsed,
