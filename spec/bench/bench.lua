@@ -672,6 +672,15 @@ local function print_report(M, G, C, T, S, P, elapsed)
         g.exponent_10_100, g.exponent_100_1000))
     end
   end
+  -- The floors' own growth, for comparison: the file is bigger, so even they are not flat.
+  for _, f in ipairs { { "floor read+parse", "read_ops_s" }, { "floor write", "write_ops_s", "durable" },
+                       { "floor write", "write_nofsync_ops_s", "nondurable" } } do
+    local us = {}
+    for _, level in ipairs(LEVELS) do us[level] = 1e6 / R.floors[level][f[2]] end
+    p(fmt("  %-23s %9.1f %9.1f %9.1f %11.3f %11.3f %6.2f %6.2f", f[1] .. (f[3] and " " .. f[3] or ""),
+      us[10], us[100], us[1000], (us[100] - us[10]) / 90, (us[1000] - us[100]) / 900,
+      math.log(us[100] / us[10]) / math.log(10), math.log(us[1000] / us[100]) / math.log(10)))
+  end
   p("")
   p("Against the reference (TypeScript on Node 20, never fsyncs), ours with durable = false. ceiling =")
   p("the matching floor of this machine over the reference figure: the most any implementation of the")
