@@ -6,7 +6,11 @@
  * Left outside on purpose: the lock release (lstat + unlink of our own sentinel, then
  * close) and the orphan sweep. Both are best effort and self-healing: a sentinel left by a
  * failed unlink is no longer flock()ed, so the next pairstore process takes it over at once,
- * and an orphan left now is swept next time.
+ * and an orphan left now is swept next time. Also outside: the calls that only spare a read
+ * (file.c: the O_PATH pin of the file just written and its fstat, the fstats that probe for
+ * fine-grained ctimes, the lstat that recognises the pinned file). When one fails, the next
+ * transaction reads the file as it would without them; the operation itself succeeds, which
+ * the fault loop, failing each call of the seam in turn, would count as a broken promise.
  */
 #include "pairstore.h"
 
