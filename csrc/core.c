@@ -1243,6 +1243,12 @@ static int f_fault(lua_State *L)
   return 0;
 }
 
+static int f_fault_coarse_ctime(lua_State *L)
+{
+  ps_fault_set_coarse_ctime(lua_toboolean(L, 1));
+  return 0;
+}
+
 static int f_fault_state(lua_State *L)
 {
   lua_pushboolean(L, ps_fault_available());
@@ -1278,6 +1284,7 @@ static const luaL_Reg store_methods[] = {
 static const luaL_Reg module_funcs[] = {
   { "redact", f_redact }, { "now_ms", f_now_ms }, { "is_terminal", f_is_terminal }, { "clamp_ttl", f_clamp_ttl },
   { "_fault", f_fault }, { "_fault_state", f_fault_state }, { "_errno", f_errno },
+  { "_fault_coarse_ctime", f_fault_coarse_ctime },
   { NULL, NULL },
 };
 

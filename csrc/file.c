@@ -272,7 +272,7 @@ static int file_commit(ps_file *f, const char *buf, size_t len, ps_ident *id, ps
     return -1;
   }
   if (ps_fchmod(fd, 0600) != 0) { ps_err_sys(e, errno, "chmod temp file for", f->path); goto fail; }
-  if (!f->fine_ctime && fstat(fd, &st) != 0) st.st_ctim.tv_sec = -1;
+  if (!f->fine_ctime && (ps_fault_coarse_ctime() || fstat(fd, &st) != 0)) st.st_ctim.tv_sec = -1;
   if (ps_write_all(fd, buf, len) != 0) { ps_err_sys(e, errno, "write temp file for", f->path); goto fail; }
   if (!f->fine_ctime && st.st_ctim.tv_sec >= 0) {
     /* The write, made just after a stat, changed the ctime by less than any coarse clock

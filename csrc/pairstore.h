@@ -67,6 +67,8 @@ int  ps_fault_available(void);
 void ps_fault_arm(long nth, int err, int short_write);
 long ps_fault_calls(void);
 int  ps_fault_hit(void);
+void ps_fault_set_coarse_ctime(int on); /* file.c never detects fine-grained ctimes */
+int  ps_fault_coarse_ctime(void);
 
 /* ---- time and randomness (rand.c) ---------------------------------------------------- */
 

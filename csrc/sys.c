@@ -43,6 +43,12 @@ void ps_fault_arm(long nth, int err, int short_write)
 long ps_fault_calls(void) { return fault_count; }
 int ps_fault_hit(void) { return fault_hit; }
 
+/* Pretend the file system has coarse change times only (kernels before multigrain
+ * timestamps), so that the fallback of file.c can be tested on any kernel. */
+static int fault_coarse;
+void ps_fault_set_coarse_ctime(int on) { fault_coarse = on; }
+int ps_fault_coarse_ctime(void) { return fault_coarse; }
+
 /* 1 when this call must fail (errno set), 2 when a write must be short. */
 static int fault_now(int is_write)
 {
@@ -59,6 +65,8 @@ int ps_fault_available(void) { return 0; }
 void ps_fault_arm(long nth, int err, int short_write) { (void)nth; (void)err; (void)short_write; }
 long ps_fault_calls(void) { return 0; }
 int ps_fault_hit(void) { return 0; }
+void ps_fault_set_coarse_ctime(int on) { (void)on; }
+int ps_fault_coarse_ctime(void) { return 0; }
 #define FAULT(ret) do { } while (0)
 #endif
 

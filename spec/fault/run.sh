@@ -20,7 +20,7 @@ part() { # name, env-prefixed command...
   line=$(echo "$out" | grep -E '^[0-9]+ passed, [0-9]+ failed$' | tail -1)
   if [ -z "$line" ]; then p=0; f=1; echo "FAIL $name: no summary (crashed?)"; else read -r p _ f _ <<<"$line"; fi
   passed=$((passed + p)); failed=$((failed + f))
-  summaries+=("$name: $(echo "$out" | grep -E '^(fault loop|fallback|fiu|efbig|strace|secrets):' | tr '\n' ';' | sed 's/;$//') [$((SECONDS - t0)) s]")
+  summaries+=("$name: $(echo "$out" | grep -E '^(fault loop|fallback|coarse|fiu|efbig|strace|secrets):' | tr '\n' ';' | sed 's/;$//') [$((SECONDS - t0)) s]")
 }
 
 for so in build/pairstore/core.so build-fault/pairstore/core.so; do
@@ -34,8 +34,10 @@ part "fault loop (umask 0277)" env LUA_CPATH="$ROOT/build-fault/?.so;;" sh -c 'u
 # ... and on a store that already made a transaction (its lock sentinel parked, published again).
 part "fault loop (warm store)" env FAULT_WARM=1 LUA_CPATH="$ROOT/build-fault/?.so;;" sh -c 'umask 022; exec lua5.4 spec/fault/loop.lua'
 # 2. From outside the process: fiu-run and a real EFBIG (production build).
-# The lock's fallback without O_TMPFILE (fault-injection build).
+# The lock's fallback without O_TMPFILE, and the cache's without fine-grained change times
+# (fault-injection build).
 part "lock fallback" env LUA_CPATH="$ROOT/build-fault/?.so;;" lua5.4 spec/fault/fallback.lua
+part "coarse change times" env LUA_CPATH="$ROOT/build-fault/?.so;;" lua5.4 spec/fault/coarse.lua
 part "fiu-run and EFBIG" lua5.4 spec/fault/outside.lua
 # 3. Syscall order under strace.
 part "strace" lua5.4 spec/fault/strace.lua
