@@ -4,6 +4,8 @@
 -- work directory (BENCH_WORKDIR) and cleans it up. Environment:
 --   BENCH_QUICK=1   short CI mode (< 1 minute), every part still exercised
 --   BENCH_STRICT=1  failing targets make the exit status 3 (default: reported only)
+--   BENCH_SHARED    the shared/ directory (default ../shared): its tools/reference-peer.mjs
+--                   is the reference's sequence measured beside ours (skipped without node)
 -- Lost updates, failed operations or a crash always exit non-zero (1).
 --
 -- Method (see also the notes printed with the table):
