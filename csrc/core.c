@@ -128,15 +128,6 @@ static lua_Integer find_sid(lua_State *L, ps_store *s, int arr, const char *sid)
   return at;
 }
 
-/* index[sid of the session at sess] = at (0: forget it); index at idx. */
-static void index_put(lua_State *L, int idx, int sess, lua_Integer at)
-{
-  lua_getfield(L, sess, "sid");
-  if (at) lua_pushinteger(L, at);
-  else lua_pushnil(L);
-  lua_rawset(L, idx);
-}
-
 /* Removes the session at position at (its table at sess) from the array at arr, keeping the
  * index and the live count, or dropping the index when it cannot be kept. */
 static void remove_at(lua_State *L, ps_store *s, int arr, lua_Integer at, int sess)
@@ -146,14 +137,14 @@ static void remove_at(lua_State *L, ps_store *s, int arr, lua_Integer at, int se
   if (s->index_valid && !s->index_dups) {
     lua_getiuservalue(L, 2, UV_INDEX);
     idx = lua_gettop(L);
-    index_put(L, idx, sess, 0);
+    ps_index_put(L, idx, sess, 0);
     s->live -= is_live(L, sess);
   } else {
     s->index_valid = 0;
   }
   for (i = at; i < n; i++) {
     lua_rawgeti(L, arr, i + 1);
-    if (idx) index_put(L, idx, lua_gettop(L), i);
+    if (idx) ps_index_put(L, idx, -1, i);
     lua_rawseti(L, arr, i);
   }
   lua_pushnil(L);

@@ -76,6 +76,7 @@ static int make_candidate(ps_file *f, char *named, size_t namedsz, struct stat *
     ps_err_sys(e, saved, "prepare lock", f->lockpath);
     return -1;
   }
+  f->lock.touched_ms = ps_mono_ms(); /* its mtime is now */
   return fd;
 }
 
@@ -297,7 +298,6 @@ int ps_lock_acquire(ps_file *f, ps_err *e)
   } else {
     fd = make_candidate(f, named, sizeof named, &st, e);
     if (fd < 0) return -1;
-    f->lock.touched_ms = ps_mono_ms();
   }
 
   for (;;) {
@@ -316,7 +316,6 @@ int ps_lock_acquire(ps_file *f, ps_err *e)
         parked = 0;
         fd = make_candidate(f, named, sizeof named, &st, e);
         if (fd < 0) goto out;
-        f->lock.touched_ms = ps_mono_ms();
         continue;
       }
       if (errno == ENOENT) {             /* directory removed under us: recreate it */

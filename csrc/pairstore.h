@@ -240,6 +240,8 @@ int         ps_encode_session(lua_State *L, int enc, int idx, ps_buf *b);
  * which pruning would change something again. */
 int         ps_prune(lua_State *L, int arr, int texts, int index, int64_t now, int *expired,
                      int64_t *next);
+/* index[sid of the session at sess] = at, or nil when at is 0 (index: absolute). */
+void        ps_index_put(lua_State *L, int index, int sess, lua_Integer at);
 /* The earliest time after which pruning would change the session at idx. */
 int64_t     ps_next_prune(lua_State *L, int idx);
 

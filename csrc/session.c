@@ -304,10 +304,10 @@ int64_t ps_next_prune(lua_State *L, int idx)
   return ps_get_int(L, idx, "expiresAtMs");
 }
 
-/* index[sid of the session on top] = at, or nil when at is 0. */
-static void reindex(lua_State *L, int index, lua_Integer at)
+void ps_index_put(lua_State *L, int index, int sess, lua_Integer at)
 {
-  lua_getfield(L, -1, "sid");
+  sess = lua_absindex(L, sess);
+  lua_getfield(L, sess, "sid");
   if (at) lua_pushinteger(L, at);
   else lua_pushnil(L);
   lua_rawset(L, index);
@@ -340,7 +340,7 @@ int ps_prune(lua_State *L, int arr, int texts, int index, int64_t now, int *expi
       int64_t until = ps_get_int(L, -1, "lastStatusChangeAtMs") + PS_TERMINAL_RETENTION_MS;
       if (now > until) {
         removed++;
-        if (index) reindex(L, index, 0);
+        if (index) ps_index_put(L, index, -1, 0);
         lua_pop(L, 1);
         continue;
       }
@@ -350,7 +350,7 @@ int ps_prune(lua_State *L, int arr, int texts, int index, int64_t now, int *expi
       if (until < *next) *next = until;
     }
     out++;
-    if (index && out != i) reindex(L, index, out); /* moved down */
+    if (index && out != i) ps_index_put(L, index, -1, out); /* moved down */
     lua_rawseti(L, arr, out);
   }
   for (i = out + 1; i <= n; i++) {
