@@ -7,16 +7,10 @@
 -- timestamps the ctime betrays the edits anyway: there the count is what proves the
 -- fallback). Prints its checks and "N passed, N failed".
 local H = dofile("spec/fault/harness.lua")
-local core = require "pairstore.core"
+local core = H.need_fault_build("coarse")
 local pairstore = require "pairstore"
 
-local avail = core._fault_state()
-if not avail then
-  H.check("coarse: the fault-injection build is loaded", false, "run with build-fault on LUA_CPATH")
-  H.finish()
-end
-
-local dir = io.popen("mktemp -d /tmp/pairstore-coarse.XXXXXX"):read("l")
+local dir = H.tmpdir("coarse")
 
 -- Wrapped calls of the second of two updates of one store (the first one writes the file).
 local function calls_of_second_update(path, coarse)
@@ -61,5 +55,5 @@ core._fault_coarse_ctime(false)
 H.check("coarse: 20 in-place edits that keep size and mtime, each seen", seen == 20, seen .. " seen")
 print(string.format("coarse: an update after its own write makes %d wrapped calls, %d without fine change times; %d/20 edits seen",
   fine, coarse, seen))
-os.execute("rm -rf " .. H.q(dir))
+H.rmrf(dir)
 H.finish()

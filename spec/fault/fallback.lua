@@ -3,16 +3,10 @@
 -- the first system call of an operation (the O_TMPFILE open) with EOPNOTSUPP, on the
 -- fault-injection build. Prints its checks and "N passed, N failed".
 local H = dofile("spec/fault/harness.lua")
-local core = require "pairstore.core"
+local core = H.need_fault_build("fallback")
 local pairstore = require "pairstore"
 
-local avail = core._fault_state()
-if not avail then
-  H.check("fallback: the fault-injection build is loaded", false, "run with build-fault on LUA_CPATH")
-  H.finish()
-end
-
-local dir = io.popen("mktemp -d /tmp/pairstore-fallback.XXXXXX"):read("l")
+local dir = H.tmpdir("fallback")
 local path = dir .. "/pair-sessions.json"
 local store = pairstore.open(path, { durable = false })
 local s = assert(store:create {})
@@ -47,5 +41,5 @@ for _, n in ipairs(H.ls(dir)) do
 end
 H.check("fallback: no candidate, sentinel or temp file left", #left == 0, table.concat(left, " "))
 print(string.format("fallback: %d updates through the named candidate, %d files left", calls, #left))
-os.execute("rm -rf " .. H.q(dir))
+H.rmrf(dir)
 H.finish()

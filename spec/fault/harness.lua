@@ -24,6 +24,18 @@ function H.finish()
   os.exit(H.failed == 0 and 0 or 1)
 end
 
+-- Ends the harness with a failed check unless pairstore.core is the fault-injection build
+-- (LUA_CPATH=build-fault/?.so); returns that core module otherwise.
+function H.need_fault_build(name)
+  local core = require "pairstore.core"
+  if not core._fault_state() then
+    H.check(name .. ": the fault-injection build is loaded", false,
+      "pairstore.core was not built with -DPS_FAULT_INJECTION (run with build-fault on LUA_CPATH)")
+    H.finish()
+  end
+  return core
+end
+
 function H.q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
 
 function H.sh(cmd)

@@ -12,15 +12,8 @@
 -- Needs the fault-injection build: LUA_CPATH=build-fault/?.so.
 package.path = "spec/?.lua;" .. package.path
 local H = require "fault.harness"
-local core = require "pairstore.core"
+local core = H.need_fault_build("fault loop")
 local pairstore = require "pairstore"
-
-local available = core._fault_state()
-if not available then
-  print("fault loop: pairstore.core was not built with -DPS_FAULT_INJECTION (LUA_CPATH?)")
-  H.check("fault build loaded", false)
-  H.finish()
-end
 
 local T0 = 1764300000000
 local SID_A = string.rep("\1", 16)          -- sid 0101...01

@@ -46,14 +46,15 @@ local function analyse(lines)
       if flags:find("O_TRUNC") and p:sub(1, #dir) == dir then fail("O_TRUNC on " .. p) end
       if p == path and (flags:find("O_WRONLY") or flags:find("O_RDWR")) then fail("sessions file opened for writing: " .. l) end
       if p == path and not flags:find("O_NOFOLLOW") then fail("sessions file opened without O_NOFOLLOW: " .. l) end
-      if p:sub(1, #path + 5) == path .. ".tmp-" and flags:find("O_PATH") then
+      local is_tmp = p:sub(1, #path + 5) == path .. ".tmp-"
+      if is_tmp and flags:find("O_PATH") then
         -- the handle that pins the written inode: it can neither read nor write
         for _, want in ipairs { "O_NOFOLLOW", "O_CLOEXEC" } do
           if not flags:find(want) then fail("pin opened without " .. want .. ": " .. l) end
         end
         if flags:find("O_CREAT") or flags:find("O_WRONLY") or flags:find("O_RDWR") then fail("pin may write: " .. l) end
         add("pin_tmp", p)
-      elseif p:sub(1, #path + 5) == path .. ".tmp-" then
+      elseif is_tmp then
         tmp_fd = fd
         for _, want in ipairs { "O_CREAT", "O_EXCL", "O_NOFOLLOW", "O_CLOEXEC" } do
           if not flags:find(want) then fail("temp created without " .. want .. ": " .. l) end
