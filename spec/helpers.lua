@@ -124,23 +124,19 @@ end
 -- The parked lock sentinels ("<path>.lock.idle-<hex>") that open stores keep between transactions.
 local PARKED = "%.lock%.idle%-%x+$"
 
---- Names in dir that are parked lock sentinels, sorted.
-function helpers.ls_parked(dir)
+local function ls_parked_or_not(dir, parked)
   local names = {}
   for _, n in ipairs(helpers.ls(dir)) do
-    if n:match(PARKED) then names[#names + 1] = n end
+    if (n:match(PARKED) ~= nil) == parked then names[#names + 1] = n end
   end
   return names
 end
 
+--- Names in dir that are parked lock sentinels, sorted.
+function helpers.ls_parked(dir) return ls_parked_or_not(dir, true) end
+
 --- As ls, without the parked lock sentinels: for tests whose stores are still open.
-function helpers.ls_live(dir)
-  local names = {}
-  for _, n in ipairs(helpers.ls(dir)) do
-    if not n:match(PARKED) then names[#names + 1] = n end
-  end
-  return names
-end
+function helpers.ls_live(dir) return ls_parked_or_not(dir, false) end
 
 --- Files in dir other than the sessions file itself (temps, locks, quarantines).
 function helpers.leftovers(dir, keep)
