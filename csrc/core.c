@@ -18,11 +18,13 @@
 #define PS_STORE_MT "pairstore.store"
 #define PS_VERSION  "0.1.0"
 
-/* User values of a store userdata: options; cjson encode and decode; the sessions as last
- * read or written (valid while the file's bytes are the cached ones); each session's JSON
- * text (a weak-keyed table: session table -> string); sid -> position in the sessions
- * array (of the first session with that sid), while index_valid. */
-enum { UV_OPTS = 1, UV_ENCODE, UV_DECODE, UV_SESSIONS, UV_TEXTS, UV_INDEX, UV_COUNT = UV_INDEX };
+/* User values of a store userdata: options; cjson's decode; the sessions as last read or
+ * written (valid while the file's bytes are the cached ones); each session's JSON text as
+ * the file holds it (a weak-keyed table: session table -> string); the text a session
+ * changed since was read from (session table -> string: what it keeps of it when written);
+ * sid -> position in the sessions array (of the first session with that sid), while
+ * index_valid. */
+enum { UV_OPTS = 1, UV_DECODE, UV_SESSIONS, UV_TEXTS, UV_BASES, UV_INDEX, UV_COUNT = UV_INDEX };
 
 static const char held_key = 'h'; /* registry: lock paths held by this Lua state */
 
@@ -30,6 +32,7 @@ typedef struct ps_store {
   ps_file f;
   const ps_backend *be;
   int max_sessions;
+  size_t max_session_bytes; /* bound of one session's JSON text */
   /* The file's bytes (and identity) as last read or written under the lock. When the next
    * read finds the same file, the parsed sessions in UV_SESSIONS are reused instead of
    * parsing again. Three buffers, swapped rather than allocated, wiped when freed. */
@@ -202,20 +205,35 @@ static void buffers_free(ps_store *s)
   ps_buf_free(&s->wbuf);
 }
 
-/* A session at idx is new or was changed in place: its cached JSON text is stale, and it
- * may need pruning earlier than the others. */
-static void changed(lua_State *L, ps_txn *t, int sess)
+/* The session at sess is about to change in place: the text the file holds for it becomes
+ * the base it is written from (what it keeps of it), no longer its text. */
+static void stale_text(lua_State *L, int sess, void *ud)
 {
-  int64_t next;
+  (void)ud;
   sess = lua_absindex(L, sess);
-  t->dirty = 1;
-  next = ps_next_prune(L, sess);
-  if (next < t->s->prune_after) t->s->prune_after = next;
   lua_getiuservalue(L, 2, UV_TEXTS);
   lua_pushvalue(L, sess);
-  lua_pushnil(L);
-  lua_rawset(L, -3);
-  lua_pop(L, 1);
+  if (lua_rawget(L, -2) == LUA_TSTRING) {
+    lua_getiuservalue(L, 2, UV_BASES);
+    lua_pushvalue(L, sess);
+    lua_pushvalue(L, -3);
+    lua_rawset(L, -3);
+    lua_pop(L, 1);
+    lua_pushvalue(L, sess);
+    lua_pushnil(L);
+    lua_rawset(L, -4);
+  }
+  lua_pop(L, 2);
+}
+
+/* The session at sess changed (or is new): the file must be written, and it may need
+ * pruning earlier than the others. */
+static void changed(lua_State *L, ps_txn *t, int sess)
+{
+  int64_t next = ps_next_prune(L, sess);
+  stale_text(L, sess, NULL);
+  t->dirty = 1;
+  if (next < t->s->prune_after) t->s->prune_after = next;
 }
 
 static void quarantine(ps_txn *t, const char *why)
@@ -238,15 +256,24 @@ static int is_json_verdict(const char *msg)
   return strstr(msg, " at character ") != NULL || strstr(msg, "UTF-16 or UTF-32") != NULL;
 }
 
-/* Pushes the array of valid sessions (possibly empty), or sets t->failed. */
+/* The file cannot be used: a corrupt one is moved aside (and the store starts empty). */
+static void corrupt(lua_State *L, ps_txn *t, const char *why)
+{
+  quarantine(t, why);
+  lua_newtable(L);
+}
+
+/* Pushes the array of valid sessions (possibly empty), or sets t->failed. Each session's
+ * text is kept exactly as the file holds it (found by ps_json_scan); cjson decodes. */
 static void load(lua_State *L, ps_txn *t)
 {
   ps_store *s = t->s;
-  int toobig = 0, rc, doc, arr;
+  int toobig = 0, rc, doc, arr, texts;
   ps_ident id;
-  const char *why = NULL;
+  const char *why = NULL, *text;
   lua_Integer n, i, kept = 0;
   char reason[256];
+  ps_jscan sc = { 0 };
 
   rc = s->be->load(&s->f, &s->rbuf, s->cache_valid ? &s->cache_id : NULL, &toobig, &id, &t->err);
   if (rc == PS_LOAD_ERROR) { t->failed = 1; return; }
@@ -265,46 +292,84 @@ static void load(lua_State *L, ps_txn *t)
     return;
   }
   cache_drop(s);
-  if (toobig || memchr(s->rbuf.p, '\0', s->rbuf.len) != NULL) {
-    /* cjson stops at a NUL byte, and JSON text never holds a raw one */
-    if (toobig) snprintf(reason, sizeof reason, "larger than %zu bytes", s->f.max_bytes);
-    else snprintf(reason, sizeof reason, "NUL byte in the file");
-    quarantine(t, reason);
-    lua_newtable(L);
+  if (toobig) {
+    snprintf(reason, sizeof reason, "larger than %zu bytes", s->f.max_bytes);
+    corrupt(L, t, reason);
     return;
   }
   ps_buf_swap(&s->cache, &s->rbuf); /* these bytes are the file's now */
   s->cache_id = id;
+  why = ps_json_scan(s->cache.p, s->cache.len, &sc);
+  if (why) {
+    ps_json_scan_free(&sc);
+    snprintf(reason, sizeof reason, "invalid JSON (%s)", why);
+    corrupt(L, t, reason);
+    return;
+  }
+  text = s->cache.p;
+  if (sc.lone) {
+    /* cjson refuses lone surrogate escapes (JSON.parse takes them): it decodes a copy that
+     * reads them as U+FFFD; the file's text, kept, still has them */
+    s->rbuf.len = 0;
+    ps_buf_add(&s->rbuf, s->cache.p, s->cache.len);
+    if (s->rbuf.oom) { ps_json_scan_free(&sc); luaL_error(L, "pairstore: out of memory"); }
+    ps_json_sanitize(s->rbuf.p, s->rbuf.len);
+    text = s->rbuf.p;
+  }
   lua_getiuservalue(L, 2, UV_DECODE);
-  lua_pushlstring(L, s->cache.p, s->cache.len);
+  lua_pushlstring(L, text, s->cache.len);
+  if (text != s->cache.p) s->rbuf.len = 0;
   rc = lua_pcall(L, 1, 1, 0);
   if (rc != LUA_OK) {
     const char *msg = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+    ps_json_scan_free(&sc);
     /* Only cjson's own verdict on the bytes makes the file corrupt. Anything else raised
      * meanwhile (out of memory, an "interrupted!" from a SIGINT hook) is not about the
      * file: let it propagate (the lock is released on the way out). */
     if (rc != LUA_ERRRUN || !msg || !is_json_verdict(msg)) lua_error(L);
     snprintf(reason, sizeof reason, "invalid JSON (%s)", msg);
     lua_pop(L, 1);
-    quarantine(t, reason);
-    lua_newtable(L);
+    corrupt(L, t, reason);
     return;
   }
   doc = lua_gettop(L);
   if (!shape_ok(L, doc, &why)) {
+    ps_json_scan_free(&sc);
     lua_pop(L, 1);
-    quarantine(t, why);
-    lua_newtable(L);
+    corrupt(L, t, why);
     return;
   }
   lua_getfield(L, doc, "sessions");
   arr = lua_gettop(L);
   n = (lua_Integer)lua_rawlen(L, arr);
-  for (i = 1; i <= n; i++) {
-    lua_rawgeti(L, arr, i);
-    if (ps_validate_session(L, -1, 1) == NULL) lua_rawseti(L, arr, ++kept); /* shape_ok checked */
-    else lua_pop(L, 1);
+  if ((size_t)n != sc.nspans) { /* cannot be: both read the same array */
+    ps_json_scan_free(&sc);
+    lua_pop(L, 2);
+    corrupt(L, t, "the sessions array could not be delimited");
+    return;
   }
+  lua_getiuservalue(L, 2, UV_TEXTS);
+  texts = lua_gettop(L);
+  lua_getiuservalue(L, 2, UV_DECODE);
+  for (i = 1; i <= n; i++) {
+    const ps_jspan *sp = &sc.spans[i - 1];
+    lua_rawgeti(L, arr, i);
+    if (sp->bigint &&
+        ps_json_fixup(L, texts + 1, s->cache.p + sp->off, sp->len, -1, 0) != 0) {
+      ps_json_scan_free(&sc);
+      luaL_error(L, "pairstore: out of memory");
+    }
+    if (ps_validate_session(L, -1, 1) == NULL) { /* shape_ok checked its values */
+      lua_pushvalue(L, -1);
+      lua_pushlstring(L, s->cache.p + sp->off, sp->len);
+      lua_rawset(L, texts); /* texts[session] = its text in the file */
+      lua_rawseti(L, arr, ++kept);
+    } else {
+      lua_pop(L, 1);
+    }
+  }
+  ps_json_scan_free(&sc);
+  lua_pop(L, 2);
   for (i = kept + 1; i <= n; i++) {
     lua_pushnil(L);
     lua_rawseti(L, arr, i);
@@ -321,52 +386,92 @@ static void load(lua_State *L, ps_txn *t)
 
 /* ---- commit --------------------------------------------------------------------------------- */
 
+/* The text of the session at sess as it goes into the file: the one the file holds, or,
+ * for a session changed or new, a fresh one that keeps what it can of its base. Pushes it,
+ * or returns -1 with t failed. */
+static int session_text(lua_State *L, ps_txn *t, int sess, int dec, const char *base,
+                        size_t baselen, ps_buf *b)
+{
+  const char *why;
+  b->len = 0;
+  b->oom = 0;
+  why = ps_json_encode(L, dec, base, baselen, sess, &ps_session_order, b);
+  if (why) {
+    ps_err_set(&t->err, "invalid", "a session cannot be written as JSON: %s", why);
+    t->failed = 1;
+    return -1;
+  }
+  if (b->len > t->s->max_session_bytes) {
+    ps_err_set(&t->err, "limit", "a session would take %zu bytes of JSON, above max_session_bytes (%zu)",
+               b->len, t->s->max_session_bytes);
+    t->failed = 1;
+    return -1;
+  }
+  lua_pushlstring(L, b->p, b->len);
+  return 0;
+}
+
 static void commit(lua_State *L, ps_txn *t, int arr)
 {
   ps_store *s = t->s;
   ps_buf *wb = &s->wbuf;
   ps_ident id;
   lua_Integer n = (lua_Integer)lua_rawlen(L, arr), i;
-  int enc, texts;
+  int texts, bases, dec, top = lua_gettop(L);
+  ps_buf one = { 0 };
 
-  lua_getiuservalue(L, 2, UV_ENCODE);
-  enc = lua_gettop(L);
   lua_getiuservalue(L, 2, UV_TEXTS);
   texts = lua_gettop(L);
+  lua_getiuservalue(L, 2, UV_BASES);
+  bases = lua_gettop(L);
+  lua_getiuservalue(L, 2, UV_DECODE);
+  dec = lua_gettop(L);
   wb->len = 0;
   wb->oom = 0;
   ps_buf_reserve(wb, s->cache.len + 1024); /* about the size of the last file */
   ps_buf_lit(wb, "{\"version\":1,\"sessions\":[");
   for (i = 1; i <= n; i++) {
-    size_t start = wb->len, tlen;
+    size_t tlen;
     const char *text;
     if (i > 1) ps_buf_lit(wb, ",");
     lua_rawgeti(L, arr, i);
     lua_pushvalue(L, -1);
-    if (lua_rawget(L, texts) == LUA_TSTRING) { /* unchanged since it was last encoded */
-      text = lua_tolstring(L, -1, &tlen);
-      ps_buf_add(wb, text, tlen);
-      lua_pop(L, 2);
-      continue;
-    }
-    lua_pop(L, 1);
-    start = wb->len;
-    if (ps_encode_session(L, enc, -1, wb) != 0) {
-      lua_pop(L, 3);
-      fail(t, "invalid", "a session could not be encoded as JSON");
-      return;
-    }
-    if (!wb->oom) {
-      lua_pushlstring(L, wb->p + start, wb->len - start);
-      lua_rawset(L, texts); /* texts[session] = its JSON */
-    } else {
+    if (lua_rawget(L, texts) != LUA_TSTRING) { /* changed or new since it was last written */
+      size_t blen = 0;
+      const char *base;
       lua_pop(L, 1);
+      lua_pushvalue(L, -1);
+      lua_rawget(L, bases);
+      base = lua_tolstring(L, -1, &blen);
+      if (session_text(L, t, top + 4, dec, base, blen, &one) != 0) {
+        ps_buf_free(&one);
+        lua_settop(L, top);
+        return;
+      }
+      lua_remove(L, -2);
+      lua_pushvalue(L, -2);
+      lua_pushvalue(L, -2);
+      lua_rawset(L, texts); /* texts[session] = its JSON, as written */
+      lua_pushvalue(L, -2);
+      lua_pushnil(L);
+      lua_rawset(L, bases);
     }
+    text = lua_tolstring(L, -1, &tlen);
+    ps_buf_add(wb, text, tlen);
+    lua_settop(L, dec);
   }
+  ps_buf_free(&one);
   ps_buf_lit(wb, "]}");
-  lua_pop(L, 2);
+  lua_settop(L, top);
   if (wb->oom) {
     fail(t, "io", "encode: out of memory (ENOMEM)");
+    return;
+  }
+  if (wb->len > s->f.max_bytes) {
+    ps_err_set(&t->err, "limit",
+               "the sessions file would be %zu bytes, above max_file_bytes (%zu): nothing was written",
+               wb->len, s->f.max_bytes);
+    t->failed = 1;
     return;
   }
   if (s->be->commit(&s->f, wb->p, wb->len, &id, &t->err) != 0) {
@@ -430,16 +535,14 @@ static int act_on_sid(lua_State *L, ps_txn *t, int arr)
       t->outcome = "illegal_transition";
       return 0;
     }
-    touch_status(L, t, sess, to);
     changed(L, t, sess);
+    touch_status(L, t, sess, to);
     return push_copy(L, sess);
 
   case OP_FAILED_CODE:
     if (ps_is_terminal(status)) return push_copy(L, sess); /* no counting after the end */
-    ps_set_int(L, sess, "secondaryCodeAttempts", ps_get_int(L, sess, "secondaryCodeAttempts") + 1);
-    if (ps_get_int(L, sess, "secondaryCodeAttempts") >= PS_MAX_CODE_ATTEMPTS)
-      touch_status(L, t, sess, "rejected");
     changed(L, t, sess);
+    if (ps_count_attempt(L, sess)) touch_status(L, t, sess, "rejected");
     return push_copy(L, sess);
 
   case OP_VERIFY: {
@@ -458,32 +561,30 @@ static int act_on_sid(lua_State *L, ps_txn *t, int arr)
     }
     code = ps_get_str(L, sess, "secondaryCode", &len);
     if (sodium_memcmp(code, given, 6) != 0) {
-      int64_t attempts = ps_get_int(L, sess, "secondaryCodeAttempts") + 1;
-      ps_set_int(L, sess, "secondaryCodeAttempts", attempts);
+      changed(L, t, sess);
       t->outcome = "wrong_code";
-      if (attempts >= PS_MAX_CODE_ATTEMPTS) {
+      if (ps_count_attempt(L, sess)) {
         touch_status(L, t, sess, "rejected");
         t->outcome = "attempts_exhausted";
       }
-      changed(L, t, sess);
       return 0;
     }
     if (strcmp(status, "awaiting_scan") == 0) {
-      touch_status(L, t, sess, "device_connected");
       changed(L, t, sess);
+      touch_status(L, t, sess, "device_connected");
     }
     return push_copy(L, sess);
   }
 
   case OP_CONSUME:
-    if (t->now > ps_get_int(L, sess, "expiresAtMs")) t->outcome = "expired";
+    if (ps_after(L, sess, "expiresAtMs", t->now)) t->outcome = "expired";
     else if (!strcmp(status, "completed") || !strcmp(status, "consumed")) t->outcome = "already_consumed";
     else if (!strcmp(status, "rejected")) t->outcome = "rejected";
     else if (!strcmp(status, "expired")) t->outcome = "expired";
     if (t->outcome) return 0;
     push_copy(L, sess); /* the record as it was before */
-    touch_status(L, t, sess, "consumed");
     changed(L, t, sess);
+    touch_status(L, t, sess, "consumed");
     return 1;
 
   default:
@@ -533,43 +634,40 @@ static int act_update(lua_State *L, ps_txn *t, int arr, lua_Integer at, int sess
     return 0;
   }
   {
-    /* Encodable? (cjson rejects sparse arrays, functions, ...) And changed at all? A
-     * mutator that changed nothing costs no write. */
-    ps_buf b = { 0 }, old = { 0 };
-    const char *oldtext;
+    /* Its text as it would be written (keeping what it can of the old one). Encodable?
+     * Within the bounds? And changed at all? A mutator that changed nothing costs no
+     * write. */
+    ps_buf b = { 0 };
+    const char *old;
     size_t oldlen = 0;
-    int enc, texts, bad, same = 0;
-    lua_getiuservalue(L, 2, UV_ENCODE);
-    enc = lua_gettop(L);
+    int texts, bases, dec, rc, same;
     lua_getiuservalue(L, 2, UV_TEXTS);
     texts = lua_gettop(L);
-    bad = ps_encode_session(L, enc, res, &b) != 0 || b.oom;
-    if (!bad) {
-      lua_pushvalue(L, sess);
-      if (lua_rawget(L, texts) == LUA_TSTRING) { /* the old text, as last written */
-        oldtext = lua_tolstring(L, -1, &oldlen);
-      } else {
-        oldtext = ps_encode_session(L, enc, sess, &old) == 0 && !old.oom ? old.p : NULL;
-        oldlen = old.len;
-      }
-      same = oldtext && b.len == oldlen && memcmp(b.p, oldtext, b.len) == 0;
+    lua_getiuservalue(L, 2, UV_BASES);
+    bases = lua_gettop(L);
+    lua_getiuservalue(L, 2, UV_DECODE);
+    dec = lua_gettop(L);
+    lua_pushvalue(L, sess);
+    if (lua_rawget(L, texts) != LUA_TSTRING) {
       lua_pop(L, 1);
+      lua_pushvalue(L, sess);
+      lua_rawget(L, bases);
     }
-    if (!bad && !same) {
-      /* The new session goes into the file as this text: the commit need not encode it. */
-      changed(L, t, res);
-      lua_pushvalue(L, res);
-      lua_pushlstring(L, b.p, b.len);
-      lua_rawset(L, texts);
-    }
+    old = lua_tolstring(L, -1, &oldlen); /* NULL: a session never written (cannot be) */
+    rc = session_text(L, t, res, dec, old, oldlen, &b);
+    same = rc == 0 && old && b.len == oldlen && memcmp(b.p, old, oldlen) == 0;
     ps_buf_free(&b);
-    ps_buf_free(&old);
-    lua_pop(L, 2);
-    if (bad) {
-      fail(t, "invalid", "mutator result is not a valid session: not encodable as JSON");
-      return 0;
+    if (rc != 0) return 0;
+    if (same) {
+      lua_settop(L, res);
+      return push_copy(L, sess);
     }
-    if (same) return push_copy(L, sess);
+    /* The new session goes into the file as this text (the commit need not encode it). */
+    lua_pushvalue(L, res);
+    lua_insert(L, -2);
+    lua_rawset(L, texts);
+    lua_settop(L, res);
+    changed(L, t, res);
   }
   if (t->s->index_valid) t->s->live += is_live(L, res) - is_live(L, sess);
   lua_pushvalue(L, res);
@@ -578,7 +676,7 @@ static int act_update(lua_State *L, ps_txn *t, int arr, lua_Integer at, int sess
 }
 
 
-typedef struct { int64_t created; const char *sid; lua_Integer idx; } sort_entry;
+typedef struct { lua_Number created; const char *sid; lua_Integer idx; } sort_entry;
 
 static int cmp_entry(const void *a, const void *b)
 {
@@ -599,7 +697,9 @@ static int act_list(lua_State *L, int arr)
     lua_rawgeti(L, arr, i);
     status = ps_get_str(L, -1, "status", &len);
     if (!active_only || !strcmp(status, "awaiting_scan") || !strcmp(status, "device_connected")) {
-      e[k].created = ps_get_int(L, -1, "createdAtMs");
+      lua_getfield(L, -1, "createdAtMs");
+      e[k].created = lua_tonumber(L, -1);
+      lua_pop(L, 1);
       e[k].sid = ps_get_str(L, -1, "sid", &len);
       e[k].idx = i;
       k++;
@@ -718,9 +818,9 @@ static int txn_body(lua_State *L)
   if (!t->from_cache || t->now > t->s->prune_after) {
     ps_store *s = t->s;
     int keep = s->index_valid && !s->index_dups, top = lua_gettop(L);
-    lua_getiuservalue(L, 2, UV_TEXTS);
     if (keep) lua_getiuservalue(L, 2, UV_INDEX);
-    t->removed = ps_prune(L, arr, top + 1, keep ? top + 2 : 0, t->now, &expired, &s->prune_after);
+    t->removed = ps_prune(L, arr, stale_text, NULL, keep ? top + 1 : 0, t->now, &expired,
+                          &s->prune_after);
     lua_settop(L, top);
     if (t->removed || expired) t->dirty = 1;
     if (t->removed && !keep) s->index_valid = 0;
@@ -1128,6 +1228,7 @@ static int f_open(lua_State *L)
   ps_store *s;
   char *abs, *slash;
   char cwd[4096];
+  int i;
 
   luaL_checktype(L, 2, LUA_TTABLE);
   luaL_argcheck(L, len > 0 && len < 3500 && strlen(path) == len, 1, "invalid path");
@@ -1149,6 +1250,8 @@ static int f_open(lua_State *L)
   s->f.lock_stale_ms = opt_int(L, 2, "lock_stale_ms", PS_LOCK_STALE_MS, 1, INT_MAX);
   s->max_sessions = opt_int(L, 2, "max_sessions", PS_MAX_SESSIONS, 1, INT_MAX);
   s->f.max_bytes = (size_t)opt_int(L, 2, "max_file_bytes", (int)PS_MAX_FILE_BYTES, 64, INT_MAX);
+  s->max_session_bytes =
+      (size_t)opt_int(L, 2, "max_session_bytes", PS_MAX_SESSION_BYTES, 256, INT_MAX);
   lua_getfield(L, 2, "durable");
   s->f.durable = lua_isnil(L, -1) ? 1 : lua_toboolean(L, -1);
   lua_pop(L, 1);
@@ -1174,16 +1277,16 @@ static int f_open(lua_State *L)
 
   lua_pushvalue(L, 2);
   lua_setiuservalue(L, -2, UV_OPTS);
-  lua_getfield(L, lua_upvalueindex(1), "encode");
-  lua_setiuservalue(L, -2, UV_ENCODE);
   lua_getfield(L, lua_upvalueindex(1), "decode");
   lua_setiuservalue(L, -2, UV_DECODE);
-  lua_newtable(L); /* texts: weak keys */
-  lua_createtable(L, 0, 1);
-  lua_pushliteral(L, "k");
-  lua_setfield(L, -2, "__mode");
-  lua_setmetatable(L, -2);
-  lua_setiuservalue(L, -2, UV_TEXTS);
+  for (i = UV_TEXTS; i <= UV_BASES; i++) { /* weak keys: they go with their sessions */
+    lua_newtable(L);
+    lua_createtable(L, 0, 1);
+    lua_pushliteral(L, "k");
+    lua_setfield(L, -2, "__mode");
+    lua_setmetatable(L, -2);
+    lua_setiuservalue(L, -2, i);
+  }
   return 1;
 }
 
@@ -1293,8 +1396,9 @@ static void json_cfg(lua_State *L, const char *name, int is_bool, int value)
   lua_call(L, 1, 0);
 }
 
-/* A private cjson instance, strict: no NaN/Infinity/hex numbers, shallow nesting. The host's
- * shared cjson module keeps its own settings. */
+/* A private cjson instance for decoding (what is written is json.c's), strict: no
+ * NaN/Infinity/hex numbers, nesting bounded. The host's shared cjson module keeps its own
+ * settings. */
 static void push_json(lua_State *L)
 {
   lua_getglobal(L, "require");
@@ -1304,9 +1408,7 @@ static void push_json(lua_State *L)
   lua_call(L, 0, 1);
   lua_remove(L, -2);
   json_cfg(L, "decode_invalid_numbers", 1, 0);
-  json_cfg(L, "encode_invalid_numbers", 1, 0);
   json_cfg(L, "decode_max_depth", 0, PS_MAX_DEPTH + 4);
-  json_cfg(L, "encode_max_depth", 0, PS_MAX_DEPTH + 4);
 }
 
 int luaopen_pairstore_core(lua_State *L);
@@ -1350,6 +1452,8 @@ __attribute__((visibility("default"))) int luaopen_pairstore_core(lua_State *L)
   set_int(L, "LOCK_WAIT_MS", PS_LOCK_WAIT_MS);
   set_int(L, "MAX_SESSIONS", PS_MAX_SESSIONS);
   set_int(L, "MAX_FILE_BYTES", PS_MAX_FILE_BYTES);
+  set_int(L, "MAX_SESSION_BYTES", PS_MAX_SESSION_BYTES);
+  set_int(L, "MAX_FIELD_BYTES", PS_MAX_FIELD_BYTES);
   lua_pushliteral(L, PS_VERSION);
   lua_setfield(L, -2, "_VERSION");
   return 1;

@@ -216,34 +216,81 @@ void ps_file_unpin(ps_file *f);
 
 /* ---- session rules on Lua tables (session.c) --------------------------------------------- */
 
-#define PS_INT_LIMIT ((int64_t)1 << 53) /* integers JSON readers keep exactly */
-#define PS_MAX_DEPTH 16                 /* nesting accepted inside a session */
+#define PS_MAX_DEPTH 512 /* nesting accepted inside a session */
+#define PS_MAX_SESSION_BYTES 65536 /* default bound of one session's JSON text */
+#define PS_MAX_FIELD_BYTES 256     /* bound of each operator context string given to create */
+
+/* Where a fresh object's known keys go: in this order, before the others (sorted by bytes);
+ * child: the order inside the member child_key. */
+typedef struct ps_jorder {
+  const char *const *keys;
+  const char *child_key;
+  const struct ps_jorder *child;
+} ps_jorder;
+
+extern const ps_jorder ps_session_order; /* the reference's keys; operatorContext's inside */
 
 int         ps_is_terminal(const char *status);
 int         ps_is_known_status(const char *status);
 int         ps_transition_allowed(const char *from, const char *to);
 const char *ps_get_str(lua_State *L, int idx, const char *key, size_t *len);
-int64_t     ps_get_int(lua_State *L, int idx, const char *key);
 void        ps_set_int(lua_State *L, int idx, const char *key, int64_t v);
 void        ps_set_str(lua_State *L, int idx, const char *key, const char *v);
+/* t[key] as an int64 rounded down (numbers may be fractional), clamped to the int64 range. */
+int64_t     ps_get_ms(lua_State *L, int idx, const char *key);
+/* now > t[key], compared exactly (Lua's comparison of an integer with any number). */
+int         ps_after(lua_State *L, int idx, const char *key, int64_t now);
+/* secondaryCodeAttempts + 1 (kept an integer or a float as it was); returns whether it
+ * reached the maximum. */
+int         ps_count_attempt(lua_State *L, int idx);
 int         ps_check_value(lua_State *L, int idx, int depth);
-/* NULL when valid (numbers normalised to integers in place), else a reason. decoded: the
+/* NULL when valid (integral numbers made integers in place), else a reason. decoded: the
  * session comes from cjson (an object has string keys only; an array has no sid) and
  * ps_check_value already ran over it (over the file's whole document). */
 const char *ps_validate_session(lua_State *L, int idx, int decoded);
 void        ps_copy_value(lua_State *L, int idx, int depth); /* pushes a deep copy */
-/* Appends the session's compact JSON; enc is the stack index of cjson's encode. */
-int         ps_encode_session(lua_State *L, int enc, int idx, ps_buf *b);
-/* Expires and drops in place (forgetting the cached JSON, in the table at texts, of what it
- * expires, and keeping the sid -> position table at index up to date unless index is 0);
- * returns the number removed, *expired the number expired, and *next the earliest time after
- * which pruning would change something again. */
-int         ps_prune(lua_State *L, int arr, int texts, int index, int64_t now, int *expired,
-                     int64_t *next);
+/* Called for each session that pruning changes in place (its JSON text is then stale). */
+typedef void (*ps_changed_fn)(lua_State *L, int sess, void *ud);
+/* Expires and drops in place (calling changed for what it expires, and keeping the
+ * sid -> position table at index up to date unless index is 0); returns the number removed,
+ * *expired the number expired, and *next the earliest time after which pruning would change
+ * something again. */
+int         ps_prune(lua_State *L, int arr, ps_changed_fn changed, void *ud, int index,
+                     int64_t now, int *expired, int64_t *next);
 /* index[sid of the session at sess] = at, or nil when at is 0 (index: absolute). */
 void        ps_index_put(lua_State *L, int index, int sess, lua_Integer at);
 /* The earliest time after which pruning would change the session at idx. */
 int64_t     ps_next_prune(lua_State *L, int idx);
+
+/* ---- raw JSON (json.c) ------------------------------------------------------------------- */
+
+typedef struct ps_jspan {
+  size_t off, len;       /* one element of the top-level "sessions" array */
+  int bigint;            /* holds an integer literal a double cannot hold exactly */
+} ps_jspan;
+
+typedef struct ps_jscan {
+  ps_jspan *spans;
+  size_t nspans, cap;
+  int lone;              /* a lone surrogate escape somewhere (cjson refuses those) */
+} ps_jscan;
+
+/* Checks that p is one JSON text (RFC 8259; finite numbers; nesting bounded) and finds the
+ * elements of its top-level "sessions" array. NULL, or what is wrong. */
+const char *ps_json_scan(const char *p, size_t n, ps_jscan *sc);
+void        ps_json_scan_free(ps_jscan *sc);
+/* Rewrites every lone surrogate escape of a valid text as \ufffd (same length), in place. */
+void        ps_json_sanitize(char *p, size_t n);
+/* Pushes the exact value of a number token: an integer when it is one within int64, else a
+ * float. */
+void        ps_json_push_number(lua_State *L, const char *p, size_t n);
+/* Makes exact the integers that cjson rounded, in the value at vidx decoded from raw. */
+int         ps_json_fixup(lua_State *L, int decode, const char *raw, size_t n, int vidx, int depth);
+/* Appends the value at idx as JSON. Where raw (the text it was read from, or NULL) still says
+ * the same, its bytes are kept: key order, number text, escapes, unknown members; what
+ * changed is written as JSON.stringify would; new keys follow order. NULL, or why not. */
+const char *ps_json_encode(lua_State *L, int decode, const char *raw, size_t rawn, int idx,
+                           const ps_jorder *order, ps_buf *b);
 
 /* ---- crypto bindings (crypto.c) ------------------------------------------------------ */
 void ps_crypto_register(lua_State *L); /* adds functions to the table on top of the stack */

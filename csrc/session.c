@@ -1,7 +1,7 @@
 /*
- * session.c — the session rules on Lua tables: which entries are valid (and turning their
- * numbers into integers), pruning, allowed transitions, deep copies, and encoding a session
- * as compact JSON in the reference's key order (values through the private cjson instance).
+ * session.c — the session rules on Lua tables: which entries are valid (any finite number
+ * where the reference wants one; integral numbers made Lua integers), pruning, allowed
+ * transitions, counting wrong codes, deep copies, and the reference's key order.
  */
 #include "pairstore.h"
 
@@ -19,8 +19,11 @@ static const char *const key_order[] = {
   "sid", "skGatewayB64", "pkGatewayB64", "createdAtMs", "expiresAtMs", "secondaryCode",
   "secondaryCodeAttempts", "operatorContext", "mode", "status", "lastStatusChangeAtMs", NULL,
 };
-static const char *const int_keys[] = { "createdAtMs", "expiresAtMs", "secondaryCodeAttempts",
+static const char *const num_keys[] = { "createdAtMs", "expiresAtMs", "secondaryCodeAttempts",
                                         "lastStatusChangeAtMs", NULL };
+static const char *const context_order[] = { "channel", "senderId", "accountId", NULL };
+static const ps_jorder context = { context_order, NULL, NULL };
+const ps_jorder ps_session_order = { key_order, "operatorContext", &context };
 
 static int in_list(const char *const *list, const char *s)
 {
@@ -58,13 +61,51 @@ const char *ps_get_str(lua_State *L, int idx, const char *key, size_t *len)
   return s;
 }
 
-int64_t ps_get_int(lua_State *L, int idx, const char *key)
+/* The int64 at or below the number d (clamped). */
+static int64_t floor_ms(lua_Number d)
 {
-  lua_Integer v;
+  if (!(d >= -0x1p63)) return INT64_MIN;
+  if (d >= 0x1p63) return INT64_MAX;
+  return (int64_t)floor(d);
+}
+
+int64_t ps_get_ms(lua_State *L, int idx, const char *key)
+{
+  int64_t v;
   lua_getfield(L, idx, key);
-  v = lua_tointeger(L, -1);
+  v = lua_isinteger(L, -1) ? (int64_t)lua_tointeger(L, -1) : floor_ms(lua_tonumber(L, -1));
   lua_pop(L, 1);
-  return (int64_t)v;
+  return v;
+}
+
+int ps_after(lua_State *L, int idx, const char *key, int64_t now)
+{
+  int r;
+  lua_getfield(L, idx, key);
+  lua_pushinteger(L, (lua_Integer)now);
+  r = lua_compare(L, -2, -1, LUA_OPLT);
+  lua_pop(L, 2);
+  return r;
+}
+
+int ps_count_attempt(lua_State *L, int idx)
+{
+  int reached;
+  idx = lua_absindex(L, idx);
+  lua_getfield(L, idx, "secondaryCodeAttempts");
+  if (lua_isinteger(L, -1) && lua_tointeger(L, -1) == LUA_MAXINTEGER) {
+    reached = 1; /* nothing to add: it stays, and has long reached the maximum */
+  } else {
+    lua_pushinteger(L, 1);
+    lua_arith(L, LUA_OPADD);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, idx, "secondaryCodeAttempts");
+    lua_pushinteger(L, PS_MAX_CODE_ATTEMPTS);
+    reached = !lua_compare(L, -2, -1, LUA_OPLT);
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+  return reached;
 }
 
 void ps_set_int(lua_State *L, int idx, const char *key, int64_t v)
@@ -83,20 +124,24 @@ void ps_set_str(lua_State *L, int idx, const char *key, const char *v)
 
 /* ---- validation --------------------------------------------------------------------------- */
 
-/* Makes t[key] a Lua integer if it is an integral finite number within +-2^53. */
-static int normalize_int(lua_State *L, int idx, const char *key)
+/* Whether v (a float) is integral and within int64: then it is exactly a Lua integer. */
+static int integral(lua_Number d)
 {
-  int ok = 0;
+  return d == floor(d) && d >= -0x1p63 && d < 0x1p63;
+}
+
+/* t[key] must be a finite number (any, as the reference's validator wants); an integral one
+ * becomes a Lua integer. */
+static int normalize_num(lua_State *L, int idx, const char *key)
+{
+  int ok = 1;
   lua_getfield(L, idx, key);
-  if (lua_isinteger(L, -1)) {
-    lua_Integer v = lua_tointeger(L, -1);
-    ok = v >= -PS_INT_LIMIT && v <= PS_INT_LIMIT;
-  } else if (lua_type(L, -1) == LUA_TNUMBER) {
+  if (lua_type(L, -1) != LUA_TNUMBER) {
+    ok = 0;
+  } else if (!lua_isinteger(L, -1)) {
     lua_Number d = lua_tonumber(L, -1);
-    if (isfinite(d) && d == floor(d) && fabs(d) <= (lua_Number)PS_INT_LIMIT) {
-      ps_set_int(L, idx, key, (int64_t)d);
-      ok = 1;
-    }
+    if (!isfinite(d)) ok = 0;
+    else if (integral(d)) ps_set_int(L, idx, key, (int64_t)d);
   }
   lua_pop(L, 1);
   return ok;
@@ -127,7 +172,7 @@ int ps_check_value(lua_State *L, int idx, int depth)
     }
     if (lua_type(L, -1) == LUA_TNUMBER && !lua_isinteger(L, -1)) {
       lua_Number d = lua_tonumber(L, -1);
-      if (d == floor(d) && fabs(d) <= (lua_Number)PS_INT_LIMIT) {
+      if (integral(d)) {
         lua_pushvalue(L, -2);
         lua_pushinteger(L, (lua_Integer)d);
         lua_rawset(L, idx); /* assigning an existing field during traversal is allowed */
@@ -150,8 +195,8 @@ const char *ps_validate_session(lua_State *L, int idx, int decoded)
   if (!s || n == 0) return "sid must be a non-empty string";
   if (!ps_get_str(L, idx, "skGatewayB64", &n)) return "skGatewayB64 must be a string";
   if (!ps_get_str(L, idx, "pkGatewayB64", &n)) return "pkGatewayB64 must be a string";
-  for (i = 0; int_keys[i]; i++)
-    if (!normalize_int(L, idx, int_keys[i])) return "timestamps and attempts must be integers";
+  for (i = 0; num_keys[i]; i++)
+    if (!normalize_num(L, idx, num_keys[i])) return "timestamps and attempts must be finite numbers";
   s = ps_get_str(L, idx, "secondaryCode", &n);
   if (!s || n != 6 || strspn(s, "0123456789") != 6) return "secondaryCode must be 6 digits";
   lua_getfield(L, idx, "operatorContext");
@@ -196,112 +241,38 @@ void ps_copy_value(lua_State *L, int idx, int depth)
   }
 }
 
-/* ---- encoding ----------------------------------------------------------------------------- */
+/* ---- pruning ----------------------------------------------------------------------------- */
 
-static int cmp_str(const void *a, const void *b)
+static int64_t sat_add(int64_t a, int64_t b)
 {
-  return strcmp(*(const char *const *)a, *(const char *const *)b);
+  return a > INT64_MAX - b ? INT64_MAX : a + b;
 }
 
-/* Appends cjson.encode(value at idx). enc is the stack index of the encode function. */
-static int encode_value(lua_State *L, int enc, int idx, ps_buf *b)
+/* A terminal session is deleted once now - lastStatusChangeAtMs > retention, compared
+ * exactly: now > last + retention (an integer sum, or a float one for a fractional last). */
+static int retention_over(lua_State *L, int idx, int64_t now)
 {
-  size_t n;
-  const char *s;
+  int r;
   idx = lua_absindex(L, idx);
-  if (lua_isinteger(L, idx)) {
-    char num[32];
-    int k = snprintf(num, sizeof num, "%lld", (long long)lua_tointeger(L, idx));
-    ps_buf_add(b, num, (size_t)k);
+  lua_pushinteger(L, (lua_Integer)now);
+  lua_getfield(L, idx, "lastStatusChangeAtMs");
+  if (lua_isinteger(L, -1) && lua_tointeger(L, -1) > LUA_MAXINTEGER - PS_TERMINAL_RETENTION_MS) {
+    lua_pop(L, 2);
     return 0;
   }
-  if (lua_type(L, idx) == LUA_TSTRING) {
-    s = lua_tolstring(L, idx, &n);
-    /* Fast path: nothing to escape in sids, keys, base64url, codes and statuses. */
-    if (strspn(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.:@+= ") == n) {
-      ps_buf_lit(b, "\"");
-      ps_buf_add(b, s, n);
-      ps_buf_lit(b, "\"");
-      return 0;
-    }
-  }
-  lua_pushvalue(L, enc);
-  lua_pushvalue(L, idx);
-  if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
-    lua_pop(L, 1);
-    return -1;
-  }
-  s = lua_tolstring(L, -1, &n);
-  ps_buf_add(b, s, n);
-  lua_pop(L, 1);
-  return 0;
+  lua_pushinteger(L, PS_TERMINAL_RETENTION_MS);
+  lua_arith(L, LUA_OPADD);
+  r = lua_compare(L, -1, -2, LUA_OPLT);
+  lua_pop(L, 2);
+  return r;
 }
-
-int ps_encode_session(lua_State *L, int enc, int idx, ps_buf *b)
-{
-  const char *extra_static[32];
-  const char **extra = extra_static;
-  size_t nextra = 0, cap = 32, i;
-  int first = 1, rc = 0;
-
-  idx = lua_absindex(L, idx);
-  enc = lua_absindex(L, enc);
-  ps_buf_lit(b, "{");
-  for (i = 0; key_order[i]; i++) {
-    lua_getfield(L, idx, key_order[i]);
-    if (!lua_isnil(L, -1)) {
-      if (!first) ps_buf_lit(b, ",");
-      first = 0;
-      ps_buf_lit(b, "\"");
-      ps_buf_add(b, key_order[i], strlen(key_order[i]));
-      ps_buf_lit(b, "\":");
-      if (encode_value(L, enc, -1, b) != 0) rc = -1;
-    }
-    lua_pop(L, 1);
-    if (rc) return -1;
-  }
-  /* Unknown keys survive, after the known ones, in a stable order. */
-  lua_pushnil(L);
-  while (lua_next(L, idx) != 0) {
-    lua_pop(L, 1);
-    if (lua_type(L, -1) != LUA_TSTRING) { lua_pop(L, 1); rc = -1; break; }
-    if (in_list(key_order, lua_tostring(L, -1))) continue;
-    if (nextra == cap) {
-      const char **grown = malloc(2 * cap * sizeof *grown);
-      if (!grown) { lua_pop(L, 1); rc = -1; break; }
-      memcpy(grown, extra, nextra * sizeof *extra);
-      if (extra != extra_static) free(extra);
-      extra = grown;
-      cap *= 2;
-    }
-    extra[nextra++] = lua_tostring(L, -1); /* anchored by the table */
-  }
-  if (rc == 0) {
-    qsort(extra, nextra, sizeof *extra, cmp_str);
-    for (i = 0; i < nextra && rc == 0; i++) {
-      lua_pushstring(L, extra[i]);
-      if (!first) ps_buf_lit(b, ",");
-      first = 0;
-      if (encode_value(L, enc, -1, b) != 0) rc = -1; /* key */
-      ps_buf_lit(b, ":");
-      lua_rawget(L, idx);
-      if (rc == 0 && encode_value(L, enc, -1, b) != 0) rc = -1;
-      lua_pop(L, 1);
-    }
-  }
-  if (extra != extra_static) free(extra);
-  ps_buf_lit(b, "}");
-  return b->oom ? -1 : rc;
-}
-
-/* ---- pruning ----------------------------------------------------------------------------- */
 
 int64_t ps_next_prune(lua_State *L, int idx)
 {
   size_t len;
   if (ps_is_terminal(ps_get_str(L, idx, "status", &len)))
-    return ps_get_int(L, idx, "lastStatusChangeAtMs") + PS_TERMINAL_RETENTION_MS;
-  return ps_get_int(L, idx, "expiresAtMs");
+    return sat_add(ps_get_ms(L, idx, "lastStatusChangeAtMs"), PS_TERMINAL_RETENTION_MS);
+  return ps_get_ms(L, idx, "expiresAtMs");
 }
 
 void ps_index_put(lua_State *L, int index, int sess, lua_Integer at)
@@ -313,42 +284,37 @@ void ps_index_put(lua_State *L, int index, int sess, lua_Integer at)
   lua_rawset(L, index);
 }
 
-int ps_prune(lua_State *L, int arr, int texts, int index, int64_t now, int *expired, int64_t *next)
+int ps_prune(lua_State *L, int arr, ps_changed_fn changed, void *ud, int index, int64_t now,
+             int *expired, int64_t *next)
 {
   lua_Integer n = (lua_Integer)lua_rawlen(L, arr), i, out = 0;
   int removed = 0;
   arr = lua_absindex(L, arr);
-  texts = lua_absindex(L, texts);
   if (index) index = lua_absindex(L, index);
   *expired = 0;
   *next = INT64_MAX;
   for (i = 1; i <= n; i++) {
     const char *status;
     size_t len;
+    int64_t until;
     lua_rawgeti(L, arr, i);
     status = ps_get_str(L, -1, "status", &len);
-    if (!ps_is_terminal(status) && now > ps_get_int(L, -1, "expiresAtMs")) {
+    if (!ps_is_terminal(status) && ps_after(L, -1, "expiresAtMs", now)) {
+      changed(L, -1, ud);
       ps_set_str(L, -1, "status", "expired");
-      ps_set_int(L, -1, "lastStatusChangeAtMs", ps_get_int(L, -1, "expiresAtMs"));
-      lua_pushvalue(L, -1);
-      lua_pushnil(L);
-      lua_rawset(L, texts); /* its cached JSON is stale */
+      lua_getfield(L, -1, "expiresAtMs"); /* the moment it expired, as the reference */
+      lua_setfield(L, -2, "lastStatusChangeAtMs");
       status = "expired";
       (*expired)++;
     }
-    if (ps_is_terminal(status)) {
-      int64_t until = ps_get_int(L, -1, "lastStatusChangeAtMs") + PS_TERMINAL_RETENTION_MS;
-      if (now > until) {
-        removed++;
-        if (index) ps_index_put(L, index, -1, 0);
-        lua_pop(L, 1);
-        continue;
-      }
-      if (until < *next) *next = until;
-    } else {
-      int64_t until = ps_get_int(L, -1, "expiresAtMs");
-      if (until < *next) *next = until;
+    if (ps_is_terminal(status) && retention_over(L, -1, now)) {
+      removed++;
+      if (index) ps_index_put(L, index, -1, 0);
+      lua_pop(L, 1);
+      continue;
     }
+    until = ps_next_prune(L, -1);
+    if (until < *next) *next = until;
     out++;
     if (index && out != i) ps_index_put(L, index, -1, out); /* moved down */
     lua_rawseti(L, arr, out);

@@ -372,7 +372,7 @@ describe("store:update()", function()
       function(x) x.mode = "other" end,
       function(x) x.status = 5 end,
       function(x) x.createdAtMs = "now" end,
-      function(x) x.expiresAtMs = 1.5 end,
+      function(x) x.expiresAtMs = -1 / 0 end,
       function(x) x.operatorContext = "cli" end,
       function(x) x.f = function() end end,
       function(x) x.n = 0 / 0 end,
@@ -380,7 +380,7 @@ describe("store:update()", function()
       function(x) x[1] = "array part" end,
       function(x)
         local t = {}
-        for _ = 1, 30 do t = { t } end
+        for _ = 1, 600 do t = { t } end
         x.deep = t
       end,
       function() return 42 end,

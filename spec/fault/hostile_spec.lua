@@ -71,19 +71,21 @@ local CASES = {
   { "escaped NUL inside a string", file_with(session_json(nil, { extra = '"a\\u0000b"' })), "loaded" },
   { "invalid UTF-8 in a string", file_with(session_json(nil, { operatorContext = '{"channel":"\255\254\128"}' })), "either" },
   { "overlong UTF-8 in a key", file_with(session_json(nil, { ["\192\175x"] = "1" })), "either" },
-  { "lone surrogate escape", file_with(session_json(nil, { extra = '"\\ud800"' })), "either" },
+  { "lone surrogate escape", file_with(session_json(nil, { extra = '"\\ud800"' })), "loaded" },
   { "deep nesting at top level", nested(100000), "quarantined" },
   { "deep nesting inside sessions", '{"version":1,"sessions":' .. nested(5000) .. "}", "quarantined" },
-  { "deep nesting inside an extra field", file_with(session_json(nil, { extra = nested(40) })), "quarantined" },
+  { "nesting 40 deep inside an extra field", file_with(session_json(nil, { extra = nested(40) })), "loaded" },
+  { "nesting beyond the bound inside an extra field", file_with(session_json(nil, { extra = nested(600) })), "quarantined" },
   { "1e999 as a timestamp", file_with(session_json(nil, { createdAtMs = "1e999" })), "quarantined" },
   { "-1e999 in an extra field", file_with(session_json(nil, { extra = "-1e999" })), "quarantined" },
   { "NaN as a timestamp", file_with(session_json(nil, { expiresAtMs = "NaN" })), "quarantined" },
   { "Infinity as attempts", file_with(session_json(nil, { secondaryCodeAttempts = "Infinity" })), "quarantined" },
   { "hex number", file_with(session_json(nil, { secondaryCodeAttempts = "0x10" })), "quarantined" },
-  { "huge integer timestamp", file_with(session_json(nil, { createdAtMs = "123456789012345678901234567890" })), "dropped" },
-  { "2^63 as attempts", file_with(session_json(nil, { secondaryCodeAttempts = "9223372036854775808" })), "dropped" },
-  { "-2^63 as expiry", file_with(session_json(nil, { expiresAtMs = "-9223372036854775808" })), "dropped" },
-  { "fractional timestamp", file_with(session_json(nil, { createdAtMs = "1764300000000.5" })), "dropped" },
+  -- Any finite number where the reference's validator wants a number (it accepts them too).
+  { "huge integer timestamp", file_with(session_json(nil, { createdAtMs = "123456789012345678901234567890" })), "loaded" },
+  { "2^63 as attempts", file_with(session_json(nil, { secondaryCodeAttempts = "9223372036854775808" })), "loaded" },
+  { "2^63-1 as expiry", file_with(session_json(nil, { expiresAtMs = "9223372036854775807" })), "loaded" },
+  { "fractional timestamp", file_with(session_json(nil, { createdAtMs = "1764300000000.5" })), "loaded" },
   { "1e15 timestamp (integral float)", file_with(session_json(nil, { createdAtMs = "1.7643e12" })), "loaded" },
   { "duplicate keys in a session", file_with(session_json(nil, { status = '"rejected","status":"awaiting_scan"' })), "loaded" },
   { "duplicate version key", '{"version":2,"version":1,"sessions":[' .. session_json() .. "]}", "either" },
@@ -209,8 +211,8 @@ describe("hostile sessions files", function()
       -- Every entry that was kept has the shape of a session.
       for _, s in ipairs(list) do
         assert.are.equal("string", type(s.sid))
-        assert.are.equal(math.type(s.createdAtMs), "integer")
-        assert.are.equal(math.type(s.secondaryCodeAttempts), "integer")
+        assert.are.equal("number", type(s.createdAtMs))
+        assert.are.equal("number", type(s.secondaryCodeAttempts))
       end
       -- get and a mutation work afterwards, and write a file that loads back.
       local g, gmsg = store:get(GOOD_SID)
@@ -225,9 +227,12 @@ describe("hostile sessions files", function()
       assert.is_true(os.time() - t0 < 20, "took too long")
       check_events()
       store:close()
-      local ok, doc = pcall(json.decode, H.read(path))
-      assert.is_true(ok, "the rewritten file does not parse")
-      assert.are.equal(1, doc.version)
+      -- The rewritten file loads back whole (pairstore reads what JSON.parse reads).
+      local again = pairstore.open(path, { now = function() return T0 + 1000 end })
+      local reread = again:list_all()
+      again:close()
+      assert.is_table(reread, "the rewritten file does not load")
+      assert.are.equal(#back, #reread)
     end)
   end
 
