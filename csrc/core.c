@@ -48,6 +48,8 @@ typedef struct ps_store {
   int index_valid;
   int index_dups;
   lua_Integer live;
+  /* Inside a transaction (the lock held, its callbacks running): close must wait. */
+  int busy;
 } ps_store;
 
 typedef enum {
@@ -80,6 +82,16 @@ static ps_store *check_store(lua_State *L, int idx)
   ps_store *s = luaL_checkudata(L, idx, PS_STORE_MT);
   if (!s->f.path) luaL_error(L, "pairstore: store is closed");
   return s;
+}
+
+/* A sid argument: exactly 32 lowercase hex characters (no NUL, nothing after). */
+static const char *check_sid(lua_State *L, int idx)
+{
+  size_t n;
+  const char *sid = luaL_checklstring(L, idx, &n);
+  luaL_argcheck(L, n == 32 && strspn(sid, "0123456789abcdef") == 32, idx,
+                "sid must be 32 lowercase hex characters");
+  return sid;
 }
 
 static void fail(ps_txn *t, const char *code, const char *msg)
@@ -581,6 +593,7 @@ static int act_on_sid(lua_State *L, ps_txn *t, int arr)
     else if (!strcmp(status, "completed") || !strcmp(status, "consumed")) t->outcome = "already_consumed";
     else if (!strcmp(status, "rejected")) t->outcome = "rejected";
     else if (!strcmp(status, "expired")) t->outcome = "expired";
+    else if (!ps_transition_allowed(status, "consumed")) t->outcome = "illegal_transition";
     if (t->outcome) return 0;
     push_copy(L, sess); /* the record as it was before */
     changed(L, t, sess);
@@ -795,12 +808,17 @@ static int read_clock(lua_State *L, ps_txn *t)
     lua_pop(L, 1);
     return -1;
   }
-  v = lua_tointegerx(L, -1, &isnum);
-  lua_pop(L, 1);
-  if (!isnum) {
-    fail(t, "invalid", "the clock must return an integer number of milliseconds");
+  isnum = lua_isinteger(L, -1); /* not a string, not a float: a clock's own bug shows */
+  v = isnum ? lua_tointeger(L, -1) : 0;
+  if (!isnum || v < 0 || v > PS_CLOCK_MAX) {
+    ps_err_set(&t->err, "invalid",
+               "the clock returned %s; it must return an integer number of ms in [0, %lld]",
+               isnum ? "an integer out of range" : luaL_typename(L, -1), (long long)PS_CLOCK_MAX);
+    lua_pop(L, 1);
+    t->failed = 1;
     return -1;
   }
+  lua_pop(L, 1);
   t->now = (int64_t)v;
   return 0;
 }
@@ -918,6 +936,7 @@ static int run(lua_State *L, ps_op op, int readonly)
     return ps_push_err(L, &t.err);
   }
   held_set(L, s, 1);
+  s->busy = 1;
 
   base = lua_gettop(L);
   lua_pushcfunction(L, txn_body);
@@ -927,6 +946,7 @@ static int run(lua_State *L, ps_op op, int readonly)
 
   s->be->unlock(&s->f);
   held_set(L, s, 0);
+  s->busy = 0;
   if (status != LUA_OK || t.failed || !s->cache_valid) {
     /* Memory may now differ from the file: never trust it again. */
     s->cache_valid = 0;
@@ -973,7 +993,7 @@ static int call_user(lua_State *L, int nargs, int nres)
 
 static int m_get(lua_State *L)
 {
-  luaL_checkstring(L, 2);
+  check_sid(L, 2);
   lua_settop(L, 2);
   return run(L, OP_GET, 1);
 }
@@ -1025,7 +1045,7 @@ static int m_create(lua_State *L)
 
 static int m_update(lua_State *L)
 {
-  luaL_checkstring(L, 2);
+  check_sid(L, 2);
   luaL_checktype(L, 3, LUA_TFUNCTION);
   lua_settop(L, 3);
   return run(L, OP_UPDATE, 0);
@@ -1033,7 +1053,7 @@ static int m_update(lua_State *L)
 
 static int m_transition(lua_State *L)
 {
-  luaL_checkstring(L, 2);
+  check_sid(L, 2);
   if (!ps_is_known_status(luaL_checkstring(L, 3))) return luaL_argerror(L, 3, "unknown status");
   lua_settop(L, 3);
   return run(L, OP_TRANSITION, 0);
@@ -1041,7 +1061,7 @@ static int m_transition(lua_State *L)
 
 static int m_reject(lua_State *L)
 {
-  luaL_checkstring(L, 2);
+  check_sid(L, 2);
   lua_settop(L, 2);
   lua_pushliteral(L, "rejected");
   return run(L, OP_TRANSITION, 0);
@@ -1049,7 +1069,7 @@ static int m_reject(lua_State *L)
 
 static int m_failed_code(lua_State *L)
 {
-  luaL_checkstring(L, 2);
+  check_sid(L, 2);
   lua_settop(L, 2);
   return run(L, OP_FAILED_CODE, 0);
 }
@@ -1058,7 +1078,7 @@ static int m_verify(lua_State *L)
 {
   size_t n;
   const char *code;
-  luaL_checkstring(L, 2);
+  check_sid(L, 2);
   code = luaL_checklstring(L, 3, &n);
   if (n != 6 || strspn(code, "0123456789") != 6) {
     lua_pushnil(L);
@@ -1072,7 +1092,7 @@ static int m_verify(lua_State *L)
 
 static int m_consume(lua_State *L)
 {
-  luaL_checkstring(L, 2);
+  check_sid(L, 2);
   lua_settop(L, 2);
   return run(L, OP_CONSUME, 0);
 }
@@ -1150,6 +1170,13 @@ static int m_selfcheck(lua_State *L)
 static int m_close(lua_State *L)
 {
   ps_store *s = luaL_checkudata(L, 1, PS_STORE_MT);
+  if (s->busy) {
+    /* from its own mutator or clock: the transaction still needs it (no position: the Lua
+     * wrapper raises it at its caller's level) */
+    lua_pushliteral(L, "pairstore.close: the store is in use by its own transaction (called "
+                       "from inside a mutator or the clock); close it after the call returns");
+    return lua_error(L);
+  }
   ps_lock_close(&s->f);
   ps_file_unpin(&s->f);
   buffers_free(s);
@@ -1187,8 +1214,10 @@ static int opt_int(lua_State *L, int opts, const char *key, int dflt, int lo, in
   }
   v = lua_tointegerx(L, -1, &isnum);
   lua_pop(L, 1);
-  if (!isnum || v < lo || v > hi)
-    return luaL_error(L, "pairstore.open: option %s must be an integer in [%d, %d]", key, lo, hi);
+  if (!isnum || v < lo || v > hi) { /* no position: the Lua wrapper raises it at its caller's */
+    lua_pushfstring(L, "pairstore.open: option %s must be an integer in [%d, %d]", key, lo, hi);
+    return lua_error(L);
+  }
   return (int)v;
 }
 

@@ -23,13 +23,16 @@
 #define PS_LOCK_WAIT_MS          10000
 #define PS_MAX_SESSIONS          1000
 #define PS_MAX_FILE_BYTES        (16u * 1024u * 1024u)
+/* The latest time a clock may give: expiry and retention stay exact integers (2^53 ms is
+ * the year 287396). */
+#define PS_CLOCK_MAX             (((int64_t)1 << 53) - 2 * (int64_t)PS_MAX_TTL_MS)
 
 /* ---- errors (err.c) ------------------------------------------------------------------ */
 
 /* A failure: a stable lowercase code and a human message (never key material or codes). */
 typedef struct ps_err {
   const char *code;
-  char msg[384];
+  char msg[4096 + 1024]; /* room for a whole path and what failed on it */
 } ps_err;
 
 void ps_err_set(ps_err *e, const char *code, const char *fmt, ...)

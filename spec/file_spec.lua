@@ -163,15 +163,15 @@ describe("loading", function()
       good { operatorContext = "cli" }, good { operatorContext = null }, good { mode = "export" },
       good { status = 1 }, '"a string"', "42", "null", "[]",
     }
-    local list = { good { sid = "aa" } }
+    local list = { good { sid = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa" } }
     for _, b in ipairs(bad) do list[#list + 1] = b end
-    list[#list + 1] = good { sid = "zz", status = "from_the_future" }
+    list[#list + 1] = good { sid = "ffffffffffffffffffffffffffffffff", status = "from_the_future" }
     local path = with_sessions(list)
     local store, events = open_at(path, T0)
     local all = store:list_all()
     assert.are.equal(2, #all)
-    assert.are.equal("aa", all[1].sid)
-    assert.are.equal("zz", all[2].sid)
+    assert.are.equal("aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", all[1].sid)
+    assert.are.equal("ffffffffffffffffffffffffffffffff", all[2].sid)
     -- an unknown status is kept and non-terminal
     assert.are.equal("from_the_future", all[2].status)
     assert.are.equal(1, #events)
@@ -179,7 +179,7 @@ describe("loading", function()
     assert.are.equal(#bad, events[1].info.count)
     -- a read does not rewrite; the next write drops them for good
     assert.are.equal(#list, #helpers.read_json(path).sessions)
-    assert(store:transition("aa", "device_connected"))
+    assert(store:transition("aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", "device_connected"))
     assert.are.equal(2, #helpers.read_json(path).sessions)
   end)
 
@@ -190,10 +190,10 @@ describe("loading", function()
   end)
 
   it("accepts integral numbers written as floats", function()
-    local path = with_sessions { '{"sid":"x","skGatewayB64":"a","pkGatewayB64":"b","createdAtMs":1.7643e12,' ..
+    local path = with_sessions { '{"sid":"eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee","skGatewayB64":"a","pkGatewayB64":"b","createdAtMs":1.7643e12,' ..
       '"expiresAtMs":1764300900000.0,"secondaryCode":"000000","secondaryCodeAttempts":0e0,' ..
       '"operatorContext":{},"mode":"import","status":"awaiting_scan","lastStatusChangeAtMs":1764300000000}' }
-    local s = assert(open_at(path, T0):get("x"))
+    local s = assert(open_at(path, T0):get("eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee"))
     assert.are.equal(1764300000000, s.createdAtMs)
     assert.are.equal("integer", math.type(s.createdAtMs))
     assert.are.equal("integer", math.type(s.secondaryCodeAttempts))
@@ -321,7 +321,7 @@ describe("failures", function()
       local msg = assert_io("io", store:create {})
       assert.matches("pair%-sessions%.json", msg, what)
       assert_io("io", store:list_all())
-      assert_io("io", store:get("x"))
+      assert_io("io", store:get("eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee"))
       assert.is_false(helpers.exists(path .. ".lock"), what)
     end
     assert.are.equal("victim", helpers.read(victim))

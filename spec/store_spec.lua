@@ -404,8 +404,8 @@ describe("store:update()", function()
 
   it("returns nil, 'not_found' for an absent sid and raises without a function", function()
     local store = setup()
-    assert_outcome("not_found", store:update("nope", function() end))
-    assert.has_error(function() store:update("nope") end)
+    assert_outcome("not_found", store:update("ffffffffffffffffffffffffffffffff", function() end))
+    assert.has_error(function() store:update("ffffffffffffffffffffffffffffffff") end)
   end)
 end)
 
@@ -536,7 +536,7 @@ describe("store:verify_code()", function()
     for _, c in ipairs { "", "04291", "0429170", "04291a", " 42917", "04291\0", "٠٤٢٩١٧", 42917 } do
       assert_outcome("bad_code", store:verify_code(s.sid, c))
     end
-    assert_outcome("bad_code", store:verify_code("no-such-sid", "1"))
+    assert_outcome("bad_code", store:verify_code("ffffffffffffffffffffffffffffffff", "1"))
     assert.are.equal(0, store:get(s.sid).secondaryCodeAttempts)
     assert.has_error(function() store:verify_code(s.sid, {}) end)
   end)
@@ -631,7 +631,7 @@ describe("store:reject()", function()
     assert.is_nil(v)
     assert.are.equal("illegal_transition", msg)
     assert.are.equal("illegal_transition", code)
-    assert_outcome("not_found", store:reject("x"))
+    assert_outcome("not_found", store:reject("ffffffffffffffffffffffffffffffff"))
   end)
 end)
 

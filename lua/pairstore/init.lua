@@ -21,6 +21,8 @@ local pairstore = {
   LOCK_WAIT_MS = core.LOCK_WAIT_MS,
   MAX_SESSIONS = core.MAX_SESSIONS,
   MAX_FILE_BYTES = core.MAX_FILE_BYTES,
+  MAX_SESSION_BYTES = core.MAX_SESSION_BYTES,
+  MAX_FIELD_BYTES = core.MAX_FIELD_BYTES,
   MODES = { "generate", "import" },
   STATUSES = { "awaiting_scan", "device_connected", "completed", "consumed", "expired", "rejected" },
 }
@@ -34,8 +36,26 @@ local function argerror(level, fn, msg)
   error(fmt("pairstore.%s: %s", fn, msg), level + 1)
 end
 
+-- A sid is exactly 32 lowercase hex characters (a NUL or anything after it is not ignored).
 local function check_sid(fn, sid)
   if type(sid) ~= "string" then argerror(3, fn, "sid must be a string, got " .. type(sid)) end
+  if #sid ~= 32 or sid:find("[^0-9a-f]") then
+    argerror(3, fn, fmt("sid must be 32 lowercase hex characters, got %q", sid:sub(1, 40)))
+  end
+end
+
+-- The C store of a method's self (a method called with '.' instead of ':' raises clearly).
+local function core_of(self, fn)
+  local c = type(self) == "table" and rawget(self, "_core")
+  if not c then argerror(3, fn, "call it as a method: store:" .. fn .. "(...)") end
+  return c
+end
+
+-- Runs a core function that raises its programming errors without a position, and raises
+-- them at the level of whoever called the public function.
+local function at_caller(ok, ...)
+  if not ok then error((...), 3) end
+  return ...
 end
 
 --- Clamp a TTL in ms: non-number, <= 0 or NaN gives the default; then [MIN, MAX].
@@ -79,7 +99,7 @@ end
 local OPTION_TYPES = {
   now = "function", on_event = "function", rng = "table", durable = "boolean",
   lock_wait_ms = "number", lock_stale_ms = "number", max_sessions = "number",
-  max_file_bytes = "number",
+  max_file_bytes = "number", max_session_bytes = "number",
 }
 local RNG_HOOKS = { sid = true, secret_key = true, code = true }
 
@@ -114,10 +134,11 @@ Store.__name = "pairstore.store"
 --- Open the store at path (nothing is read or locked until the first operation).
 function pairstore.open(path, options)
   if type(path) ~= "string" or path == "" then argerror(2, "open", "path must be a non-empty string") end
+  if path:find("\0", 1, true) then argerror(2, "open", "path must not contain a NUL byte") end
   local last = path:match("[^/]*$")
   if last == "" or last == "." or last == ".." then argerror(2, "open", "path names a directory: " .. path) end
   local opts = check_options(options)
-  local c = core.open(path, opts)
+  local c = at_caller(pcall(core.open, path, opts))
   return setmetatable({ _core = c, _rng = opts.rng or {}, _now = opts.now, path = c:path() }, Store)
 end
 
@@ -133,23 +154,41 @@ end
 
 local function is_digits6(v) return type(v) == "string" and #v == 6 and v:match("^%d%d%d%d%d%d$") ~= nil end
 
+local CREATE_KEYS = { mode = true, operator = true, ttl_ms = true }
+local OPERATOR_KEYS = { channel = true, senderId = true, accountId = true }
+
 --- Create a session: store:create{ mode = "generate"|"import", operator = { channel = ...,
 -- senderId = ..., accountId = ... }, ttl_ms = n } --> session | nil, message, code
 function Store:create(spec)
   if spec == nil then spec = {} end
   if type(spec) ~= "table" then argerror(2, "create", "argument must be a table") end
+  core_of(self, "create")
+  for k in pairs(spec) do
+    if not CREATE_KEYS[k] then argerror(2, "create", fmt("unknown field %q (mode, operator, ttl_ms)", tostring(k))) end
+  end
   local mode = spec.mode == nil and "generate" or spec.mode
   if not MODE[mode] then argerror(2, "create", fmt("unknown mode %q", tostring(mode))) end
   local op = spec.operator == nil and { channel = "unknown" } or spec.operator
   if type(op) ~= "table" then argerror(2, "create", "operator must be a table") end
+  for k in pairs(op) do
+    if not OPERATOR_KEYS[k] then
+      argerror(2, "create", fmt("unknown operator field %q (channel, senderId, accountId)", tostring(k)))
+    end
+  end
   if type(op.channel) ~= "string" or op.channel == "" then
     argerror(2, "create", "operator.channel must be a non-empty string")
   end
-  local ctx = { channel = op.channel }
-  for _, k in ipairs { "senderId", "accountId" } do
-    if op[k] ~= nil then
-      if type(op[k]) ~= "string" then argerror(2, "create", "operator." .. k .. " must be a string") end
-      ctx[k] = op[k]
+  local ctx = {}
+  for _, k in ipairs { "channel", "senderId", "accountId" } do
+    local v = op[k]
+    if v ~= nil then
+      if type(v) ~= "string" then argerror(2, "create", "operator." .. k .. " must be a string") end
+      -- What callers hand in is bounded, so that one session cannot crowd out the others.
+      if #v > pairstore.MAX_FIELD_BYTES then
+        local msg = fmt("operator.%s is %d bytes, above the limit of %d", k, #v, pairstore.MAX_FIELD_BYTES)
+        return nil, msg, "limit"
+      end
+      ctx[k] = v
     end
   end
   if spec.ttl_ms ~= nil and type(spec.ttl_ms) ~= "number" then
@@ -165,7 +204,7 @@ end
 --- The session (terminal ones too) --> session | nil, "not_found"
 function Store:get(sid)
   check_sid("get", sid)
-  return self._core:get(sid)
+  return core_of(self, "get"):get(sid)
 end
 
 --- Run fn(copy) under the lock; its result replaces the session (nothing: the edited copy;
@@ -173,18 +212,18 @@ end
 function Store:update(sid, fn)
   check_sid("update", sid)
   if type(fn) ~= "function" then argerror(2, "update", "fn must be a function") end
-  return self._core:update(sid, fn)
+  return core_of(self, "update"):update(sid, fn)
 end
 
 function Store:transition(sid, status)
   check_sid("transition", sid)
   if not STATUS[status] then argerror(2, "transition", fmt("unknown status %q", tostring(status))) end
-  return self._core:transition(sid, status)
+  return core_of(self, "transition"):transition(sid, status)
 end
 
 function Store:register_failed_code(sid)
   check_sid("register_failed_code", sid)
-  return self._core:register_failed_code(sid)
+  return core_of(self, "register_failed_code"):register_failed_code(sid)
 end
 
 function Store:verify_code(sid, code)
@@ -192,22 +231,22 @@ function Store:verify_code(sid, code)
   if type(code) ~= "string" and type(code) ~= "number" then
     argerror(2, "verify_code", "code must be a string")
   end
-  return self._core:verify_code(sid, tostring(code))
+  return core_of(self, "verify_code"):verify_code(sid, tostring(code))
 end
 
 function Store:consume(sid)
   check_sid("consume", sid)
-  return self._core:consume(sid)
+  return core_of(self, "consume"):consume(sid)
 end
 
 function Store:reject(sid)
   check_sid("reject", sid)
-  return self._core:reject(sid)
+  return core_of(self, "reject"):reject(sid)
 end
 
-function Store:list_active() return self._core:list(true) end
-function Store:list_all() return self._core:list(false) end
-function Store:prune() return self._core:prune() end
+function Store:list_active() return core_of(self, "list_active"):list(true) end
+function Store:list_all() return core_of(self, "list_all"):list(false) end
+function Store:prune() return core_of(self, "prune"):prune() end
 
 --- The store's clock (the `now` option, else the wall clock), in integer ms.
 function Store:now()
@@ -220,7 +259,11 @@ function Store:respond(sid, body, opts)
   return require("pairstore.respond")(self, sid, body, opts)
 end
 
-function Store:close() self._core:close() end
+--- Close the store (idempotent). From inside its own mutator or clock it raises.
+function Store:close()
+  local c = core_of(self, "close")
+  at_caller(pcall(c.close, c))
+end
 Store.__close = Store.close
 
 function Store:__tostring() return "pairstore.store (" .. self.path .. ")" end

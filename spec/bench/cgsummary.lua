@@ -110,7 +110,7 @@ local KEY = {
   { "act_create", "core.so", "act_create" },
   { "act_list", "core.so", "act_list" },
   { "commit", "core.so", "commit (encode + write)" },
-  { "ps_encode_session", "core.so", "  ps_encode_session" },
+  { "ps_json_encode", "core.so", "  ps_json_encode" },
   { "encode_value", "core.so", "    encode_value" },
   { "encode_value.constprop.0", "core.so", "    encode_value" },
   { "0x00000000000045a0", "cjson", "    cjson encode (operatorContext etc.)" },
