@@ -73,6 +73,7 @@ local REFERENCE = {
 local PEER = (os.getenv("BENCH_SHARED") or (ROOT .. "/../shared")) .. "/tools/reference-peer.mjs"
 
 local HARD_FAILURES = {} -- correctness problems: exit 1
+local SL -- the list_all peak RSS of a file near max_file_bytes
 
 local function log(...)
   io.stderr:write("bench: ", fmt(...), "\n")
@@ -584,6 +585,24 @@ local function peak_rss()
   return res
 end
 
+-- One list_all of a file just under max_file_bytes (the 1 000 sessions, each padded with an
+-- unknown member), in a fresh process.
+local function peak_rss_list()
+  local dir = WORK .. "/rss-list"
+  mkdir(dir)
+  local path = dir .. "/pair-sessions.json"
+  local seed = read_file(WORK .. "/seed-1000.json")
+  local n = select(2, seed:gsub('"lastStatusChangeAtMs"', ""))
+  local pad = ("p"):rep(math.floor((16 * 1024 * 1024 - 4096 - #seed) / n) - 10)
+  write_file(path, (seed:gsub('("lastStatusChangeAtMs":%d+)', '%1,"pad":"' .. pad .. '"')))
+  local out = WORK .. "/rss-list.out"
+  local text, ok = capture(fmt("%s %s rss_list %s %s", LUA, sh_quote(WORKER), sh_quote(path), sh_quote(out)))
+  if not ok then error("rss_list worker failed: " .. text) end
+  local res = assert(loadfile(out))()
+  res.file_bytes = file_size(path)
+  return res
+end
+
 -- ---- analysis ---------------------------------------------------------------------------------
 
 local TARGETS = {}
@@ -736,6 +755,10 @@ local function print_report(M, G, C, T, S, P, elapsed)
     S.sessions, kb(S.file_bytes)))
   p(fmt("  VmHWM %.1f MB (%.1f MB before the first operation: interpreter, libsodium, cjson); VmRSS %.1f MB",
     S.hwm_kb / 1024, S.base_hwm_kb / 1024, S.rss_kb / 1024))
+  p(fmt("Peak RSS of one list_all of a %s file (%d sessions, near max_file_bytes) in a fresh process:",
+    kb(SL.file_bytes), SL.sessions))
+  p(fmt("  VmHWM %.1f MB (%.1f MB before it); %.1f× the file", SL.hwm_kb / 1024, SL.base_hwm_kb / 1024,
+    SL.hwm_kb * 1024 / SL.file_bytes))
   p("")
   p("Targets (issue 5; ratios from this run)")
   for _, t in ipairs(TARGETS) do
@@ -781,6 +804,9 @@ local function main()
   local T = takeover()
   log("takeover: median %.2f ms", T.median_ms)
   local S = peak_rss()
+  SL = peak_rss_list()
+  target("list_all of a 16 MiB file: peak RSS below 500 MB", SL.hwm_kb / 1024, "< 500 MB",
+    SL.hwm_kb / 1024 < 500, " MB")
   local G = growth()
 
   -- Targets.
@@ -878,6 +904,7 @@ local function main()
       contention_workers = CFG.contention_workers, contention_updates = CFG.contention_n,
       contention_rounds = CFG.contention_rounds, takeover_runs = CFG.takeover },
     floors = floors, ops = ops, growth = G, reference = reference, contention = C, takeover = T, rss = S,
+    rss_list = SL,
     targets = TARGETS, targets_failed_count = #failed, hard_failures_count = #HARD_FAILURES,
   }
   -- (cjson writes an empty table as {}: the lists only when they have entries)

@@ -113,7 +113,21 @@ elseif mode == "rss" then
   write_atomic(out, fmt("return { sessions = %d, active = %d, base_hwm_kb = %d, hwm_kb = %d, rss_kb = %d }\n",
     #all, #active, base_hwm, hwm, rss))
 
+elseif mode == "rss_list" then
+  -- One list_all of a file near max_file_bytes, in a fresh process: its peak memory.
+  local path, out = arg[2], arg[3]
+  local function hwm()
+    local f = assert(io.open("/proc/self/status", "r"))
+    local s = f:read("a")
+    f:close()
+    return tonumber(s:match("VmHWM:%s*(%d+)"))
+  end
+  local store = pairstore.open(path, { max_sessions = 100000 })
+  local base = hwm()
+  local all = assert(store:list_all())
+  write_atomic(out, fmt("return { sessions = %d, base_hwm_kb = %d, hwm_kb = %d }\n", #all, base, hwm()))
+
 else
-  io.stderr:write("usage: worker.lua contend|hold|wait|rss ...\n")
+  io.stderr:write("usage: worker.lua contend|hold|wait|rss|rss_list ...\n")
   os.exit(2)
 end
