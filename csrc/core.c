@@ -238,8 +238,8 @@ static void stale_text(lua_State *L, int sess, void *ud)
   lua_pop(L, 2);
 }
 
-/* The session at sess changed (or is new): the file must be written, and it may need
- * pruning earlier than the others. */
+/* The session at sess changed (or is new), after the change: the file must be written, and
+ * it may need pruning earlier than the others. */
 static void changed(lua_State *L, ps_txn *t, int sess)
 {
   int64_t next = ps_next_prune(L, sess);
@@ -547,14 +547,14 @@ static int act_on_sid(lua_State *L, ps_txn *t, int arr)
       t->outcome = "illegal_transition";
       return 0;
     }
-    changed(L, t, sess);
     touch_status(L, t, sess, to);
+    changed(L, t, sess);
     return push_copy(L, sess);
 
   case OP_FAILED_CODE:
     if (ps_is_terminal(status)) return push_copy(L, sess); /* no counting after the end */
-    changed(L, t, sess);
     if (ps_count_attempt(L, sess)) touch_status(L, t, sess, "rejected");
+    changed(L, t, sess);
     return push_copy(L, sess);
 
   case OP_VERIFY: {
@@ -573,17 +573,17 @@ static int act_on_sid(lua_State *L, ps_txn *t, int arr)
     }
     code = ps_get_str(L, sess, "secondaryCode", &len);
     if (sodium_memcmp(code, given, 6) != 0) {
-      changed(L, t, sess);
       t->outcome = "wrong_code";
       if (ps_count_attempt(L, sess)) {
         touch_status(L, t, sess, "rejected");
         t->outcome = "attempts_exhausted";
       }
+      changed(L, t, sess);
       return 0;
     }
     if (strcmp(status, "awaiting_scan") == 0) {
-      changed(L, t, sess);
       touch_status(L, t, sess, "device_connected");
+      changed(L, t, sess);
     }
     return push_copy(L, sess);
   }
@@ -596,8 +596,8 @@ static int act_on_sid(lua_State *L, ps_txn *t, int arr)
     else if (!ps_transition_allowed(status, "consumed")) t->outcome = "illegal_transition";
     if (t->outcome) return 0;
     push_copy(L, sess); /* the record as it was before */
-    changed(L, t, sess);
     touch_status(L, t, sess, "consumed");
+    changed(L, t, sess);
     return 1;
 
   default:

@@ -151,6 +151,20 @@ describe("values read from the file", function()
     st:close()
   end)
 
+  it("prune a session that ends on time even when its expiresAtMs is far away", function()
+    helpers.write(path, file(nil, { expiresAtMs = "9223372036854775807" }))
+    local now = T0
+    local st = pairstore.open(path, { now = function() return now end, durable = false })
+    assert(st:reject(SID))
+    now = T0 + 3600000
+    assert.is_table(st:get(SID))
+    now = T0 + 3600001 -- the same store, its parsed sessions reused: still pruned on time
+    local none, err = st:get(SID)
+    assert.is_nil(none)
+    assert.are.equal("not_found", err)
+    st:close()
+  end)
+
   it("read a lone surrogate escape as U+FFFD and keep the escape on disk", function()
     local text = file(nil, { operatorContext = '{"channel":"cli","senderId":"ab\\ud83d"}' })
     helpers.write(path, text)
