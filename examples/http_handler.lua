@@ -65,7 +65,7 @@ local RESPOND = {
 function handler.respond(store, body, opts)
   opts = opts or {}
   local sid = type(body) == "table" and body.sid
-  if type(sid) ~= "string" then return 400, { error = "bad_request" } end
+  if not is_sid(sid) then return 400, { error = "bad_request" } end
   local plaintext, s, reason = store:respond(sid, body, { aead = opts.aead })
   if not plaintext then
     if RESPOND[s] then return RESPOND[s], { error = s } end

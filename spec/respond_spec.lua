@@ -340,7 +340,9 @@ describe("store:respond()", function()
       assert_bad(with("sid", ("g"):rep(32)))
       assert_bad(with("sid", ("ab"):rep(16)))          -- well formed, but not the argument
       assert_bad(good, ("ab"):rep(16))                 -- the argument differs from body.sid
-      assert_bad(with("sid", ("ab"):rep(16)), ("ab"):rep(16):upper())
+      -- the argument itself must be a sid: it raises, as every store method does
+      assert.has_error(function() store:respond(("AB"):rep(16), with("sid", ("ab"):rep(16))) end)
+      assert.has_error(function() store:respond(s.sid .. "\0", good) end)
     end)
 
     it("requires pk_d to be 32 bytes of canonical unpadded base64url", function()

@@ -13,7 +13,7 @@
 --   5. success: the session is stored consumed; the caller finishes its own work with the
 --      plaintext and then calls store:transition(sid, "completed").
 -- Failures of the store itself (lock, I/O, ...) pass through as nil, message, code.
--- Programming errors (sid not a string, bad opts) raise at the caller's level.
+-- Programming errors (sid not 32 lowercase hex, bad opts) raise at the caller's level.
 
 local crypto = require "pairstore.crypto"
 
@@ -63,6 +63,7 @@ local function fail(reason) return nil, reason, reason end
 
 return function(store, sid, body, opts)
   if type(sid) ~= "string" then argerror("sid must be a string, got " .. type(sid)) end
+  if #sid ~= 32 or sid:find("[^0-9a-f]") then argerror("sid must be 32 lowercase hex characters") end
   if opts ~= nil and type(opts) ~= "table" then argerror("opts must be a table or nil") end
   local aead = opts and opts.aead or "aes-256-gcm"
   if not AEAD[aead] then argerror("unknown aead " .. tostring(aead)) end
