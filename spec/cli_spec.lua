@@ -329,7 +329,7 @@ describe("bin/pairstore", function()
 
   describe("errors", function()
     it("go to stderr in one line with exit code 2", function()
-      for _, args in ipairs { "", "bogus", "show", "reject", "list --nope", "watch" } do
+      for _, args in ipairs { "", "bogus", "show", "reject", "list --nope", "watch", "corrupt --nope" } do
         local rc, out, err = cli(args)
         assert.are.equal(2, rc, args)
         assert.are.equal("", out, args)
@@ -644,7 +644,8 @@ describe("bin/pairstore", function()
     it("makes every command exit 2", function()
       local a = assert(store():create {})
       local b = assert(store():create {})
-      for _, args in ipairs { "list", "list --json", "show " .. a.sid, "reject " .. b.sid, "prune", "--help", "watch " .. b.sid } do
+      helpers.write(file .. ".corrupt-1", "x")
+      for _, args in ipairs { "list", "list --json", "show " .. a.sid, "reject " .. b.sid, "prune", "corrupt", "--help", "watch " .. b.sid } do
         local rc, _, err = cli(args .. " >/dev/full")
         assert.are.equal(2, rc, args)
         assert.matches("cannot write the output", err, 1, true)
@@ -705,10 +706,66 @@ describe("bin/pairstore", function()
     end)
   end)
 
+  describe("corrupt", function()
+    it("lists the quarantined files with size, mode and age, and says they hold secrets", function()
+      helpers.write(file .. ".corrupt-1700000000000", "{not json")
+      helpers.write(dir .. "/unrelated.corrupt-1", "x")
+      os.execute("chmod 644 " .. q(file .. ".corrupt-1700000000000"))
+      local rc, out, err = cli("corrupt")
+      assert.are.equal(0, rc)
+      assert.are.equal("", err)
+      assert.matches("private keys and codes", out, 1, true)
+      assert.matches("pair%-sessions%.json%.corrupt%-1700000000000%s+9%s+0644%s+%d+h%d%dm%d%ds%s+readable by others", out)
+      assert.is_nil(out:find("unrelated", 1, true))
+      rc, out = cli("corrupt", { nofile = true, env = "PAIRSTORE_FILE=" .. q(dir .. "/none.json") })
+      assert.are.equal(0, rc)
+      assert.matches("^no corrupt files beside ", out)
+    end)
+
+    it("--remove deletes regular files we own, never a symlink's target nor another user's file", function()
+      local target = dir .. "/precious"
+      helpers.write(target, "keep me")
+      helpers.write(file .. ".corrupt-1", "a")
+      helpers.write(file .. ".corrupt-2", "b")
+      os.execute("ln -s " .. q(target) .. " " .. q(file .. ".corrupt-3"))
+      local others = helpers.is_root()
+      if others then
+        helpers.write(file .. ".corrupt-4", "c")
+        os.execute("chown nobody " .. q(file .. ".corrupt-4"))
+      end
+      local rc, out, err = cli("corrupt --remove")
+      assert.are.equal(2, rc)
+      assert.matches("removed pair%-sessions%.json%.corrupt%-1\nremoved pair%-sessions%.json%.corrupt%-2\n", out)
+      assert.matches("not removed: pair-sessions.json.corrupt-3: a symlink", err, 1, true)
+      assert.are.equal("keep me", helpers.read(target))
+      assert.is_true(helpers.exists(file .. ".corrupt-3"))
+      if others then
+        assert.matches("not removed: pair-sessions.json.corrupt-4: owned by uid", err, 1, true)
+        assert.is_true(helpers.exists(file .. ".corrupt-4"))
+      end
+      assert.is_false(helpers.exists(file .. ".corrupt-1"))
+      os.remove(file .. ".corrupt-3")
+      os.remove(file .. ".corrupt-4")
+      rc = cli("corrupt --remove")
+      assert.are.equal(0, rc)
+    end)
+
+    it("finds the file a corrupt store was moved to", function()
+      helpers.write(file, "{not json")
+      local rc, _, err = cli("list --all")
+      assert.are.equal(0, rc)
+      assert.matches("holds secrets: see `pairstore corrupt`", err, 1, true)
+      local rc2, out = cli("corrupt --remove")
+      assert.are.equal(0, rc2)
+      assert.matches("^removed pair%-sessions%.json%.corrupt%-%d+\n$", out)
+    end)
+  end)
+
   describe("--help", function()
     it("documents the environment, the URL rule, --invert, the default channel and every exit code", function()
       local _, out = cli("--help")
-      for _, s in ipairs { "PAIRSTORE_FILE", "PAIRSTORE_URL", "PAIRSTORE_DEV", "vanished", "130, 143, 129" } do
+      for _, s in ipairs { "PAIRSTORE_FILE", "PAIRSTORE_URL", "PAIRSTORE_DEV", "vanished", "130, 143, 129",
+        "corrupt" } do
         assert.matches(s, out, 1, true)
       end
       local _, cout = cli("create --help")
