@@ -603,6 +603,18 @@ describe("bin/pairstore", function()
       assert.matches("\nkey\\e%[7m:%s+\u{1F600} ok\n", out)
     end)
 
+    it("a hand-edited status is escaped too, in list and in the live view", function()
+      local st = store()
+      local a = assert(st:create {})
+      assert(st:update(a.sid, function(c) c.status = "pau\27[2Jsed" end))
+      local rc, out = cli("list --all")
+      assert.are.equal(0, rc)
+      assert.matches(a.sid:sub(1, 8) .. "  pau\\e%[2Jsed  ", out)
+      -- watch follows it (not a status that ends) until timeout(1) stops it
+      out = select(2, cli("watch " .. a.sid, { env = "timeout 2 env" }))
+      assert.matches("^status: pau\\e%[2Jsed, 1[45]m%d%ds left\n$", out)
+    end)
+
     it("a table or a number as channel is shown as its value", function()
       local st = store()
       local a = assert(st:create {})
