@@ -133,7 +133,9 @@ static int f_watch_file(lua_State *L)
  * timeout_ms: a non-negative integer, or nil for no limit. With signals true, SIGINT,
  * SIGTERM and SIGHUP are blocked for the wait (and the ones already pending taken first),
  * so that one arriving at any moment of it ends it instead of running its handler; the
- * signal mask is as before on return. A signal wins over a change seen at the same time. */
+ * signal mask is as before on return. A signal wins over a change seen at the same time.
+ * "change" may be spurious (an event for the file that changed nothing, a handled signal
+ * that interrupted the wait): the caller reads again. */
 static int watcher_wait(lua_State *L)
 {
   ps_watcher *w = check_watcher(L);
@@ -175,7 +177,13 @@ static int watcher_wait(lua_State *L)
     pfd[1].fd = sfd;
     pfd[1].events = POLLIN;
     n = poll(pfd, signals ? 2 : 1, (int)left);
-    if (n < 0 && errno != EINTR) {
+    if (n < 0 && errno == EINTR) {
+      /* Another signal's handler ran (lua.c's SIGINT hook, say): return so that it takes
+       * effect; the caller looks again and waits on. */
+      hit = 1;
+      break;
+    }
+    if (n < 0) {
       saved = errno;
       failed = "poll";
     }

@@ -110,6 +110,27 @@ describe("store:wait", function()
     end
   end)
 
+  it("without signals, lets lua5.4's Ctrl+C handler interrupt it at once", function()
+    local s = assert(st:create {})
+    local out = dir .. "/int.out"
+    local pid = helpers.spawn_lua(string.format([[
+      local core = require "pairstore.core"
+      local st = require("pairstore").open(%q)
+      local t0 = core.mono_ms()
+      local ok, err = pcall(st.wait, st, %q, { timeout_ms = 20000 })
+      print(ok, err:match("interrupted!"), core.mono_ms() - t0 < 15000)
+    ]], file, s.sid), out)
+    assert.is_true(helpers.wait_for(function()
+      local f = io.open("/proc/" .. pid .. "/wchan")
+      local w = f and f:read("a") or ""
+      if f then f:close() end
+      return w:find("poll") ~= nil
+    end, 20))
+    helpers.kill(pid, "INT")
+    assert.is_true(helpers.wait_exit(pid, 20))
+    assert.are.equal("false\tinterrupted!\ttrue\n", helpers.read(out))
+  end)
+
   it("leaves the signal mask as it was", function()
     local s = assert(st:create {})
     local out = dir .. "/mask.out"

@@ -267,8 +267,8 @@ function Store:wait(sid, opts)
     local left = deadline and deadline - core.mono_ms()
     if left and left < 0 then left = 0 end
     -- A live session changes by itself when it expires (the next read expires it).
-    if not core.is_terminal(first.status) and math.type(first.expiresAtMs) == "integer" then
-      local due = first.expiresAtMs - self:now() + 1
+    if not core.is_terminal(first.status) and type(first.expiresAtMs) == "number" then
+      local due = math.ceil(first.expiresAtMs - self:now()) + 1
       if due > 0 and (not left or due < left) then left = due end
     end
     local ev, emsg, ecode = w:wait(left, opts.signals)
