@@ -1471,6 +1471,7 @@ __attribute__((visibility("default"))) int luaopen_pairstore_core(lua_State *L)
   lua_setfield(L, -2, "open");
   ps_crypto_register(L);
   ps_qr_register(L);
+  ps_wait_register(L);
   set_int(L, "FILE_VERSION", PS_FILE_VERSION);
   set_int(L, "DEFAULT_TTL_MS", PS_DEFAULT_TTL_MS);
   set_int(L, "MIN_TTL_MS", PS_MIN_TTL_MS);

@@ -301,4 +301,7 @@ void ps_crypto_register(lua_State *L); /* adds functions to the table on top of 
 /* ---- QR codes (qr.c) ----------------------------------------------------------------- */
 void ps_qr_register(lua_State *L);     /* adds qr_matrix to the table on top of the stack */
 
+/* ---- waiting for the file to change (wait.c) ------------------------------------------ */
+void ps_wait_register(lua_State *L);   /* adds watch_file, mono_ms and the CLI's signal helpers */
+
 #endif

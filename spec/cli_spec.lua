@@ -8,10 +8,11 @@ local q = helpers.sh_quote
 local json = helpers.json
 
 local BIN = helpers.ROOT .. "/bin/pairstore"
+local BASE_URL = "https://gw.example/pair"
 local LUA = helpers.LUA_ENV .. " timeout 60 lua5.4 " .. q(BIN)
 -- Without `timeout`, which would move the CLI into a process group of its own (the live
 -- view specs signal the group, as a terminal does); those specs bound their waits instead.
-local LUA_FG = helpers.LUA_ENV .. " lua5.4 " .. q(BIN)
+local LUA_FG = "PAIRSTORE_URL=" .. BASE_URL .. " " .. helpers.LUA_ENV .. " lua5.4 " .. q(BIN)
 local AEAD = crypto.aead_available("aes-256-gcm") and "aes-256-gcm" or "chacha20-poly1305"
 
 local function unhex(s)
@@ -51,11 +52,12 @@ describe("bin/pairstore", function()
     end
   end
 
-  -- Runs the CLI; returns exit code, stdout, stderr. opts.nofile: no --file; opts.env: prefix.
+  -- Runs the CLI; returns exit code, stdout, stderr. opts.nofile: no --file; opts.env: prefix
+  -- (after PAIRSTORE_URL=BASE_URL, which `env -u PAIRSTORE_URL` undoes).
   local function cli(args, opts)
     opts = opts or {}
     collect()
-    local cmd = (opts.env or "") .. " " .. LUA
+    local cmd = "PAIRSTORE_URL=" .. BASE_URL .. " " .. (opts.env or "") .. " " .. LUA
     if not opts.nofile then cmd = cmd .. " --file " .. q(file) end
     local _, out, err, rc = helpers.run_split(cmd .. " " .. args .. " </dev/null")
     collect()
@@ -89,7 +91,7 @@ describe("bin/pairstore", function()
       local s = assert(store():get(sid))
       assert.are.equal(32, #sid)
       assert.are.equal(s.secondaryCode, code)
-      assert.are.equal(pairstore.pairing_url("https://pair.example/pair", s), url)
+      assert.are.equal(pairstore.pairing_url(BASE_URL, s), url)
       assert.are.equal("generate", s.mode)
       assert.are.equal("cli", s.operatorContext.channel)
       assert.are.equal(pairstore.DEFAULT_TTL_MS, s.expiresAtMs - s.createdAtMs)
@@ -123,13 +125,13 @@ describe("bin/pairstore", function()
       assert.are.equal(300000, s.expiresAtMs - s.createdAtMs)
     end)
 
-    it("rejects bad option values with usage on stderr and exit code 2", function()
-      for _, args in ipairs { "create --ttl abc", "create --ttl -5", "create --mode other", "create --bogus" } do
+    it("rejects bad option values in one line on stderr with exit code 2", function()
+      for _, args in ipairs { "create --ttl abc", "create --ttl -5", "create --ttl 0", "create --ttl 1e3",
+        "create --mode other", "create --bogus" } do
         local rc, out, err = cli(args)
         assert.are.equal(2, rc, args)
         assert.are.equal("", out, args)
-        assert.matches("Usage: pairstore create", err, 1, true)
-        assert.matches("Error: ", err, 1, true)
+        assert.matches("^pairstore create: [^\n]+ %(see `pairstore create %-%-help`%)\n$", err)
       end
       assert.is_nil(helpers.read(file))
     end)
@@ -326,12 +328,12 @@ describe("bin/pairstore", function()
   end)
 
   describe("errors", function()
-    it("go to stderr with exit code 2", function()
-      for _, args in ipairs { "", "bogus", "show", "reject", "list --nope", "watch" } do
+    it("go to stderr in one line with exit code 2", function()
+      for _, args in ipairs { "", "bogus", "show", "reject", "list --nope", "watch", "corrupt --nope" } do
         local rc, out, err = cli(args)
         assert.are.equal(2, rc, args)
         assert.are.equal("", out, args)
-        assert.matches("Error: ", err, 1, true)
+        assert.matches("^pairstore[ %w]*: [^\n]+\n$", err)
       end
       local rc, out, err = cli("reject " .. ("0"):rep(32))
       assert.are.equal(2, rc)
@@ -431,9 +433,7 @@ describe("bin/pairstore", function()
     end)
 
     it("create --wait: SIGINT to the process group (Ctrl+C) rejects the session and exits 130", function()
-      -- A terminal sends SIGINT to its whole foreground process group. That is what works:
-      -- during each poll's `sleep` lua5.4 ignores SIGINT (system() does), so a signal to the
-      -- lua pid alone is lost; the sleep receiving it is how the CLI notices.
+      -- A terminal sends SIGINT to its whole foreground process group.
       start("create --wait")
       local text = assert(output_has("\nstatus: awaiting_scan"))
       local sid = text:match("sid:%s+(%x+)")
@@ -471,6 +471,328 @@ describe("bin/pairstore", function()
       assert.are.equal("rejected", store():get(sid).status)
       collect()
       assert_no_secrets(text, true)
+    end)
+
+    -- Pids whose parent is ppid, from /proc (pgrep deadlocks with the ASan runtime preloaded,
+    -- as make test-sanitize runs the suite).
+    local function children_of(ppid)
+      local found = {}
+      for _, name in ipairs(helpers.ls("/proc")) do
+        if name:match("^%d+$") then
+          local f = io.open("/proc/" .. name .. "/stat")
+          local stat = f and f:read("a")
+          if f then f:close() end
+          if stat and tonumber(stat:match("^%d+ %b() %a (%d+)")) == ppid then found[#found + 1] = tonumber(name) end
+        end
+      end
+      return found
+    end
+    -- The lua5.4 process running the CLI (the child of the group's shell).
+    local function cli_pid()
+      local pid
+      helpers.wait_for(function()
+        pid = children_of(pgid)[1]
+        return pid
+      end, 20)
+      return assert(pid, "no lua5.4 child")
+    end
+    -- SIGHUP, SIGINT and SIGTERM blocked: the CLI holds them while it follows a session.
+    local function holds_signals(pid)
+      local f = io.open("/proc/" .. pid .. "/status")
+      if not f then return false end
+      local blk = f:read("a"):match("SigBlk:%s*(%x+)")
+      f:close()
+      return blk ~= nil and (tonumber(blk, 16) & 0x4003) == 0x4003
+    end
+
+    for sig, want in pairs { INT = 130, TERM = 143, HUP = 129 } do
+      it("create --wait: SIG" .. sig .. " to the CLI's pid alone rejects the session and exits " .. want, function()
+        start("create --wait")
+        local text = assert(output_has("\nstatus: awaiting_scan"))
+        local sid = text:match("sid:%s+(%x+)")
+        local pid = cli_pid()
+        assert.is_true(holds_signals(pid))
+        helpers.kill(pid, sig)
+        assert.are.equal(want, exit_code())
+        assert.are.equal("rejected", store():get(sid).status)
+        assert.matches("; session " .. sid .. " rejected", helpers.read(err), 1, true)
+      end)
+    end
+
+    it("watch: SIGTERM and SIGHUP exit 143 and 129 and leave the session alone", function()
+      local a = assert(store():create {})
+      for sig, want in pairs { TERM = 143, HUP = 129 } do
+        os.remove(rcfile)
+        os.remove(out)
+        start("watch " .. a.sid)
+        assert(output_has("status: awaiting_scan"))
+        local pid = cli_pid()
+        assert.is_true(helpers.wait_for(function() return holds_signals(pid) end, 20))
+        helpers.kill(pid, sig)
+        assert.are.equal(want, exit_code())
+        assert.matches("got SIG" .. sig .. "; session " .. a.sid .. " left as it is", helpers.read(err), 1, true)
+      end
+      assert.are.equal("awaiting_scan", store():get(a.sid).status)
+    end)
+
+    it("sleeps on the file instead of polling: no child processes, woken at once by a change", function()
+      start("create --wait")
+      local text = assert(output_has("\nstatus: awaiting_scan"))
+      local sid = text:match("sid:%s+(%x+)")
+      local code = text:match("code:%s+(%d+)")
+      local pid = cli_pid()
+      -- a poll with `sleep` keeps a child running most of the time; a wait has none
+      for _ = 1, 10 do
+        assert.are.same({}, children_of(pid), "the CLI runs a child while it waits")
+        helpers.sleep(0.05)
+      end
+      local t0 = helpers.mono()
+      assert(store():verify_code(sid, code))
+      assert(output_has("\nstatus: device_connected"))
+      local took = helpers.mono() - t0
+      assert.is_true(took < 2, "saw the change after " .. took .. " s")
+      assert(store():reject(sid))
+      assert.are.equal(1, exit_code())
+    end)
+
+    it("watch exits 1 when the session vanishes", function()
+      local a = assert(store():create {})
+      start("watch " .. a.sid)
+      assert(output_has("status: awaiting_scan"))
+      assert.is_false(store():update(a.sid, function() return false end))
+      assert.are.equal(1, exit_code())
+      assert.matches("session " .. a.sid .. " no longer exists\n$", helpers.read(out))
+    end)
+  end)
+
+  describe("fields from the file", function()
+    local NASTY = "\27]0;owned\7\27[31mred\r\nline2\t\255\254\194\155csi\226\128\174rtl\\"
+
+    local function assert_terminal_safe(text)
+      assert.is_truthy(utf8.len(text), "output is valid UTF-8")
+      assert.is_nil(text:find("[%z\1-\9\11-\31\127]"), "a control byte reached the terminal")
+      for _, cp in utf8.codes(text) do
+        assert.is_false(cp >= 0x80 and cp <= 0x9f, "a C1 control reached the terminal")
+        assert.is_false(cp >= 0x202a and cp <= 0x202e, "a bidi control reached the terminal")
+      end
+    end
+
+    local function nasty_session()
+      local st = store()
+      local a = assert(st:create { operator = { channel = NASTY, senderId = "\27[2J" } })
+      assert(st:update(a.sid, function(c)
+        c.note = "x\27]52;c;AAAA\7y"
+        c.tags = { "\27[1m", { deep = "\155" } }
+        c["key\27[7m"] = "\240\159\152\128 ok" -- an emoji is printable: kept as it is
+      end))
+      return a
+    end
+
+    it("are printed by list with every unprintable byte as a visible escape, one line per session", function()
+      nasty_session()
+      local rc, out, err = cli("list")
+      assert.are.equal(0, rc)
+      assert.are.equal("", err)
+      assert_terminal_safe(out)
+      local l = lines(out)
+      assert.are.equal(2, #l)
+      assert.matches("\\e]0;owned\\x07\\e[31mred\\r\\nline2\\t\\xff\\xfe\\u{009b}csi\\u{202e}rtl\\\\", l[2], 1, true)
+    end)
+
+    it("are printed by show the same way, tables as JSON-like text (never table: 0x...)", function()
+      local a = nasty_session()
+      local rc, out = cli("show " .. a.sid)
+      assert.are.equal(0, rc)
+      assert_terminal_safe(out)
+      assert.is_nil(out:find("table: 0x", 1, true))
+      assert.matches('operatorContext:%s+{"channel":"\\e]0;owned', out)
+      assert.matches('"senderId":"\\e[2J"}', out, 1, true)
+      assert.matches('\ntags:%s+%["\\e%[1m",{"deep":"\\x9b"}%]\n', out)
+      assert.matches("\nnote:%s+x\\e]52;c;AAAA\\x07y\n", out)
+      assert.matches("\nkey\\e%[7m:%s+\u{1F600} ok\n", out)
+    end)
+
+    it("a hand-edited status is escaped too, in list and in the live view", function()
+      local st = store()
+      local a = assert(st:create {})
+      assert(st:update(a.sid, function(c) c.status = "pau\27[2Jsed" end))
+      local rc, out = cli("list --all")
+      assert.are.equal(0, rc)
+      assert.matches(a.sid:sub(1, 8) .. "  pau\\e%[2Jsed  ", out)
+      -- watch follows it (not a status that ends) until timeout(1) stops it
+      out = select(2, cli("watch " .. a.sid, { env = "timeout 2 env" }))
+      assert.matches("^status: pau\\e%[2Jsed, 1[45]m%d%ds left\n$", out)
+    end)
+
+    it("a table or a number as channel is shown as its value", function()
+      local st = store()
+      local a = assert(st:create {})
+      local b = assert(st:create {})
+      assert(st:update(a.sid, function(c) c.operatorContext.channel = { x = 1 } end))
+      assert(st:update(b.sid, function(c) c.operatorContext.channel = 42 end))
+      local rc, out = cli("list")
+      assert.are.equal(0, rc)
+      assert.is_nil(out:find("table: 0x", 1, true))
+      assert.matches(a.sid:sub(1, 8) .. "%s+awaiting_scan%s+generate%s+{\"x\":1}%s", out)
+      assert.matches(b.sid:sub(1, 8) .. "%s+awaiting_scan%s+generate%s+42%s", out)
+    end)
+
+    it("list --json is always valid UTF-8 JSON: invalid bytes become U+FFFD, hidden characters \\u escapes", function()
+      local a = nasty_session()
+      local rc, out, err = cli("list --json")
+      assert.are.equal(0, rc)
+      assert.are.equal("", err)
+      assert_terminal_safe(out)
+      local arr = json.decode(out)
+      assert.are.equal(a.sid, arr[1].sid)
+      assert.are.equal("\27]0;owned\7\27[31mred\r\nline2\t\u{fffd}\u{fffd}\u{9b}csi\u{202e}rtl\\", arr[1].operatorContext.channel)
+      assert.are.equal("\240\159\152\128 ok", arr[1]["key\27[7m"])
+      assert.are.equal("\u{fffd}", arr[1].tags[2].deep)
+      assert.matches("\\u202e", out, 1, true)
+    end)
+  end)
+
+  describe("output that cannot be written", function()
+    it("makes create exit 2 and reject the session whose code it could not show", function()
+      local rc, _, err = cli("create >/dev/full")
+      assert.are.equal(2, rc)
+      local sid = err:match("session (%x+) rejected")
+      assert.matches("^pairstore: cannot write the output %(No space left on device%): session %x+ rejected", err)
+      assert.are.equal("rejected", store():get(sid).status)
+      assert.are.equal(1, #store():list_all())
+    end)
+
+    it("makes every command exit 2", function()
+      local a = assert(store():create {})
+      local b = assert(store():create {})
+      helpers.write(file .. ".corrupt-1", "x")
+      for _, args in ipairs { "list", "list --json", "show " .. a.sid, "reject " .. b.sid, "prune", "corrupt", "--help", "watch " .. b.sid } do
+        local rc, _, err = cli(args .. " >/dev/full")
+        assert.are.equal(2, rc, args)
+        assert.matches("cannot write the output", err, 1, true)
+      end
+    end)
+
+    it("a closed stdout is refused before anything is opened (a file would get its descriptor)", function()
+      local rc, _, err = cli("create >&-")
+      assert.are.equal(2, rc)
+      assert.are.equal("pairstore: cannot write the output: stdout is closed\n", err)
+      assert.is_nil(helpers.read(file))
+      -- a closed stdin or stderr is filled with /dev/null: the store's files never get them
+      assert(store():create {})
+      rc = cli("list <&- 2>&-")
+      assert.are.equal(0, rc)
+      assert.are.same({ "pair-sessions.json" }, helpers.ls_live(dir))
+    end)
+  end)
+
+  describe("create's arguments", function()
+    it("are all checked before anything is created: one line, exit 2, no traceback", function()
+      local cases = {
+        { "create --channel ''", "--channel must not be empty" },
+        { "create --channel " .. q("a\27[31mb"), "--channel must be printable UTF-8" },
+        { "create --url ''", "--url must not be empty" },
+        { "create --url ftp://x.example/p", "--url must be an http:// or https:// URL" },
+        { "create --url " .. q("https://x.example/p?a=1"), "must not have a query or fragment" },
+        { "create --url " .. q("https://x.example/ p"), "printable ASCII without spaces" },
+        { "create", "no pairing URL: pass --url BASE or set $PAIRSTORE_URL", "env -u PAIRSTORE_URL" },
+        { "create", "$PAIRSTORE_URL must not be empty", "PAIRSTORE_URL=" },
+        { "create --wait --url ''", "--url must not be empty" },
+      }
+      for _, c in ipairs(cases) do
+        local rc, out, err = cli(c[1], { env = c[3] })
+        assert.are.equal(2, rc, c[1])
+        assert.are.equal("", out, c[1])
+        assert.matches(c[2], err, 1, true)
+        assert.matches("^[^\n]+\n$", err)
+        assert.is_nil(err:find("traceback", 1, true), c[1])
+        assert.is_nil(helpers.read(file), c[1] .. " created a session")
+      end
+    end)
+
+    it("--url wins over $PAIRSTORE_URL", function()
+      local rc, out = cli("create --url https://other.example/x")
+      assert.are.equal(0, rc)
+      assert.matches("url:%s+https://other%.example/x%?sid=", out)
+    end)
+
+    it("--ttl beyond any integer is clamped to 3600 with a note, never a silent default", function()
+      for _, ttl in ipairs { "9223372036854775807", "99999999999999999999999", "3601" } do
+        local rc, out, err = cli("create --ttl " .. ttl)
+        assert.are.equal(0, rc, ttl)
+        assert.are.equal("pairstore: note: --ttl " .. ttl .. " is outside 300..3600 seconds; using 3600\n", err)
+        local s = assert(store():get(out:match("sid:%s+(%x+)")))
+        assert.are.equal(3600000, s.expiresAtMs - s.createdAtMs, ttl)
+      end
+    end)
+  end)
+
+  describe("corrupt", function()
+    it("lists the quarantined files with size, mode and age, and says they hold secrets", function()
+      helpers.write(file .. ".corrupt-1700000000000", "{not json")
+      helpers.write(dir .. "/unrelated.corrupt-1", "x")
+      os.execute("chmod 644 " .. q(file .. ".corrupt-1700000000000"))
+      local rc, out, err = cli("corrupt")
+      assert.are.equal(0, rc)
+      assert.are.equal("", err)
+      assert.matches("private keys and codes", out, 1, true)
+      assert.matches("pair%-sessions%.json%.corrupt%-1700000000000%s+9%s+0644%s+%d+h%d%dm%d%ds%s+readable by others", out)
+      assert.is_nil(out:find("unrelated", 1, true))
+      rc, out = cli("corrupt", { nofile = true, env = "PAIRSTORE_FILE=" .. q(dir .. "/none.json") })
+      assert.are.equal(0, rc)
+      assert.matches("^no corrupt files beside ", out)
+    end)
+
+    it("--remove deletes regular files we own, never a symlink's target nor another user's file", function()
+      local target = dir .. "/precious"
+      helpers.write(target, "keep me")
+      helpers.write(file .. ".corrupt-1", "a")
+      helpers.write(file .. ".corrupt-2", "b")
+      os.execute("ln -s " .. q(target) .. " " .. q(file .. ".corrupt-3"))
+      local others = helpers.is_root()
+      if others then
+        helpers.write(file .. ".corrupt-4", "c")
+        os.execute("chown nobody " .. q(file .. ".corrupt-4"))
+      end
+      local rc, out, err = cli("corrupt --remove")
+      assert.are.equal(2, rc)
+      assert.matches("removed pair%-sessions%.json%.corrupt%-1\nremoved pair%-sessions%.json%.corrupt%-2\n", out)
+      assert.matches("not removed: pair-sessions.json.corrupt-3: a symlink", err, 1, true)
+      assert.are.equal("keep me", helpers.read(target))
+      assert.is_true(helpers.exists(file .. ".corrupt-3"))
+      if others then
+        assert.matches("not removed: pair-sessions.json.corrupt-4: owned by uid", err, 1, true)
+        assert.is_true(helpers.exists(file .. ".corrupt-4"))
+      end
+      assert.is_false(helpers.exists(file .. ".corrupt-1"))
+      os.remove(file .. ".corrupt-3")
+      os.remove(file .. ".corrupt-4")
+      rc = cli("corrupt --remove")
+      assert.are.equal(0, rc)
+    end)
+
+    it("finds the file a corrupt store was moved to", function()
+      helpers.write(file, "{not json")
+      local rc, _, err = cli("list --all")
+      assert.are.equal(0, rc)
+      assert.matches("holds secrets: see `pairstore corrupt`", err, 1, true)
+      local rc2, out = cli("corrupt --remove")
+      assert.are.equal(0, rc2)
+      assert.matches("^removed pair%-sessions%.json%.corrupt%-%d+\n$", out)
+    end)
+  end)
+
+  describe("--help", function()
+    it("documents the environment, the URL rule, --invert, the default channel and every exit code", function()
+      local _, out = cli("--help")
+      for _, s in ipairs { "PAIRSTORE_FILE", "PAIRSTORE_URL", "PAIRSTORE_DEV", "vanished", "130, 143, 129",
+        "corrupt" } do
+        assert.matches(s, out, 1, true)
+      end
+      local _, cout = cli("create --help")
+      for _, s in ipairs { "--invert", "default: cli", "$PAIRSTORE_URL", "refuses", "rejected" } do
+        assert.matches(s, cout, 1, true)
+      end
     end)
   end)
 end)

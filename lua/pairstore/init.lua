@@ -259,6 +259,67 @@ function Store:respond(sid, body, opts)
   return require("pairstore.respond")(self, sid, body, opts)
 end
 
+-- Waiting for a change ------------------------------------------------------------------------
+
+local WAIT_OPTIONS = { timeout_ms = "number", signals = "boolean" }
+
+local function same(a, b, depth)
+  if a == b then return true end
+  if type(a) ~= "table" or type(b) ~= "table" or depth > 64 then return false end
+  for k, v in pairs(a) do
+    if not same(v, b[k], depth + 1) then return false end
+  end
+  for k in pairs(b) do
+    if a[k] == nil then return false end
+  end
+  return true
+end
+
+--- Block until the session differs from what it is now: store:wait(sid, { timeout_ms = n,
+-- signals = bool }) --> session | nil, "timeout", "timeout" | nil, "signal", "signal", name
+-- | nil, message, code (not_found once it is gone, or a store failure). Sleeps on inotify
+-- for the file's directory, and wakes at the session's expiry; never polls.
+function Store:wait(sid, opts)
+  check_sid("wait", sid)
+  if opts == nil then opts = {} end
+  if type(opts) ~= "table" then argerror(2, "wait", "opts must be a table") end
+  for k, v in pairs(opts) do
+    local want = WAIT_OPTIONS[k]
+    if not want then argerror(2, "wait", fmt("unknown option %q", tostring(k))) end
+    if type(v) ~= want then argerror(2, "wait", fmt("option %s must be a %s", k, want)) end
+  end
+  local timeout = opts.timeout_ms
+  if timeout ~= nil then
+    timeout = tointeger(timeout)
+    if not timeout or timeout < 0 then argerror(2, "wait", "option timeout_ms must be a non-negative integer") end
+  end
+  local dir, base = self.path:match("^(.*)/([^/]+)$")
+  if not dir then dir, base = ".", self.path end
+  if dir == "" then dir = "/" end
+  -- Watch first, then read: a change in between is queued, not missed.
+  local w <close>, wmsg, wcode = core.watch_file(dir, base)
+  local first, msg, code = self:get(sid)
+  if not first then return nil, msg, code end
+  if not w then return nil, wmsg, wcode end
+  local deadline = timeout and core.mono_ms() + timeout
+  while true do
+    local left = deadline and deadline - core.mono_ms()
+    if left and left < 0 then left = 0 end
+    -- A live session changes by itself when it expires (the next read expires it).
+    if not core.is_terminal(first.status) and type(first.expiresAtMs) == "number" then
+      local due = math.ceil(first.expiresAtMs - self:now()) + 1
+      if due > 0 and (not left or due < left) then left = due end
+    end
+    local ev, emsg, ecode = w:wait(left, opts.signals)
+    if not ev then return nil, emsg, ecode end
+    if ev ~= "change" and ev ~= "timeout" then return nil, "signal", "signal", ev end
+    local now, nmsg, ncode = self:get(sid)
+    if not now then return nil, nmsg, ncode end
+    if not same(first, now, 0) then return now end
+    if deadline and core.mono_ms() >= deadline then return nil, "timeout", "timeout" end
+  end
+end
+
 --- Close the store (idempotent). From inside its own mutator or clock it raises.
 function Store:close()
   local c = core_of(self, "close")

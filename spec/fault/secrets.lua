@@ -92,7 +92,7 @@ if have_cli then
   run("reject " .. ids[3])
   run("watch " .. ids[3])
   run("prune")
-  run("create --ascii")
+  run("create --ascii --url https://gw.example/pair") -- (create refuses without a URL base)
   local created = captured[#captured]
   created.key_only = true -- prints its own (random) code on purpose
   run("bogus")
@@ -101,6 +101,8 @@ if have_cli then
   local t3 = H.read(p2)
   H.write(p2, t3:sub(1, (t3:find(H.CANARY_KEY_B64, 1, true)) + 50))
   run("list --all")
+  run("corrupt")
+  run("corrupt --remove")
   H.write(p2, t3)
   os.execute("chmod 000 " .. H.q(p2))
   run("list --all", "cli list (unreadable file)")
