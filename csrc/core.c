@@ -1330,6 +1330,27 @@ static int f_redact(lua_State *L)
   return 1;
 }
 
+/* json_encode(value) -> text | nil, why, "invalid": a Lua value written as the store writes
+ * new values (JSON.stringify's numbers; strings must be UTF-8). For the CLI's --json. */
+static int f_json_encode(lua_State *L)
+{
+  ps_buf b = { 0 };
+  const char *why;
+  luaL_checkany(L, 1);
+  lua_settop(L, 1);
+  why = ps_json_encode(L, 1, NULL, 0, 1, NULL, &b);
+  if (why) {
+    ps_buf_free(&b);
+    lua_pushnil(L);
+    lua_pushstring(L, why);
+    lua_pushliteral(L, "invalid");
+    return 3;
+  }
+  lua_pushlstring(L, b.p ? b.p : "", b.len);
+  ps_buf_free(&b);
+  return 1;
+}
+
 static int f_is_terminal(lua_State *L)
 {
   lua_pushboolean(L, ps_is_terminal(luaL_checkstring(L, 1)));
@@ -1405,7 +1426,7 @@ static const luaL_Reg store_methods[] = {
 };
 
 static const luaL_Reg module_funcs[] = {
-  { "redact", f_redact }, { "now_ms", f_now_ms }, { "is_terminal", f_is_terminal }, { "clamp_ttl", f_clamp_ttl },
+  { "redact", f_redact }, { "json_encode", f_json_encode }, { "now_ms", f_now_ms }, { "is_terminal", f_is_terminal }, { "clamp_ttl", f_clamp_ttl },
   { "_fault", f_fault }, { "_fault_state", f_fault_state }, { "_errno", f_errno },
   { "_fault_coarse_ctime", f_fault_coarse_ctime },
   { NULL, NULL },

@@ -577,14 +577,28 @@ describe("bin/pairstore", function()
       end
     end
 
+    -- A JSON string of any bytes, as a hand-edited file may hold them (invalid UTF-8 kept raw).
+    local function raw_json(v)
+      return '"' .. v:gsub('[%c"\\]', function(ch)
+        local e = ({ ['"'] = '\\"', ["\\"] = "\\\\", ["\n"] = "\\n", ["\r"] = "\\r", ["\t"] = "\\t" })[ch]
+        return e or string.format("\\u%04x", ch:byte())
+      end) .. '"'
+    end
+
+    -- The store writes only valid UTF-8; the hostile bytes come from a hand-edited file.
     local function nasty_session()
       local st = store()
-      local a = assert(st:create { operator = { channel = NASTY, senderId = "\27[2J" } })
+      local a = assert(st:create { operator = { channel = "@CHANNEL@", senderId = "\27[2J" } })
       assert(st:update(a.sid, function(c)
         c.note = "x\27]52;c;AAAA\7y"
-        c.tags = { "\27[1m", { deep = "\155" } }
+        c.tags = { "\27[1m", { deep = "@DEEP@" } }
         c["key\27[7m"] = "\240\159\152\128 ok" -- an emoji is printable: kept as it is
       end))
+      st:close()
+      local text = helpers.read(file)
+      text = text:gsub('"@CHANNEL@"', function() return raw_json(NASTY) end)
+      text = text:gsub('"@DEEP@"', function() return raw_json("\155") end)
+      helpers.write(file, text)
       return a
     end
 
@@ -649,6 +663,17 @@ describe("bin/pairstore", function()
       assert.are.equal("\240\159\152\128 ok", arr[1]["key\27[7m"])
       assert.are.equal("\u{fffd}", arr[1].tags[2].deep)
       assert.matches("\\u202e", out, 1, true)
+    end)
+
+    it("list --json writes numbers in full, as the store does", function()
+      local st = store()
+      local a = assert(st:create { operator = { channel = "c" } })
+      assert(st:update(a.sid, function(c) c.ratio = 0.1 + 0.2; c.big = 1152921504606846977 end))
+      st:close()
+      local rc, out = cli("list --json")
+      assert.are.equal(0, rc)
+      assert.matches('"big":1152921504606846977', out, 1, true)
+      assert.matches('"ratio":0.30000000000000004', out, 1, true)
     end)
   end)
 
