@@ -11,7 +11,8 @@ end)()
 helpers.ROOT = ROOT
 helpers.SHARED = ROOT .. "/../shared"
 helpers.REFERENCE_PEER = helpers.SHARED .. "/tools/reference-peer.mjs"
-helpers.FIXTURES = helpers.SHARED .. "/fixtures"
+-- reference-store.json (written by the reference itself, byte for byte) and pairing-vectors.json
+helpers.FIXTURES = ROOT .. "/spec/fixtures"
 
 local LUA_ENV = string.format("LUA_PATH='%s/lua/?.lua;%s/lua/?/init.lua;%s/spec/?.lua;;' LUA_CPATH='%s/build/?.so;;'",
   ROOT, ROOT, ROOT, ROOT)
