@@ -9,8 +9,8 @@ local ROOT = (function()
   return d
 end)()
 helpers.ROOT = ROOT
-helpers.SHARED = ROOT .. "/../shared"
-helpers.REFERENCE_PEER = helpers.SHARED .. "/tools/reference-peer.mjs"
+-- The Node.js peer speaking the reference's lock and write protocol (REFERENCE_PEER: another one).
+helpers.REFERENCE_PEER = os.getenv("REFERENCE_PEER") or ROOT .. "/spec/support/ref_peer.mjs"
 -- reference-store.json (written by the reference itself, byte for byte) and pairing-vectors.json
 helpers.FIXTURES = ROOT .. "/spec/fixtures"
 
