@@ -9,9 +9,10 @@ local ROOT = (function()
   return d
 end)()
 helpers.ROOT = ROOT
-helpers.SHARED = ROOT .. "/../shared"
-helpers.REFERENCE_PEER = helpers.SHARED .. "/tools/reference-peer.mjs"
-helpers.FIXTURES = helpers.SHARED .. "/fixtures"
+-- The Node.js peer speaking the reference's lock and write protocol (REFERENCE_PEER: another one).
+helpers.REFERENCE_PEER = os.getenv("REFERENCE_PEER") or ROOT .. "/spec/support/ref_peer.mjs"
+-- reference-store.json (written by the reference itself, byte for byte) and pairing-vectors.json
+helpers.FIXTURES = ROOT .. "/spec/fixtures"
 
 local LUA_ENV = string.format("LUA_PATH='%s/lua/?.lua;%s/lua/?/init.lua;%s/spec/?.lua;;' LUA_CPATH='%s/build/?.so;;'",
   ROOT, ROOT, ROOT, ROOT)

@@ -4,8 +4,9 @@
 -- work directory (BENCH_WORKDIR) and cleans it up. Environment:
 --   BENCH_QUICK=1   short CI mode (< 1 minute), every part still exercised
 --   BENCH_STRICT=1  failing targets make the exit status 3 (default: reported only)
---   BENCH_SHARED    the shared/ directory (default ../shared): its tools/reference-peer.mjs
---                   is the reference's sequence measured beside ours (skipped without node)
+--   REFERENCE_PEER  the Node.js peer whose `incr` is the reference's sequence measured beside
+--                   ours (default spec/support/ref_peer.mjs; skipped without node)
+--   BENCH_SHARED    a shared/ directory: its tools/reference-peer.mjs, unless REFERENCE_PEER is set
 -- Lost updates, failed operations or a crash always exit non-zero (1).
 --
 -- Method (see also the notes printed with the table):
@@ -70,7 +71,9 @@ local REFERENCE = {
   contention = { 250, 450 },
 }
 
-local PEER = (os.getenv("BENCH_SHARED") or (ROOT .. "/../shared")) .. "/tools/reference-peer.mjs"
+local PEER = os.getenv("REFERENCE_PEER")
+  or (os.getenv("BENCH_SHARED") and os.getenv("BENCH_SHARED") .. "/tools/reference-peer.mjs")
+  or ROOT .. "/spec/support/ref_peer.mjs"
 
 local HARD_FAILURES = {} -- correctness problems: exit 1
 local SL -- the list_all peak RSS of a file near max_file_bytes
@@ -500,7 +503,7 @@ local function contention(mode)
 end
 
 -- ---- the reference's sequence, measured here -------------------------------------------------
--- shared/tools/reference-peer.mjs speaks the reference's lock and write protocol: its `incr`
+-- The peer (spec/support/ref_peer.mjs) speaks the reference's lock and write protocol: its `incr`
 -- does what the reference does for each update or consume (create the sentinel exclusively,
 -- read and JSON.parse the file, prune, change one session, JSON.stringify, write a temp file,
 -- rename, unlink the sentinel), in one Node.js process. Timed as a run of N minus the faster
@@ -718,7 +721,7 @@ local function print_report(M, G, C, T, S, P, elapsed)
   p(fmt("  %-8s %s %s %10.0f %7.1f× (vs 450; durable = true: %.0f ops/s)", "contend", lpad("4×", 5), lpad("250–450", 10),
     C.nondurable.total_ops_s, C.nondurable.total_ops_s / 450, C.durable.total_ops_s))
   if P then
-    p("The reference's sequence measured on this machine in this run (shared/tools/reference-peer.mjs incr:")
+    p(fmt("The reference's sequence measured on this machine in this run (%s incr:", PEER))
     p("lock, read, JSON.parse, prune, change one session, JSON.stringify, write, rename, unlock; Node.js),")
     p("against ours with durable = false (update, consume: the same work)")
     p(fmt("  %5s %14s %12s %8s %12s %8s", "live", "reference/s", "update/s", "ratio", "consume/s", "ratio"))

@@ -68,7 +68,6 @@ if [[ $SKIP != *" asan "* ]]; then
     tree=$out/tree
     rm -rf "$tree"; mkdir -p "$tree/build/pairstore"
     for f in lua spec bin examples .busted; do [ -e "$ROOT/$f" ] && ln -s "$ROOT/$f" "$tree/$f"; done
-    [ -e "$out/shared" ] || ln -s "$(cd "$ROOT/../shared" 2>/dev/null && pwd)" "$out/shared"
     if log=$(clang -g -O1 -std=c11 -D_GNU_SOURCE -fPIC -fvisibility=hidden -fno-omit-frame-pointer \
         -fsanitize=address,undefined -fno-sanitize-recover=undefined -shared-libasan -shared \
         $(pkg-config --cflags lua5.4 libsodium libqrencode 2>/dev/null || echo -I/usr/include/lua5.4) \

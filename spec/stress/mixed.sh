@@ -5,7 +5,7 @@
 set -u
 cd "$(dirname "$0")/../.."
 COUNT=${STRESS_MIXED_COUNT:-150}
-PEER=${REFERENCE_PEER:-../shared/tools/reference-peer.mjs}
+PEER=${REFERENCE_PEER:-spec/support/ref_peer.mjs}
 work=$(mktemp -d /tmp/pairstore-mixed.XXXXXX)
 path=$work/pair-sessions.json
 passed=0; failed=0

@@ -11,7 +11,7 @@ set -u
 cd "$(dirname "$0")/../.."
 ROUNDS=${STRESS_RACE_ROUNDS:-40}
 N=${STRESS_RACE_WAITERS:-16}
-PEER=${REFERENCE_PEER:-../shared/tools/reference-peer.mjs}
+PEER=${REFERENCE_PEER:-spec/support/ref_peer.mjs}
 work=$(mktemp -d /tmp/pairstore-race.XXXXXX)
 dir=$work/store; mkdir -p "$dir"
 path=$dir/pair-sessions.json
