@@ -58,7 +58,7 @@ demo: deps
 	$(LUA) examples/pairing_flow.lua
 
 lint:
-	luacheck lua spec examples
+	luacheck lua spec examples bin/pairstore
 
 # The heavy runs (issue 3 and 5): each is a script that prints what it tried and what held.
 # .ci/run runs them all with bounded durations.
