@@ -24,7 +24,7 @@
  * array (of the first session with that sid), while index_valid. */
 enum { UV_OPTS = 1, UV_ENCODE, UV_DECODE, UV_SESSIONS, UV_TEXTS, UV_INDEX, UV_COUNT = UV_INDEX };
 
-static const char held_key = 'h'; /* registry: lock paths held by this Lua state */
+static const char held_key = 'h'; /* registry: stores ("<dir dev>:<dir ino>/<name>") locked by this Lua state */
 
 typedef struct ps_store {
   ps_file f;
@@ -776,12 +776,19 @@ static void deliver_events(lua_State *L, ps_store *s, int self)
   s->f.nevents = 0;
 }
 
+/* The store's identity as the kernel sees it (resolved by be->resolve): its directory's
+ * device and inode plus the file name, whatever spelling of the path opened it. */
+static void push_held_key(lua_State *L, ps_store *s)
+{
+  lua_pushfstring(L, "%s/%s", s->f.key, s->f.base);
+}
+
 static int held_get(lua_State *L, ps_store *s)
 {
   int held;
   lua_rawgetp(L, LUA_REGISTRYINDEX, &held_key);
-  lua_getfield(L, -1, s->f.lockpath);
-  held = lua_toboolean(L, -1);
+  push_held_key(L, s);
+  held = lua_rawget(L, -2) != LUA_TNIL;
   lua_pop(L, 2);
   return held;
 }
@@ -789,9 +796,10 @@ static int held_get(lua_State *L, ps_store *s)
 static void held_set(lua_State *L, ps_store *s, int on)
 {
   lua_rawgetp(L, LUA_REGISTRYINDEX, &held_key);
+  push_held_key(L, s);
   if (on) lua_pushboolean(L, 1);
   else lua_pushnil(L);
-  lua_setfield(L, -2, s->f.lockpath);
+  lua_rawset(L, -3);
   lua_pop(L, 1);
 }
 
@@ -807,6 +815,7 @@ static int run(lua_State *L, ps_op op, int readonly)
   t.op = op;
   t.readonly = readonly;
   s->f.nevents = 0;
+  if (s->be->resolve(&s->f, &t.err) != 0) return ps_push_err(L, &t.err);
   if (held_get(L, s)) {
     ps_err_set(&t.err, "reentrant",
                "store call made while this process holds the lock on %s (from inside a mutator?)",
@@ -1092,9 +1101,10 @@ static int opt_int(lua_State *L, int opts, const char *key, int dflt, int lo, in
   return (int)v;
 }
 
-/* Lexically normalises an absolute path in place: no empty, "." or ".." components, so
- * that two spellings of one file share one lock record (re-entry is detected by path).
- * Returns 0 when the last component names a file, -1 otherwise. */
+/* Tidies an absolute path in place: no empty or "." components. ".." stays: after a
+ * symlink it does not mean what the text says, so only the kernel resolves it (the store is
+ * known by the directory it resolves to, not by this text). Returns 0 when the last
+ * component names a file, -1 otherwise. */
 static int normalize_path(char *p)
 {
   char *out = p, *in = p;
@@ -1106,10 +1116,6 @@ static int normalize_path(char *p)
     while (*in && *in != '/') in++;
     n = (size_t)(in - seg);
     if (n == 0 || (n == 1 && seg[0] == '.')) continue;
-    if (n == 2 && seg[0] == '.' && seg[1] == '.') {
-      while (out > p && *--out != '/') { }
-      continue;
-    }
     *out++ = '/';
     memmove(out, seg, n);
     out += n;
@@ -1171,6 +1177,7 @@ static int f_open(lua_State *L)
   if (slash == s->f.dir) slash[1] = '\0';
   else *slash = '\0';
   s->f.base = strrchr(s->f.path, '/') + 1;
+  s->f.lockbase = s->f.lockpath + (s->f.base - s->f.path);
 
   lua_pushvalue(L, 2);
   lua_setiuservalue(L, -2, UV_OPTS);
