@@ -218,17 +218,42 @@ static void changed(lua_State *L, ps_txn *t, int sess)
   lua_pop(L, 1);
 }
 
+/* The file cannot be parsed as sessions (why). A read fails and leaves it exactly as it is;
+ * a write moves it aside (if the backend finds it plausibly ours) and starts empty. */
 static void quarantine(ps_txn *t, const char *why)
 {
   char moved[4096 + 64], detail[300];
   ps_store *s = t->s;
-  if (s->be->quarantine(&s->f, ps_wall_ms(), moved, sizeof moved, &t->err) != 0) {
+  if (t->readonly) {
+    ps_err_set(&t->err, "corrupt", "%s is not a valid sessions file (%s); left as it is (only "
+               "a writing operation moves it aside)", s->f.path, why);
+    t->failed = 1;
+    return;
+  }
+  if (s->be->quarantine(&s->f, ps_wall_ms(), why, moved, sizeof moved, &t->err) != 0) {
     t->failed = 1;
     return;
   }
   snprintf(detail, sizeof detail, "corrupt sessions file moved aside: %s", why);
   ps_file_event(&s->f, "corrupt", detail, moved, 0, 0, 0);
   t->dirty = 0;
+}
+
+/* A well-formed file of another format version (a newer program's) is not corrupt: fail
+ * with code unsupported_version and leave it, reads and writes alike. Returns 1 then. */
+static int other_version(lua_State *L, ps_txn *t, int doc)
+{
+  lua_Number v;
+  if (lua_type(L, doc) != LUA_TTABLE) return 0;
+  lua_getfield(L, doc, "version");
+  v = lua_type(L, -1) == LUA_TNUMBER ? lua_tonumber(L, -1) : (lua_Number)PS_FILE_VERSION;
+  lua_pop(L, 1);
+  if (v == (lua_Number)PS_FILE_VERSION) return 0;
+  ps_err_set(&t->err, "unsupported_version", "%s has format version %.17g; this pairstore "
+             "reads and writes version %d only; left as it is", t->s->f.path, (double)v,
+             PS_FILE_VERSION);
+  t->failed = 1;
+  return 1;
 }
 
 /* Whether an error message is cjson's decoding verdict ("Expected value but found invalid
@@ -291,6 +316,7 @@ static void load(lua_State *L, ps_txn *t)
     return;
   }
   doc = lua_gettop(L);
+  if (other_version(L, t, doc)) return;
   if (!shape_ok(L, doc, &why)) {
     lua_pop(L, 1);
     quarantine(t, why);

@@ -2,7 +2,8 @@
  * file.c — the file backend: the store's directory resolved by the kernel and used through
  * *at calls, bounded reads that never follow a symlink or block on a FIFO, atomic durable
  * replacement (temp O_EXCL -> write -> fsync -> close -> fence -> rename -> fsync dir),
- * quarantine of corrupt files, mkdir -p with 0700, and the orphan sweep.
+ * quarantine of corrupt files that are plausibly ours, mkdir -p with 0700, and the orphan
+ * sweep.
  */
 #include "pairstore.h"
 
@@ -209,6 +210,7 @@ static int file_resolve(ps_file *f, ps_err *e)
   f->dir_dev = st.st_dev;
   f->dir_ino = st.st_ino;
   f->swept = 0;
+  f->seen_valid = 0;
   snprintf(f->key, sizeof f->key, "%ju:%ju", (uintmax_t)st.st_dev, (uintmax_t)st.st_ino);
   return 0;
 }
@@ -287,18 +289,25 @@ static int file_load(ps_file *f, ps_buf *into, const ps_ident *known, int *toobi
   into->oom = 0;
   *toobig = 0;
   id->valid = 0;
+  f->seen_valid = 0;
   if (f->fine_ctime && known && known->valid && f->pin_fd >= 0 && known->dev == f->pin_dev &&
       known->ino == f->pin_ino && fstatat(f->dirfd, f->base, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
       S_ISREG(st.st_mode)) {
     /* The path still names the inode we hold open: no other file can carry its number. If
      * it also has the size and timestamps we know, it is the file we wrote last. */
     set_ident(id, &st);
-    if (same_ident(id, known)) return PS_LOAD_SAME;
+    if (same_ident(id, known)) {
+      f->seen = st;
+      f->seen_valid = 1;
+      return PS_LOAD_SAME;
+    }
     id->valid = 0; /* changed in place, or lstat saw something else: read it */
   }
   fd = ps_open_regular(f->dirfd, f->base, f->path, "open", &st, e);
   if (fd < 0) return errno == ENOENT ? PS_LOAD_ABSENT : PS_LOAD_ERROR;
   set_ident(id, &st);
+  f->seen = st; /* the descriptor we read: its owner, mode and links decide a quarantine */
+  f->seen_valid = 1;
   if (known && same_ident(id, known) &&
       ps_wall_ms() - ((int64_t)st.st_ctim.tv_sec * 1000 + st.st_ctim.tv_nsec / 1000000) >
           PS_IDENT_SETTLE_MS) {
@@ -336,12 +345,39 @@ static int file_load(ps_file *f, ps_buf *into, const ps_ident *known, int *toobi
   return PS_LOAD_OK;
 }
 
-static int file_quarantine(ps_file *f, int64_t now_ms, char *moved_to, size_t n, ps_err *e)
+/* Why the file the last load read is not plausibly a sessions file of ours (both
+ * implementations write 0600 files by rename), or NULL when it is. */
+static const char *not_ours(const ps_file *f, char *buf, size_t n)
 {
-  char name[512];
-  int i, fd;
+  const struct stat *st = &f->seen;
+  if (!f->seen_valid || !S_ISREG(st->st_mode))
+    snprintf(buf, n, "it is not a regular file");
+  else if (st->st_uid != geteuid())
+    snprintf(buf, n, "it belongs to uid %ju, not to this user (uid %ju)", (uintmax_t)st->st_uid,
+             (uintmax_t)geteuid());
+  else if (st->st_mode & 077)
+    snprintf(buf, n, "its mode %04o lets group or others in (a sessions file is 0600)",
+             (unsigned)(st->st_mode & 07777));
+  else if (st->st_nlink != 1)
+    snprintf(buf, n, "it has %ju hard links", (uintmax_t)st->st_nlink);
+  else
+    return NULL;
+  return buf;
+}
+
+static int file_quarantine(ps_file *f, int64_t now_ms, const char *why, char *moved_to, size_t n,
+                           ps_err *e)
+{
+  char name[512], reason[128];
+  struct stat st;
+  int i;
+
+  if (not_ours(f, reason, sizeof reason)) {
+    ps_err_set(e, "corrupt", "%s is not a valid sessions file (%s); left as it is, since %s",
+               f->path, why, reason);
+    return -1;
+  }
   for (i = 0; i < 100; i++) {
-    struct stat st;
     if (i == 0) snprintf(name, sizeof name, "%s.corrupt-%lld", f->base, (long long)now_ms);
     else snprintf(name, sizeof name, "%s.corrupt-%lld-%d", f->base, (long long)now_ms, i);
     if (fstatat(f->dirfd, name, &st, AT_SYMLINK_NOFOLLOW) != 0 && errno == ENOENT) break;
@@ -350,14 +386,21 @@ static int file_quarantine(ps_file *f, int64_t now_ms, char *moved_to, size_t n,
     ps_err_sys(e, errno, "move corrupt file aside", f->path);
     return -1;
   }
-  snprintf(moved_to, n, "%s%s", f->path, name + strlen(f->base));
-  fd = ps_openat(f->dirfd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0);
-  if (fd >= 0) {
-    struct stat st;
-    /* A hard link's inode is also a file elsewhere: never change that file's mode. */
-    if (ps_fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_nlink == 1) ps_fchmod(fd, 0600);
-    close(fd);
+  /* It must be the very file judged (its mode is kept: it has no group or other bits). */
+  if (ps_fstatat(f->dirfd, name, &st) != 0) {
+    int saved = errno;
+    renameat2(f->dirfd, name, f->dirfd, f->base, RENAME_NOREPLACE);
+    ps_err_sys(e, saved, "check the corrupt file moved aside from", f->path);
+    return -1;
   }
+  if (st.st_dev != f->seen.st_dev || st.st_ino != f->seen.st_ino) {
+    renameat2(f->dirfd, name, f->dirfd, f->base, RENAME_NOREPLACE);
+    ps_err_set(e, "corrupt", "%s is not a valid sessions file (%s); left as it is, since it was "
+               "replaced while being moved aside", f->path, why);
+    return -1;
+  }
+  f->seen_valid = 0;
+  snprintf(moved_to, n, "%s%s", f->path, name + strlen(f->base));
   return 0;
 }
 

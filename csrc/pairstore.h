@@ -160,6 +160,10 @@ typedef struct ps_file {
   dev_t dir_dev;
   ino_t dir_ino;
   char key[48];          /* "<dev>:<ino>" of the directory: with base, the store's identity */
+  /* The file as the last load found it (fstat of the descriptor it read, or the lstat that
+   * recognised the pinned inode): who owns it, its mode and links. seen_valid 0: absent. */
+  int seen_valid;
+  struct stat seen;
   int lock_wait_ms;
   int lock_stale_ms;
   int durable;
@@ -202,8 +206,12 @@ typedef struct ps_backend {
    * PS_LOAD_OK with *toobig set and nothing read. */
   int  (*load)(ps_file *f, ps_buf *into, const ps_ident *known, int *toobig, ps_ident *id,
                ps_err *e);
-  /* Moves a corrupt file aside; fills moved_to. */
-  int  (*quarantine)(ps_file *f, int64_t now_ms, char *moved_to, size_t n, ps_err *e);
+  /* Moves the corrupt file the last load read aside (why: what is wrong with it) and fills
+   * moved_to, only if it is plausibly a sessions file of ours: a regular file owned by the
+   * effective uid, with one link and no group or other permission bits. Otherwise it moves
+   * nothing and fails with code "corrupt", saying why. */
+  int  (*quarantine)(ps_file *f, int64_t now_ms, const char *why, char *moved_to, size_t n,
+                     ps_err *e);
   /* Atomically replaces the file (fence checked before the rename). */
   int  (*commit)(ps_file *f, const char *buf, size_t len, ps_ident *id, ps_err *e);
 } ps_backend;

@@ -701,7 +701,12 @@ describe("events", function()
     end })
     local s = store:create {}
     helpers.write(path, "{not json " .. s.skGatewayB64 .. " " .. s.secondaryCode)
-    assert_outcome("not_found", store:get(s.sid))
+    local v, msg = store:get(s.sid) -- a read: refused, nothing moved, no event
+    assert.is_nil(v)
+    assert.is_nil(msg:find(s.skGatewayB64, 1, true))
+    assert.is_nil(msg:find(s.secondaryCode, 1, true))
+    assert.are.equal(0, #events)
+    assert_outcome("not_found", store:consume(s.sid)) -- a write moves it aside
     assert.are.equal(1, #events)
     assert.are.equal("corrupt", events[1][1])
     local flat = helpers.json.encode(events[1][2])
