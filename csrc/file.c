@@ -1,9 +1,9 @@
 /*
  * file.c — the file backend: the store's directory resolved by the kernel and used through
  * *at calls, bounded reads that never follow a symlink or block on a FIFO, atomic durable
- * replacement (temp O_EXCL -> write -> fsync -> close -> fence -> rename -> fsync dir),
- * quarantine of corrupt files that are plausibly ours, mkdir -p with 0700, and the orphan
- * sweep.
+ * replacement (temp O_EXCL -> write -> fsync -> close -> fence -> rename -> fsync dir) that
+ * keeps the replaced file's owner and group, quarantine of corrupt files that are plausibly
+ * ours, mkdir -p with 0700, and the orphan sweep.
  */
 #include "pairstore.h"
 
@@ -417,6 +417,29 @@ static int fsync_dir(ps_file *f, int fd, ps_err *e)
   return rc;
 }
 
+/* The file being replaced belongs to another user or group (root working on a service's
+ * store): the new one gets the same owner and group, else the service is locked out of it. */
+static int keep_owner(ps_file *f, int fd, ps_err *e)
+{
+  struct stat st;
+  uid_t uid = f->seen.st_uid;
+  gid_t gid = f->seen.st_gid;
+  if (!f->seen_valid || (uid == geteuid() && gid == getegid())) return 0;
+  if (ps_fstat(fd, &st) != 0) {
+    ps_err_sys(e, errno, "stat temp file for", f->path);
+    return -1;
+  }
+  if (st.st_uid == uid && st.st_gid == gid) return 0; /* (a set-group-ID directory) */
+  if (ps_fchown(fd, uid, gid) != 0) {
+    char what[96];
+    snprintf(what, sizeof what, "give the new file the owner %ju:%ju of", (uintmax_t)uid,
+             (uintmax_t)gid);
+    ps_err_sys(e, errno, what, f->path);
+    return -1;
+  }
+  return 0;
+}
+
 static int file_commit(ps_file *f, const char *buf, size_t len, ps_ident *id, ps_err *e)
 {
   char tmp[512], rnd[17];
@@ -434,6 +457,7 @@ static int file_commit(ps_file *f, const char *buf, size_t len, ps_ident *id, ps
     return -1;
   }
   if (ps_fchmod(fd, 0600) != 0) { ps_err_sys(e, errno, "chmod temp file for", f->path); goto fail; }
+  if (keep_owner(f, fd, e) != 0) goto fail;
   if (!f->fine_ctime && (ps_fault_coarse_ctime() || fstat(fd, &st) != 0)) st.st_ctim.tv_sec = -1;
   if (ps_write_all(fd, buf, len) != 0) { ps_err_sys(e, errno, "write temp file for", f->path); goto fail; }
   if (!f->fine_ctime && st.st_ctim.tv_sec >= 0) {

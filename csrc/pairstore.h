@@ -55,6 +55,7 @@ int     ps_fsync(int fd);
 int     ps_fstat(int fd, struct stat *st);
 int     ps_fstatat(int dirfd, const char *name, struct stat *st); /* AT_SYMLINK_NOFOLLOW */
 int     ps_fchmod(int fd, mode_t mode);
+int     ps_fchown(int fd, uid_t uid, gid_t gid);
 int     ps_renameat(int dirfd, const char *from, const char *to);
 int     ps_renameat_noreplace(int dirfd, const char *from, const char *to);
 ssize_t ps_pread(int fd, void *buf, size_t n, off_t at);

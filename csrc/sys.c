@@ -142,6 +142,12 @@ int ps_fchmod(int fd, mode_t mode)
   return fchmod(fd, mode);
 }
 
+int ps_fchown(int fd, uid_t uid, gid_t gid)
+{
+  FAULT(-1);
+  return fchown(fd, uid, gid);
+}
+
 int ps_renameat(int dirfd, const char *from, const char *to)
 {
   FAULT(-1);

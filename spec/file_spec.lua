@@ -353,6 +353,70 @@ describe("files that are not ours", function()
     end
   end)
 
+  local function as_nobody(lua)
+    return helpers.run(("setpriv --reuid=nobody --regid=nogroup --clear-groups env %s lua5.4 -e %s"):format(
+      helpers.LUA_ENV, q(lua)))
+  end
+
+  it("keeps the owner and group of a service's file that root replaces", function()
+    if not (helpers.is_root() and helpers.have("setpriv")) then return pending("needs root and setpriv") end
+    local top = helpers.tmpdir()
+    os.execute("chmod 0755 " .. q(top))
+    local dir = top .. "/svc"
+    local path = dir .. "/pair-sessions.json"
+    os.execute("mkdir " .. q(dir) .. " && chown nobody:nogroup " .. q(dir) .. " && chmod 0700 " .. q(dir))
+    local code = ([[
+      local store = require("pairstore").open(%q, { durable = false })
+      local s = assert(store:create {})
+      print("created " .. s.sid)
+    ]]):format(path)
+    local ok, out = as_nobody(code)
+    assert.is_true(ok, out)
+    local function owner() local _, o = helpers.run("stat -c '%U:%G %a' " .. q(path)); return o:match("^(%S+ %d+)") end
+    assert.are.equal("nobody:nogroup 600", owner())
+    -- root writes (create, update, prune that deletes): the file stays the service's
+    local store = pairstore.open(path, { durable = false })
+    local s = assert(store:create {})
+    assert.are.equal("nobody:nogroup 600", owner())
+    assert(store:update(s.sid, function(x) x.note = "root was here" end))
+    assert.are.equal("nobody:nogroup 600", owner())
+    store:close()
+    -- and the service still reads and writes it
+    ok, out = as_nobody(([[
+      local store = require("pairstore").open(%q, { durable = false })
+      local all = assert(store:list_all())
+      assert(store:create {})
+      print("count " .. #all)
+    ]]):format(path))
+    assert.is_true(ok, out)
+    assert.matches("count 2", out)
+    assert.are.equal("nobody:nogroup 600", owner())
+    -- a group that differs only: kept too
+    os.execute("chown root:nogroup " .. q(path))
+    store = pairstore.open(path, { durable = false })
+    assert(store:create {})
+    store:close()
+    assert.are.equal("root:nogroup 600", owner())
+  end)
+
+  it("fails with 'io' and writes nothing when it cannot keep the owner (not root)", function()
+    if not (helpers.is_root() and helpers.have("setpriv")) then return pending("needs root and setpriv") end
+    local dir = helpers.tmpdir()
+    local path = dir .. "/pair-sessions.json"
+    helpers.write(path, helpers.read(FIXTURE))
+    -- root's readable file in a directory nobody may write: nobody cannot give a file to root
+    os.execute("chmod 0644 " .. q(path) .. " && chown nobody " .. q(dir) .. " && chmod 0755 " .. q(dir))
+    local before = snapshot(path)
+    local ok, out = as_nobody(([[
+      local store = require("pairstore").open(%q, { durable = false, now = function() return %d end })
+      local v, msg, code = store:create {}
+      print(tostring(v), code, msg)
+    ]]):format(path, T0 + 60000))
+    assert.is_true(ok, out)
+    assert.matches("nil\tio\tgive the new file the owner 0:0 of .-: Operation not permitted %(EPERM%)", out)
+    assert.are.same(before, snapshot(path))
+    assert.are.same({ "pair-sessions.json" }, helpers.ls(dir))
+  end)
 end)
 
 describe("failures", function()
