@@ -249,9 +249,16 @@ static int other_version(lua_State *L, ps_txn *t, int doc)
   v = lua_type(L, -1) == LUA_TNUMBER ? lua_tonumber(L, -1) : (lua_Number)PS_FILE_VERSION;
   lua_pop(L, 1);
   if (v == (lua_Number)PS_FILE_VERSION) return 0;
-  ps_err_set(&t->err, "unsupported_version", "%s has format version %.17g; this pairstore "
-             "reads and writes version %d only; left as it is", t->s->f.path, (double)v,
-             PS_FILE_VERSION);
+  /* The number is said only when it is a plausible version (0..999): nothing read from the
+   * file that could be a code or a key goes into a message. */
+  if (v >= 0 && v <= 999 && v == (lua_Number)(int)v)
+    ps_err_set(&t->err, "unsupported_version", "%s has format version %d; this pairstore "
+               "reads and writes version %d only; left as it is", t->s->f.path, (int)v,
+               PS_FILE_VERSION);
+  else
+    ps_err_set(&t->err, "unsupported_version", "%s has a format version other than %d, which "
+               "this pairstore cannot read or write; left as it is", t->s->f.path,
+               PS_FILE_VERSION);
   t->failed = 1;
   return 1;
 }

@@ -351,6 +351,12 @@ describe("files that are not ours", function()
       all_refuse(path, "unsupported_version", "has format version %d; this pairstore reads and writes version 1 only")
       assert.are.equal(content, helpers.read(path))
     end
+    -- a number from the file goes into the message only when it looks like a version
+    helpers.write(path, '{"version":424242,"sessions":[]}')
+    local store = open_at(path, T0)
+    local msg = assert_io("unsupported_version", store:list_all())
+    assert.is_nil(msg:find("424242", 1, true), msg)
+    assert.matches("a format version other than 1", msg)
   end)
 
   local function as_nobody(lua)
