@@ -26,7 +26,7 @@
  * index_valid. */
 enum { UV_OPTS = 1, UV_DECODE, UV_SESSIONS, UV_TEXTS, UV_BASES, UV_INDEX, UV_COUNT = UV_INDEX };
 
-static const char held_key = 'h'; /* registry: lock paths held by this Lua state */
+static const char held_key = 'h'; /* registry: stores ("<dir dev>:<dir ino>/<name>") locked by this Lua state */
 
 typedef struct ps_store {
   ps_file f;
@@ -248,17 +248,49 @@ static void changed(lua_State *L, ps_txn *t, int sess)
   if (next < t->s->prune_after) t->s->prune_after = next;
 }
 
+/* The file cannot be parsed as sessions (why). A read fails and leaves it exactly as it is;
+ * a write moves it aside (if the backend finds it plausibly ours) and starts empty. */
 static void quarantine(ps_txn *t, const char *why)
 {
   char moved[4096 + 64], detail[300];
   ps_store *s = t->s;
-  if (s->be->quarantine(&s->f, ps_wall_ms(), moved, sizeof moved, &t->err) != 0) {
+  if (t->readonly) {
+    ps_err_set(&t->err, "corrupt", "%s is not a valid sessions file (%s); left as it is (only "
+               "a writing operation moves it aside)", s->f.path, why);
+    t->failed = 1;
+    return;
+  }
+  if (s->be->quarantine(&s->f, ps_wall_ms(), why, moved, sizeof moved, &t->err) != 0) {
     t->failed = 1;
     return;
   }
   snprintf(detail, sizeof detail, "corrupt sessions file moved aside: %s", why);
   ps_file_event(&s->f, "corrupt", detail, moved, 0, 0, 0);
   t->dirty = 0;
+}
+
+/* A well-formed file of another format version (a newer program's) is not corrupt: fail
+ * with code unsupported_version and leave it, reads and writes alike. Returns 1 then. */
+static int other_version(lua_State *L, ps_txn *t, int doc)
+{
+  lua_Number v;
+  if (lua_type(L, doc) != LUA_TTABLE) return 0;
+  lua_getfield(L, doc, "version");
+  v = lua_type(L, -1) == LUA_TNUMBER ? lua_tonumber(L, -1) : (lua_Number)PS_FILE_VERSION;
+  lua_pop(L, 1);
+  if (v == (lua_Number)PS_FILE_VERSION) return 0;
+  /* The number is said only when it is a plausible version (0..999): nothing read from the
+   * file that could be a code or a key goes into a message. */
+  if (v >= 0 && v <= 999 && v == (lua_Number)(int)v)
+    ps_err_set(&t->err, "unsupported_version", "%s has format version %d; this pairstore "
+               "reads and writes version %d only; left as it is", t->s->f.path, (int)v,
+               PS_FILE_VERSION);
+  else
+    ps_err_set(&t->err, "unsupported_version", "%s has a format version other than %d, which "
+               "this pairstore cannot read or write; left as it is", t->s->f.path,
+               PS_FILE_VERSION);
+  t->failed = 1;
+  return 1;
 }
 
 /* Whether an error message is cjson's decoding verdict ("Expected value but found invalid
@@ -345,6 +377,7 @@ static void load(lua_State *L, ps_txn *t)
     return;
   }
   doc = lua_gettop(L);
+  if (other_version(L, t, doc)) return;
   if (!shape_ok(L, doc, &why)) {
     ps_json_scan_free(&sc);
     lua_pop(L, 1);
@@ -894,12 +927,19 @@ static void deliver_events(lua_State *L, ps_store *s, int self)
   s->f.nevents = 0;
 }
 
+/* The store's identity as the kernel sees it (resolved by be->resolve): its directory's
+ * device and inode plus the file name, whatever spelling of the path opened it. */
+static void push_held_key(lua_State *L, ps_store *s)
+{
+  lua_pushfstring(L, "%s/%s", s->f.key, s->f.base);
+}
+
 static int held_get(lua_State *L, ps_store *s)
 {
   int held;
   lua_rawgetp(L, LUA_REGISTRYINDEX, &held_key);
-  lua_getfield(L, -1, s->f.lockpath);
-  held = lua_toboolean(L, -1);
+  push_held_key(L, s);
+  held = lua_rawget(L, -2) != LUA_TNIL;
   lua_pop(L, 2);
   return held;
 }
@@ -907,9 +947,10 @@ static int held_get(lua_State *L, ps_store *s)
 static void held_set(lua_State *L, ps_store *s, int on)
 {
   lua_rawgetp(L, LUA_REGISTRYINDEX, &held_key);
+  push_held_key(L, s);
   if (on) lua_pushboolean(L, 1);
   else lua_pushnil(L);
-  lua_setfield(L, -2, s->f.lockpath);
+  lua_rawset(L, -3);
   lua_pop(L, 1);
 }
 
@@ -925,6 +966,7 @@ static int run(lua_State *L, ps_op op, int readonly)
   t.op = op;
   t.readonly = readonly;
   s->f.nevents = 0;
+  if (s->be->resolve(&s->f, &t.err) != 0) return ps_push_err(L, &t.err);
   if (held_get(L, s)) {
     ps_err_set(&t.err, "reentrant",
                "store call made while this process holds the lock on %s (from inside a mutator?)",
@@ -1221,9 +1263,10 @@ static int opt_int(lua_State *L, int opts, const char *key, int dflt, int lo, in
   return (int)v;
 }
 
-/* Lexically normalises an absolute path in place: no empty, "." or ".." components, so
- * that two spellings of one file share one lock record (re-entry is detected by path).
- * Returns 0 when the last component names a file, -1 otherwise. */
+/* Tidies an absolute path in place: no empty or "." components. ".." stays: after a
+ * symlink it does not mean what the text says, so only the kernel resolves it (the store is
+ * known by the directory it resolves to, not by this text). Returns 0 when the last
+ * component names a file, -1 otherwise. */
 static int normalize_path(char *p)
 {
   char *out = p, *in = p;
@@ -1235,10 +1278,6 @@ static int normalize_path(char *p)
     while (*in && *in != '/') in++;
     n = (size_t)(in - seg);
     if (n == 0 || (n == 1 && seg[0] == '.')) continue;
-    if (n == 2 && seg[0] == '.' && seg[1] == '.') {
-      while (out > p && *--out != '/') { }
-      continue;
-    }
     *out++ = '/';
     memmove(out, seg, n);
     out += n;
@@ -1303,6 +1342,7 @@ static int f_open(lua_State *L)
   if (slash == s->f.dir) slash[1] = '\0';
   else *slash = '\0';
   s->f.base = strrchr(s->f.path, '/') + 1;
+  s->f.lockbase = s->f.lockpath + (s->f.base - s->f.path);
 
   lua_pushvalue(L, 2);
   lua_setiuservalue(L, -2, UV_OPTS);

@@ -1,7 +1,9 @@
 /*
- * file.c — the file backend: bounded reads that never follow a symlink or block on a FIFO,
- * atomic durable replacement (temp O_EXCL -> write -> fsync -> close -> fence -> rename ->
- * fsync dir), quarantine of corrupt files, mkdir -p with 0700, and the orphan sweep.
+ * file.c — the file backend: the store's directory resolved by the kernel and used through
+ * *at calls, bounded reads that never follow a symlink or block on a FIFO, atomic durable
+ * replacement (temp O_EXCL -> write -> fsync -> close -> fence -> rename -> fsync dir) that
+ * keeps the replaced file's owner and group, quarantine of corrupt files that are plausibly
+ * ours, mkdir -p with 0700, and the orphan sweep.
  */
 #include "pairstore.h"
 
@@ -32,11 +34,12 @@ int ps_write_all(int fd, const char *p, size_t n)
   return 0;
 }
 
-int ps_open_regular(const char *path, const char *what, struct stat *st, ps_err *e)
+int ps_open_regular(int dirfd, const char *name, const char *path, const char *what,
+                    struct stat *st, ps_err *e)
 {
   int fd;
   do {
-    fd = ps_open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0);
+    fd = ps_openat(dirfd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0);
   } while (fd < 0 && errno == EINTR);
   if (fd < 0) {
     int saved = errno;
@@ -76,39 +79,154 @@ void ps_file_event(ps_file *f, const char *name, const char *detail, const char 
   ev->pid = pid;
 }
 
+/* chmod 0700 of the directory just made as name in parent, never through a symlink put in its
+ * place: through an O_PATH handle of it (by /proc, as fchmodat(AT_SYMLINK_NOFOLLOW) does), or
+ * by name relative to parent when there is no /proc. Returns the handle, or -1. */
+static int own_new_level(int parent, const char *name)
+{
+  char proc[64];
+  int fd = ps_openat(parent, name, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC, 0);
+  if (fd < 0) return -1;
+  snprintf(proc, sizeof proc, "/proc/self/fd/%d", fd);
+  if (ps_chmod(proc, 0700) == 0) return fd;
+  if (errno == ENOENT && access("/proc/self/fd", F_OK) != 0 && fchmodat(parent, name, 0700, 0) == 0)
+    return fd;
+  {
+    int saved = errno;
+    close(fd);
+    errno = saved;
+  }
+  return -1;
+}
+
 int ps_mkdir_p(const char *dir, ps_err *e)
 {
   char buf[4096];
-  size_t n = strlen(dir), i;
-  struct stat st;
+  size_t n = strlen(dir);
+  char *p;
+  int fd;
 
-  if (n == 0 || n >= sizeof buf) {
+  if (n == 0 || n >= sizeof buf || dir[0] != '/') {
     ps_err_set(e, "io", "directory path too long");
     return -1;
   }
   memcpy(buf, dir, n + 1);
-  for (i = 1; i <= n; i++) {
-    if (buf[i] != '/' && buf[i] != '\0') continue;
-    buf[i] = '\0';
-    if (ps_mkdir(buf, 0700) == 0) {
-      /* umask may have narrowed it (0277 would make it unusable): a new level is 0700. */
-      if (ps_chmod(buf, 0700) != 0) {
+  fd = ps_open("/", O_PATH | O_DIRECTORY | O_CLOEXEC, 0);
+  if (fd < 0) {
+    ps_err_sys(e, errno, "open directory", "/");
+    return -1;
+  }
+  /* Level by level, each relative to the one before: a symlink or ".." in the path means
+   * what it means to the kernel; each new level is made 0700 whatever the umask (0277 would
+   * make it unusable). */
+  for (p = buf; *p;) {
+    char *name, save;
+    int next;
+    while (*p == '/') p++;
+    if (!*p) break;
+    name = p;
+    while (*p && *p != '/') p++;
+    save = *p;
+    *p = '\0';
+    if (ps_mkdirat(fd, name, 0700) == 0) {
+      next = own_new_level(fd, name);
+      if (next < 0) {
         int saved = errno;
-        rmdir(buf); /* never leave a level that the next call would find and keep as is */
+        unlinkat(fd, name, AT_REMOVEDIR); /* never leave a level the next call would keep as is */
         ps_err_sys(e, saved, "chmod", buf);
+        close(fd);
         return -1;
       }
     } else if (errno != EEXIST) {
       ps_err_sys(e, errno, "mkdir", buf);
+      close(fd);
+      return -1;
+    } else {
+      next = ps_openat(fd, name, O_PATH | O_DIRECTORY | O_CLOEXEC, 0);
+      if (next < 0) {
+        int saved = errno;
+        if (saved == ENOTDIR) ps_err_set(e, "io", "mkdir %s: not a directory (ENOTDIR)", buf);
+        else ps_err_sys(e, saved, "open directory", buf);
+        close(fd);
+        return -1;
+      }
+    }
+    close(fd);
+    fd = next;
+    *p = save;
+  }
+  return fd;
+}
+
+/* Let go of the directory the store worked in until now (the path names another one): its
+ * parked sentinel is removed, the pinned inode let go. Best effort: both are only spares. */
+static void dir_leave(ps_file *f)
+{
+  ps_lock_unpark(f);
+  ps_file_unpin(f);
+  if (f->dirfd >= 0) close(f->dirfd);
+  f->dirfd = -1;
+}
+
+/* Each transaction: what does the path name now? The directory part is resolved by the
+ * kernel (symlinks and ".." followed; the directory made when missing), the store moves to
+ * whatever directory that is, and it is known by that directory's device and inode plus the
+ * file name. Nothing moves while a transaction of this store runs (a call from its mutator). */
+static int file_resolve(ps_file *f, ps_err *e)
+{
+  struct stat st;
+  int fd;
+
+  if (f->lock.fd >= 0) return 0;
+  if (f->dirfd >= 0) {
+    if (ps_stat(f->dir, &st) == 0) {
+      if (st.st_dev == f->dir_dev && st.st_ino == f->dir_ino) return 0;
+    } else if (errno != ENOENT) {
+      ps_err_sys(e, errno, "open directory", f->dir);
       return -1;
     }
-    if (i < n) buf[i] = '/';
   }
-  if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
-    ps_err_set(e, "io", "mkdir %s: not a directory (ENOTDIR)", dir);
+  fd = ps_open(f->dir, O_PATH | O_DIRECTORY | O_CLOEXEC, 0);
+  if (fd < 0 && errno == ENOENT) {
+    fd = ps_mkdir_p(f->dir, e);
+    if (fd < 0) return -1;
+  } else if (fd < 0) {
+    ps_err_sys(e, errno, "open directory", f->dir);
     return -1;
   }
+  if (ps_fstat(fd, &st) != 0) {
+    ps_err_sys(e, errno, "open directory", f->dir);
+    close(fd);
+    return -1;
+  }
+  if (f->dirfd >= 0) {
+    if (st.st_dev == f->dir_dev && st.st_ino == f->dir_ino) {
+      close(fd);
+      return 0;
+    }
+    dir_leave(f);
+  }
+  f->dirfd = fd;
+  f->dir_dev = st.st_dev;
+  f->dir_ino = st.st_ino;
+  f->swept = 0;
+  f->seen_valid = 0;
+  snprintf(f->key, sizeof f->key, "%ju:%ju", (uintmax_t)st.st_dev, (uintmax_t)st.st_ino);
   return 0;
+}
+
+int ps_dir_check(ps_file *f, ps_err *e)
+{
+  struct stat st;
+  if (ps_stat(f->dir, &st) == 0) {
+    if (st.st_dev == f->dir_dev && st.st_ino == f->dir_ino) return 0;
+  } else if (errno != ENOENT && errno != ENOTDIR) {
+    ps_err_sys(e, errno, "check directory", f->dir);
+    return -1;
+  }
+  ps_err_set(e, "compromised",
+             "directory %s was replaced or moved during the transaction; nothing written", f->dir);
+  return -1;
 }
 
 static int same_ident(const ps_ident *a, const ps_ident *b)
@@ -171,17 +289,25 @@ static int file_load(ps_file *f, ps_buf *into, const ps_ident *known, int *toobi
   into->oom = 0;
   *toobig = 0;
   id->valid = 0;
+  f->seen_valid = 0;
   if (f->fine_ctime && known && known->valid && f->pin_fd >= 0 && known->dev == f->pin_dev &&
-      known->ino == f->pin_ino && lstat(f->path, &st) == 0 && S_ISREG(st.st_mode)) {
+      known->ino == f->pin_ino && fstatat(f->dirfd, f->base, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+      S_ISREG(st.st_mode)) {
     /* The path still names the inode we hold open: no other file can carry its number. If
      * it also has the size and timestamps we know, it is the file we wrote last. */
     set_ident(id, &st);
-    if (same_ident(id, known)) return PS_LOAD_SAME;
+    if (same_ident(id, known)) {
+      f->seen = st;
+      f->seen_valid = 1;
+      return PS_LOAD_SAME;
+    }
     id->valid = 0; /* changed in place, or lstat saw something else: read it */
   }
-  fd = ps_open_regular(f->path, "open", &st, e);
+  fd = ps_open_regular(f->dirfd, f->base, f->path, "open", &st, e);
   if (fd < 0) return errno == ENOENT ? PS_LOAD_ABSENT : PS_LOAD_ERROR;
   set_ident(id, &st);
+  f->seen = st; /* the descriptor we read: its owner, mode and links decide a quarantine */
+  f->seen_valid = 1;
   if (known && same_ident(id, known) &&
       ps_wall_ms() - ((int64_t)st.st_ctim.tv_sec * 1000 + st.st_ctim.tv_nsec / 1000000) >
           PS_IDENT_SETTLE_MS) {
@@ -219,26 +345,62 @@ static int file_load(ps_file *f, ps_buf *into, const ps_ident *known, int *toobi
   return PS_LOAD_OK;
 }
 
-static int file_quarantine(ps_file *f, int64_t now_ms, char *moved_to, size_t n, ps_err *e)
+/* Why the file the last load read is not plausibly a sessions file of ours (both
+ * implementations write 0600 files by rename), or NULL when it is. */
+static const char *not_ours(const ps_file *f, char *buf, size_t n)
 {
-  int i, fd;
-  for (i = 0; i < 100; i++) {
-    struct stat st;
-    if (i == 0) snprintf(moved_to, n, "%s.corrupt-%lld", f->path, (long long)now_ms);
-    else snprintf(moved_to, n, "%s.corrupt-%lld-%d", f->path, (long long)now_ms, i);
-    if (lstat(moved_to, &st) != 0 && errno == ENOENT) break;
+  const struct stat *st = &f->seen;
+  if (!f->seen_valid || !S_ISREG(st->st_mode))
+    snprintf(buf, n, "it is not a regular file");
+  else if (st->st_uid != geteuid())
+    snprintf(buf, n, "it belongs to uid %ju, not to this user (uid %ju)", (uintmax_t)st->st_uid,
+             (uintmax_t)geteuid());
+  else if (st->st_mode & 077)
+    snprintf(buf, n, "its mode %04o lets group or others in (a sessions file is 0600)",
+             (unsigned)(st->st_mode & 07777));
+  else if (st->st_nlink != 1)
+    snprintf(buf, n, "it has %ju hard links", (uintmax_t)st->st_nlink);
+  else
+    return NULL;
+  return buf;
+}
+
+static int file_quarantine(ps_file *f, int64_t now_ms, const char *why, char *moved_to, size_t n,
+                           ps_err *e)
+{
+  char name[512], reason[128];
+  struct stat st;
+  int i;
+
+  if (not_ours(f, reason, sizeof reason)) {
+    ps_err_set(e, "corrupt", "%s is not a valid sessions file (%s); left as it is, since %s",
+               f->path, why, reason);
+    return -1;
   }
-  if (ps_rename(f->path, moved_to) != 0) {
+  for (i = 0; i < 100; i++) {
+    if (i == 0) snprintf(name, sizeof name, "%s.corrupt-%lld", f->base, (long long)now_ms);
+    else snprintf(name, sizeof name, "%s.corrupt-%lld-%d", f->base, (long long)now_ms, i);
+    if (fstatat(f->dirfd, name, &st, AT_SYMLINK_NOFOLLOW) != 0 && errno == ENOENT) break;
+  }
+  if (ps_renameat(f->dirfd, f->base, name) != 0) {
     ps_err_sys(e, errno, "move corrupt file aside", f->path);
     return -1;
   }
-  fd = ps_open(moved_to, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0);
-  if (fd >= 0) {
-    struct stat st;
-    /* A hard link's inode is also a file elsewhere: never change that file's mode. */
-    if (ps_fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_nlink == 1) ps_fchmod(fd, 0600);
-    close(fd);
+  /* It must be the very file judged (its mode is kept: it has no group or other bits). */
+  if (ps_fstatat(f->dirfd, name, &st) != 0) {
+    int saved = errno;
+    renameat2(f->dirfd, name, f->dirfd, f->base, RENAME_NOREPLACE);
+    ps_err_sys(e, saved, "check the corrupt file moved aside from", f->path);
+    return -1;
   }
+  if (st.st_dev != f->seen.st_dev || st.st_ino != f->seen.st_ino) {
+    renameat2(f->dirfd, name, f->dirfd, f->base, RENAME_NOREPLACE);
+    ps_err_set(e, "corrupt", "%s is not a valid sessions file (%s); left as it is, since it was "
+               "replaced while being moved aside", f->path, why);
+    return -1;
+  }
+  f->seen_valid = 0;
+  snprintf(moved_to, n, "%s%s", f->path, name + strlen(f->base));
   return 0;
 }
 
@@ -255,23 +417,47 @@ static int fsync_dir(ps_file *f, int fd, ps_err *e)
   return rc;
 }
 
+/* The file being replaced belongs to another user or group (root working on a service's
+ * store): the new one gets the same owner and group, else the service is locked out of it. */
+static int keep_owner(ps_file *f, int fd, ps_err *e)
+{
+  struct stat st;
+  uid_t uid = f->seen.st_uid;
+  gid_t gid = f->seen.st_gid;
+  if (!f->seen_valid || (uid == geteuid() && gid == getegid())) return 0;
+  if (ps_fstat(fd, &st) != 0) {
+    ps_err_sys(e, errno, "stat temp file for", f->path);
+    return -1;
+  }
+  if (st.st_uid == uid && st.st_gid == gid) return 0; /* (a set-group-ID directory) */
+  if (ps_fchown(fd, uid, gid) != 0) {
+    char what[96];
+    snprintf(what, sizeof what, "give the new file the owner %ju:%ju of", (uintmax_t)uid,
+             (uintmax_t)gid);
+    ps_err_sys(e, errno, what, f->path);
+    return -1;
+  }
+  return 0;
+}
+
 static int file_commit(ps_file *f, const char *buf, size_t len, ps_ident *id, ps_err *e)
 {
-  char tmp[4096 + 64], rnd[17];
+  char tmp[512], rnd[17];
   struct stat st;
   int fd, dfd = -1, keep = -1;
 
   id->valid = 0;
   ps_random_hex(rnd, 8);
-  snprintf(tmp, sizeof tmp, "%s.tmp-%ld-%s", f->path, (long)getpid(), rnd);
+  snprintf(tmp, sizeof tmp, "%s.tmp-%ld-%s", f->base, (long)getpid(), rnd);
   do {
-    fd = ps_open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    fd = ps_openat(f->dirfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
   } while (fd < 0 && errno == EINTR);
   if (fd < 0) {
     ps_err_sys(e, errno, "create temp file for", f->path);
     return -1;
   }
   if (ps_fchmod(fd, 0600) != 0) { ps_err_sys(e, errno, "chmod temp file for", f->path); goto fail; }
+  if (keep_owner(f, fd, e) != 0) goto fail;
   if (!f->fine_ctime && (ps_fault_coarse_ctime() || fstat(fd, &st) != 0)) st.st_ctim.tv_sec = -1;
   if (ps_write_all(fd, buf, len) != 0) { ps_err_sys(e, errno, "write temp file for", f->path); goto fail; }
   if (!f->fine_ctime && st.st_ctim.tv_sec >= 0) {
@@ -294,13 +480,16 @@ static int file_commit(ps_file *f, const char *buf, size_t len, ps_ident *id, ps
   fd = -1;
   /* An O_PATH handle (it can neither read nor write) to pin the inode once it is the file;
    * without one (EMFILE, ...) the next load just reads the file again. */
-  keep = open(tmp, O_PATH | O_NOFOLLOW | O_CLOEXEC);
-  if (f->durable && (dfd = ps_open(f->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0)) < 0) {
+  keep = openat(f->dirfd, tmp, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+  if (f->durable && (dfd = ps_openat(f->dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0)) < 0) {
     ps_err_sys(e, errno, "open directory", f->dir);
     goto fail;
   }
   if (ps_lock_fence(f, e) != 0) goto fail;
-  if (ps_rename(tmp, f->path) != 0) { ps_err_sys(e, errno, "rename temp file onto", f->path); goto fail; }
+  if (ps_renameat(f->dirfd, tmp, f->base) != 0) {
+    ps_err_sys(e, errno, "rename temp file onto", f->path);
+    goto fail;
+  }
   /* The identity the path now shows: rename bumps the ctime on most file systems. Without
    * the pin, the one from before the rename (it only forces the next load to read). */
   if (keep >= 0) {
@@ -321,7 +510,7 @@ fail:
   if (fd >= 0) close(fd);
   if (dfd >= 0) close(dfd);
   if (keep >= 0) close(keep);
-  unlink(tmp);
+  unlinkat(f->dirfd, tmp, 0);
   return -1;
 }
 
@@ -331,18 +520,17 @@ void ps_sweep_orphans(ps_file *f)
 {
   char tprefix[512], bprefix[512], nprefix[512], iprefix[512];
   size_t tl, bl, nl, il;
-  const char *lockbase = strrchr(f->lockpath, '/');
+  const char *lockbase = f->lockbase;
   struct dirent *d;
   long removed = 0;
   int dfd;
   DIR *dir;
 
-  lockbase = lockbase ? lockbase + 1 : f->lockpath;
   tl = (size_t)snprintf(tprefix, sizeof tprefix, "%s.tmp-", f->base);
   bl = (size_t)snprintf(bprefix, sizeof bprefix, "%s.break-", lockbase);
   nl = (size_t)snprintf(nprefix, sizeof nprefix, "%s.new-", lockbase);
   il = (size_t)snprintf(iprefix, sizeof iprefix, "%s.idle-", lockbase);
-  dfd = open(f->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  dfd = openat(f->dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (dfd < 0) return;
   dir = fdopendir(dfd);
   if (!dir) { close(dfd); return; }
@@ -389,5 +577,5 @@ static int file_lock(ps_file *f, ps_err *e)
 }
 
 const ps_backend ps_file_backend = {
-  "file", file_lock, file_unlock, file_load, file_quarantine, file_commit,
+  "file", file_resolve, file_lock, file_unlock, file_load, file_quarantine, file_commit,
 };

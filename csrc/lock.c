@@ -51,15 +51,11 @@ static int make_candidate(ps_file *f, char *named, size_t namedsz, struct stat *
   int fd, n;
 
   named[0] = '\0';
-  fd = ps_open(f->dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
-  if (fd < 0 && errno == ENOENT) {
-    if (ps_mkdir_p(f->dir, e) != 0) return -1;
-    fd = ps_open(f->dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
-  }
+  fd = ps_openat(f->dirfd, ".", O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
   if (fd < 0 && (errno == EOPNOTSUPP || errno == EISDIR || errno == EINVAL)) {
     ps_random_hex(rnd, 8);
-    snprintf(named, namedsz, "%s.new-%s", f->lockpath, rnd);
-    fd = ps_open(named, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    snprintf(named, namedsz, "%s.new-%s", f->lockbase, rnd);
+    fd = ps_openat(f->dirfd, named, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
     if (fd < 0) named[0] = '\0';
   }
   if (fd < 0) {
@@ -71,7 +67,7 @@ static int make_candidate(ps_file *f, char *named, size_t namedsz, struct stat *
       ps_flock(fd, LOCK_EX | LOCK_NB) != 0 || ps_fstat(fd, st) != 0) {
     int saved = errno;
     close(fd);
-    if (named[0]) unlink(named);
+    if (named[0]) unlinkat(f->dirfd, named, 0);
     named[0] = '\0';
     ps_err_sys(e, saved, "prepare lock", f->lockpath);
     return -1;
@@ -96,13 +92,14 @@ static int publish(ps_file *f, int fd, const char *named, int parked)
 {
   char proc[64];
   if (touch(f, fd) != 0) return -1;
-  if (parked) return ps_rename_noreplace(f->lock.idle_name, f->lockpath);
-  if (named[0]) return ps_link(named, f->lockpath, 0);
+  if (parked) return ps_renameat_noreplace(f->dirfd, f->lock.idle_name, f->lockbase);
+  if (named[0]) return ps_linkat(f->dirfd, named, f->dirfd, f->lockbase, 0);
   snprintf(proc, sizeof proc, "/proc/self/fd/%d", fd);
-  if (ps_link(proc, f->lockpath, AT_SYMLINK_FOLLOW) == 0) return 0;
+  if (ps_linkat(AT_FDCWD, proc, f->dirfd, f->lockbase, AT_SYMLINK_FOLLOW) == 0) return 0;
   if (errno == ENOENT && access("/proc/self/fd", F_OK) != 0) {
     /* No /proc: AT_EMPTY_PATH (needs CAP_DAC_READ_SEARCH). */
-    if (linkat(fd, "", AT_FDCWD, f->lockpath, AT_EMPTY_PATH) == 0) return 0;
+    if (linkat(fd, "", f->dirfd, f->lockbase, AT_EMPTY_PATH) == 0) return 0;
+    errno = ENOENT;
   }
   return -1;
 }
@@ -123,15 +120,15 @@ static long read_pid(int fd)
  * rename it to a private name, and only unlink it there if it is that very inode. */
 static void break_sentinel(ps_file *f, int fd, const struct stat *st, int crashed)
 {
-  char name[4096 + 64], rnd[17];
+  char name[512], rnd[17];
   struct stat now;
   long pid = read_pid(fd);
   int64_t age = ps_wall_ms() - mtime_ms(st);
 
   ps_random_hex(rnd, 8);
-  snprintf(name, sizeof name, "%s.break-%s", f->lockpath, rnd);
-  if (ps_rename(f->lockpath, name) != 0) return; /* gone already: just retry */
-  if (lstat(name, &now) != 0) {
+  snprintf(name, sizeof name, "%s.break-%s", f->lockbase, rnd);
+  if (ps_renameat(f->dirfd, f->lockbase, name) != 0) return; /* gone already: just retry */
+  if (fstatat(f->dirfd, name, &now, AT_SYMLINK_NOFOLLOW) != 0) {
     /* The next holder may already have swept our break file. If the inode we judged is no
      * longer linked anywhere, that was it: we broke it. */
     struct stat mine;
@@ -139,7 +136,7 @@ static void break_sentinel(ps_file *f, int fd, const struct stat *st, int crashe
     else return;
   }
   if (now.st_dev == st->st_dev && now.st_ino == st->st_ino) {
-    ps_unlink(name);
+    ps_unlinkat(f->dirfd, name);
     ps_file_event(f, "lock_broken",
                   crashed ? "lock held by a crashed pairstore process was taken over"
                           : "stale lock of another process was broken",
@@ -148,7 +145,7 @@ static void break_sentinel(ps_file *f, int fd, const struct stat *st, int crashe
     return;
   }
   /* Not what we judged: put it back if nothing took its place. */
-  if (ps_rename_noreplace(name, f->lockpath) != 0) ps_unlink(name);
+  if (ps_renameat_noreplace(f->dirfd, name, f->lockbase) != 0) ps_unlinkat(f->dirfd, name);
 }
 
 static void drain(int ino_fd)
@@ -171,7 +168,7 @@ static void unwatch(ps_file *f)
 static int inspect(ps_file *f, int ino_fd, int64_t *foreign_left_ms, ps_err *e)
 {
   struct stat st;
-  int fd = ps_open_regular(f->lockpath, "open lock", &st, e);
+  int fd = ps_open_regular(f->dirfd, f->lockbase, f->lockpath, "open lock", &st, e);
   *foreign_left_ms = -1;
   if (fd < 0) return errno == ENOENT ? INSPECT_RETRY : INSPECT_ERROR;
   if (ino_fd >= 0) {
@@ -198,7 +195,8 @@ static int inspect(ps_file *f, int ino_fd, int64_t *foreign_left_ms, ps_err *e)
     }
     /* A live holder, unless it released between our open and our watch: a parked
      * sentinel keeps its flock, so look whether it is still the one at the path. */
-    if (lstat(f->lockpath, &there) != 0 || there.st_dev != st.st_dev || there.st_ino != st.st_ino)
+    if (fstatat(f->dirfd, f->lockbase, &there, AT_SYMLINK_NOFOLLOW) != 0 ||
+        there.st_dev != st.st_dev || there.st_ino != st.st_ino)
       return INSPECT_RETRY;
     return INSPECT_WAIT;
   }
@@ -206,7 +204,8 @@ static int inspect(ps_file *f, int ino_fd, int64_t *foreign_left_ms, ps_err *e)
     /* Free now, but is it still the sentinel? A holder that just released it unlinked it
      * before dropping the flock, and a new one may stand at the path already. */
     struct stat cur, there;
-    if (ps_fstat(fd, &cur) != 0 || cur.st_nlink == 0 || lstat(f->lockpath, &there) != 0 ||
+    if (ps_fstat(fd, &cur) != 0 || cur.st_nlink == 0 ||
+        fstatat(f->dirfd, f->lockbase, &there, AT_SYMLINK_NOFOLLOW) != 0 ||
         there.st_dev != st.st_dev || there.st_ino != st.st_ino) {
       close(fd);
       return INSPECT_RETRY;
@@ -253,6 +252,7 @@ void ps_lock_init(ps_file *f)
   f->lock.busy_seen_ms = INT64_MIN / 2;
   f->ino_fd = -1;
   f->ino_wd = -1;
+  f->dirfd = -1;
 }
 
 /* Let go of the parked sentinel without touching the file system: it is gone, or it is
@@ -267,7 +267,7 @@ static void idle_forget(ps_file *f)
 
 int ps_lock_acquire(ps_file *f, ps_err *e)
 {
-  char named[4096 + 64];
+  char named[512];
   int64_t deadline = ps_mono_ms() + f->lock_wait_ms;
   int64_t backoff = 1;
   int fd, rc = -1, waited = 0, parked = 0;
@@ -305,7 +305,7 @@ int ps_lock_acquire(ps_file *f, ps_err *e)
     struct stat there;
     /* After a wait, look before trying: a failed linkat or rename takes the directory's
      * lock, which the holder needs for its own rename. */
-    if (!(waited && lstat(f->lockpath, &there) == 0)) {
+    if (!(waited && fstatat(f->dirfd, f->lockbase, &there, AT_SYMLINK_NOFOLLOW) == 0)) {
       if (publish(f, fd, named, parked) == 0) break;
       if (parked && (errno == ENOENT || errno == EINVAL)) {
         /* The parked sentinel was removed, or this file system cannot rename without
@@ -318,9 +318,11 @@ int ps_lock_acquire(ps_file *f, ps_err *e)
         if (fd < 0) goto out;
         continue;
       }
-      if (errno == ENOENT) {             /* directory removed under us: recreate it */
-        if (ps_mkdir_p(f->dir, e) != 0) goto out;
-        continue;
+      if (errno == ENOENT) {
+        /* The directory was removed since this transaction resolved it: fail; the next one
+         * resolves the path again (and makes the directory anew). */
+        ps_err_set(e, "io", "create lock %s: the directory was removed (ENOENT)", f->lockpath);
+        goto out;
       }
       if (errno != EEXIST) {
         ps_err_sys(e, errno, "create lock", f->lockpath);
@@ -370,7 +372,7 @@ int ps_lock_acquire(ps_file *f, ps_err *e)
   rc = 0;
 out:
   unwatch(f);
-  if (named[0]) unlink(named);
+  if (named[0]) unlinkat(f->dirfd, named, 0);
   if (fd >= 0 && parked) f->lock.idle_fd = fd; /* still parked: keep it for next time */
   else if (fd >= 0) close(fd);
   return rc;
@@ -385,7 +387,7 @@ int ps_lock_fence(ps_file *f, ps_err *e)
     ps_err_sys(e, errno, "check lock", f->lockpath);
     return -1;
   }
-  if (!lost && mine.st_nlink > 0 && ps_lstat(f->lockpath, &there) != 0) {
+  if (!lost && mine.st_nlink > 0 && ps_fstatat(f->dirfd, f->lockbase, &there) != 0) {
     if (errno != ENOENT) {
       ps_err_sys(e, errno, "check lock", f->lockpath);
       return -1;
@@ -397,21 +399,29 @@ int ps_lock_fence(ps_file *f, ps_err *e)
                f->lockpath);
     return -1;
   }
-  return 0;
+  /* And the path still names the directory both are in (not one renamed or swapped since). */
+  return ps_dir_check(f, e);
+}
+
+void ps_lock_unpark(ps_file *f)
+{
+  struct stat st;
+  if (f->lock.idle_fd >= 0 && f->lock.idle_pid == getpid() && f->dirfd >= 0 &&
+      fstatat(f->dirfd, f->lock.idle_name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+      st.st_dev == f->lock.idle_dev && st.st_ino == f->lock.idle_ino)
+    unlinkat(f->dirfd, f->lock.idle_name, 0);
+  idle_forget(f);
 }
 
 void ps_lock_close(ps_file *f)
 {
-  struct stat st;
   ps_lock_release(f);
-  if (f->lock.idle_fd >= 0 && f->lock.idle_pid == getpid() &&
-      lstat(f->lock.idle_name, &st) == 0 && st.st_dev == f->lock.idle_dev &&
-      st.st_ino == f->lock.idle_ino)
-    unlink(f->lock.idle_name);
-  idle_forget(f);
+  ps_lock_unpark(f);
   if (f->ino_fd >= 0) close(f->ino_fd);
   f->ino_fd = -1;
   f->ino_wd = -1;
+  if (f->dirfd >= 0) close(f->dirfd);
+  f->dirfd = -1;
 }
 
 /* Rename the sentinel we hold (just checked to be at lockpath) to its parking name.
@@ -422,20 +432,21 @@ static int park(ps_file *f, int fd)
   if (f->lock.no_park) return 0;
   if (!f->lock.idle_name) {
     char rnd[17];
-    size_t n = strlen(f->lockpath) + sizeof ".idle-" + 16;
+    size_t n = strlen(f->lockbase) + sizeof ".idle-" + 16;
     if (!(f->lock.idle_name = malloc(n))) return 0;
     ps_random_hex(rnd, 8);
-    snprintf(f->lock.idle_name, n, "%s.idle-%s", f->lockpath, rnd);
+    snprintf(f->lock.idle_name, n, "%s.idle-%s", f->lockbase, rnd);
   }
-  if (renameat2(AT_FDCWD, f->lockpath, AT_FDCWD, f->lock.idle_name, RENAME_NOREPLACE) != 0) {
+  if (renameat2(f->dirfd, f->lockbase, f->dirfd, f->lock.idle_name, RENAME_NOREPLACE) != 0) {
     if (errno == EINVAL) f->lock.no_park = 1;
     return 0;
   }
-  if (lstat(f->lock.idle_name, &st) != 0 || st.st_dev != f->lock.dev || st.st_ino != f->lock.ino) {
+  if (fstatat(f->dirfd, f->lock.idle_name, &st, AT_SYMLINK_NOFOLLOW) != 0 ||
+      st.st_dev != f->lock.dev || st.st_ino != f->lock.ino) {
     /* Ours was broken as stale and another sentinel published in the instant between the
      * check and the rename: put that one back, and let ours go. */
-    if (renameat2(AT_FDCWD, f->lock.idle_name, AT_FDCWD, f->lockpath, RENAME_NOREPLACE) != 0)
-      unlink(f->lock.idle_name);
+    if (renameat2(f->dirfd, f->lock.idle_name, f->dirfd, f->lockbase, RENAME_NOREPLACE) != 0)
+      unlinkat(f->dirfd, f->lock.idle_name, 0);
     f->lock.idle_fd = fd;
     idle_forget(f);
     return 1;
@@ -453,9 +464,10 @@ void ps_lock_release(ps_file *f)
   if (fd < 0) return;
   f->lock.fd = -1;
   /* Park or unlink by name only what is still ours, while still holding the flock. */
-  if (lstat(f->lockpath, &st) == 0 && st.st_dev == f->lock.dev && st.st_ino == f->lock.ino) {
+  if (fstatat(f->dirfd, f->lockbase, &st, AT_SYMLINK_NOFOLLOW) == 0 && st.st_dev == f->lock.dev &&
+      st.st_ino == f->lock.ino) {
     if (park(f, fd)) return;
-    unlink(f->lockpath);
+    unlinkat(f->dirfd, f->lockbase, 0);
   }
   close(fd);
 }

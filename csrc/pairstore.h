@@ -46,22 +46,27 @@ int ps_push_err(lua_State *L, const ps_err *e);
  * Every system call a transaction makes goes through these wrappers. Built with
  * -DPS_FAULT_INJECTION they can be told to fail the Nth call with an errno (or to make a
  * write short); a production build compiles them to the plain calls. */
+/* Names are resolved relative to the store's directory descriptor (the *at calls); only the
+ * directory itself is looked up by its path (ps_open, ps_stat: each transaction, and the fence). */
 int     ps_open(const char *path, int flags, mode_t mode);
 int     ps_openat(int dirfd, const char *path, int flags, mode_t mode);
+int     ps_stat(const char *path, struct stat *st); /* follows symlinks, as the kernel does */
 ssize_t ps_read(int fd, void *buf, size_t n);
 ssize_t ps_write(int fd, const void *buf, size_t n);
 int     ps_close(int fd);
 int     ps_fsync(int fd);
 int     ps_fstat(int fd, struct stat *st);
-int     ps_lstat(const char *path, struct stat *st);
+int     ps_fstatat(int dirfd, const char *name, struct stat *st); /* AT_SYMLINK_NOFOLLOW */
 int     ps_fchmod(int fd, mode_t mode);
-int     ps_rename(const char *from, const char *to);
-int     ps_rename_noreplace(const char *from, const char *to);
+int     ps_fchown(int fd, uid_t uid, gid_t gid);
+int     ps_renameat(int dirfd, const char *from, const char *to);
+int     ps_renameat_noreplace(int dirfd, const char *from, const char *to);
 ssize_t ps_pread(int fd, void *buf, size_t n, off_t at);
-int     ps_link(const char *from, const char *to, int flags); /* linkat(AT_FDCWD...) */
-int     ps_unlink(const char *path);
-int     ps_mkdir(const char *path, mode_t mode);
-int     ps_chmod(const char *path, mode_t mode);
+/* linkat(fromdir, from, dirfd, to, flags) */
+int     ps_linkat(int fromdir, const char *from, int dirfd, const char *to, int flags);
+int     ps_unlinkat(int dirfd, const char *name);
+int     ps_mkdirat(int dirfd, const char *name, mode_t mode);
+int     ps_chmod(const char *path, mode_t mode); /* only on /proc/self/fd/N of an O_PATH handle */
 int     ps_flock(int fd, int op);
 int     ps_futimens(int fd);
 
@@ -115,7 +120,7 @@ typedef struct ps_lock {
   int64_t touched_ms;    /* monotonic time its mtime was last set */
   int64_t busy_seen_ms;  /* monotonic time the lock was last found held by another */
   int no_park;           /* rename(RENAME_NOREPLACE) refused here: a new sentinel each time */
-  char *idle_name;       /* malloc'd parking name, NULL until first needed */
+  char *idle_name;       /* malloc'd parking name (in the store's directory), NULL until needed */
 } ps_lock;
 
 /* Identity of the file content last read or written under the lock. */
@@ -146,10 +151,23 @@ typedef struct ps_event {
 #define PS_MAX_EVENTS 8
 
 typedef struct ps_file {
-  char *path;            /* sessions file (absolute) */
-  char *lockpath;        /* path .. ".lock" */
-  char *dir;             /* directory of path */
-  const char *base;      /* basename, points into path */
+  char *path;            /* sessions file as given, made absolute (for messages and c:path()) */
+  char *lockpath;        /* path .. ".lock" (for messages) */
+  char *dir;             /* directory part of path, as given: resolved by the kernel */
+  const char *base;      /* the file's name in its directory, points into path */
+  const char *lockbase;  /* base .. ".lock", points into lockpath */
+  /* The directory, opened (O_PATH) by resolving dir as the kernel does (symlinks and ".."
+   * followed; the file name itself never is). Every name below is relative to it. Each
+   * transaction resolves dir again and moves to whatever it names now; the commit fence
+   * checks that dir still names it. -1: not yet opened. */
+  int dirfd;
+  dev_t dir_dev;
+  ino_t dir_ino;
+  char key[48];          /* "<dev>:<ino>" of the directory: with base, the store's identity */
+  /* The file as the last load found it (fstat of the descriptor it read, or the lstat that
+   * recognised the pinned inode): who owns it, its mode and links. seen_valid 0: absent. */
+  int seen_valid;
+  struct stat seen;
   int lock_wait_ms;
   int lock_stale_ms;
   int durable;
@@ -182,6 +200,9 @@ enum { PS_LOAD_OK = 0, PS_LOAD_ABSENT = 1, PS_LOAD_SAME = 2, PS_LOAD_ERROR = -1 
 
 typedef struct ps_backend {
   const char *name;
+  /* Resolves the store's location as the kernel names it now (creating missing directories)
+   * and fills f->key; nothing changes while the store is inside a transaction. 0 ok, -1. */
+  int  (*resolve)(ps_file *f, ps_err *e);
   int  (*lock)(ps_file *f, ps_err *e);                 /* 0 ok, -1 error */
   void (*unlock)(ps_file *f);
   /* Reads the whole file into `into` (emptied first; the caller owns it), unless it is
@@ -189,8 +210,12 @@ typedef struct ps_backend {
    * PS_LOAD_OK with *toobig set and nothing read. */
   int  (*load)(ps_file *f, ps_buf *into, const ps_ident *known, int *toobig, ps_ident *id,
                ps_err *e);
-  /* Moves a corrupt file aside; fills moved_to. */
-  int  (*quarantine)(ps_file *f, int64_t now_ms, char *moved_to, size_t n, ps_err *e);
+  /* Moves the corrupt file the last load read aside (why: what is wrong with it) and fills
+   * moved_to, only if it is plausibly a sessions file of ours: a regular file owned by the
+   * effective uid, with one link and no group or other permission bits. Otherwise it moves
+   * nothing and fails with code "corrupt", saying why. */
+  int  (*quarantine)(ps_file *f, int64_t now_ms, const char *why, char *moved_to, size_t n,
+                     ps_err *e);
   /* Atomically replaces the file (fence checked before the rename). */
   int  (*commit)(ps_file *f, const char *buf, size_t len, ps_ident *id, ps_err *e);
 } ps_backend;
@@ -203,17 +228,25 @@ void ps_file_event(ps_file *f, const char *name, const char *detail, const char 
 /* lock.c */
 int  ps_lock_acquire(ps_file *f, ps_err *e);
 void ps_lock_release(ps_file *f);
-void ps_lock_close(ps_file *f);   /* release, remove the parked sentinel, close the wait instance */
+void ps_lock_close(ps_file *f);   /* release, unpark, close the wait instance and the directory */
+void ps_lock_unpark(ps_file *f);  /* remove this process's parked sentinel, if any */
 void ps_lock_init(ps_file *f);
 int  ps_lock_fence(ps_file *f, ps_err *e);
 
 /* file.c */
+/* mkdir -p (new levels 0700 whatever the umask), then opens dir (O_PATH|O_DIRECTORY):
+ * the descriptor, or -1 with e set. */
 int  ps_mkdir_p(const char *dir, ps_err *e);
 /* Writes all of p (short writes and EINTR handled); -1 with errno. */
 int  ps_write_all(int fd, const char *p, size_t n);
-/* Opens path read-only, never through a symlink nor blocking on a FIFO, and requires a
- * regular file. -1 with errno ENOENT when absent (e untouched), else -1 with e set. */
-int  ps_open_regular(const char *path, const char *what, struct stat *st, ps_err *e);
+/* Opens name in dirfd read-only, never through a symlink nor blocking on a FIFO, and requires
+ * a regular file (shown: its path, for messages). -1 with errno ENOENT when absent (e
+ * untouched), else -1 with e set. */
+int  ps_open_regular(int dirfd, const char *name, const char *shown, const char *what,
+                     struct stat *st, ps_err *e);
+/* Whether the store's directory path still names the directory it works in (the fence):
+ * 0 yes; -1 with e set ("compromised" when it names another or nothing). */
+int  ps_dir_check(ps_file *f, ps_err *e);
 void ps_sweep_orphans(ps_file *f);
 void ps_file_unpin(ps_file *f);
 

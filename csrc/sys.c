@@ -3,12 +3,16 @@
  * through here, so a PS_FAULT_INJECTION build can fail the Nth one with a chosen errno
  * (or shorten a write). Without that define each wrapper is a plain call.
  *
- * Left outside on purpose: the lock release (lstat + unlink of our own sentinel, then
- * close) and the orphan sweep. Both are best effort and self-healing: a sentinel left by a
+ * Names are resolved relative to the store's directory descriptor (openat, renameat,
+ * linkat, unlinkat, fstatat, mkdirat); only the directory itself is looked up by its path.
+ *
+ * Left outside on purpose: the lock release (fstatat + rename or unlinkat of our own
+ * sentinel, then close), the orphan sweep, and letting go of a directory the path no longer
+ * names (its parked sentinel). All are best effort and self-healing: a sentinel left by a
  * failed unlink is no longer flock()ed, so the next pairstore process takes it over at once,
  * and an orphan left now is swept next time. Also outside: the calls that only spare a read
  * (file.c: the O_PATH pin of the file just written and its fstat, the fstats that probe for
- * fine-grained ctimes, the lstat that recognises the pinned file). When one fails, the next
+ * fine-grained ctimes, the fstatat that recognises the pinned file). When one fails, the next
  * transaction reads the file as it would without them; the operation itself succeeds, which
  * the fault loop, failing each call of the seam in turn, would count as a broken promise.
  */
@@ -120,10 +124,16 @@ int ps_fstat(int fd, struct stat *st)
   return fstat(fd, st);
 }
 
-int ps_lstat(const char *path, struct stat *st)
+int ps_stat(const char *path, struct stat *st)
 {
   FAULT(-1);
-  return lstat(path, st);
+  return stat(path, st);
+}
+
+int ps_fstatat(int dirfd, const char *name, struct stat *st)
+{
+  FAULT(-1);
+  return fstatat(dirfd, name, st, AT_SYMLINK_NOFOLLOW);
 }
 
 int ps_fchmod(int fd, mode_t mode)
@@ -132,16 +142,22 @@ int ps_fchmod(int fd, mode_t mode)
   return fchmod(fd, mode);
 }
 
-int ps_rename(const char *from, const char *to)
+int ps_fchown(int fd, uid_t uid, gid_t gid)
 {
   FAULT(-1);
-  return rename(from, to);
+  return fchown(fd, uid, gid);
 }
 
-int ps_rename_noreplace(const char *from, const char *to)
+int ps_renameat(int dirfd, const char *from, const char *to)
 {
   FAULT(-1);
-  return renameat2(AT_FDCWD, from, AT_FDCWD, to, RENAME_NOREPLACE);
+  return renameat(dirfd, from, dirfd, to);
+}
+
+int ps_renameat_noreplace(int dirfd, const char *from, const char *to)
+{
+  FAULT(-1);
+  return renameat2(dirfd, from, dirfd, to, RENAME_NOREPLACE);
 }
 
 ssize_t ps_pread(int fd, void *buf, size_t n, off_t at)
@@ -150,22 +166,22 @@ ssize_t ps_pread(int fd, void *buf, size_t n, off_t at)
   return pread(fd, buf, n, at);
 }
 
-int ps_link(const char *from, const char *to, int flags)
+int ps_linkat(int fromdir, const char *from, int dirfd, const char *to, int flags)
 {
   FAULT(-1);
-  return linkat(AT_FDCWD, from, AT_FDCWD, to, flags);
+  return linkat(fromdir, from, dirfd, to, flags);
 }
 
-int ps_unlink(const char *path)
+int ps_unlinkat(int dirfd, const char *name)
 {
   FAULT(-1);
-  return unlink(path);
+  return unlinkat(dirfd, name, 0);
 }
 
-int ps_mkdir(const char *path, mode_t mode)
+int ps_mkdirat(int dirfd, const char *name, mode_t mode)
 {
   FAULT(-1);
-  return mkdir(path, mode);
+  return mkdirat(dirfd, name, mode);
 }
 
 int ps_chmod(const char *path, mode_t mode)

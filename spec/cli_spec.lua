@@ -138,13 +138,33 @@ describe("bin/pairstore", function()
   end)
 
   describe("a corrupt sessions file", function()
-    it("is reported on stderr when the store moves it aside", function()
+    it("is left alone by list, and reported on stderr when a write moves it aside", function()
       helpers.write(file, "{not json")
+      os.execute("chmod 0600 " .. helpers.sh_quote(file))
       local rc, out, err = cli("list --all")
+      assert.are.equal(2, rc)
+      assert.are.equal("", out)
+      assert.matches("not a valid sessions file", err, 1, true)
+      assert.are.equal("{not json", helpers.read(file))
+      rc, out, err = cli("prune")
       assert.are.equal(0, rc)
-      assert.matches("no sessions", out)
+      assert.matches("pruned 0", out)
       assert.matches("pairstore: note: the sessions file was corrupt; moved aside to " ..
         file:gsub("%p", "%%%0") .. "%.corrupt%-%d+", err)
+    end)
+
+    it("never moves a file that is not a sessions file of ours (--file /etc/passwd)", function()
+      local passwd = dir .. "/passwd"
+      os.execute("cp /etc/passwd " .. helpers.sh_quote(passwd) .. " && chmod 0644 " .. helpers.sh_quote(passwd))
+      local before = helpers.read(passwd)
+      for _, args in ipairs { "list", "list --all", "prune", "create --channel x --url https://gw.example/p" } do
+        local rc, _, err = cli("--file " .. helpers.sh_quote(passwd) .. " " .. args, { nofile = true })
+        assert.are.equal(2, rc, args)
+        assert.matches("not a valid sessions file", err, 1, true)
+        assert.are.equal(before, helpers.read(passwd), args)
+        assert.are.equal("644", helpers.mode(passwd), args)
+      end
+      for _, n in ipairs(helpers.ls(dir)) do assert.is_nil(n:match("corrupt"), n) end
     end)
   end)
 
@@ -798,7 +818,8 @@ describe("bin/pairstore", function()
 
     it("finds the file a corrupt store was moved to", function()
       helpers.write(file, "{not json")
-      local rc, _, err = cli("list --all")
+      os.execute("chmod 600 " .. helpers.sh_quote(file)) -- plausibly ours: a write moves it aside
+      local rc, _, err = cli("prune")
       assert.are.equal(0, rc)
       assert.matches("holds secrets: see `pairstore corrupt`", err, 1, true)
       local rc2, out = cli("corrupt --remove")

@@ -24,6 +24,12 @@ local function assert_io(code_expected, ...)
   return msg
 end
 
+-- A file's bytes, mode, owner, inode and links, to show that nothing touched it.
+local function snapshot(path)
+  local _, st = helpers.run("stat -c '%a %u:%g %i %h' " .. q(path))
+  return { bytes = helpers.read(path), stat = st }
+end
+
 describe("the reference's file", function()
   after_each(helpers.cleanup)
 
@@ -216,7 +222,6 @@ describe("loading", function()
     { "Infinity", '{"version":1,"sessions":[],"x":-Infinity}' },
     { "1e999", '{"version":1,"sessions":[{"sid":"a","n":1e999}]}' },
     { "hex number", '{"version":1,"sessions":[],"x":0x10}' },
-    { "wrong version", '{"version":2,"sessions":[]}' },
     { "version as a string", '{"version":"1","sessions":[]}' },
     { "sessions not an array", '{"version":1,"sessions":{"a":1}}' },
     { "sessions missing", '{"version":1}' },
@@ -226,14 +231,24 @@ describe("loading", function()
     { "trailing garbage", '{"version":1,"sessions":[]} x' },
   }
   for _, c in ipairs(corrupt_cases) do
-    it("moves a corrupt file aside (" .. c[1] .. ") and starts empty", function()
+    it("refuses a corrupt file (" .. c[1] .. ") on reads, and a write moves it aside", function()
       local dir = helpers.tmpdir()
       local path = dir .. "/pair-sessions.json"
       helpers.write(path, c[2])
-      os.execute("chmod 0644 " .. q(path))
+      os.execute("chmod 0600 " .. q(path))
+      local before = snapshot(path)
       local store, events = open_at(path, T0)
-      assert.are.same({}, store:list_all())
-      assert.is_false(helpers.exists(path))
+      -- reads: code corrupt, the message names the path and why; the file as it was
+      for _, read in ipairs { function() return store:list_all() end, function() return store:list_active() end,
+        function() return store:get("0123456789abcdef0123456789abcdef") end } do
+        local msg = assert_io("corrupt", read())
+        assert.matches(path:gsub("%p", "%%%0") .. " is not a valid sessions file %(.+%); left as it is", msg)
+      end
+      assert.are.same(before, snapshot(path))
+      assert.are.same({ "pair-sessions.json" }, helpers.ls_live(dir))
+      assert.are.equal(0, #events)
+      -- a write: moved aside with its bytes and mode, then a fresh file
+      assert(store:create {})
       local moved
       for _, n in ipairs(helpers.ls(dir)) do
         if n:match("^pair%-sessions%.json%.corrupt%-%d+$") then moved = dir .. "/" .. n end
@@ -245,25 +260,168 @@ describe("loading", function()
       assert.are.equal("corrupt", events[1].name)
       assert.are.equal(moved, events[1].info.path)
       assert.matches("corrupt sessions file moved aside", events[1].info.message)
-      -- the next create starts a fresh file
-      assert(store:create {})
       assert.are.equal(1, #helpers.read_json(path).sessions)
     end)
   end
 
-  it("quarantines a file over the size cap without reading it", function()
+  it("refuses a file over the size cap without reading it; a write moves it aside", function()
     local dir = helpers.tmpdir()
     local path = dir .. "/pair-sessions.json"
-    os.execute("truncate -s 50M " .. q(path))
+    os.execute("truncate -s 50M " .. q(path) .. " && chmod 0600 " .. q(path))
     local store, events = open_at(path, T0)
-    assert.are.same({}, store:list_all())
+    assert.matches("larger than", assert_io("corrupt", store:list_all()))
+    assert.are.equal(0, #events)
+    assert.are.equal(0, store:prune())
     assert.are.equal("corrupt", events[1].name)
     assert.matches("larger than", events[1].info.message)
     -- a smaller cap applies too
     helpers.write(path, helpers.read(FIXTURE))
+    os.execute("chmod 0600 " .. q(path))
     local small, ev2 = open_at(path, T0, { max_file_bytes = 1000 })
-    assert.are.same({}, small:list_all())
+    assert_io("corrupt", small:get("08a7a099bd235c2f544a3e132e2adc77"))
+    assert.is_nil(ev2[1])
+    assert.are.equal(0, small:prune())
     assert.are.equal("corrupt", ev2[1].name)
+  end)
+end)
+
+describe("files that are not ours", function()
+  after_each(helpers.cleanup)
+
+  -- Every operation fails with `code` and nothing in dir changes.
+  local function all_refuse(path, code, pattern)
+    local dir = path:match("^(.*)/")
+    local before, names = snapshot(path), helpers.ls(dir)
+    local store, events = open_at(path, T0 + 60000)
+    local sid = "08a7a099bd235c2f544a3e132e2adc77"
+    local ops = {
+      { "list_all", false, function() return store:list_all() end },
+      { "get", false, function() return store:get(sid) end },
+      { "create", true, function() return store:create {} end },
+      { "prune", true, function() return store:prune() end },
+      { "transition", true, function() return store:transition(sid, "rejected") end },
+      { "update", true, function() return store:update(sid, function(x) x.n = 1 end) end },
+    }
+    for _, o in ipairs(ops) do
+      local name, writes = o[1], o[2]
+      local msg = assert_io(code, o[3]())
+      assert.matches(path:gsub("%p", "%%%0"), msg, nil, name)
+      -- a read says it moves nothing; a write says why it did not move this one
+      if code == "corrupt" and not writes then assert.matches("only a writing operation moves it aside", msg, nil, name) end
+      if pattern and (writes or code ~= "corrupt") then assert.matches(pattern, msg, nil, name) end
+      assert.are.same(before, snapshot(path), name)
+    end
+    store:close()
+    assert.are.same(names, helpers.ls(dir))
+    for _, e in ipairs(events) do assert.are_not.equal("corrupt", e.name) end
+  end
+
+  it("never moves an /etc/passwd-like file (root's, 0644): reads and writes fail with corrupt", function()
+    local dir = helpers.tmpdir()
+    local path = dir .. "/passwd"
+    os.execute("cp /etc/passwd " .. q(path) .. " && chmod 0644 " .. q(path))
+    all_refuse(path, "corrupt", "mode 0644 lets group or others in")
+  end)
+
+  for _, mode in ipairs { "0640", "0604", "0660", "0610" } do
+    it("never moves a corrupt file with group or other bits (" .. mode .. ")", function()
+      local dir = helpers.tmpdir()
+      local path = dir .. "/pair-sessions.json"
+      helpers.write(path, "{not json")
+      os.execute("chmod " .. mode .. " " .. q(path))
+      all_refuse(path, "corrupt", "lets group or others in")
+    end)
+  end
+
+  it("never moves a corrupt file owned by another user (as root)", function()
+    if not helpers.is_root() then return pending("needs root to give a file to another user") end
+    local dir = helpers.tmpdir()
+    local path = dir .. "/pair-sessions.json"
+    helpers.write(path, "{not json")
+    os.execute("chmod 0600 " .. q(path) .. " && chown nobody:nogroup " .. q(path))
+    all_refuse(path, "corrupt", "belongs to uid 65534, not to this user %(uid 0%)")
+  end)
+
+  it("never moves a well-formed file of another format version, even by writes", function()
+    local dir = helpers.tmpdir()
+    local path = dir .. "/pair-sessions.json"
+    for _, content in ipairs { '{"version":2,"sessions":[]}', '{"version":3,"sessions":{"new":"shape"}}' } do
+      helpers.write(path, content)
+      os.execute("chmod 0600 " .. q(path))
+      all_refuse(path, "unsupported_version", "has format version %d; this pairstore reads and writes version 1 only")
+      assert.are.equal(content, helpers.read(path))
+    end
+    -- a number from the file goes into the message only when it looks like a version
+    helpers.write(path, '{"version":424242,"sessions":[]}')
+    local store = open_at(path, T0)
+    local msg = assert_io("unsupported_version", store:list_all())
+    assert.is_nil(msg:find("424242", 1, true), msg)
+    assert.matches("a format version other than 1", msg)
+  end)
+
+  local function as_nobody(lua)
+    return helpers.run(("setpriv --reuid=nobody --regid=nogroup --clear-groups env %s lua5.4 -e %s"):format(
+      helpers.LUA_ENV, q(lua)))
+  end
+
+  it("keeps the owner and group of a service's file that root replaces", function()
+    if not (helpers.is_root() and helpers.have("setpriv")) then return pending("needs root and setpriv") end
+    local top = helpers.tmpdir()
+    os.execute("chmod 0755 " .. q(top))
+    local dir = top .. "/svc"
+    local path = dir .. "/pair-sessions.json"
+    os.execute("mkdir " .. q(dir) .. " && chown nobody:nogroup " .. q(dir) .. " && chmod 0700 " .. q(dir))
+    local code = ([[
+      local store = require("pairstore").open(%q, { durable = false })
+      local s = assert(store:create {})
+      print("created " .. s.sid)
+    ]]):format(path)
+    local ok, out = as_nobody(code)
+    assert.is_true(ok, out)
+    local function owner() local _, o = helpers.run("stat -c '%U:%G %a' " .. q(path)); return o:match("^(%S+ %d+)") end
+    assert.are.equal("nobody:nogroup 600", owner())
+    -- root writes (create, update, prune that deletes): the file stays the service's
+    local store = pairstore.open(path, { durable = false })
+    local s = assert(store:create {})
+    assert.are.equal("nobody:nogroup 600", owner())
+    assert(store:update(s.sid, function(x) x.note = "root was here" end))
+    assert.are.equal("nobody:nogroup 600", owner())
+    store:close()
+    -- and the service still reads and writes it
+    ok, out = as_nobody(([[
+      local store = require("pairstore").open(%q, { durable = false })
+      local all = assert(store:list_all())
+      assert(store:create {})
+      print("count " .. #all)
+    ]]):format(path))
+    assert.is_true(ok, out)
+    assert.matches("count 2", out)
+    assert.are.equal("nobody:nogroup 600", owner())
+    -- a group that differs only: kept too
+    os.execute("chown root:nogroup " .. q(path))
+    store = pairstore.open(path, { durable = false })
+    assert(store:create {})
+    store:close()
+    assert.are.equal("root:nogroup 600", owner())
+  end)
+
+  it("fails with 'io' and writes nothing when it cannot keep the owner (not root)", function()
+    if not (helpers.is_root() and helpers.have("setpriv")) then return pending("needs root and setpriv") end
+    local dir = helpers.tmpdir()
+    local path = dir .. "/pair-sessions.json"
+    helpers.write(path, helpers.read(FIXTURE))
+    -- root's readable file in a directory nobody may write: nobody cannot give a file to root
+    os.execute("chmod 0644 " .. q(path) .. " && chown nobody " .. q(dir) .. " && chmod 0755 " .. q(dir))
+    local before = snapshot(path)
+    local ok, out = as_nobody(([[
+      local store = require("pairstore").open(%q, { durable = false, now = function() return %d end })
+      local v, msg, code = store:create {}
+      print(tostring(v), code, msg)
+    ]]):format(path, T0 + 60000))
+    assert.is_true(ok, out)
+    assert.matches("nil\tio\tgive the new file the owner 0:0 of .-: Operation not permitted %(EPERM%)", out)
+    assert.are.same(before, snapshot(path))
+    assert.are.same({ "pair-sessions.json" }, helpers.ls(dir))
   end)
 end)
 

@@ -317,3 +317,126 @@ describe("the lock", function()
     assert.is_nil(listing:find("inotify", 1, true), listing)
   end)
 end)
+
+describe("paths, as the kernel resolves them", function()
+  after_each(helpers.cleanup)
+
+  -- dir/real/deep, and dir/ln -> real/deep: so dir/ln/.. is dir/real, not dir.
+  local function layout()
+    local dir = helpers.tmpdir()
+    assert.is_true(os.execute("mkdir -p " .. q(dir .. "/real/deep") .. " && ln -s real/deep " .. q(dir .. "/ln")))
+    return dir
+  end
+
+  it("dir/ln/../f names dir/real/f (file and sentinel), as the kernel and Node say", function()
+    local dir = layout()
+    local p = dir .. "/ln/../pair-sessions.json"
+    local store = pairstore.open(p, { durable = false, lock_wait_ms = 5000 })
+    assert.are.equal(p, store.path)
+    local s = assert(store:create {})
+    assert.is_true(helpers.exists(dir .. "/real/pair-sessions.json"))
+    assert.is_false(helpers.exists(dir .. "/pair-sessions.json"))
+    local inside
+    assert(store:update(s.sid, function()
+      inside = { real = helpers.exists(dir .. "/real/pair-sessions.json.lock"),
+        lexical = helpers.exists(dir .. "/pair-sessions.json.lock") }
+      if helpers.have("node") then
+        -- Node, opening the path it is given as the reference does: the same file, and the
+        -- same lock (its exclusive create of the sentinel finds ours)
+        local ok, out = helpers.run("node -e " .. q([[
+          const fs = require("fs"), path = require("path");
+          const p = process.argv[1];
+          console.log("dir " + fs.realpathSync.native(path.dirname(p)));
+          console.log("sessions " + JSON.parse(fs.readFileSync(p, "utf8")).sessions.length);
+          try { fs.openSync(p + ".lock", "wx"); console.log("lock free"); } catch (e) { console.log("lock " + e.code); }
+        ]]) .. " " .. q(p))
+        inside.node_ok, inside.node = ok, out
+      end
+    end))
+    assert.are.same({ real = true, lexical = false, node_ok = inside.node_ok, node = inside.node }, inside)
+    if inside.node then
+      assert.is_true(inside.node_ok, inside.node)
+      local _, real = helpers.run("cd " .. q(dir .. "/real") .. " && pwd -P")
+      assert.are.equal("dir " .. real:gsub("\n$", "") .. "\nsessions 1\nlock EEXIST\n", inside.node)
+    end
+    -- a store opened at the kernel's spelling is the same store
+    local other = pairstore.open(dir .. "/real/pair-sessions.json", { durable = false })
+    assert.are.equal(s.sid, assert(other:get(s.sid)).sid)
+    store:close()
+    other:close()
+    assert.are.same({ "deep", "pair-sessions.json" }, helpers.ls(dir .. "/real"))
+  end)
+
+  it("a call from a mutator through a symlinked or '..' spelling fails at once with 'reentrant'", function()
+    local dir = layout()
+    local spellings = { dir .. "/real/deep/pair-sessions.json", dir .. "/ln/pair-sessions.json",
+      dir .. "/ln/../deep/pair-sessions.json", dir .. "/./ln//pair-sessions.json" }
+    local stores = {}
+    for i, p in ipairs(spellings) do stores[i] = pairstore.open(p, { durable = false, lock_wait_ms = 5000 }) end
+    local s = assert(stores[1]:create {})
+    for i, outer in ipairs(stores) do
+      for j, inner in ipairs(stores) do
+        local got
+        local t0 = helpers.mono()
+        assert(outer:update(s.sid, function() got = { inner:get(s.sid) } end))
+        assert.is_true(helpers.mono() - t0 < 1, spellings[i] .. " -> " .. spellings[j])
+        assert.are.equal("reentrant", got[3], spellings[i] .. " -> " .. spellings[j])
+      end
+    end
+    -- two files in one directory are two stores
+    local sibling = pairstore.open(dir .. "/ln/other.json", { durable = false })
+    local got
+    assert(stores[1]:update(s.sid, function() got = { sibling:list_all() } end))
+    assert.are.same({}, got[1])
+  end)
+
+  it("re-resolves the path each transaction: a directory moved or replaced since is left behind", function()
+    local dir = helpers.tmpdir()
+    local p = dir .. "/d/pair-sessions.json"
+    local store = pairstore.open(p, { durable = false })
+    local s = assert(store:create {})
+    assert.is_true(os.execute("cd " .. q(dir) .. " && mv d old && mkdir d"))
+    assert.are.same({}, store:list_all()) -- the directory the path names now: empty
+    local s2 = assert(store:create {})
+    assert.are.same({ s2.sid }, { helpers.read_json(p).sessions[1].sid })
+    assert.are.equal(s.sid, helpers.read_json(dir .. "/old/pair-sessions.json").sessions[1].sid)
+    -- nothing of ours is left in the directory the store moved away from
+    assert.are.same({ "pair-sessions.json" }, helpers.ls(dir .. "/old"))
+    -- a symlinked directory is followed to its new target
+    assert.is_true(os.execute("cd " .. q(dir) .. " && mkdir a b && ln -s a link"))
+    local linked = pairstore.open(dir .. "/link/pair-sessions.json", { durable = false })
+    local la = assert(linked:create {})
+    assert.is_true(os.execute("cd " .. q(dir) .. " && ln -sfn b link"))
+    assert.are.same({}, linked:list_all())
+    assert(linked:create {})
+    assert.are.equal(la.sid, helpers.read_json(dir .. "/a/pair-sessions.json").sessions[1].sid)
+    assert.are.equal(1, #helpers.read_json(dir .. "/b/pair-sessions.json").sessions)
+    -- a directory removed since is made again (mkdir -p, 0700)
+    assert.is_true(os.execute("rm -rf " .. q(dir .. "/d")))
+    assert(store:create {})
+    assert.are.equal("700", helpers.mode(dir .. "/d"))
+    store:close()
+    linked:close()
+  end)
+
+  it("writes nothing and fails with 'compromised' when the directory is replaced during a transaction", function()
+    local dir = helpers.tmpdir()
+    local p = dir .. "/d/pair-sessions.json"
+    local store = pairstore.open(p, { durable = false })
+    local s = assert(store:create {})
+    local before = helpers.read(p)
+    local v, msg, code = store:update(s.sid, function(x)
+      x.note = "lost"
+      os.execute("cd " .. q(dir) .. " && mv d old && mkdir d")
+    end)
+    assert.is_nil(v)
+    assert.are.equal("compromised", code)
+    assert.matches("directory .- was replaced or moved during the transaction; nothing written", msg)
+    assert.are.equal(before, helpers.read(dir .. "/old/pair-sessions.json"))
+    assert.are.same({}, helpers.ls(dir .. "/d"))
+    -- the next transaction works in the directory the path names now
+    assert.are.same({}, store:list_all())
+    store:close()
+    assert.are.same({ "pair-sessions.json" }, helpers.ls(dir .. "/old"))
+  end)
+end)

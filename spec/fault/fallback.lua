@@ -1,7 +1,7 @@
 -- The lock's fallback for file systems without O_TMPFILE: the candidate sentinel is then a
 -- uniquely named file (<path>.lock.new-<random>) linked into place. Forced here by failing
--- the first system call of an operation (the O_TMPFILE open) with EOPNOTSUPP, on the
--- fault-injection build. Prints its checks and "N passed, N failed".
+-- the O_TMPFILE open (the third system call of a new store's first operation, after the open
+-- and fstat of its directory) with EOPNOTSUPP, on the fault-injection build. Prints its checks and "N passed, N failed".
 local H = dofile("spec/fault/harness.lua")
 local core = H.need_fault_build("fallback")
 local pairstore = require "pairstore"
@@ -15,11 +15,11 @@ local ok_all, calls = true, 0
 for i = 1, 20 do
   -- a store of its own each time: a store makes its sentinel once, then parks and reuses it
   local st = pairstore.open(path, { durable = false })
-  core._fault(1, core._errno("EOPNOTSUPP"), false)
+  core._fault(3, core._errno("EOPNOTSUPP"), false)
   local r, msg = st:update(s.sid, function(x) x.n = i end)
   local _, _, hit = core._fault_state()
   core._fault(0)
-  -- call 1 is the O_TMPFILE open: EOPNOTSUPP anywhere else would fail the update
+  -- call 3 is the O_TMPFILE open: EOPNOTSUPP anywhere else would fail the update
   calls = calls + 1
   if hit and r and r.n == i then
     -- the named candidate, parked after the first update, is published again by the second

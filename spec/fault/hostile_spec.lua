@@ -1,6 +1,9 @@
--- Hostile files and a hostile file system (issue 3, item 7): every nasty sessions file is either
--- loaded (invalid entries dropped, with an event) or quarantined to <path>.corrupt-<ms> (0600,
--- the original bytes, a "corrupt" event), never a crash, a hang or a secret in a message;
+-- Hostile files and a hostile file system (issue 3, item 7; issue 11, section 3): every nasty
+-- sessions file is either loaded (invalid entries dropped, with an event) or corrupt: reads
+-- fail with code "corrupt" and leave it exactly as it was, and the first write moves it to
+-- <path>.corrupt-<ms> (the original bytes, mode kept, a "corrupt" event); a file of another
+-- format version is never moved (code "unsupported_version"); never a crash, a hang or a
+-- secret in a message;
 -- symlinks, FIFOs and directories planted at the sessions path, the sentinel path and the temp
 -- prefixes give clean errors (or are left alone) and a victim file outside is never written;
 -- umask 0000 and 0277 change no mode; a pre-existing 0644 file comes back 0600.
@@ -58,8 +61,9 @@ local function nested(depth, inner)
 end
 
 -- outcome: "loaded" (both sessions), "dropped" (the entry dropped, the good one kept, an
--- invalid_dropped event), "quarantined", or "either" (loaded or quarantined, checked for
--- consistency).
+-- invalid_dropped event), "quarantined" (reads fail with "corrupt", the first write moves it
+-- aside), "unsupported" (another format version: reads and writes fail, nothing moved), or
+-- "either" (loaded or quarantined, checked for consistency).
 local CASES = {
   { "empty file", "", "quarantined" },
   { "only whitespace", "  \n\t ", "quarantined" },
@@ -89,8 +93,10 @@ local CASES = {
   { "1e15 timestamp (integral float)", file_with(session_json(nil, { createdAtMs = "1.7643e12" })), "loaded" },
   { "duplicate keys in a session", file_with(session_json(nil, { status = '"rejected","status":"awaiting_scan"' })), "loaded" },
   { "duplicate version key", '{"version":2,"version":1,"sessions":[' .. session_json() .. "]}", "either" },
+  { "version 2 (a newer format)", '{"version":2,"sessions":[]}', "unsupported" },
+  { "version 2 with another shape", '{"version":2,"data":{"sessions":"elsewhere"}}', "unsupported" },
+  { "version 1.5", '{"version":1.5,"sessions":[]}', "unsupported" },
   { "duplicate sids", '{"version":1,"sessions":[' .. session_json() .. "," .. session_json() .. "]}", "either" },
-  { "version 2", '{"version":2,"sessions":[]}', "quarantined" },
   { "version as a string", '{"version":"1","sessions":[]}', "quarantined" },
   { "sessions an object", '{"version":1,"sessions":{"a":1}}', "quarantined" },
   { "sessions null", '{"version":1,"sessions":null}', "quarantined" },
@@ -172,24 +178,48 @@ describe("hostile sessions files", function()
     local name, content, outcome = case[1], case[2], case[3]
     it(name .. ": " .. outcome, function()
       H.write(path, content)
+      os.execute("chmod 0600 " .. H.q(path)) -- as both implementations write it: plausibly ours
       open()
       local t0 = os.time()
       local list, msg, code = store:list_all()
       no_secret("list_all error", msg)
-      assert.is_table(list, "list_all failed: " .. tostring(msg) .. " " .. tostring(code))
-      local q = corrupt_files()
       local got
-      if #q == 1 then
-        got = "quarantined"
-        local ev = event("corrupt")
-        assert.is_table(ev, "quarantined without a corrupt event")
-        assert.are.equal(dir .. "/" .. q[1], ev.info.path)
-        assert.are.equal(content, H.read(dir .. "/" .. q[1]), "quarantine must move the bytes as they were")
-        assert.are.equal("600", H.mode(dir .. "/" .. q[1]))
-        assert.is_false(H.read(path) ~= nil, "the corrupt file is still in place")
-        assert.are.equal(0, #list)
+      if list == nil then
+        -- A read never moves, chmods or rewrites what it cannot parse.
+        assert.is_truthy(code == "corrupt" or code == "unsupported_version", tostring(code) .. " " .. tostring(msg))
+        assert.matches(path:gsub("%p", "%%%0"), msg)
+        assert.are.equal(content, H.read(path), "a read changed the file")
+        assert.are.equal("600", H.mode(path))
+        assert.are.same({}, corrupt_files())
+        assert.is_nil(event("corrupt"))
+        local g, gmsg, gcode = store:get(GOOD_SID)
+        no_secret("get", gmsg)
+        assert.is_nil(g)
+        assert.are.equal(code, gcode)
+        assert.are.equal(content, H.read(path), "get changed the file")
+        -- A write moves a corrupt file aside; a file of another version stays, writes fail.
+        local created, cmsg, ccode = store:create { operator = { channel = "hostile" } }
+        no_secret("create error", cmsg)
+        if code == "unsupported_version" then
+          got = "unsupported"
+          assert.is_nil(created)
+          assert.are.equal("unsupported_version", ccode)
+          assert.are.equal(content, H.read(path), "a write moved or changed a file of another version")
+          assert.are.same({}, corrupt_files())
+        else
+          got = "quarantined"
+          assert.is_table(created, "create after a corrupt file failed: " .. tostring(cmsg))
+          local q = corrupt_files()
+          assert.are.equal(1, #q, "one quarantine file")
+          local ev = event("corrupt")
+          assert.is_table(ev, "quarantined without a corrupt event")
+          assert.are.equal(dir .. "/" .. q[1], ev.info.path)
+          assert.are.equal(content, H.read(dir .. "/" .. q[1]), "quarantine must move the bytes as they were")
+          assert.are.equal("600", H.mode(dir .. "/" .. q[1]))
+          assert.are.equal(1, #store:list_all())
+        end
       else
-        assert.are.equal(0, #q, "several quarantine files")
+        assert.are.same({}, corrupt_files(), "several quarantine files")
         assert.is_nil(event("corrupt"))
         local sids = {}
         for _, s in ipairs(list) do sids[s.sid] = true end
@@ -201,6 +231,21 @@ describe("hostile sessions files", function()
         else
           got = "emptied"
         end
+        -- Every entry that was kept has the shape of a session.
+        for _, s in ipairs(list) do
+          assert.are.equal("string", type(s.sid))
+          assert.are.equal("number", type(s.createdAtMs))
+          assert.are.equal("number", type(s.secondaryCodeAttempts))
+        end
+        -- get and a mutation work afterwards, and write a file that loads back.
+        local _, gmsg = store:get(GOOD_SID)
+        no_secret("get", gmsg)
+        local created, cmsg = store:create { operator = { channel = "hostile" } }
+        no_secret("create error", cmsg)
+        assert.is_table(created, "create after a hostile file failed: " .. tostring(cmsg))
+        local back = store:list_all()
+        assert.is_table(back)
+        assert.are.equal(#list + 1, #back)
       end
       if os.getenv("HOSTILE_VERBOSE") then print(name .. " -> " .. got) end
       if outcome == "either" then
@@ -208,41 +253,32 @@ describe("hostile sessions files", function()
       else
         assert.are.equal(outcome, got)
       end
-      -- Every entry that was kept has the shape of a session.
-      for _, s in ipairs(list) do
-        assert.are.equal("string", type(s.sid))
-        assert.are.equal("number", type(s.createdAtMs))
-        assert.are.equal("number", type(s.secondaryCodeAttempts))
-      end
-      -- get and a mutation work afterwards, and write a file that loads back.
-      local g, gmsg = store:get(GOOD_SID)
-      no_secret("get", gmsg)
-      if got == "quarantined" then assert.is_nil(g) end
-      local created, cmsg = store:create { operator = { channel = "hostile" } }
-      no_secret("create error", cmsg)
-      assert.is_table(created, "create after a hostile file failed: " .. tostring(cmsg))
-      local back = store:list_all()
-      assert.is_table(back)
-      assert.are.equal(#list + 1, #back)
       assert.is_true(os.time() - t0 < 20, "took too long")
       check_events()
       store:close()
-      -- The rewritten file loads back whole (pairstore reads what JSON.parse reads).
-      local again = pairstore.open(path, { now = function() return T0 + 1000 end })
-      local reread = again:list_all()
-      again:close()
-      assert.is_table(reread, "the rewritten file does not load")
-      assert.are.equal(#back, #reread)
+      if got ~= "unsupported" then
+        -- The rewritten file loads back whole (pairstore reads what JSON.parse reads).
+        local again = pairstore.open(path, { now = function() return T0 + 1000 end })
+        local reread, rmsg = again:list_all()
+        again:close()
+        assert.is_table(reread, "the rewritten file does not load: " .. tostring(rmsg))
+      end
     end)
   end
 
-  it("a " .. BIG_MB .. " MB file is quarantined without being read", function()
+  it("a " .. BIG_MB .. " MB file is refused by reads and quarantined by a write, without being read", function()
     os.execute(string.format("head -c %d /dev/zero | tr '\\0' ' ' > %s", BIG_MB * 1024 * 1024, H.q(path)))
+    os.execute("chmod 0600 " .. H.q(path))
     open()
     local t0 = os.clock()
-    local list, msg = store:list_all()
-    assert.is_table(list, msg)
-    assert.are.equal(0, #list)
+    local list, msg, code = store:list_all()
+    assert.is_nil(list)
+    assert.are.equal("corrupt", code)
+    assert.matches("larger than", msg)
+    assert.are.equal(0, #corrupt_files())
+    assert.is_true(os.clock() - t0 < 1.0, "the size cap must apply before reading")
+    t0 = os.clock()
+    assert.are.equal(0, store:prune())
     assert.is_table(event("corrupt"))
     assert.are.equal(1, #corrupt_files())
     assert.is_true(os.clock() - t0 < 1.0, "the size cap must apply before reading")
@@ -252,14 +288,19 @@ describe("hostile sessions files", function()
   it("a file just over max_file_bytes is quarantined, one at the cap is read", function()
     local content = file_with(session_json())
     H.write(path, content)
+    os.execute("chmod 0600 " .. H.q(path))
     events = {}
     local s = pairstore.open(path, { max_file_bytes = #content, now = function() return T0 end,
       on_event = function(n, i) events[#events + 1] = { name = n, info = i } end })
     assert.are.equal(2, #s:list_all())
     assert.are.equal(0, #corrupt_files())
     H.write(path, content .. " ")
-    assert.are.equal(0, #s:list_all())
+    local _, _, code = s:list_all()
+    assert.are.equal("corrupt", code)
+    assert.are.equal(0, #corrupt_files())
+    assert.are.equal(0, s:prune())
     assert.are.equal(1, #corrupt_files())
+    assert.are.equal(0, #s:list_all())
   end)
 end)
 
@@ -348,12 +389,28 @@ describe("a hostile file system", function()
     assert.is_true(os.execute("test -L " .. H.q(path .. ".lock")) == true)
   end)
 
-  it("a hard link of the victim as the sessions file is replaced, not written through", function()
+  it("a hard link of the victim as the sessions file is neither moved nor written through", function()
     os.execute("ln " .. H.q(victim) .. " " .. H.q(path))
-    -- not JSON: quarantined (renamed), then a new file is written; the victim's inode is untouched
+    -- not JSON, but not plausibly ours (0644, two links): nothing moved, nothing written
     local s = store()
-    local created, msg = s:create {}
-    assert.is_table(created, msg)
+    local created, msg, code = s:create {}
+    assert.is_nil(created)
+    assert.are.equal("corrupt", code)
+    assert.matches("left as it is", msg)
+    s:close()
+    assert.are.same({ "pair-sessions.json" }, H.ls(dir .. "/d"))
+    assert.are.equal(victim_content, H.read(path))
+    -- even at 0600 (on a copy: after_each checks the victim's mode)
+    local v2 = dir .. "/victim600"
+    H.write(v2, "not json\n")
+    os.execute("chmod 0600 " .. H.q(v2) .. " && rm -f " .. H.q(path) .. " && ln " .. H.q(v2) .. " " .. H.q(path))
+    s = store()
+    created, msg, code = s:create {}
+    assert.is_nil(created)
+    assert.are.equal("corrupt", code)
+    assert.matches("2 hard links", msg)
+    assert.are.equal("not json\n", H.read(path))
+    s:close()
   end)
 
   it("a pre-existing 0644 file comes back 0600 after a write", function()

@@ -8,6 +8,8 @@
 -- the same process publishes the parked sentinel again with renameat2(RENAME_NOREPLACE), and
 -- does not read the file it wrote itself.
 -- Nothing is ever opened with O_TRUNC and the sessions file is never opened for writing.
+-- Every name in the directory is reached relative to the directory's descriptor (the *at
+-- calls), never by a path from the current directory: only the directory itself is.
 -- With durable = false the same sequence runs without the two fsyncs.
 package.path = "spec/?.lua;" .. package.path
 local H = require "fault.harness"
@@ -24,12 +26,27 @@ local _, seed = H.sh("lua5.4 spec/fault/one_op.lua " .. H.q(path) .. " seed")
 local sid = seed:match("^ok (%x+)")
 H.check("strace: seed session created", sid ~= nil, seed)
 
+-- strace -y prints each descriptor with its path ("3</dir>"): a name relative to a directory
+-- descriptor is rewritten as the path it names ("AT_FDCWD, \"/dir/name\""), then the other
+-- annotations are dropped. Names given by path from the current directory are collected.
+local by_path = {}
+local function resolve_at(l)
+  l = l:gsub("AT_FDCWD<[^>]*>", "AT_FDCWD")
+  if l:find("AT_FDCWD, \"" .. dir .. "/", 1, true) then by_path[#by_path + 1] = l end
+  if l:match("^%a+at2?%(") then -- openat, renameat2, linkat, unlinkat, mkdirat: (dirfd, name)
+    l = l:gsub('(%d+)<([^>]*)>, "([^"]*)"', function(_, d, name)
+      return 'AT_FDCWD, "' .. (name == "." and d or d .. "/" .. name) .. '"'
+    end)
+  end
+  return (l:gsub("(%d+)<[^>]*>%(deleted%)", "%1"):gsub("(%d+)<[^>]*>", "%1"))
+end
+
 local function trace(env, op)
   local out = dir .. "/trace"
-  local ok, res = H.sh(string.format("%s strace -f -qq -o %s -e trace=openat,open,creat,write,fsync,fdatasync,close,rename,renameat,renameat2,linkat,link,unlink,unlinkat,flock,fchmod lua5.4 spec/fault/one_op.lua %s %s %s",
+  local ok, res = H.sh(string.format("%s strace -f -qq -y -o %s -e trace=openat,open,creat,write,fsync,fdatasync,close,rename,renameat,renameat2,linkat,link,unlink,unlinkat,flock,fchmod,fchown,mkdir,mkdirat lua5.4 spec/fault/one_op.lua %s %s %s",
     env, H.q(out), H.q(path), op or "incr", sid))
   local lines = {}
-  for l in io.lines(out) do lines[#lines + 1] = l:gsub("^%d+%s+", "") end
+  for l in io.lines(out) do lines[#lines + 1] = resolve_at((l:gsub("^%d+%s+", ""))) end
   os.remove(out)
   return ok and res:match("^ok") ~= nil, lines, res
 end
@@ -140,6 +157,8 @@ H.check("strace: the traced update succeeded", ok, res)
 local ev, fails = analyse(lines)
 H.check("strace: flags and modes (O_EXCL|O_NOFOLLOW|O_CLOEXEC 0600 temp, no O_TRUNC, file never opened for writing)", #fails == 0 and #ev > 10, table.concat(fails, "; "))
 local got = check_order("strace: order", ev, WANT)
+H.check("strace: every name in the directory is relative to its descriptor (*at calls)", #by_path == 0,
+  table.concat(by_path, "; "))
 
 -- durable = false: the same without the two fsyncs.
 local ok2, lines2, res2 = trace("PS_DURABLE=0")

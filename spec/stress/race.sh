@@ -97,19 +97,24 @@ rm -f "$lock"
 # get in while A is inside).
 if command -v strace >/dev/null; then
   plant dead
-  strace -f -qq -o "$work/b.trace" -e trace=openat,flock,rename,renameat2 \
+  # the store reaches the sentinel relative to its directory's descriptor: openat(N, "name"),
+  # and a break is renameat(N, "name", N, "name.break-...")
+  lockname=${lock##*/}
+  opened="openat([0-9]*, \"$lockname\""
+  broke="renameat([0-9]*, \"$lockname\", [0-9]*, \"$lockname.break-"
+  strace -f -qq -o "$work/b.trace" -e trace=openat,flock,rename,renameat,renameat2 \
     -e inject=flock:delay_enter=1000000:when=2 -e inject=renameat2:delay_enter=1000000 \
     lua5.4 spec/stress/race_waiter.lua "$path" "$sid" - "$work/marker" "$work/log.b" & b=$!
-  until grep -q "openat(AT_FDCWD, \"$lock\"" "$work/b.trace" 2>/dev/null; do sleep 0.01; done
+  until grep -q "$opened" "$work/b.trace" 2>/dev/null; do sleep 0.01; done
   RACE_HOLD_S=2 lua5.4 spec/stress/race_waiter.lua "$path" "$sid" - "$work/marker" "$work/log.a" & a=$!
   # C starts once B's delayed flock has returned (or B moved the sentinel away)
-  until grep -q -e 'DELAYED' -e "rename(\"$lock\"" "$work/b.trace" 2>/dev/null; do sleep 0.01; done
+  until grep -q -e 'DELAYED' -e "$broke" "$work/b.trace" 2>/dev/null; do sleep 0.01; done
   sleep 0.05
   lua5.4 spec/stress/race_waiter.lua "$path" "$sid" - "$work/marker" "$work/log.c" & c=$!
   wait "$a" "$b" "$c"
   res=$(cat "$work/log.a" "$work/log.b" "$work/log.c" | grep -c -e '^ok')
   over=$(cat "$work/log.a" "$work/log.b" "$work/log.c" | grep -c '^OVERLAP')
-  moved=$(grep -c "rename(\"$lock\"" "$work/b.trace")
+  moved=$(grep -c "$broke" "$work/b.trace")
   check "race: injected delays (B's flock on the broken inode late by 1 s): no overlap, A's sentinel untouched" \
     "$([ "$over" = 0 ] && [ "$res" = 3 ] && [ "$moved" = 0 ] && echo 0 || echo 1)" "$over overlaps, $res ok, B renamed the sentinel $moved times"
   echo "race under injected delays: $over overlaps, $res of 3 ok, B moved a live sentinel $moved times"
