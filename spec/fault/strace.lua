@@ -136,7 +136,7 @@ local WANT = { "open_candidate", "write_lock", "fchmod_lock", "flock_lock", "lin
 local WANT_PARKED = { "publish_parked", "open_tmp", "fchmod_tmp", "write_tmp", "fsync_tmp",
   "close_tmp", "pin_tmp", "rename", "fsync_dir", "park_lock", "unlink_parked", "close_lock" }
 
-local function check_order(name, ev, want)
+local function order_of(ev)
   -- the last transaction (the one containing the rename)
   local start = 1
   for i, e in ipairs(ev) do
@@ -147,7 +147,11 @@ local function check_order(name, ev, want)
     local k = ev[i].kind
     if k ~= got[#got] then got[#got + 1] = k end -- several writes count as one step
   end
-  local g, w = table.concat(got, " "), table.concat(want, " ")
+  return table.concat(got, " ")
+end
+
+local function check_order(name, ev, want)
+  local g, w = order_of(ev), table.concat(want, " ")
   H.check(name .. ": " .. w, g == w, "got: " .. g)
   return g
 end
@@ -169,17 +173,24 @@ local want2 = {}
 for _, k in ipairs(WANT) do if k ~= "fsync_tmp" and k ~= "fsync_dir" then want2[#want2 + 1] = k end end
 check_order("strace: durable = false order", ev2, want2)
 
--- Two updates in one process: the second publishes the parked sentinel again.
-local ok3, lines3, res3 = trace("", "incr2")
+-- Two updates in one process: the second publishes the parked sentinel again. Whether it may
+-- skip reading the file it wrote depends on a timing probe of the first write (a ctime change
+-- under 500 us), which a loaded machine under strace can miss: then it reads the file once,
+-- which is correct but not the path under test. Up to three tries; a regression fails all.
+local major, minor = io.popen("uname -r"):read("l"):match("^(%d+)%.(%d+)")
+if tonumber(major) * 1000 + tonumber(minor) < 6013 then table.insert(WANT_PARKED, 2, "read_file") end
+local ok3, lines3, res3
+for _ = 1, 3 do
+  ok3, lines3, res3 = trace("", "incr2")
+  if not ok3 or order_of((analyse(lines3))) == table.concat(WANT_PARKED, " ") then break end
+end
 H.check("strace: two traced updates in one process succeeded", ok3, res3)
 local ev3, fails3 = analyse(lines3)
 H.check("strace: second update flags", #fails3 == 0, table.concat(fails3, "; "))
 local n_candidates = 0
 for _, e in ipairs(ev3) do if e.kind == "open_candidate" then n_candidates = n_candidates + 1 end end
 H.check("strace: one sentinel made for both updates", n_candidates == 1, tostring(n_candidates))
--- Without multigrain timestamps (Linux < 6.13) a pinned inode is not proof enough: read.
-local major, minor = io.popen("uname -r"):read("l"):match("^(%d+)%.(%d+)")
-if tonumber(major) * 1000 + tonumber(minor) < 6013 then table.insert(WANT_PARKED, 2, "read_file") end
+-- (Without multigrain timestamps, Linux < 6.13, a pinned inode is not proof enough: read.)
 check_order("strace: second update order", ev3, WANT_PARKED)
 
 H.check("strace: sentinel gone, no temp left", #H.ls(dir) == 1, table.concat(H.ls(dir), " "))
