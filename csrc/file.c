@@ -419,12 +419,23 @@ static int fsync_dir(ps_file *f, int fd, ps_err *e)
 
 /* The file being replaced belongs to another user or group (root working on a service's
  * store): the new one gets the same owner and group, else the service is locked out of it. */
+int ps_dir_owner(ps_file *f, uid_t *uid, gid_t *gid)
+{
+  struct stat ds;
+  if (geteuid() != 0 || fstat(f->dirfd, &ds) != 0 || ds.st_uid == 0) return 0;
+  *uid = ds.st_uid;
+  *gid = ds.st_gid;
+  return 1;
+}
+
 static int keep_owner(ps_file *f, int fd, ps_err *e)
 {
   struct stat st;
   uid_t uid = f->seen.st_uid;
   gid_t gid = f->seen.st_gid;
-  if (!f->seen_valid || (uid == geteuid() && gid == getegid())) return 0;
+  /* No file yet: as root in a service's directory, the first file is the service's too. */
+  if (!f->seen_valid && !ps_dir_owner(f, &uid, &gid)) return 0;
+  if (uid == geteuid() && gid == getegid()) return 0;
   if (ps_fstat(fd, &st) != 0) {
     ps_err_sys(e, errno, "stat temp file for", f->path);
     return -1;

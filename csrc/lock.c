@@ -43,6 +43,15 @@ static int64_t mtime_ms(const struct stat *st)
   return (int64_t)st->st_mtim.tv_sec * 1000 + st->st_mtim.tv_nsec / 1000000;
 }
 
+/* As root in a service's directory, the sentinel is the service's: it can then open it and
+ * wait while root holds the lock, and sweep it if root dies (instead of failing EACCES). */
+static int give_to_dir_owner(ps_file *f, int fd)
+{
+  uid_t uid;
+  gid_t gid;
+  return ps_dir_owner(f, &uid, &gid) ? ps_fchown(fd, uid, gid) : 0;
+}
+
 /* The candidate sentinel: a private file holding "<pid>\n", mode 0500, flock(LOCK_EX).
  * Preferably an unnamed O_TMPFILE; otherwise a uniquely named file (named is set). */
 static int make_candidate(ps_file *f, char *named, size_t namedsz, struct stat *st, ps_err *e)
@@ -64,7 +73,8 @@ static int make_candidate(ps_file *f, char *named, size_t namedsz, struct stat *
   }
   n = snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
   if (ps_write_all(fd, pid, (size_t)n) != 0 || ps_fchmod(fd, PS_SENTINEL_MODE) != 0 ||
-      ps_flock(fd, LOCK_EX | LOCK_NB) != 0 || ps_fstat(fd, st) != 0) {
+      give_to_dir_owner(f, fd) != 0 || ps_flock(fd, LOCK_EX | LOCK_NB) != 0 ||
+      ps_fstat(fd, st) != 0) {
     int saved = errno;
     close(fd);
     if (named[0]) unlinkat(f->dirfd, named, 0);

@@ -248,6 +248,10 @@ int  ps_open_regular(int dirfd, const char *name, const char *shown, const char 
  * 0 yes; -1 with e set ("compromised" when it names another or nothing). */
 int  ps_dir_check(ps_file *f, ps_err *e);
 void ps_sweep_orphans(ps_file *f);
+/* As root in a directory another user owns (a service's), the owner and group that new files
+ * and the lock sentinel get, so that the service is never locked out of its own store;
+ * 0: keep our own. */
+int  ps_dir_owner(ps_file *f, uid_t *uid, gid_t *gid);
 void ps_file_unpin(ps_file *f);
 
 /* ---- session rules on Lua tables (session.c) --------------------------------------------- */

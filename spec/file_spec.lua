@@ -405,6 +405,38 @@ describe("files that are not ours", function()
     assert.are.equal("root:nogroup 600", owner())
   end)
 
+  it("as root in a service's directory, makes the first file and the lock the service's", function()
+    if not (helpers.is_root() and helpers.have("setpriv")) then return pending("needs root and setpriv") end
+    local top = helpers.tmpdir()
+    os.execute("chmod 0755 " .. q(top))
+    local dir = top .. "/svc"
+    local path = dir .. "/pair-sessions.json"
+    os.execute("mkdir " .. q(dir) .. " && chown nobody:nogroup " .. q(dir) .. " && chmod 0700 " .. q(dir))
+    local function owner(p) local _, o = helpers.run("stat -c '%U:%G' " .. q(p)); return o:match("^(%S+)") end
+    local store = pairstore.open(path, { durable = false })
+    local s = assert(store:create {})
+    assert.are.equal("nobody:nogroup", owner(path))
+    -- while root holds the lock, the service waits for it (before: EACCES on root's sentinel)
+    local sentinel, waited
+    assert(store:update(s.sid, function()
+      sentinel = owner(path .. ".lock")
+      local _, out = as_nobody(([[
+        local r, msg, code = require("pairstore").open(%q, { lock_wait_ms = 300 }):list_all()
+        print("code " .. tostring(code))
+      ]]):format(path))
+      waited = out
+    end))
+    store:close()
+    assert.are.equal("nobody:nogroup", sentinel)
+    assert.matches("code timeout", waited)
+    local ok, out = as_nobody(([[
+      local all = assert(require("pairstore").open(%q):list_all())
+      print("count " .. #all)
+    ]]):format(path))
+    assert.is_true(ok, out)
+    assert.matches("count 1", out)
+  end)
+
   it("fails with 'io' and writes nothing when it cannot keep the owner (not root)", function()
     if not (helpers.is_root() and helpers.have("setpriv")) then return pending("needs root and setpriv") end
     local dir = helpers.tmpdir()
