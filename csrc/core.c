@@ -39,6 +39,7 @@ typedef struct ps_store {
   ps_buf cache, rbuf, wbuf;
   ps_ident cache_id;
   int cache_valid;
+  ps_jscan scan; /* where each session of the last file read starts and ends */
   /* With the cache: pruning changes nothing while now <= prune_after. */
   int64_t prune_after;
   /* The sid index and the count of live (non-terminal) sessions of the transaction's array:
@@ -215,6 +216,7 @@ static void buffers_free(ps_store *s)
   ps_buf_free(&s->cache);
   ps_buf_free(&s->rbuf);
   ps_buf_free(&s->wbuf);
+  ps_json_scan_free(&s->scan);
 }
 
 /* The session at sess is about to change in place: the text the file holds for it becomes
@@ -317,7 +319,7 @@ static void load(lua_State *L, ps_txn *t)
   const char *why = NULL, *text;
   lua_Integer n, i, kept = 0;
   char reason[256];
-  ps_jscan sc = { 0 };
+  ps_jscan *sc = &s->scan; /* kept and reused: nothing to free on any way out */
 
   rc = s->be->load(&s->f, &s->rbuf, s->cache_valid ? &s->cache_id : NULL, &toobig, &id, &t->err);
   if (rc == PS_LOAD_ERROR) { t->failed = 1; return; }
@@ -343,20 +345,19 @@ static void load(lua_State *L, ps_txn *t)
   }
   ps_buf_swap(&s->cache, &s->rbuf); /* these bytes are the file's now */
   s->cache_id = id;
-  why = ps_json_scan(s->cache.p, s->cache.len, &sc);
+  why = ps_json_scan(s->cache.p, s->cache.len, sc);
   if (why) {
-    ps_json_scan_free(&sc);
     snprintf(reason, sizeof reason, "invalid JSON (%s)", why);
     corrupt(L, t, reason);
     return;
   }
   text = s->cache.p;
-  if (sc.lone) {
+  if (sc->lone) {
     /* cjson refuses lone surrogate escapes (JSON.parse takes them): it decodes a copy that
      * reads them as U+FFFD; the file's text, kept, still has them */
     s->rbuf.len = 0;
     ps_buf_add(&s->rbuf, s->cache.p, s->cache.len);
-    if (s->rbuf.oom) { ps_json_scan_free(&sc); luaL_error(L, "pairstore: out of memory"); }
+    if (s->rbuf.oom) luaL_error(L, "pairstore: out of memory");
     ps_json_sanitize(s->rbuf.p, s->rbuf.len);
     text = s->rbuf.p;
   }
@@ -366,7 +367,6 @@ static void load(lua_State *L, ps_txn *t)
   rc = lua_pcall(L, 1, 1, 0);
   if (rc != LUA_OK) {
     const char *msg = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
-    ps_json_scan_free(&sc);
     /* Only cjson's own verdict on the bytes makes the file corrupt. Anything else raised
      * meanwhile (out of memory, an "interrupted!" from a SIGINT hook) is not about the
      * file: let it propagate (the lock is released on the way out). */
@@ -379,7 +379,6 @@ static void load(lua_State *L, ps_txn *t)
   doc = lua_gettop(L);
   if (other_version(L, t, doc)) return;
   if (!shape_ok(L, doc, &why)) {
-    ps_json_scan_free(&sc);
     lua_pop(L, 1);
     corrupt(L, t, why);
     return;
@@ -387,8 +386,7 @@ static void load(lua_State *L, ps_txn *t)
   lua_getfield(L, doc, "sessions");
   arr = lua_gettop(L);
   n = (lua_Integer)lua_rawlen(L, arr);
-  if ((size_t)n != sc.nspans) { /* cannot be: both read the same array */
-    ps_json_scan_free(&sc);
+  if ((size_t)n != sc->nspans) { /* cannot be: both read the same array */
     lua_pop(L, 2);
     corrupt(L, t, "the sessions array could not be delimited");
     return;
@@ -397,13 +395,10 @@ static void load(lua_State *L, ps_txn *t)
   texts = lua_gettop(L);
   lua_getiuservalue(L, 2, UV_DECODE);
   for (i = 1; i <= n; i++) {
-    const ps_jspan *sp = &sc.spans[i - 1];
+    const ps_jspan *sp = &sc->spans[i - 1];
     lua_rawgeti(L, arr, i);
-    if (sp->bigint &&
-        ps_json_fixup(L, texts + 1, s->cache.p + sp->off, sp->len, -1, 0) != 0) {
-      ps_json_scan_free(&sc);
+    if (sp->bigint && ps_json_fixup(L, texts + 1, s->cache.p + sp->off, sp->len, -1, 0) != 0)
       luaL_error(L, "pairstore: out of memory");
-    }
     if (ps_validate_session(L, -1, 1) == NULL) { /* shape_ok checked its values */
       lua_pushvalue(L, -1);
       lua_pushlstring(L, s->cache.p + sp->off, sp->len);
@@ -413,7 +408,6 @@ static void load(lua_State *L, ps_txn *t)
       lua_pop(L, 1);
     }
   }
-  ps_json_scan_free(&sc);
   lua_pop(L, 2);
   for (i = kept + 1; i <= n; i++) {
     lua_pushnil(L);

@@ -14,6 +14,7 @@ local pairstore = require "pairstore"
 
 local path, op, a3, a4 = arg[1], arg[2], arg[3], arg[4]
 local store = pairstore.open(path, {
+  max_session_bytes = 4 * 1024 * 1024, -- "big" writes sessions far above the default bound
   rng = H.canary_rng(),
   lock_wait_ms = tonumber(os.getenv("PS_LOCK_WAIT_MS")) or nil,
   durable = os.getenv("PS_DURABLE") ~= "0",

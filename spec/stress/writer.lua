@@ -14,10 +14,10 @@ local function version(s)
 end
 
 if how == "prepare" then -- one pairstore version, to start from a complete ~1 MB file
-  local store = require("pairstore").open(path)
+  local store = require("pairstore").open(path, { max_session_bytes = 4 * MB })
   assert(store:update(sid, version))
 elseif how == "pairstore" then
-  local store = require("pairstore").open(path, { durable = os.getenv("PS_DURABLE") ~= "0" })
+  local store = require("pairstore").open(path, { durable = os.getenv("PS_DURABLE") ~= "0", max_session_bytes = 4 * MB })
   while true do
     local r, msg = store:update(sid, version)
     if not r then io.stderr:write(msg, "\n") os.exit(1) end
