@@ -252,6 +252,16 @@ static void changed(lua_State *L, ps_txn *t, int sess)
 
 /* The file cannot be parsed as sessions (why). A read fails and leaves it exactly as it is;
  * a write moves it aside (if the backend finds it plausibly ours) and starts empty. */
+/* Whether text begins like a sessions file (a JSON object), or holds nothing but blanks (a
+ * file emptied by a crash of a writer that does not fsync): only such a file is moved aside.
+ * A private key or a script given as the path by mistake is not. */
+static int begins_like_ours(const ps_buf *b)
+{
+  size_t i = 0;
+  while (i < b->len && strchr(" \t\r\n", b->p[i]) && b->p[i]) i++;
+  return i == b->len || b->p[i] == '{';
+}
+
 static void quarantine(ps_txn *t, const char *why)
 {
   char moved[4096 + 64], detail[300];
@@ -262,7 +272,8 @@ static void quarantine(ps_txn *t, const char *why)
     t->failed = 1;
     return;
   }
-  if (s->be->quarantine(&s->f, ps_wall_ms(), why, moved, sizeof moved, &t->err) != 0) {
+  if (s->be->quarantine(&s->f, ps_wall_ms(), why, begins_like_ours(&s->cache), moved, sizeof moved,
+                       &t->err) != 0) {
     t->failed = 1;
     return;
   }
@@ -339,8 +350,10 @@ static void load(lua_State *L, ps_txn *t)
   }
   cache_drop(s);
   if (toobig) {
-    snprintf(reason, sizeof reason, "larger than %zu bytes", s->f.max_bytes);
-    corrupt(L, t, reason);
+    /* Not read, so not known to be corrupt (another store may allow more): left as it is. */
+    ps_err_set(&t->err, "limit", "%s is larger than max_file_bytes (%zu): not read, left as it is",
+               s->f.path, s->f.max_bytes);
+    t->failed = 1;
     return;
   }
   ps_buf_swap(&s->cache, &s->rbuf); /* these bytes are the file's now */
@@ -437,12 +450,6 @@ static int session_text(lua_State *L, ps_txn *t, int sess, int dec, const char *
   why = ps_json_encode(L, dec, base, baselen, sess, &ps_session_order, b);
   if (why) {
     ps_err_set(&t->err, "invalid", "a session cannot be written as JSON: %s", why);
-    t->failed = 1;
-    return -1;
-  }
-  if (b->len > t->s->max_session_bytes) {
-    ps_err_set(&t->err, "limit", "a session would take %zu bytes of JSON, above max_session_bytes (%zu)",
-               b->len, t->s->max_session_bytes);
     t->failed = 1;
     return -1;
   }
@@ -660,7 +667,14 @@ static int act_update(lua_State *L, ps_txn *t, int arr, lua_Integer at, int sess
     fail(t, "invalid", "mutator must return a table, false or nothing");
     return 0;
   }
-  ps_copy_value(L, res, 0); /* what the caller keeps cannot change what we store */
+  /* What the caller keeps cannot change what we store. Every value takes at least a byte of
+   * JSON: more values than max_session_bytes cannot fit, and are not copied. */
+  if (ps_copy_bounded(L, res, (long)t->s->max_session_bytes) != 0) {
+    ps_err_set(&t->err, "limit", "mutator result has more values than max_session_bytes (%zu) allows",
+               t->s->max_session_bytes);
+    t->failed = 1;
+    return 0;
+  }
   res = lua_gettop(L);
   why = ps_validate_session(L, res, 0);
   if (why) {
@@ -695,6 +709,14 @@ static int act_update(lua_State *L, ps_txn *t, int arr, lua_Integer at, int sess
     }
     old = lua_tolstring(L, -1, &oldlen); /* NULL: a session never written (cannot be) */
     rc = session_text(L, t, res, dec, old, oldlen, &b);
+    /* A mutator's result is bounded (what the file held already is not: the reference bounds
+     * nothing, and its sessions must stay writable). */
+    if (rc == 0 && b.len > t->s->max_session_bytes && b.len > oldlen) {
+      ps_err_set(&t->err, "limit", "the mutator's result would take %zu bytes of JSON, above "
+                 "max_session_bytes (%zu)", b.len, t->s->max_session_bytes);
+      t->failed = 1;
+      rc = -1;
+    }
     same = rc == 0 && old && b.len == oldlen && memcmp(b.p, old, oldlen) == 0;
     ps_buf_free(&b);
     if (rc != 0) return 0;
@@ -1356,7 +1378,8 @@ static int f_open(lua_State *L)
 static int f_redact(lua_State *L)
 {
   luaL_checktype(L, 1, LUA_TTABLE);
-  ps_copy_value(L, 1, 0);
+  if (ps_copy_bounded(L, 1, 1000000) != 0)
+    return luaL_argerror(L, 1, "a session table with more than a million values");
   lua_pushliteral(L, "[redacted]");
   lua_setfield(L, -2, "skGatewayB64");
   lua_pushliteral(L, "[redacted]");

@@ -365,14 +365,16 @@ static const char *not_ours(const ps_file *f, char *buf, size_t n)
   return buf;
 }
 
-static int file_quarantine(ps_file *f, int64_t now_ms, const char *why, char *moved_to, size_t n,
+static int file_quarantine(ps_file *f, int64_t now_ms, const char *why, int looks_ours, char *moved_to, size_t n,
                            ps_err *e)
 {
   char name[512], reason[128];
   struct stat st;
   int i;
 
-  if (not_ours(f, reason, sizeof reason)) {
+  if (not_ours(f, reason, sizeof reason) ||
+      (!looks_ours && snprintf(reason, sizeof reason, "it does not begin like one (a JSON object)")))
+  {
     ps_err_set(e, "corrupt", "%s is not a valid sessions file (%s); left as it is, since %s",
                f->path, why, reason);
     return -1;

@@ -243,6 +243,16 @@ void ps_json_sanitize(char *p, size_t n)
 
 /* ---- values of raw text ---------------------------------------------------------------------- */
 
+/* Whether the number token p[0..n) is an integer literal (no fraction, no exponent). Bounded
+ * by n: the token is not NUL-terminated, and a search past it costs the rest of the file. */
+static int integer_literal(const char *p, size_t n)
+{
+  size_t i;
+  for (i = 0; i < n; i++)
+    if (p[i] == '.' || p[i] == 'e' || p[i] == 'E') return 0;
+  return 1;
+}
+
 /* The end of the (valid) value at s. */
 static const char *skip_value(const char *s, const char *end)
 {
@@ -272,7 +282,7 @@ static const char *skip_value(const char *s, const char *end)
 void ps_json_push_number(lua_State *L, const char *p, size_t n)
 {
   char tmp[512], *copy = tmp;
-  int integer = strcspn(p, ".eE") >= n;
+  int integer = integer_literal(p, n);
   if (n >= sizeof tmp && !(copy = malloc(n + 1))) {
     lua_pushnumber(L, 0); /* unreachable for a scanned file: numbers are short */
     return;
@@ -283,12 +293,12 @@ void ps_json_push_number(lua_State *L, const char *p, size_t n)
     long long v;
     errno = 0;
     v = strtoll(copy, NULL, 10);
-    if (errno == 0) {
-      lua_pushinteger(L, (lua_Integer)v);
-      goto done;
-    }
+    if (errno == 0) lua_pushinteger(L, (lua_Integer)v);
+    else lua_pushnumber(L, strtod(copy, NULL)); /* outside int64: a float, even if integral */
+    goto done;
   }
   {
+    /* a fraction or an exponent: its value through a double (exact up to 2^53) */
     double d = strtod(copy, NULL);
     if (d == floor(d) && d >= -0x1p63 && d < 0x1p63) lua_pushinteger(L, (lua_Integer)d);
     else lua_pushnumber(L, d);
@@ -324,6 +334,27 @@ static int push_string(lua_State *L, int decode, const char *p, size_t n)
   }
 }
 
+/* Whether a member after p (inside an object's text ending at end) has the key at the top of
+ * the stack, decoded: JSON.parse keeps the last of duplicate keys. */
+static int key_later(lua_State *L, int decode, const char *p, const char *end)
+{
+  for (;;) {
+    const char *k;
+    int same;
+    p = ws(p, end);
+    if (p < end && *p == ',') p = ws(p + 1, end);
+    if (p >= end || *p != '"') return 0;
+    k = p;
+    p = skip_value(p, end);
+    if (push_string(L, decode, k, (size_t)(p - k)) != 0) return 0;
+    same = lua_rawequal(L, -1, -2);
+    lua_pop(L, 1);
+    if (same) return 1;
+    p = ws(p, end) + 1; /* ':' */
+    p = skip_value(ws(p, end), end);
+  }
+}
+
 /* Exact integers where cjson gave a rounded float: the value at vidx was decoded from raw. */
 int ps_json_fixup(lua_State *L, int decode, const char *raw, size_t n, int vidx, int depth)
 {
@@ -347,8 +378,10 @@ int ps_json_fixup(lua_State *L, int decode, const char *raw, size_t n, int vidx,
     }
     v = ws(s, end);
     ve = skip_value(v, end);
-    if (*v == '-' || (*v >= '0' && *v <= '9')) {
-      if (strcspn(v, ".eE") >= (size_t)(ve - v)) {
+    if (isobj && key_later(L, decode, ve, end)) {
+      /* an earlier duplicate: the value Lua has is a later one's */
+    } else if (*v == '-' || (*v >= '0' && *v <= '9')) {
+      if (integer_literal(v, (size_t)(ve - v))) {
         lua_pushvalue(L, -1);
         ps_json_push_number(L, v, (size_t)(ve - v));
         lua_rawset(L, vidx);
@@ -688,6 +721,17 @@ static int key_equal(ps_enc *x, const char *k, size_t kn, const char *key, size_
   }
 }
 
+/* Two key tokens that decode alike in Lua: whether JSON.parse also takes them as one key
+ * (it does unless a lone surrogate, which Lua reads as U+FFFD, tells them apart). */
+static int same_json_key(const char *a, size_t an, const char *b, size_t bn)
+{
+  int esc = 0, la = 0, lb = 0;
+  if (an == bn && memcmp(a, b, an) == 0) return 1;
+  scan_string(a, a + an, &esc, &la);
+  scan_string(b, b + bn, &esc, &lb);
+  return !la && !lb;
+}
+
 static int raw_has_key(ps_enc *x, const char *raw, size_t rawn, const char *key, size_t keyn)
 {
   const char *s = raw, *end = raw + rawn, *k, *v;
@@ -725,14 +769,27 @@ static int merge_object(ps_enc *x, const char *raw, size_t rawn, int idx, const 
     if (lua_isnil(L, -1)) { lua_pop(L, 2); continue; }
     if (!first) ps_buf_lit(x->b, ",");
     first = 0;
-    ps_buf_add(x->b, k, kn);
-    ps_buf_lit(x->b, ":");
-    /* JSON.parse keeps the last of duplicate keys: merge against that value's text */
+    /* JSON.parse keeps the last of duplicate keys: merge against that value's text. A later
+     * key that Lua cannot tell from this one but JSON.parse can ("x\ud800" and "x\udbff" both
+     * read as "x" U+FFFD) shadows it in Lua: this member is kept as it is. */
     {
       const char *s2 = s, *k2, *v2, *lv = v;
       size_t kn2, vn2, lvn = vn;
+      int shadowed = 0;
       while (next_member(&s2, end, &k2, &kn2, &v2, &vn2))
-        if (key_equal(x, k2, kn2, key, keyn)) { lv = v2; lvn = vn2; }
+        if (key_equal(x, k2, kn2, key, keyn)) {
+          if (same_json_key(k, kn, k2, kn2)) { lv = v2; lvn = vn2; }
+          else shadowed = 1;
+        }
+      if (shadowed) {
+        ps_buf_add(x->b, k, kn);
+        ps_buf_lit(x->b, ":");
+        ps_buf_add(x->b, v, vn);
+        lua_pop(L, 2);
+        continue;
+      }
+      ps_buf_add(x->b, k, kn);
+      ps_buf_lit(x->b, ":");
       if (merge(x, lv, lvn, lua_gettop(L), child_order(order, key, keyn), depth + 1) != 0)
         return -1;
     }

@@ -212,9 +212,10 @@ typedef struct ps_backend {
                ps_err *e);
   /* Moves the corrupt file the last load read aside (why: what is wrong with it) and fills
    * moved_to, only if it is plausibly a sessions file of ours: a regular file owned by the
-   * effective uid, with one link and no group or other permission bits. Otherwise it moves
-   * nothing and fails with code "corrupt", saying why. */
-  int  (*quarantine)(ps_file *f, int64_t now_ms, const char *why, char *moved_to, size_t n,
+   * effective uid, with one link and no group or other permission bits, whose text begins
+   * like one (looks_ours: a JSON object, or only blanks). Otherwise it moves nothing and fails
+   * with code "corrupt", saying why. */
+  int  (*quarantine)(ps_file *f, int64_t now_ms, const char *why, int looks_ours, char *moved_to, size_t n,
                      ps_err *e);
   /* Atomically replaces the file (fence checked before the rename). */
   int  (*commit)(ps_file *f, const char *buf, size_t len, ps_ident *id, ps_err *e);
@@ -289,6 +290,9 @@ int         ps_check_value(lua_State *L, int idx, int depth);
  * ps_check_value already ran over it (over the file's whole document). */
 const char *ps_validate_session(lua_State *L, int idx, int decoded);
 void        ps_copy_value(lua_State *L, int idx, int depth); /* pushes a deep copy */
+/* Pushes a deep copy of at most budget values, or returns -1 with nothing pushed (a table
+ * shared along many paths, a DAG, would cost one copy per path). */
+int         ps_copy_bounded(lua_State *L, int idx, long budget);
 /* Called for each session that pruning changes in place (its JSON text is then stale). */
 typedef void (*ps_changed_fn)(lua_State *L, int sess, void *ud);
 /* Expires and drops in place (calling changed for what it expires, and keeping the

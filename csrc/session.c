@@ -5,6 +5,7 @@
  */
 #include "pairstore.h"
 
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -223,10 +224,12 @@ const char *ps_validate_session(lua_State *L, int idx, int decoded)
 
 /* ---- copies ------------------------------------------------------------------------------ */
 
-void ps_copy_value(lua_State *L, int idx, int depth)
+/* Copies with a budget of values: a table shared many times over (a DAG) would otherwise
+ * be copied once per path to it, exponentially. */
+static void copy_bounded(lua_State *L, int idx, int depth, long *left)
 {
   idx = lua_absindex(L, idx);
-  if (lua_type(L, idx) != LUA_TTABLE || depth > PS_MAX_DEPTH + 1) {
+  if (--*left < 0 || lua_type(L, idx) != LUA_TTABLE || depth > PS_MAX_DEPTH + 1) {
     lua_pushvalue(L, idx);
     return;
   }
@@ -234,11 +237,33 @@ void ps_copy_value(lua_State *L, int idx, int depth)
   lua_createtable(L, (int)lua_rawlen(L, idx), 12);
   lua_pushnil(L);
   while (lua_next(L, idx) != 0) {
-    lua_pushvalue(L, -2);           /* key */
-    ps_copy_value(L, -2, depth + 1); /* copy of value */
+    if (*left < 0) { /* over budget: the caller drops the partial copy */
+      lua_pop(L, 2);
+      break;
+    }
+    lua_pushvalue(L, -2);                  /* key */
+    copy_bounded(L, -2, depth + 1, left);  /* copy of value */
     lua_rawset(L, -5);
     lua_pop(L, 1);
   }
+}
+
+int ps_copy_bounded(lua_State *L, int idx, long budget)
+{
+  int top = lua_gettop(L);
+  idx = lua_absindex(L, idx);
+  copy_bounded(L, idx, 0, &budget);
+  if (budget < 0) {
+    lua_settop(L, top);
+    return -1;
+  }
+  return 0;
+}
+
+void ps_copy_value(lua_State *L, int idx, int depth)
+{
+  long budget = LONG_MAX;
+  copy_bounded(L, idx, depth, &budget);
 }
 
 /* ---- pruning ----------------------------------------------------------------------------- */

@@ -46,7 +46,7 @@ describe("a store called from inside its own callbacks", function()
   it("lets an event listener close the store (the lock is already released)", function()
     local dir = helpers.tmpdir()
     local path = dir .. "/pair-sessions.json"
-    helpers.write(path, "not json")
+    helpers.write(path, "{not json")
     os.execute("chmod 600 " .. helpers.sh_quote(path))
     local st
     st = pairstore.open(path, { on_event = function() st:close() end })

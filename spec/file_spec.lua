@@ -225,9 +225,9 @@ describe("loading", function()
     { "version as a string", '{"version":"1","sessions":[]}' },
     { "sessions not an array", '{"version":1,"sessions":{"a":1}}' },
     { "sessions missing", '{"version":1}' },
-    { "top level an array", "[1,2]" },
+    { "top level an array", "[1,2]", "refused" },
     { "deep nesting", '{"version":1,"sessions":[' .. ("["):rep(5000) .. ("]"):rep(5000) .. "]}" },
-    { "BOM", "\239\187\191" .. '{"version":1,"sessions":[]}' },
+    { "BOM", "\239\187\191" .. '{"version":1,"sessions":[]}', "refused" },
     { "trailing garbage", '{"version":1,"sessions":[]} x' },
   }
   for _, c in ipairs(corrupt_cases) do
@@ -247,6 +247,12 @@ describe("loading", function()
       assert.are.same(before, snapshot(path))
       assert.are.same({ "pair-sessions.json" }, helpers.ls_live(dir))
       assert.are.equal(0, #events)
+      if c[3] == "refused" then -- it does not begin like a sessions file: never moved
+        local msg = assert_io("corrupt", store:create {})
+        assert.matches("does not begin like one", msg)
+        assert.are.same(before, snapshot(path))
+        return
+      end
       -- a write: moved aside with its bytes and mode, then a fresh file
       assert(store:create {})
       local moved
@@ -264,24 +270,23 @@ describe("loading", function()
     end)
   end
 
-  it("refuses a file over the size cap without reading it; a write moves it aside", function()
+  it("refuses a file over the size cap without reading or moving it, reads and writes alike", function()
     local dir = helpers.tmpdir()
     local path = dir .. "/pair-sessions.json"
     os.execute("truncate -s 50M " .. q(path) .. " && chmod 0600 " .. q(path))
     local store, events = open_at(path, T0)
-    assert.matches("larger than", assert_io("corrupt", store:list_all()))
+    assert.matches("larger than max_file_bytes", assert_io("limit", store:list_all()))
+    assert.matches("left as it is", assert_io("limit", store:prune()))
     assert.are.equal(0, #events)
-    assert.are.equal(0, store:prune())
-    assert.are.equal("corrupt", events[1].name)
-    assert.matches("larger than", events[1].info.message)
-    -- a smaller cap applies too
+    assert.are.same({ "pair-sessions.json" }, helpers.ls_live(dir))
+    -- a smaller cap applies too: a valid file another store wrote is never moved for it
     helpers.write(path, helpers.read(FIXTURE))
     os.execute("chmod 0600 " .. q(path))
     local small, ev2 = open_at(path, T0, { max_file_bytes = 1000 })
-    assert_io("corrupt", small:get("08a7a099bd235c2f544a3e132e2adc77"))
+    assert_io("limit", small:get("08a7a099bd235c2f544a3e132e2adc77"))
+    assert_io("limit", small:create {})
     assert.is_nil(ev2[1])
-    assert.are.equal(0, small:prune())
-    assert.are.equal("corrupt", ev2[1].name)
+    assert.are.equal(helpers.read(FIXTURE), helpers.read(path))
   end)
 end)
 

@@ -57,7 +57,11 @@ end
 --- The X25519 public key of a secret key.
 function crypto.public_key(sk)
   check_arg("public_key", 1, sk)
-  return (core.crypto_public_key(sk))
+  local ok, pk = pcall(core.crypto_public_key, sk)
+  if not ok then -- the C check's message, raised at the caller's level
+    error("pairstore.crypto.public_key: " .. (tostring(pk):match("%((.*)%)$") or tostring(pk)), 2)
+  end
+  return pk
 end
 
 --- RFC 5869 HKDF-SHA256 over raw byte strings; length 1..8160.

@@ -48,6 +48,7 @@ end
 local function core_of(self, fn)
   local c = type(self) == "table" and rawget(self, "_core")
   if not c then argerror(3, fn, "call it as a method: store:" .. fn .. "(...)") end
+  if rawget(self, "_closed") and fn ~= "close" then argerror(3, fn, "the store is closed") end
   return c
 end
 
@@ -203,45 +204,52 @@ end
 
 --- The session (terminal ones too) --> session | nil, "not_found"
 function Store:get(sid)
+  local c = core_of(self, "get")
   check_sid("get", sid)
-  return core_of(self, "get"):get(sid)
+  return c:get(sid)
 end
 
 --- Run fn(copy) under the lock; its result replaces the session (nothing: the edited copy;
 -- false: remove it) --> stored session | false | nil, message, code
 function Store:update(sid, fn)
+  local c = core_of(self, "update")
   check_sid("update", sid)
   if type(fn) ~= "function" then argerror(2, "update", "fn must be a function") end
-  return core_of(self, "update"):update(sid, fn)
+  return c:update(sid, fn)
 end
 
 function Store:transition(sid, status)
+  local c = core_of(self, "transition")
   check_sid("transition", sid)
   if not STATUS[status] then argerror(2, "transition", fmt("unknown status %q", tostring(status))) end
-  return core_of(self, "transition"):transition(sid, status)
+  return c:transition(sid, status)
 end
 
 function Store:register_failed_code(sid)
+  local c = core_of(self, "register_failed_code")
   check_sid("register_failed_code", sid)
-  return core_of(self, "register_failed_code"):register_failed_code(sid)
+  return c:register_failed_code(sid)
 end
 
 function Store:verify_code(sid, code)
+  local c = core_of(self, "verify_code")
   check_sid("verify_code", sid)
   if type(code) ~= "string" and type(code) ~= "number" then
     argerror(2, "verify_code", "code must be a string")
   end
-  return core_of(self, "verify_code"):verify_code(sid, tostring(code))
+  return c:verify_code(sid, tostring(code))
 end
 
 function Store:consume(sid)
+  local c = core_of(self, "consume")
   check_sid("consume", sid)
-  return core_of(self, "consume"):consume(sid)
+  return c:consume(sid)
 end
 
 function Store:reject(sid)
+  local c = core_of(self, "reject")
   check_sid("reject", sid)
-  return core_of(self, "reject"):reject(sid)
+  return c:reject(sid)
 end
 
 function Store:list_active() return core_of(self, "list_active"):list(true) end
@@ -265,7 +273,8 @@ local WAIT_OPTIONS = { timeout_ms = "number", signals = "boolean" }
 
 local function same(a, b, depth)
   if a == b then return true end
-  if type(a) ~= "table" or type(b) ~= "table" or depth > 64 then return false end
+  -- (sessions nest at most MAX_DEPTH levels: deeper than that, nothing is stored)
+  if type(a) ~= "table" or type(b) ~= "table" or depth > 600 then return false end
   for k, v in pairs(a) do
     if not same(v, b[k], depth + 1) then return false end
   end
@@ -280,6 +289,7 @@ end
 -- | nil, message, code (not_found once it is gone, or a store failure). Sleeps on inotify
 -- for the file's directory, and wakes at the session's expiry; never polls.
 function Store:wait(sid, opts)
+  core_of(self, "wait")
   check_sid("wait", sid)
   if opts == nil then opts = {} end
   if type(opts) ~= "table" then argerror(2, "wait", "opts must be a table") end
@@ -324,6 +334,7 @@ end
 function Store:close()
   local c = core_of(self, "close")
   at_caller(pcall(c.close, c))
+  self._closed = true
 end
 Store.__close = Store.close
 

@@ -60,23 +60,24 @@ local function nested(depth, inner)
   return string.rep("[", depth) .. (inner or "1") .. string.rep("]", depth)
 end
 
--- outcome: "loaded" (both sessions), "dropped" (the entry dropped, the good one kept, an
+-- outcome: "refused" (not moved: it does not begin like a JSON object), "loaded" (both
+-- sessions), "dropped" (the entry dropped, the good one kept, an
 -- invalid_dropped event), "quarantined" (reads fail with "corrupt", the first write moves it
 -- aside), "unsupported" (another format version: reads and writes fail, nothing moved), or
 -- "either" (loaded or quarantined, checked for consistency).
 local CASES = {
   { "empty file", "", "quarantined" },
   { "only whitespace", "  \n\t ", "quarantined" },
-  { "not JSON", "hello " .. H.CANARY_KEY_B64, "quarantined" },
+  { "not JSON", "hello " .. H.CANARY_KEY_B64, "refused" },
   { "truncated after the secret", file_with(session_json()):sub(1, 200), "quarantined" },
-  { "BOM before the JSON", "\239\187\191" .. file_with(session_json()), "quarantined" },
+  { "BOM before the JSON", "\239\187\191" .. file_with(session_json()), "refused" },
   { "NUL byte after the JSON", file_with(session_json()) .. "\0", "quarantined" },
   { "NUL byte inside a string", file_with(session_json(nil, { status = '"awaiting\0scan"' })), "either" },
   { "escaped NUL inside a string", file_with(session_json(nil, { extra = '"a\\u0000b"' })), "loaded" },
   { "invalid UTF-8 in a string", file_with(session_json(nil, { operatorContext = '{"channel":"\255\254\128"}' })), "either" },
   { "overlong UTF-8 in a key", file_with(session_json(nil, { ["\192\175x"] = "1" })), "either" },
   { "lone surrogate escape", file_with(session_json(nil, { extra = '"\\ud800"' })), "loaded" },
-  { "deep nesting at top level", nested(100000), "quarantined" },
+  { "deep nesting at top level", nested(100000), "refused" },
   { "deep nesting inside sessions", '{"version":1,"sessions":' .. nested(5000) .. "}", "quarantined" },
   { "nesting 40 deep inside an extra field", file_with(session_json(nil, { extra = nested(40) })), "loaded" },
   { "nesting beyond the bound inside an extra field", file_with(session_json(nil, { extra = nested(600) })), "quarantined" },
@@ -101,8 +102,8 @@ local CASES = {
   { "sessions an object", '{"version":1,"sessions":{"a":1}}', "quarantined" },
   { "sessions null", '{"version":1,"sessions":null}', "quarantined" },
   { "sessions sparse array with null", '{"version":1,"sessions":[null,' .. session_json() .. "]}", "either" },
-  { "top level an array", "[" .. session_json() .. "]", "quarantined" },
-  { "top level a string", '"' .. H.CANARY_KEY_B64 .. '"', "quarantined" },
+  { "top level an array", "[" .. session_json() .. "]", "refused" },
+  { "top level a string", '"' .. H.CANARY_KEY_B64 .. '"', "refused" },
   { "a session that is a string", file_with('"' .. H.CANARY_KEY_B64 .. '"'), "dropped" },
   { "secondaryCode 5 digits", file_with(session_json({ secondaryCode = "42424" })), "dropped" },
   { "mode unknown", file_with(session_json({ mode = "steal" })), "dropped" },
@@ -200,7 +201,14 @@ describe("hostile sessions files", function()
         -- A write moves a corrupt file aside; a file of another version stays, writes fail.
         local created, cmsg, ccode = store:create { operator = { channel = "hostile" } }
         no_secret("create error", cmsg)
-        if code == "unsupported_version" then
+        if code == "corrupt" and ccode == "corrupt" then
+          -- not plausibly a sessions file (it does not begin like a JSON object): never moved
+          got = "refused"
+          assert.is_nil(created)
+          assert.matches("does not begin like one", cmsg)
+          assert.are.equal(content, H.read(path), "a write moved or changed a file that is not ours")
+          assert.are.same({}, corrupt_files())
+        elseif code == "unsupported_version" then
           got = "unsupported"
           assert.is_nil(created)
           assert.are.equal("unsupported_version", ccode)
@@ -256,7 +264,7 @@ describe("hostile sessions files", function()
       assert.is_true(os.time() - t0 < 20, "took too long")
       check_events()
       store:close()
-      if got ~= "unsupported" then
+      if got ~= "unsupported" and got ~= "refused" then
         -- The rewritten file loads back whole (pairstore reads what JSON.parse reads).
         local again = pairstore.open(path, { now = function() return T0 + 1000 end })
         local reread, rmsg = again:list_all()
@@ -266,26 +274,27 @@ describe("hostile sessions files", function()
     end)
   end
 
-  it("a " .. BIG_MB .. " MB file is refused by reads and quarantined by a write, without being read", function()
+  it("a " .. BIG_MB .. " MB file is refused by reads and writes alike (limit), without being read or moved", function()
     os.execute(string.format("head -c %d /dev/zero | tr '\\0' ' ' > %s", BIG_MB * 1024 * 1024, H.q(path)))
     os.execute("chmod 0600 " .. H.q(path))
     open()
     local t0 = os.clock()
     local list, msg, code = store:list_all()
     assert.is_nil(list)
-    assert.are.equal("corrupt", code)
-    assert.matches("larger than", msg)
-    assert.are.equal(0, #corrupt_files())
+    assert.are.equal("limit", code)
+    assert.matches("larger than max_file_bytes", msg)
     assert.is_true(os.clock() - t0 < 1.0, "the size cap must apply before reading")
     t0 = os.clock()
-    assert.are.equal(0, store:prune())
-    assert.is_table(event("corrupt"))
-    assert.are.equal(1, #corrupt_files())
+    local r, _, code2 = store:prune()
+    assert.is_nil(r)
+    assert.are.equal("limit", code2)
+    assert.are.equal(0, #corrupt_files())
+    assert.is_nil(event("corrupt"))
     assert.is_true(os.clock() - t0 < 1.0, "the size cap must apply before reading")
     check_events()
   end)
 
-  it("a file just over max_file_bytes is quarantined, one at the cap is read", function()
+  it("a file just over max_file_bytes is refused (another store may allow it), one at the cap is read", function()
     local content = file_with(session_json())
     H.write(path, content)
     os.execute("chmod 0600 " .. H.q(path))
@@ -293,14 +302,13 @@ describe("hostile sessions files", function()
     local s = pairstore.open(path, { max_file_bytes = #content, now = function() return T0 end,
       on_event = function(n, i) events[#events + 1] = { name = n, info = i } end })
     assert.are.equal(2, #s:list_all())
-    assert.are.equal(0, #corrupt_files())
     H.write(path, content .. " ")
     local _, _, code = s:list_all()
-    assert.are.equal("corrupt", code)
+    assert.are.equal("limit", code)
+    local _, _, code2 = s:create {}
+    assert.are.equal("limit", code2)
     assert.are.equal(0, #corrupt_files())
-    assert.are.equal(0, s:prune())
-    assert.are.equal(1, #corrupt_files())
-    assert.are.equal(0, #s:list_all())
+    assert.are.equal(content .. " ", H.read(path))
   end)
 end)
 
