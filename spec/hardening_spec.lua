@@ -99,19 +99,29 @@ describe("issue 11, second pass", function()
       assert.is_table(s, tostring(msg) .. " (" .. tostring(code) .. ")")
     end)
 
-    it("reading a session with a big integer costs linear time (strcspn past the number token is quadratic)", function()
+    it("reading a session with a big integer costs about what reading it without one does (not quadratic)", function()
       -- 100 000 small integers after one 20-digit one, with no '.', 'e' or 'E' after them in
-      -- the file: ps_json_push_number's strcspn(p, ".eE") scans to the end of the buffer for
-      -- each number. 0.03 s without "big", 2.5 s with it; 16 MiB would take hours, lock held.
+      -- the file: a strcspn(p, ".eE") unbounded by the token scanned to the end of the buffer
+      -- for each number (0.03 s without "big", 2.5 s with it). Compared with the same file
+      -- without the big integer, in the same process (valgrind slows both alike); best of 3.
       local nums = {}
       for i = 1, 100000 do nums[i] = "1" end
-      put(path, file_text(session_text(A, ',"big":12345678901234567890,"x":[' .. table.concat(nums, ",") .. ']',
-        3600000 * 24 * 3650)))
-      local st = pairstore.open(path, { durable = false })
-      local t0 = helpers.mono()
-      assert(st:get(A))
-      local took = helpers.mono() - t0
-      assert.is_true(took < 0.5, string.format("get took %.2f s for a 200 KB file", took))
+      local function best(big)
+        put(path, file_text(session_text(A, ',"big":' .. big .. ',"x":[' .. table.concat(nums, ",") .. ']',
+          3600000 * 24 * 3650)))
+        local t = math.huge
+        for _ = 1, 3 do
+          local st = pairstore.open(path, { durable = false })
+          local t0 = helpers.mono()
+          assert(st:get(A))
+          t = math.min(t, helpers.mono() - t0)
+          st:close()
+        end
+        return t
+      end
+      local small, large = best("12345678901234"), best("12345678901234567890")
+      assert.is_true(large < 5 * small + 0.05,
+        string.format("get took %.3f s with a big integer, %.3f s without", large, small))
     end)
 
     it("a valid file above one store's max_file_bytes is not moved aside by its write (another store wrote it)", function()
