@@ -155,15 +155,6 @@ static int m_prune(lua_State *L)
   return run(L, PS_OP_PRUNE, 0);
 }
 
-/* For tests: whether the engine's own bookkeeping agrees with its sessions. */
-static int m_selfcheck(lua_State *L)
-{
-  check_store(L, 1);
-  lua_settop(L, 1);
-  lua_getiuservalue(L, 1, PS_UV_ENGINE);
-  return ps_file_engine_selfcheck(L, 2);
-}
-
 static int m_close(lua_State *L)
 {
   ps_store *s = luaL_checkudata(L, 1, PS_STORE_MT);
@@ -329,54 +320,16 @@ static int f_now_ms(lua_State *L)
   return 1;
 }
 
-static int f_fault(lua_State *L)
-{
-  ps_fault_arm((long)luaL_optinteger(L, 1, 0), (int)luaL_optinteger(L, 2, 0), lua_toboolean(L, 3));
-  return 0;
-}
-
-static int f_fault_coarse_ctime(lua_State *L)
-{
-  ps_fault_set_coarse_ctime(lua_toboolean(L, 1));
-  return 0;
-}
-
-static int f_fault_state(lua_State *L)
-{
-  lua_pushboolean(L, ps_fault_available());
-  lua_pushinteger(L, ps_fault_calls());
-  lua_pushboolean(L, ps_fault_hit());
-  return 3;
-}
-
-static int f_errno(lua_State *L)
-{
-  static const struct { const char *name; int value; } names[] = {
-    { "ENOSPC", ENOSPC }, { "EIO", EIO }, { "EACCES", EACCES }, { "EDQUOT", EDQUOT },
-    { "EROFS", EROFS }, { "EINTR", EINTR }, { "EFBIG", EFBIG }, { "EPERM", EPERM },
-    { "EOPNOTSUPP", EOPNOTSUPP },
-  };
-  const char *n = luaL_checkstring(L, 1);
-  size_t i;
-  for (i = 0; i < sizeof names / sizeof names[0]; i++)
-    if (!strcmp(names[i].name, n)) {
-      lua_pushinteger(L, names[i].value);
-      return 1;
-    }
-  return luaL_argerror(L, 1, "unknown errno name");
-}
-
 static const luaL_Reg store_methods[] = {
   { "get", m_get }, { "list", m_list }, { "create", m_create }, { "update", m_update },
   { "transition", m_transition }, { "reject", m_reject }, { "register_failed_code", m_failed_code },
   { "verify_code", m_verify }, { "consume", m_consume }, { "prune", m_prune },
-  { "close", m_close }, { "path", m_path }, { "_selfcheck", m_selfcheck }, { NULL, NULL },
+  { "close", m_close }, { "path", m_path }, { NULL, NULL },
 };
 
 static const luaL_Reg module_funcs[] = {
   { "redact", f_redact }, { "json_encode", f_json_encode }, { "now_ms", f_now_ms }, { "is_terminal", f_is_terminal }, { "clamp_ttl", f_clamp_ttl },
-  { "_fault", f_fault }, { "_fault_state", f_fault_state }, { "_errno", f_errno },
-  { "_fault_coarse_ctime", f_fault_coarse_ctime },
+  { "test_hooks", ps_test_hooks },
   { NULL, NULL },
 };
 

@@ -408,6 +408,11 @@ int  ps_txn_run(lua_State *L, ps_op op, int readonly);
 int  ps_call_user(lua_State *L, int nargs, int nres);
 void ps_txn_init(lua_State *L); /* the registry table of stores this state holds locked */
 
+/* ---- test-only hooks (testhooks.c) --------------------------------------------------------- */
+/* test_hooks() -> a new table of the hooks the specs use (fault injection, errno names, the
+ * file engine's self-check); nothing of it is in the module table itself. */
+int  ps_test_hooks(lua_State *L);
+
 /* ---- raw JSON (json.c) ------------------------------------------------------------------- */
 
 typedef struct ps_jspan {
