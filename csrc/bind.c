@@ -149,6 +149,19 @@ static int m_consume(lua_State *L)
   return run(L, PS_OP_CONSUME, 0);
 }
 
+/* respond(sid, pk_d, nonce, ct, aead): the phone's response (its shape checked by the Lua
+ * wrapper) applied as consume's rule with the decryption under the lock. */
+static int m_respond(lua_State *L)
+{
+  check_sid(L, 2);
+  luaL_checkstring(L, 3);
+  luaL_checkstring(L, 4);
+  luaL_checkstring(L, 5);
+  luaL_checkstring(L, 6);
+  lua_settop(L, 6);
+  return run(L, PS_OP_RESPOND, 0);
+}
+
 static int m_prune(lua_State *L)
 {
   lua_settop(L, 1);
@@ -323,7 +336,7 @@ static int f_now_ms(lua_State *L)
 static const luaL_Reg store_methods[] = {
   { "get", m_get }, { "list", m_list }, { "create", m_create }, { "update", m_update },
   { "transition", m_transition }, { "reject", m_reject }, { "register_failed_code", m_failed_code },
-  { "verify_code", m_verify }, { "consume", m_consume }, { "prune", m_prune },
+  { "verify_code", m_verify }, { "consume", m_consume }, { "respond", m_respond }, { "prune", m_prune },
   { "close", m_close }, { "path", m_path }, { NULL, NULL },
 };
 

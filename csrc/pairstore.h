@@ -305,6 +305,12 @@ int ps_rule_failed_code(lua_State *L, int sess, int64_t now, const char **outcom
 int ps_rule_verify_code(lua_State *L, int sess, const char *given, int64_t now,
                         const char **outcome);
 int ps_rule_consume(lua_State *L, int sess, int64_t now, const char **outcome);
+/* respond: consume's checks, then the code must have been verified (not_device_connected,
+ * and the session is rejected). *outcome NULL: decrypt the phone's response, then say how
+ * that went (why: NULL, "unsupported" or any other failure) to ps_rule_respond_opened. */
+int ps_rule_respond(lua_State *L, int sess, int64_t now, const char **outcome);
+int ps_rule_respond_opened(lua_State *L, int sess, int64_t now, const char *why,
+                           const char **outcome);
 /* Fills a new session table (pushed) from create's inputs. */
 void ps_rule_new_session(lua_State *L, const char *sid, int mode, int operator_ctx, int sk,
                          int pk, int code, int64_t now, int64_t ttl);
@@ -399,7 +405,7 @@ typedef struct ps_store {
 
 typedef enum {
   PS_OP_GET, PS_OP_LIST, PS_OP_CREATE, PS_OP_UPDATE, PS_OP_TRANSITION, PS_OP_FAILED_CODE,
-  PS_OP_VERIFY, PS_OP_CONSUME, PS_OP_PRUNE,
+  PS_OP_VERIFY, PS_OP_CONSUME, PS_OP_RESPOND, PS_OP_PRUNE,
 } ps_op;
 
 /* Runs op on the store at 1 as one transaction; the method's arguments are 2..top. */
@@ -445,6 +451,8 @@ const char *ps_json_encode(lua_State *L, int decode, const char *raw, size_t raw
 
 /* ---- crypto bindings (crypto.c) ------------------------------------------------------ */
 void ps_crypto_register(lua_State *L); /* adds functions to the table on top of the stack */
+/* crypto_open(sk_gateway, pk_device, sid, nonce, ct, aead) -> plaintext | nil, why, why */
+int  ps_crypto_open(lua_State *L);
 
 /* ---- QR codes (qr.c) ----------------------------------------------------------------- */
 void ps_qr_register(lua_State *L);     /* adds qr_matrix to the table on top of the stack */

@@ -347,17 +347,56 @@ int ps_rule_verify_code(lua_State *L, int sess, const char *given, int64_t now,
   return PS_RULE_SAME;
 }
 
-int ps_rule_consume(lua_State *L, int sess, int64_t now, const char **outcome)
+/* Consume's checks, in the reference's order: why the session at sess can no longer be
+ * consumed (expired, already_consumed, rejected), or NULL. */
+static const char *consume_ended(lua_State *L, int sess, int64_t now)
 {
   size_t len;
   const char *status = ps_get_str(L, sess, "status", &len);
-  *outcome = NULL;
-  if (ps_after(L, sess, "expiresAtMs", now)) *outcome = "expired";
-  else if (!strcmp(status, "completed") || !strcmp(status, "consumed")) *outcome = "already_consumed";
-  else if (!strcmp(status, "rejected")) *outcome = "rejected";
-  else if (!strcmp(status, "expired")) *outcome = "expired";
-  else if (!ps_transition_allowed(status, "consumed")) *outcome = "illegal_transition";
+  if (ps_after(L, sess, "expiresAtMs", now)) return "expired";
+  if (!strcmp(status, "completed") || !strcmp(status, "consumed")) return "already_consumed";
+  if (!strcmp(status, "rejected")) return "rejected";
+  if (!strcmp(status, "expired")) return "expired";
+  return NULL;
+}
+
+int ps_rule_consume(lua_State *L, int sess, int64_t now, const char **outcome)
+{
+  size_t len;
+  *outcome = consume_ended(L, sess, now);
+  if (!*outcome && !ps_transition_allowed(ps_get_str(L, sess, "status", &len), "consumed"))
+    *outcome = "illegal_transition";
   if (*outcome) return PS_RULE_SAME;
+  touch_status(L, sess, "consumed", now);
+  return PS_RULE_CHANGED;
+}
+
+int ps_rule_respond(lua_State *L, int sess, int64_t now, const char **outcome)
+{
+  size_t len;
+  *outcome = consume_ended(L, sess, now);
+  if (*outcome) return PS_RULE_SAME; /* a session already ended stays as it is */
+  if (strcmp(ps_get_str(L, sess, "status", &len), "device_connected") != 0) {
+    *outcome = "not_device_connected"; /* the code was never verified */
+    touch_status(L, sess, "rejected", now);
+    return PS_RULE_CHANGED;
+  }
+  return PS_RULE_SAME;
+}
+
+int ps_rule_respond_opened(lua_State *L, int sess, int64_t now, const char *why,
+                           const char **outcome)
+{
+  *outcome = NULL;
+  if (why && strcmp(why, "unsupported") == 0) {
+    *outcome = "unsupported"; /* left as it was: the phone may retry elsewhere */
+    return PS_RULE_SAME;
+  }
+  if (why) {
+    *outcome = "decrypt_failed";
+    touch_status(L, sess, "rejected", now);
+    return PS_RULE_CHANGED;
+  }
   touch_status(L, sess, "consumed", now);
   return PS_RULE_CHANGED;
 }

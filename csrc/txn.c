@@ -122,6 +122,36 @@ static int act_update(lua_State *L, ps_txn *t, int sess)
   return push_copy(L, rc == 0 ? sess : res); /* 0: the mutator changed nothing */
 }
 
+/* respond: ARG 1..5 = sid, pk_d, nonce, ct, aead. Consume's rule, then the phone's response
+ * decrypted under the lock; pushes plaintext, the stored session. */
+static int act_respond(lua_State *L, ps_txn *t, int sess)
+{
+  int r = ps_rule_respond(L, sess, t->now, &t->outcome);
+  if (!t->outcome) {
+    const char *why;
+    lua_pushcfunction(L, ps_crypto_open);
+    lua_getfield(L, sess, "skGatewayB64");
+    lua_pushvalue(L, ARG(2));
+    lua_pushvalue(L, ARG(1));
+    lua_pushvalue(L, ARG(3));
+    lua_pushvalue(L, ARG(4));
+    lua_pushvalue(L, ARG(5));
+    if (ps_call_user(L, 6, 2) != LUA_OK) {
+      ps_err_set(&t->err, "callback", "decryption failed: %s",
+                 lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "(error object is not a string)");
+      t->failed = 1;
+      return 0;
+    }
+    why = lua_isnil(L, -2) ? lua_tostring(L, -1) : NULL;
+    r = ps_rule_respond_opened(L, sess, t->now, why, &t->outcome);
+    lua_pop(L, 1); /* the plaintext (or nil) stays */
+  }
+  if (r == PS_RULE_CHANGED && put(L, t, sess, 0) < 0) return 0;
+  if (t->outcome) return 0;
+  push_copy(L, sess);
+  return 2;
+}
+
 /* The per-sid operations: fetch the session, apply the operation's rule, put it back. */
 static int act_on_sid(lua_State *L, ps_txn *t)
 {
@@ -143,6 +173,8 @@ static int act_on_sid(lua_State *L, ps_txn *t)
     return push_copy(L, sess);
   case PS_OP_UPDATE:
     return act_update(L, t, sess);
+  case PS_OP_RESPOND:
+    return act_respond(L, t, sess);
   case PS_OP_TRANSITION:
     r = ps_rule_transition(L, sess, lua_tostring(L, ARG(2)), t->now, &t->outcome);
     break;
