@@ -265,6 +265,9 @@ static int f_open(lua_State *L)
   lua_setiuservalue(L, 3, PS_UV_ENGINE);
   lua_getiuservalue(L, 3, PS_UV_ENGINE);
   s->eng = lua_touserdata(L, -1);
+  if (s->eng->m->version < PS_ENGINE_VERSION) /* the methods it must have are missing */
+    return luaL_error(L, "pairstore.open: engine %s has interface version %d, not %d",
+                      s->eng->m->name, s->eng->m->version, PS_ENGINE_VERSION);
   lua_settop(L, 3);
   lua_pushvalue(L, 2);
   lua_setiuservalue(L, 3, PS_UV_OPTS);
