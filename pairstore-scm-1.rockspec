@@ -31,8 +31,9 @@ build = {
   modules = {
     ["pairstore.core"] = {
       sources = {
-        "csrc/core.c", "csrc/crypto.c", "csrc/err.c", "csrc/file.c", "csrc/json.c", "csrc/lock.c",
-        "csrc/qr.c", "csrc/rand.c", "csrc/session.c", "csrc/sys.c", "csrc/wait.c",
+        "csrc/bind.c", "csrc/crypto.c", "csrc/engine_file.c", "csrc/err.c", "csrc/file.c",
+        "csrc/json.c", "csrc/lock.c", "csrc/qr.c", "csrc/rand.c", "csrc/rules.c",
+        "csrc/sys.c", "csrc/testhooks.c", "csrc/txn.c", "csrc/wait.c",
       },
       defines = { "_GNU_SOURCE" },
       libraries = { "sodium", "qrencode" },

@@ -361,7 +361,7 @@ static int l_seal(lua_State *L)
 
 /* crypto_open(sk_gateway_b64u, pk_device_b64u, sid, nonce_b64u, ct_b64u, aead)
  *   -> plaintext | nil, "decrypt_failed", "decrypt_failed" (or "unsupported") */
-static int l_open(lua_State *L)
+int ps_crypto_open(lua_State *L)
 {
   size_t sklen, pkdlen, sidlen, noncelen, ct64len, ctmax, ptlen = 0;
   const char *sk64 = arg_string(L, 1, &sklen);
@@ -449,7 +449,7 @@ static const luaL_Reg crypto_funcs[] = {
   { "crypto_public_key", l_public_key },
   { "crypto_hkdf_sha256", l_hkdf_sha256 },
   { "crypto_seal", l_seal },
-  { "crypto_open", l_open },
+  { "crypto_open", ps_crypto_open },
   { "crypto_aead_available", l_aead_available },
   { NULL, NULL }
 };

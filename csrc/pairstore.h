@@ -1,6 +1,7 @@
 /*
  * pairstore.h — what the C files of pairstore.core share: the error type, the system-call
- * seam, the storage backend interface (lock, load, commit), session rules and randomness.
+ * seam, the engine interface (keyed, per transaction) and the file engine's parts (lock,
+ * load, atomic write), the session rules, the store the bindings and the transaction share.
  */
 #ifndef PAIRSTORE_H
 #define PAIRSTORE_H
@@ -103,9 +104,9 @@ void ps_buf_swap(ps_buf *a, ps_buf *b);
 #define ps_buf_lit(b, s) ps_buf_add((b), (s), sizeof(s) - 1)
 void ps_buf_free(ps_buf *b); /* wipes (all of it) before freeing */
 
-/* ---- storage backend (file.c + lock.c) ------------------------------------------------
- * The transaction rules (txn in core.c) see storage only through this interface, so a
- * second backend can be added without touching them. */
+/* ---- the file engine's whole-file operations (file.c + lock.c) --------------------------
+ * Used by the file engine (engine_file.c) only; the transaction sees storage through the
+ * engine interface below. */
 
 typedef struct ps_lock {
   int fd;                /* the sentinel we hold (flock LOCK_EX), -1 when not held */
@@ -255,7 +256,9 @@ void ps_sweep_orphans(ps_file *f);
 int  ps_dir_owner(ps_file *f, uid_t *uid, gid_t *gid);
 void ps_file_unpin(ps_file *f);
 
-/* ---- session rules on Lua tables (session.c) --------------------------------------------- */
+/* ---- session rules on Lua tables (rules.c) -----------------------------------------------
+ * Pure: what an operation does to ONE session table given now. No storage knowledge; every
+ * engine calls them. */
 
 #define PS_MAX_DEPTH 512 /* nesting accepted inside a session */
 #define PS_MAX_SESSION_BYTES 65536 /* default bound of one session's JSON text */
@@ -273,6 +276,7 @@ extern const ps_jorder ps_session_order; /* the reference's keys; operatorContex
 
 int         ps_is_terminal(const char *status);
 int         ps_is_known_status(const char *status);
+int         ps_is_live(lua_State *L, int sess); /* its status is not terminal */
 int         ps_transition_allowed(const char *from, const char *to);
 const char *ps_get_str(lua_State *L, int idx, const char *key, size_t *len);
 void        ps_set_int(lua_State *L, int idx, const char *key, int64_t v);
@@ -293,18 +297,132 @@ void        ps_copy_value(lua_State *L, int idx, int depth); /* pushes a deep co
 /* Pushes a deep copy of at most budget values, or returns -1 with nothing pushed (a table
  * shared along many paths, a DAG, would cost one copy per path). */
 int         ps_copy_bounded(lua_State *L, int idx, long budget);
-/* Called for each session that pruning changes in place (its JSON text is then stale). */
-typedef void (*ps_changed_fn)(lua_State *L, int sess, void *ud);
-/* Expires and drops in place (calling changed for what it expires, and keeping the
- * sid -> position table at index up to date unless index is 0); returns the number removed,
- * *expired the number expired, and *next the earliest time after which pruning would change
- * something again. */
-int         ps_prune(lua_State *L, int arr, ps_changed_fn changed, void *ud, int index,
-                     int64_t now, int *expired, int64_t *next);
-/* index[sid of the session at sess] = at, or nil when at is 0 (index: absolute). */
-void        ps_index_put(lua_State *L, int index, int sess, lua_Integer at);
 /* The earliest time after which pruning would change the session at idx. */
 int64_t     ps_next_prune(lua_State *L, int idx);
+
+/* What a rule did to the session it was given: PS_RULE_SAME (nothing: nothing to store),
+ * PS_RULE_CHANGED (changed in place: store it). *outcome: NULL, or the domain outcome the
+ * caller returns as nil, outcome, outcome (the session may be changed all the same). */
+enum { PS_RULE_SAME = 0, PS_RULE_CHANGED = 1 };
+int ps_rule_transition(lua_State *L, int sess, const char *to, int64_t now, const char **outcome);
+int ps_rule_failed_code(lua_State *L, int sess, int64_t now, const char **outcome);
+int ps_rule_verify_code(lua_State *L, int sess, const char *given, int64_t now,
+                        const char **outcome);
+int ps_rule_consume(lua_State *L, int sess, int64_t now, const char **outcome);
+/* respond: consume's checks, then the code must have been verified (not_device_connected,
+ * and the session is rejected). *outcome NULL: decrypt the phone's response, then say how
+ * that went (why: NULL, "unsupported" or any other failure) to ps_rule_respond_opened. */
+int ps_rule_respond(lua_State *L, int sess, int64_t now, const char **outcome);
+int ps_rule_respond_opened(lua_State *L, int sess, int64_t now, const char *why,
+                           const char **outcome);
+/* Fills a new session table (pushed) from create's inputs. */
+void ps_rule_new_session(lua_State *L, const char *sid, int mode, int operator_ctx, int sk,
+                         int pk, int code, int64_t now, int64_t ttl);
+/* Pruning one session at now: expires it in place when due (PS_PRUNE_EXPIRED) and says
+ * whether it is past retention and goes (PS_PRUNE_DROP). */
+enum { PS_PRUNE_KEEP = 0, PS_PRUNE_EXPIRED = 1, PS_PRUNE_DROP = 2 };
+int ps_rule_prune(lua_State *L, int sess, int64_t now);
+
+/* ---- the engine interface ------------------------------------------------------------------
+ * Storage as the transaction (txn.c) sees it: keyed by sid, per transaction, like SQLite's
+ * sqlite3_io_methods above its VFS. An engine is a Lua userdata whose memory starts with a
+ * ps_engine; the core keeps it in the store, passes it back (the struct and its stack index
+ * `eng`) and never looks inside it past `m`. Methods that may fail return -1 and fill err.
+ * Methods above are valid for version 1. */
+#define PS_ENGINE_VERSION 1
+
+
+typedef struct ps_engine ps_engine;
+enum { PS_END_ROLLBACK = 0, PS_END_COMMIT = 1 };
+/* put's flags. PS_PUT_IF_CHANGED: the session comes from a caller (a mutator): it is checked
+ * (encodable, within bounds) now, and nothing is stored when it equals the stored record. */
+enum { PS_PUT_IF_CHANGED = 1 };
+
+typedef struct ps_engine_methods {
+  int version;           /* PS_ENGINE_VERSION */
+  const char *name;
+  /* What the store is called in messages (a path, a target without its password). */
+  const char *(*display)(ps_engine *e);
+  /* Resolves the store's location now and pushes its identity (a string: two stores with
+   * the same one are the same store) for the reentrancy check. Outside a transaction. */
+  int  (*locate)(ps_engine *e, lua_State *L, int eng, ps_err *err);
+  /* Starts a transaction (the lock taken). readonly: a read, which writes back only what
+   * pruning removed, and fails rather than repair anything. */
+  int  (*begin)(ps_engine *e, lua_State *L, int eng, int readonly, ps_err *err);
+  /* Pushes the session with this sid (the engine's own table: change it, then put it), or
+   * nil. */
+  int  (*fetch_for_update)(ps_engine *e, lua_State *L, int eng, const char *sid, ps_err *err);
+  /* Stores the (valid) session at sess under its sid, new or replacing. 1 stored, 0 nothing
+   * to store (PS_PUT_IF_CHANGED), -1. */
+  int  (*put)(ps_engine *e, lua_State *L, int eng, int sess, int flags, ps_err *err);
+  int  (*remove)(ps_engine *e, lua_State *L, int eng, const char *sid, ps_err *err);
+  /* *n = the number of live (non-terminal) sessions. */
+  int  (*count_live)(ps_engine *e, lua_State *L, int eng, lua_Integer *n, ps_err *err);
+  /* Pushes an array of copies of the sessions (active_only: awaiting_scan and
+   * device_connected), by createdAtMs then sid. */
+  int  (*list)(ps_engine *e, lua_State *L, int eng, int active_only, ps_err *err);
+  /* Applies pruning at now if anything is due (ps_rule_prune); *removed: sessions dropped. */
+  int  (*prune_due)(ps_engine *e, lua_State *L, int eng, int64_t now, int *removed,
+                    ps_err *err);
+  /* Ends the transaction. PS_END_COMMIT makes its changes durable (and may fail, and may
+   * raise out of memory: then PS_END_ROLLBACK follows); PS_END_ROLLBACK discards them and
+   * never fails. Both release the lock; a second end does nothing. */
+  int  (*end)(ps_engine *e, lua_State *L, int eng, int how, ps_err *err);
+  /* The i-th event of the last begin/end (NULL past the last), and forgetting them. */
+  const ps_event *(*event)(ps_engine *e, int i);
+  void (*events_clear)(ps_engine *e);
+  /* Releases everything; idempotent (also the engine userdata's __gc). */
+  void (*close)(ps_engine *e);
+} ps_engine_methods;
+
+struct ps_engine {
+  const ps_engine_methods *m;
+};
+
+/* The file engine (engine_file.c): the options it takes. */
+typedef struct ps_file_opts {
+  int lock_wait_ms, lock_stale_ms, durable;
+  size_t max_file_bytes, max_session_bytes;
+} ps_file_opts;
+/* Pushes a file engine for path (absolute, tidied) and returns it. decode: index of cjson's
+ * decode function. */
+ps_engine *ps_file_engine_new(lua_State *L, const char *path, const ps_file_opts *o,
+                              int decode);
+/* Tidies an absolute path in place (no empty or "." components); 0, or -1 when it does not
+ * name a file. */
+int ps_file_normalize_path(char *p);
+/* For tests: whether the file engine's sid index and live count agree with its sessions
+ * (true, "indexed" | "not indexed", or false, what disagrees). */
+int ps_file_engine_selfcheck(lua_State *L, int eng);
+
+/* ---- the store and its transaction (bind.c, txn.c) --------------------------------------- */
+
+#define PS_STORE_MT "pairstore.store"
+/* User values of a store userdata: options; the engine. */
+enum { PS_UV_OPTS = 1, PS_UV_ENGINE, PS_UV_COUNT = PS_UV_ENGINE };
+
+typedef struct ps_store {
+  ps_engine *eng;        /* NULL: closed */
+  int max_sessions;
+  size_t max_session_bytes; /* a mutator's result: at most this many values are copied */
+  int busy;              /* inside a transaction (its callbacks running): close must wait */
+} ps_store;
+
+typedef enum {
+  PS_OP_GET, PS_OP_LIST, PS_OP_CREATE, PS_OP_UPDATE, PS_OP_TRANSITION, PS_OP_FAILED_CODE,
+  PS_OP_VERIFY, PS_OP_CONSUME, PS_OP_RESPOND, PS_OP_PRUNE,
+} ps_op;
+
+/* Runs op on the store at 1 as one transaction; the method's arguments are 2..top. */
+int  ps_txn_run(lua_State *L, ps_op op, int readonly);
+/* lua_pcall with a traceback handler (the message, with traceback, left on error). */
+int  ps_call_user(lua_State *L, int nargs, int nres);
+void ps_txn_init(lua_State *L); /* the registry table of stores this state holds locked */
+
+/* ---- test-only hooks (testhooks.c) --------------------------------------------------------- */
+/* test_hooks() -> a new table of the hooks the specs use (fault injection, errno names, the
+ * file engine's self-check); nothing of it is in the module table itself. */
+int  ps_test_hooks(lua_State *L);
 
 /* ---- raw JSON (json.c) ------------------------------------------------------------------- */
 
@@ -338,6 +456,8 @@ const char *ps_json_encode(lua_State *L, int decode, const char *raw, size_t raw
 
 /* ---- crypto bindings (crypto.c) ------------------------------------------------------ */
 void ps_crypto_register(lua_State *L); /* adds functions to the table on top of the stack */
+/* crypto_open(sk_gateway, pk_device, sid, nonce, ct, aead) -> plaintext | nil, why, why */
+int  ps_crypto_open(lua_State *L);
 
 /* ---- QR codes (qr.c) ----------------------------------------------------------------- */
 void ps_qr_register(lua_State *L);     /* adds qr_matrix to the table on top of the stack */

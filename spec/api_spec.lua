@@ -26,6 +26,24 @@ describe("pairstore constants", function()
     require "pairstore"
     for k in pairs(_G) do assert.is_true(before[k], "new global " .. tostring(k)) end
   end)
+
+  it("keeps the test-only hooks out of the module tables (core.test_hooks() gives them)", function()
+    local core = require "pairstore.core"
+    for _, k in ipairs { "_fault", "_fault_state", "_errno", "_fault_coarse_ctime", "_selfcheck" } do
+      assert.is_nil(core[k], k)
+    end
+    local dir = helpers.tmpdir()
+    local store = pairstore.open(dir .. "/s.json", { durable = false })
+    assert.is_nil(getmetatable(store._core).__index._selfcheck)
+    local hooks = core.test_hooks()
+    for _, k in ipairs { "fault", "fault_state", "errno", "fault_coarse_ctime", "selfcheck" } do
+      assert.are.equal("function", type(hooks[k]), k)
+    end
+    assert.is_false((hooks.fault_state())) -- this build injects no faults
+    assert.is_true((hooks.selfcheck(store._core)))
+    store:close()
+    helpers.cleanup()
+  end)
 end)
 
 describe("pairstore.clamp_ttl()", function()

@@ -2,6 +2,7 @@
 local pairstore = require "pairstore"
 local crypto = require "pairstore.crypto"
 local helpers = require "helpers"
+local selfcheck = require("pairstore.core").test_hooks().selfcheck
 
 local T0 = 1764300000000
 
@@ -887,7 +888,7 @@ describe("the sid index and the live count", function()
       }
       for _ = 1, 400 do
         if #sids == 0 then ops[1]() else ops[math.random(#ops)]() end
-        local ok, why = store._core:_selfcheck()
+        local ok, why = selfcheck(store._core)
         assert(ok, why)
         if why == "indexed" then checked = checked + 1 end
       end
@@ -906,13 +907,13 @@ describe("the sid index and the live count", function()
     helpers.write(path, helpers.json.encode(doc))
     store = pairstore.open(path, { now = clock.now, durable = false })
     assert.are.equal(0, store:get(a.sid).secondaryCodeAttempts)
-    assert(store._core:_selfcheck())
+    assert(selfcheck(store._core))
     assert.is_false(store:update(b.sid, function() return false end))
-    assert(store._core:_selfcheck())
+    assert(selfcheck(store._core))
     assert.are.equal(0, store:get(a.sid).secondaryCodeAttempts)
     assert.is_false(store:update(a.sid, function() return false end))
     assert.are.equal(3, store:get(a.sid).secondaryCodeAttempts) -- the other copy shows now
-    assert(store._core:_selfcheck())
+    assert(selfcheck(store._core))
   end)
 end)
 

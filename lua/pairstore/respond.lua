@@ -12,12 +12,13 @@
 --      lacks AES-256-GCM: the session is left as it was, the phone may retry elsewhere);
 --   5. success: the session is stored consumed; the caller finishes its own work with the
 --      plaintext and then calls store:transition(sid, "completed").
+-- Steps 2 to 5 are one C operation (store._core:respond), whose rule is in csrc/rules.c.
 -- Failures of the store itself (lock, I/O, ...) pass through as nil, message, code.
 -- Programming errors (sid not 32 lowercase hex, bad opts) raise at the caller's level.
 
 local crypto = require "pairstore.crypto"
 
-local type, error, tostring = type, error, tostring
+local type, error, tostring, rawget = type, error, tostring, rawget
 
 local AEAD = {}
 for _, a in ipairs(crypto.AEADS) do AEAD[a] = true end
@@ -69,45 +70,9 @@ return function(store, sid, body, opts)
   if not AEAD[aead] then argerror("unknown aead " .. tostring(aead)) end
 
   if not shape_ok(sid, body) then return fail("bad_request") end
-  local pk_d, nonce, ct = body.pk_d, body.nonce, body.ct
 
-  local outcome, plaintext
-  local stored, msg, code = store:update(sid, function(s)
-    local now = store:now()
-    local status = s.status
-    -- consume's rules, in the reference's order; a session already ended stays as it is.
-    if now > s.expiresAtMs then outcome = "expired"
-    elseif status == "completed" or status == "consumed" then outcome = "already_consumed"
-    elseif status == "rejected" then outcome = "rejected"
-    elseif status == "expired" then outcome = "expired"
-    end
-    if outcome then return s end
-
-    if status ~= "device_connected" then
-      outcome = "not_device_connected"
-      s.status, s.lastStatusChangeAtMs = "rejected", now
-      return s
-    end
-
-    local pt, why = crypto.open {
-      sk_gateway = s.skGatewayB64, pk_device = pk_d, sid = sid, nonce = nonce, ct = ct, aead = aead,
-    }
-    if not pt then
-      if why == "unsupported" then
-        outcome = "unsupported"
-        return s
-      end
-      outcome = "decrypt_failed"
-      s.status, s.lastStatusChangeAtMs = "rejected", now
-      return s
-    end
-    plaintext = pt
-    s.status, s.lastStatusChangeAtMs = "consumed", now
-    return s
-  end)
-
-  -- Not committed (lock, I/O, ...): the payload must not be acted upon.
-  if stored == nil then return nil, msg, code end
-  if outcome then return fail(outcome) end
-  return plaintext, stored
+  -- consume's rule (rules.c) and the decryption, in C under the store's lock
+  local core = type(store) == "table" and rawget(store, "_core")
+  if not core then argerror("store must be a pairstore store") end
+  return core:respond(sid, body.pk_d, body.nonce, body.ct, aead)
 end

@@ -14,16 +14,16 @@ local dir = H.tmpdir("coarse")
 
 -- Wrapped calls of the second of two updates of one store (the first one writes the file).
 local function calls_of_second_update(path, coarse)
-  core._fault_coarse_ctime(coarse)
+  core.fault_coarse_ctime(coarse)
   local store = pairstore.open(path, { durable = false })
   local s = assert(store:create {})
   assert(store:update(s.sid, function(x) x.n = 1 end))
-  core._fault(1e9, 0, false) -- counts calls, never fails one
+  core.fault(1e9, 0, false) -- counts calls, never fails one
   assert(store:update(s.sid, function(x) x.n = 2 end))
-  local _, calls = core._fault_state()
-  core._fault(0)
+  local _, calls = core.fault_state()
+  core.fault(0)
   store:close()
-  core._fault_coarse_ctime(false)
+  core.fault_coarse_ctime(false)
   return calls
 end
 
@@ -34,7 +34,7 @@ H.check("coarse: without fine change times the update reads the file (calls " ..
   coarse >= fine + 3 and coarse <= fine + 4)
 
 -- In-place edits right after our own write, mtime put back: seen every time.
-core._fault_coarse_ctime(true)
+core.fault_coarse_ctime(true)
 local path = dir .. "/edit/pair-sessions.json"
 local store = pairstore.open(path, { durable = false })
 local s = assert(store:create {})
@@ -51,7 +51,7 @@ for i = 1, 20 do
   if store:get(s.sid).n == (i + 5) % 10 then seen = seen + 1 end
 end
 store:close()
-core._fault_coarse_ctime(false)
+core.fault_coarse_ctime(false)
 H.check("coarse: 20 in-place edits that keep size and mtime, each seen", seen == 20, seen .. " seen")
 print(string.format("coarse: an update after its own write makes %d wrapped calls, %d without fine change times; %d/20 edits seen",
   fine, coarse, seen))

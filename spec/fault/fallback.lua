@@ -15,10 +15,10 @@ local ok_all, calls = true, 0
 for i = 1, 20 do
   -- a store of its own each time: a store makes its sentinel once, then parks and reuses it
   local st = pairstore.open(path, { durable = false })
-  core._fault(3, core._errno("EOPNOTSUPP"), false)
+  core.fault(3, core.errno("EOPNOTSUPP"), false)
   local r, msg = st:update(s.sid, function(x) x.n = i end)
-  local _, _, hit = core._fault_state()
-  core._fault(0)
+  local _, _, hit = core.fault_state()
+  core.fault(0)
   -- call 3 is the O_TMPFILE open: EOPNOTSUPP anywhere else would fail the update
   calls = calls + 1
   if hit and r and r.n == i then

@@ -25,10 +25,10 @@ function H.finish()
 end
 
 -- Ends the harness with a failed check unless pairstore.core is the fault-injection build
--- (LUA_CPATH=build-fault/?.so); returns that core module otherwise.
+-- (LUA_CPATH=build-fault/?.so); returns its test hooks (core.test_hooks()) otherwise.
 function H.need_fault_build(name)
-  local core = require "pairstore.core"
-  if not core._fault_state() then
+  local core = require("pairstore.core").test_hooks()
+  if not core.fault_state() then
     H.check(name .. ": the fault-injection build is loaded", false,
       "pairstore.core was not built with -DPS_FAULT_INJECTION (run with build-fault on LUA_CPATH)")
     H.finish()

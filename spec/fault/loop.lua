@@ -22,12 +22,12 @@ local SID_A_HEX = string.rep("01", 16)
 local MAX_N = tonumber(os.getenv("FAULT_MAX_N")) or 200
 
 local FAULTS = {
-  { name = "ENOSPC", errno = core._errno("ENOSPC") },
-  { name = "EIO", errno = core._errno("EIO") },
-  { name = "EACCES", errno = core._errno("EACCES") },
-  { name = "EDQUOT", errno = core._errno("EDQUOT") },
-  { name = "EROFS", errno = core._errno("EROFS") },
-  { name = "EINTR", errno = core._errno("EINTR"), may_succeed = true },
+  { name = "ENOSPC", errno = core.errno("ENOSPC") },
+  { name = "EIO", errno = core.errno("EIO") },
+  { name = "EACCES", errno = core.errno("EACCES") },
+  { name = "EDQUOT", errno = core.errno("EDQUOT") },
+  { name = "EROFS", errno = core.errno("EROFS") },
+  { name = "EINTR", errno = core.errno("EINTR"), may_succeed = true },
   { name = "short", errno = 0, short = true, must_succeed = true },
 }
 
@@ -157,9 +157,9 @@ for _, c in ipairs(cases) do
   local calls
   do
     c.setup(c)
-    run_op(c, function() core._fault(1000000, core._errno("EIO"), false) end)
-    local _, seen = core._fault_state()
-    core._fault(0)
+    run_op(c, function() core.fault(1000000, core.errno("EIO"), false) end)
+    local _, seen = core.fault_state()
+    core.fault(0)
     calls = seen
   end
 
@@ -176,10 +176,10 @@ for _, c in ipairs(cases) do
       events = {}
       local ok, r, msg, code = pcall(run_op, c, function()
         before = H.read(c.path)
-        core._fault(N, fault.errno, fault.short)
+        core.fault(N, fault.errno, fault.short)
       end)
-      local _, _, hit = core._fault_state()
-      core._fault(0)
+      local _, _, hit = core.fault_state()
+      core.fault(0)
       if not ok then
         problem("raised an error: " .. tostring(r))
       elseif not hit then

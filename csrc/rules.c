@@ -1,13 +1,14 @@
 /*
- * session.c — the session rules on Lua tables: which entries are valid (any finite number
- * where the reference wants one; integral numbers made Lua integers), pruning, allowed
- * transitions, counting wrong codes, deep copies, and the reference's key order.
+ * rules.c — the session rules on Lua tables, the same for every engine: which entries are
+ * valid, allowed transitions, what each operation does to ONE session given now (a rule per
+ * operation, returning an outcome), pruning's decision, deep copies, the reference's key order.
  */
 #include "pairstore.h"
 
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
+#include <sodium.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -300,53 +301,166 @@ int64_t ps_next_prune(lua_State *L, int idx)
   return ps_get_ms(L, idx, "expiresAtMs");
 }
 
-void ps_index_put(lua_State *L, int index, int sess, lua_Integer at)
+/* ---- the operations on one session ------------------------------------------------------ */
+
+int ps_is_live(lua_State *L, int sess)
 {
-  sess = lua_absindex(L, sess);
-  lua_getfield(L, sess, "sid");
-  if (at) lua_pushinteger(L, at);
-  else lua_pushnil(L);
-  lua_rawset(L, index);
+  size_t len;
+  return !ps_is_terminal(ps_get_str(L, sess, "status", &len));
 }
 
-int ps_prune(lua_State *L, int arr, ps_changed_fn changed, void *ud, int index, int64_t now,
-             int *expired, int64_t *next)
+static void touch_status(lua_State *L, int sess, const char *status, int64_t now)
 {
-  lua_Integer n = (lua_Integer)lua_rawlen(L, arr), i, out = 0;
-  int removed = 0;
-  arr = lua_absindex(L, arr);
-  if (index) index = lua_absindex(L, index);
-  *expired = 0;
-  *next = INT64_MAX;
-  for (i = 1; i <= n; i++) {
-    const char *status;
-    size_t len;
-    int64_t until;
-    lua_rawgeti(L, arr, i);
-    status = ps_get_str(L, -1, "status", &len);
-    if (!ps_is_terminal(status) && ps_after(L, -1, "expiresAtMs", now)) {
-      changed(L, -1, ud);
-      ps_set_str(L, -1, "status", "expired");
-      lua_getfield(L, -1, "expiresAtMs"); /* the moment it expired, as the reference */
-      lua_setfield(L, -2, "lastStatusChangeAtMs");
-      status = "expired";
-      (*expired)++;
-    }
-    if (ps_is_terminal(status) && retention_over(L, -1, now)) {
-      removed++;
-      if (index) ps_index_put(L, index, -1, 0);
-      lua_pop(L, 1);
-      continue;
-    }
-    until = ps_next_prune(L, -1);
-    if (until < *next) *next = until;
-    out++;
-    if (index && out != i) ps_index_put(L, index, -1, out); /* moved down */
-    lua_rawseti(L, arr, out);
+  ps_set_str(L, sess, "status", status);
+  ps_set_int(L, sess, "lastStatusChangeAtMs", now);
+}
+
+int ps_rule_transition(lua_State *L, int sess, const char *to, int64_t now, const char **outcome)
+{
+  size_t len;
+  const char *status = ps_get_str(L, sess, "status", &len);
+  *outcome = NULL;
+  if (strcmp(status, to) == 0) return PS_RULE_SAME;
+  if (!ps_transition_allowed(status, to)) {
+    *outcome = "illegal_transition";
+    return PS_RULE_SAME;
   }
-  for (i = out + 1; i <= n; i++) {
-    lua_pushnil(L);
-    lua_rawseti(L, arr, i);
+  touch_status(L, sess, to, now);
+  return PS_RULE_CHANGED;
+}
+
+int ps_rule_failed_code(lua_State *L, int sess, int64_t now, const char **outcome)
+{
+  size_t len;
+  *outcome = NULL;
+  if (ps_is_terminal(ps_get_str(L, sess, "status", &len))) return PS_RULE_SAME; /* no counting after the end */
+  if (ps_count_attempt(L, sess)) touch_status(L, sess, "rejected", now);
+  return PS_RULE_CHANGED;
+}
+
+int ps_rule_verify_code(lua_State *L, int sess, const char *given, int64_t now,
+                        const char **outcome)
+{
+  size_t len;
+  const char *status = ps_get_str(L, sess, "status", &len), *code;
+  *outcome = NULL;
+  if (strcmp(status, "expired") == 0 || strcmp(status, "rejected") == 0) {
+    *outcome = strcmp(status, "expired") == 0 ? "expired" : "rejected";
+    return PS_RULE_SAME;
   }
-  return removed;
+  if (strcmp(status, "consumed") == 0 || strcmp(status, "completed") == 0) {
+    *outcome = "already_consumed";
+    return PS_RULE_SAME;
+  }
+  if (strcmp(status, "awaiting_scan") != 0 && strcmp(status, "device_connected") != 0) {
+    *outcome = "illegal_transition";
+    return PS_RULE_SAME;
+  }
+  code = ps_get_str(L, sess, "secondaryCode", &len);
+  if (sodium_memcmp(code, given, 6) != 0) {
+    *outcome = "wrong_code";
+    if (ps_count_attempt(L, sess)) {
+      touch_status(L, sess, "rejected", now);
+      *outcome = "attempts_exhausted";
+    }
+    return PS_RULE_CHANGED;
+  }
+  if (strcmp(status, "awaiting_scan") == 0) {
+    touch_status(L, sess, "device_connected", now);
+    return PS_RULE_CHANGED;
+  }
+  return PS_RULE_SAME;
+}
+
+/* Consume's checks, in the reference's order: why the session at sess can no longer be
+ * consumed (expired, already_consumed, rejected), or NULL. */
+static const char *consume_ended(lua_State *L, int sess, int64_t now)
+{
+  size_t len;
+  const char *status = ps_get_str(L, sess, "status", &len);
+  if (ps_after(L, sess, "expiresAtMs", now)) return "expired";
+  if (!strcmp(status, "completed") || !strcmp(status, "consumed")) return "already_consumed";
+  if (!strcmp(status, "rejected")) return "rejected";
+  if (!strcmp(status, "expired")) return "expired";
+  return NULL;
+}
+
+int ps_rule_consume(lua_State *L, int sess, int64_t now, const char **outcome)
+{
+  size_t len;
+  *outcome = consume_ended(L, sess, now);
+  if (!*outcome && !ps_transition_allowed(ps_get_str(L, sess, "status", &len), "consumed"))
+    *outcome = "illegal_transition";
+  if (*outcome) return PS_RULE_SAME;
+  touch_status(L, sess, "consumed", now);
+  return PS_RULE_CHANGED;
+}
+
+int ps_rule_respond(lua_State *L, int sess, int64_t now, const char **outcome)
+{
+  size_t len;
+  *outcome = consume_ended(L, sess, now);
+  if (*outcome) return PS_RULE_SAME; /* a session already ended stays as it is */
+  if (strcmp(ps_get_str(L, sess, "status", &len), "device_connected") != 0) {
+    *outcome = "not_device_connected"; /* the code was never verified */
+    touch_status(L, sess, "rejected", now);
+    return PS_RULE_CHANGED;
+  }
+  return PS_RULE_SAME;
+}
+
+int ps_rule_respond_opened(lua_State *L, int sess, int64_t now, const char *why,
+                           const char **outcome)
+{
+  *outcome = NULL;
+  if (why && strcmp(why, "unsupported") == 0) {
+    *outcome = "unsupported"; /* left as it was: the phone may retry elsewhere */
+    return PS_RULE_SAME;
+  }
+  if (why) {
+    *outcome = "decrypt_failed";
+    touch_status(L, sess, "rejected", now);
+    return PS_RULE_CHANGED;
+  }
+  touch_status(L, sess, "consumed", now);
+  return PS_RULE_CHANGED;
+}
+
+void ps_rule_new_session(lua_State *L, const char *sid, int mode, int operator_ctx, int sk,
+                         int pk, int code, int64_t now, int64_t ttl)
+{
+  lua_createtable(L, 0, 12);
+  ps_set_str(L, -1, "sid", sid);
+  lua_pushvalue(L, sk);
+  lua_setfield(L, -2, "skGatewayB64");
+  lua_pushvalue(L, pk);
+  lua_setfield(L, -2, "pkGatewayB64");
+  ps_set_int(L, -1, "createdAtMs", now);
+  ps_set_int(L, -1, "expiresAtMs", now + ttl);
+  lua_pushvalue(L, code);
+  lua_setfield(L, -2, "secondaryCode");
+  ps_set_int(L, -1, "secondaryCodeAttempts", 0);
+  ps_copy_value(L, operator_ctx, 0);
+  lua_setfield(L, -2, "operatorContext");
+  lua_pushvalue(L, mode);
+  lua_setfield(L, -2, "mode");
+  ps_set_str(L, -1, "status", "awaiting_scan");
+  ps_set_int(L, -1, "lastStatusChangeAtMs", now);
+}
+
+int ps_rule_prune(lua_State *L, int sess, int64_t now)
+{
+  size_t len;
+  int r = PS_PRUNE_KEEP;
+  const char *status = ps_get_str(L, sess, "status", &len);
+  sess = lua_absindex(L, sess);
+  if (!ps_is_terminal(status) && ps_after(L, sess, "expiresAtMs", now)) {
+    ps_set_str(L, sess, "status", "expired");
+    lua_getfield(L, sess, "expiresAtMs"); /* the moment it expired, as the reference */
+    lua_setfield(L, sess, "lastStatusChangeAtMs");
+    status = "expired";
+    r |= PS_PRUNE_EXPIRED;
+  }
+  if (ps_is_terminal(status) && retention_over(L, sess, now)) r |= PS_PRUNE_DROP;
+  return r;
 }

@@ -1,0 +1,425 @@
+/*
+ * bind.c — the Lua binding pairstore.core, kept thin: the store userdata and its methods
+ * (arguments checked, then one transaction each), open's options, the module table.
+ */
+#include "pairstore.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <sodium.h>
+
+#define PS_VERSION  "0.1.0"
+
+/* ---- helpers ------------------------------------------------------------------------------- */
+
+static ps_store *check_store(lua_State *L, int idx)
+{
+  ps_store *s = luaL_checkudata(L, idx, PS_STORE_MT);
+  if (!s->eng) luaL_error(L, "pairstore: store is closed");
+  return s;
+}
+
+/* A sid argument: exactly 32 lowercase hex characters (no NUL, nothing after). */
+static const char *check_sid(lua_State *L, int idx)
+{
+  size_t n;
+  const char *sid = luaL_checklstring(L, idx, &n);
+  luaL_argcheck(L, n == 32 && strspn(sid, "0123456789abcdef") == 32, idx,
+                "sid must be 32 lowercase hex characters");
+  return sid;
+}
+
+static int run(lua_State *L, ps_op op, int readonly)
+{
+  check_store(L, 1);
+  return ps_txn_run(L, op, readonly);
+}
+
+/* ---- methods ------------------------------------------------------------------------------- */
+
+static int m_get(lua_State *L)
+{
+  check_sid(L, 2);
+  lua_settop(L, 2);
+  return run(L, PS_OP_GET, 1);
+}
+
+static int m_list(lua_State *L)
+{
+  lua_settop(L, 2);
+  return run(L, PS_OP_LIST, 1);
+}
+
+/* create(mode, operator, ttl, sid_hex|nil, sk_raw|nil, code|nil). The key pair and the
+ * code are made before taking the lock: they do not depend on the file. */
+static int m_create(lua_State *L)
+{
+  char sk[44], pk[44], code[7];
+  const char *v;
+  size_t len;
+
+  luaL_checkstring(L, 2);
+  luaL_checktype(L, 3, LUA_TTABLE);
+  luaL_checkinteger(L, 4);
+  lua_settop(L, 7);
+  if (!lua_isnil(L, 5)) {
+    v = luaL_checklstring(L, 5, &len);
+    luaL_argcheck(L, len == 32 && strspn(v, "0123456789abcdef") == 32, 5, "sid must be 32 lowercase hex");
+  }
+  if (!lua_isnil(L, 6)) {
+    v = luaL_checklstring(L, 6, &len);
+    luaL_argcheck(L, len == 32, 6, "secret key must be 32 bytes");
+    ps_keypair_b64u(sk, pk, (const unsigned char *)v);
+  } else {
+    ps_keypair_b64u(sk, pk, NULL);
+  }
+  if (!lua_isnil(L, 7)) {
+    v = luaL_checklstring(L, 7, &len);
+    luaL_argcheck(L, len == 6 && strspn(v, "0123456789") == 6, 7, "code must be 6 digits");
+  } else {
+    ps_random_code(code);
+    lua_pushstring(L, code);
+    lua_replace(L, 7);
+    sodium_memzero(code, sizeof code);
+  }
+  lua_pushstring(L, sk);
+  lua_replace(L, 6);
+  lua_pushstring(L, pk);  /* 8 */
+  sodium_memzero(sk, sizeof sk);
+  return run(L, PS_OP_CREATE, 0);
+}
+
+static int m_update(lua_State *L)
+{
+  check_sid(L, 2);
+  luaL_checktype(L, 3, LUA_TFUNCTION);
+  lua_settop(L, 3);
+  return run(L, PS_OP_UPDATE, 0);
+}
+
+static int m_transition(lua_State *L)
+{
+  check_sid(L, 2);
+  if (!ps_is_known_status(luaL_checkstring(L, 3))) return luaL_argerror(L, 3, "unknown status");
+  lua_settop(L, 3);
+  return run(L, PS_OP_TRANSITION, 0);
+}
+
+static int m_reject(lua_State *L)
+{
+  check_sid(L, 2);
+  lua_settop(L, 2);
+  lua_pushliteral(L, "rejected");
+  return run(L, PS_OP_TRANSITION, 0);
+}
+
+static int m_failed_code(lua_State *L)
+{
+  check_sid(L, 2);
+  lua_settop(L, 2);
+  return run(L, PS_OP_FAILED_CODE, 0);
+}
+
+static int m_verify(lua_State *L)
+{
+  size_t n;
+  const char *code;
+  check_sid(L, 2);
+  code = luaL_checklstring(L, 3, &n);
+  if (n != 6 || strspn(code, "0123456789") != 6) {
+    lua_pushnil(L);
+    lua_pushstring(L, "bad_code");
+    lua_pushstring(L, "bad_code");
+    return 3;
+  }
+  lua_settop(L, 3);
+  return run(L, PS_OP_VERIFY, 0);
+}
+
+static int m_consume(lua_State *L)
+{
+  check_sid(L, 2);
+  lua_settop(L, 2);
+  return run(L, PS_OP_CONSUME, 0);
+}
+
+/* respond(sid, pk_d, nonce, ct, aead): the phone's response (its shape checked by the Lua
+ * wrapper) applied as consume's rule with the decryption under the lock. */
+static int m_respond(lua_State *L)
+{
+  check_sid(L, 2);
+  luaL_checkstring(L, 3);
+  luaL_checkstring(L, 4);
+  luaL_checkstring(L, 5);
+  luaL_checkstring(L, 6);
+  lua_settop(L, 6);
+  return run(L, PS_OP_RESPOND, 0);
+}
+
+static int m_prune(lua_State *L)
+{
+  lua_settop(L, 1);
+  return run(L, PS_OP_PRUNE, 0);
+}
+
+static int m_close(lua_State *L)
+{
+  ps_store *s = luaL_checkudata(L, 1, PS_STORE_MT);
+  if (s->busy) {
+    /* from its own mutator or clock: the transaction still needs it (no position: the Lua
+     * wrapper raises it at its caller's level) */
+    lua_pushliteral(L, "pairstore.close: the store is in use by its own transaction (called "
+                       "from inside a mutator or the clock); close it after the call returns");
+    return lua_error(L);
+  }
+  if (s->eng) s->eng->m->close(s->eng);
+  s->eng = NULL;
+  return 0;
+}
+
+static int m_path(lua_State *L)
+{
+  ps_store *s = check_store(L, 1);
+  lua_pushstring(L, s->eng->m->display(s->eng));
+  return 1;
+}
+
+static int m_tostring(lua_State *L)
+{
+  ps_store *s = luaL_checkudata(L, 1, PS_STORE_MT);
+  lua_pushfstring(L, "pairstore.store (%s)", s->eng ? s->eng->m->display(s->eng) : "closed");
+  return 1;
+}
+
+/* ---- module functions ---------------------------------------------------------------------- */
+
+static int opt_int(lua_State *L, int opts, const char *key, int dflt, int lo, int hi)
+{
+  lua_Integer v;
+  int isnum;
+  lua_getfield(L, opts, key);
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    return dflt;
+  }
+  v = lua_tointegerx(L, -1, &isnum);
+  lua_pop(L, 1);
+  if (!isnum || v < lo || v > hi) { /* no position: the Lua wrapper raises it at its caller's */
+    lua_pushfstring(L, "pairstore.open: option %s must be an integer in [%d, %d]", key, lo, hi);
+    return lua_error(L);
+  }
+  return (int)v;
+}
+
+/* open(path, opts) -> store. opts: the normalised options table (kept as a user value). */
+static int f_open(lua_State *L)
+{
+  size_t len;
+  const char *path = luaL_checklstring(L, 1, &len);
+  ps_store *s;
+  ps_file_opts o;
+  char *abs;
+  char cwd[4096];
+
+  luaL_checktype(L, 2, LUA_TTABLE);
+  luaL_argcheck(L, len > 0 && len < 3500 && strlen(path) == len, 1, "invalid path");
+  {
+    const char *last = strrchr(path, '/');
+    last = last ? last + 1 : path;
+    luaL_argcheck(L, *last && strcmp(last, ".") != 0 && strcmp(last, "..") != 0, 1,
+                  "path names a directory");
+  }
+
+  s = lua_newuserdatauv(L, sizeof *s, PS_UV_COUNT); /* 3 */
+  memset(s, 0, sizeof *s);
+  luaL_setmetatable(L, PS_STORE_MT); /* before any resource is acquired */
+
+  o.lock_wait_ms = opt_int(L, 2, "lock_wait_ms", PS_LOCK_WAIT_MS, 0, 3600000);
+  o.lock_stale_ms = opt_int(L, 2, "lock_stale_ms", PS_LOCK_STALE_MS, 1, INT_MAX);
+  s->max_sessions = opt_int(L, 2, "max_sessions", PS_MAX_SESSIONS, 1, INT_MAX);
+  o.max_file_bytes = (size_t)opt_int(L, 2, "max_file_bytes", (int)PS_MAX_FILE_BYTES, 64, INT_MAX);
+  o.max_session_bytes =
+      (size_t)opt_int(L, 2, "max_session_bytes", PS_MAX_SESSION_BYTES, 256, INT_MAX);
+  s->max_session_bytes = o.max_session_bytes;
+  lua_getfield(L, 2, "durable");
+  o.durable = lua_isnil(L, -1) ? 1 : lua_toboolean(L, -1);
+  lua_pop(L, 1);
+
+  if (path[0] == '/') {
+    lua_pushstring(L, path);
+  } else {
+    if (!getcwd(cwd, sizeof cwd)) return luaL_error(L, "pairstore.open: getcwd failed");
+    lua_pushfstring(L, "%s/%s", cwd, path);
+  }
+  /* a copy to tidy in place (a Lua buffer: nothing leaks if it raises) */
+  abs = lua_newuserdatauv(L, lua_rawlen(L, -1) + 1, 0);
+  memcpy(abs, lua_tostring(L, -2), lua_rawlen(L, -2) + 1);
+  if (ps_file_normalize_path(abs) != 0) return luaL_argerror(L, 1, "path names a directory");
+  lua_getfield(L, lua_upvalueindex(1), "decode");
+  ps_file_engine_new(L, abs, &o, -1);
+  lua_setiuservalue(L, 3, PS_UV_ENGINE);
+  lua_getiuservalue(L, 3, PS_UV_ENGINE);
+  s->eng = lua_touserdata(L, -1);
+  if (s->eng->m->version < PS_ENGINE_VERSION) /* the methods it must have are missing */
+    return luaL_error(L, "pairstore.open: engine %s has interface version %d, not %d",
+                      s->eng->m->name, s->eng->m->version, PS_ENGINE_VERSION);
+  lua_settop(L, 3);
+  lua_pushvalue(L, 2);
+  lua_setiuservalue(L, 3, PS_UV_OPTS);
+  return 1;
+}
+
+static int f_redact(lua_State *L)
+{
+  luaL_checktype(L, 1, LUA_TTABLE);
+  if (ps_copy_bounded(L, 1, 1000000) != 0)
+    return luaL_argerror(L, 1, "a session table with more than a million values");
+  lua_pushliteral(L, "[redacted]");
+  lua_setfield(L, -2, "skGatewayB64");
+  lua_pushliteral(L, "[redacted]");
+  lua_setfield(L, -2, "secondaryCode");
+  return 1;
+}
+
+/* json_encode(value) -> text | nil, why, "invalid": a Lua value written as the store writes
+ * new values (JSON.stringify's numbers; strings must be UTF-8). For the CLI's --json. */
+static int f_json_encode(lua_State *L)
+{
+  ps_buf b = { 0 };
+  const char *why;
+  luaL_checkany(L, 1);
+  lua_settop(L, 1);
+  why = ps_json_encode(L, 1, NULL, 0, 1, NULL, &b);
+  if (why) {
+    ps_buf_free(&b);
+    lua_pushnil(L);
+    lua_pushstring(L, why);
+    lua_pushliteral(L, "invalid");
+    return 3;
+  }
+  lua_pushlstring(L, b.p ? b.p : "", b.len);
+  ps_buf_free(&b);
+  return 1;
+}
+
+static int f_is_terminal(lua_State *L)
+{
+  lua_pushboolean(L, ps_is_terminal(luaL_checkstring(L, 1)));
+  return 1;
+}
+
+static int f_clamp_ttl(lua_State *L)
+{
+  lua_Integer ttl = PS_DEFAULT_TTL_MS;
+  if (lua_type(L, 1) == LUA_TNUMBER) {
+    lua_Number d = lua_tonumber(L, 1);
+    if (lua_isinteger(L, 1)) {
+      lua_Integer v = lua_tointeger(L, 1);
+      if (v > 0) ttl = v;
+    } else if (d > 0 && !isnan(d)) {
+      ttl = d >= (lua_Number)PS_MAX_TTL_MS ? PS_MAX_TTL_MS : (lua_Integer)d;
+    }
+  }
+  if (ttl < PS_MIN_TTL_MS) ttl = PS_MIN_TTL_MS;
+  if (ttl > PS_MAX_TTL_MS) ttl = PS_MAX_TTL_MS;
+  lua_pushinteger(L, ttl);
+  return 1;
+}
+
+static int f_now_ms(lua_State *L)
+{
+  lua_pushinteger(L, (lua_Integer)ps_wall_ms());
+  return 1;
+}
+
+static const luaL_Reg store_methods[] = {
+  { "get", m_get }, { "list", m_list }, { "create", m_create }, { "update", m_update },
+  { "transition", m_transition }, { "reject", m_reject }, { "register_failed_code", m_failed_code },
+  { "verify_code", m_verify }, { "consume", m_consume }, { "respond", m_respond }, { "prune", m_prune },
+  { "close", m_close }, { "path", m_path }, { NULL, NULL },
+};
+
+static const luaL_Reg module_funcs[] = {
+  { "redact", f_redact }, { "json_encode", f_json_encode }, { "now_ms", f_now_ms }, { "is_terminal", f_is_terminal }, { "clamp_ttl", f_clamp_ttl },
+  { "test_hooks", ps_test_hooks },
+  { NULL, NULL },
+};
+
+static void set_int(lua_State *L, const char *name, lua_Integer v)
+{
+  lua_pushinteger(L, v);
+  lua_setfield(L, -2, name);
+}
+
+static void json_cfg(lua_State *L, const char *name, int is_bool, int value)
+{
+  lua_getfield(L, -1, name);
+  if (is_bool) lua_pushboolean(L, value);
+  else lua_pushinteger(L, value);
+  lua_call(L, 1, 0);
+}
+
+/* A private cjson instance for decoding (what is written is json.c's), strict: no
+ * NaN/Infinity/hex numbers, nesting bounded. The host's shared cjson module keeps its own
+ * settings. */
+static void push_json(lua_State *L)
+{
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "cjson");
+  lua_call(L, 1, 1);
+  lua_getfield(L, -1, "new");
+  lua_call(L, 0, 1);
+  lua_remove(L, -2);
+  json_cfg(L, "decode_invalid_numbers", 1, 0);
+  json_cfg(L, "decode_max_depth", 0, PS_MAX_DEPTH + 4);
+}
+
+int luaopen_pairstore_core(lua_State *L);
+
+__attribute__((visibility("default"))) int luaopen_pairstore_core(lua_State *L)
+{
+  if (sodium_init() < 0) return luaL_error(L, "pairstore: libsodium failed to initialise");
+
+  ps_txn_init(L);
+
+  if (luaL_newmetatable(L, PS_STORE_MT)) {
+    luaL_newlib(L, store_methods);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, m_close);
+    lua_setfield(L, -2, "__gc");
+    lua_pushcfunction(L, m_close);
+    lua_setfield(L, -2, "__close");
+    lua_pushcfunction(L, m_tostring);
+    lua_setfield(L, -2, "__tostring");
+  }
+  lua_pop(L, 1);
+
+  luaL_newlib(L, module_funcs);
+  push_json(L);
+  lua_pushcclosure(L, f_open, 1);
+  lua_setfield(L, -2, "open");
+  ps_crypto_register(L);
+  ps_qr_register(L);
+  ps_wait_register(L);
+  set_int(L, "FILE_VERSION", PS_FILE_VERSION);
+  set_int(L, "DEFAULT_TTL_MS", PS_DEFAULT_TTL_MS);
+  set_int(L, "MIN_TTL_MS", PS_MIN_TTL_MS);
+  set_int(L, "MAX_TTL_MS", PS_MAX_TTL_MS);
+  set_int(L, "TERMINAL_RETENTION_MS", PS_TERMINAL_RETENTION_MS);
+  set_int(L, "MAX_CODE_ATTEMPTS", PS_MAX_CODE_ATTEMPTS);
+  set_int(L, "LOCK_STALE_MS", PS_LOCK_STALE_MS);
+  set_int(L, "LOCK_WAIT_MS", PS_LOCK_WAIT_MS);
+  set_int(L, "MAX_SESSIONS", PS_MAX_SESSIONS);
+  set_int(L, "MAX_FILE_BYTES", PS_MAX_FILE_BYTES);
+  set_int(L, "MAX_SESSION_BYTES", PS_MAX_SESSION_BYTES);
+  set_int(L, "MAX_FIELD_BYTES", PS_MAX_FIELD_BYTES);
+  lua_pushliteral(L, PS_VERSION);
+  lua_setfield(L, -2, "_VERSION");
+  return 1;
+}

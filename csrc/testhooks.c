@@ -1,0 +1,71 @@
+/*
+ * testhooks.c — the hooks only the specs use, outside the module table: core.test_hooks()
+ * returns them (fault injection control, errno names, the file engine's self-check).
+ * A production build has them too, but its fault injection reports itself unavailable.
+ */
+#include "pairstore.h"
+
+#include <errno.h>
+#include <string.h>
+
+/* fault(nth, errno, short_write): fail the nth wrapped system call from now (0: stop). */
+static int t_fault(lua_State *L)
+{
+  ps_fault_arm((long)luaL_optinteger(L, 1, 0), (int)luaL_optinteger(L, 2, 0), lua_toboolean(L, 3));
+  return 0;
+}
+
+static int t_fault_coarse_ctime(lua_State *L)
+{
+  ps_fault_set_coarse_ctime(lua_toboolean(L, 1));
+  return 0;
+}
+
+/* fault_state() -> available, calls counted, whether the armed fault was hit */
+static int t_fault_state(lua_State *L)
+{
+  lua_pushboolean(L, ps_fault_available());
+  lua_pushinteger(L, ps_fault_calls());
+  lua_pushboolean(L, ps_fault_hit());
+  return 3;
+}
+
+static int t_errno(lua_State *L)
+{
+  static const struct { const char *name; int value; } names[] = {
+    { "ENOSPC", ENOSPC }, { "EIO", EIO }, { "EACCES", EACCES }, { "EDQUOT", EDQUOT },
+    { "EROFS", EROFS }, { "EINTR", EINTR }, { "EFBIG", EFBIG }, { "EPERM", EPERM },
+    { "EOPNOTSUPP", EOPNOTSUPP },
+  };
+  const char *n = luaL_checkstring(L, 1);
+  size_t i;
+  for (i = 0; i < sizeof names / sizeof names[0]; i++)
+    if (!strcmp(names[i].name, n)) {
+      lua_pushinteger(L, names[i].value);
+      return 1;
+    }
+  return luaL_argerror(L, 1, "unknown errno name");
+}
+
+/* selfcheck(store) -> true, "indexed" | "not indexed", or false, what disagrees: whether
+ * the file engine's sid index and live count agree with its cached sessions. Reads memory
+ * only. store: the core store userdata (pairstore's store._core). */
+static int t_selfcheck(lua_State *L)
+{
+  ps_store *s = luaL_checkudata(L, 1, PS_STORE_MT);
+  if (!s->eng) return luaL_error(L, "pairstore: store is closed");
+  lua_settop(L, 1);
+  lua_getiuservalue(L, 1, PS_UV_ENGINE);
+  return ps_file_engine_selfcheck(L, 2);
+}
+
+int ps_test_hooks(lua_State *L)
+{
+  static const luaL_Reg hooks[] = {
+    { "fault", t_fault }, { "fault_state", t_fault_state }, { "errno", t_errno },
+    { "fault_coarse_ctime", t_fault_coarse_ctime }, { "selfcheck", t_selfcheck },
+    { NULL, NULL },
+  };
+  luaL_newlib(L, hooks);
+  return 1;
+}
