@@ -279,6 +279,25 @@ static const char *skip_value(const char *s, const char *end)
   return s;
 }
 
+/* Iterates the members of a raw object: k and kn the key token, v and vn the value text.
+ * Returns 0 at the end. */
+static int next_member(const char **s, const char *end, const char **k, size_t *kn,
+                       const char **v, size_t *vn)
+{
+  const char *p = ws(*s, end);
+  if (p < end && (*p == '{' || *p == ',')) p = ws(p + 1, end);
+  if (p >= end || *p == '}') return 0;
+  *k = p;
+  p = skip_value(p, end);
+  *kn = (size_t)(p - *k);
+  p = ws(p, end) + 1; /* ':' */
+  *v = ws(p, end);
+  p = skip_value(*v, end);
+  *vn = (size_t)(p - *v);
+  *s = p;
+  return 1;
+}
+
 void ps_json_push_number(lua_State *L, const char *p, size_t n)
 {
   char tmp[512], *copy = tmp;
@@ -338,21 +357,16 @@ static int push_string(lua_State *L, int decode, const char *p, size_t n)
  * the stack, decoded: JSON.parse keeps the last of duplicate keys. */
 static int key_later(lua_State *L, int decode, const char *p, const char *end)
 {
-  for (;;) {
-    const char *k;
+  const char *k, *v;
+  size_t kn, vn;
+  while (next_member(&p, end, &k, &kn, &v, &vn)) {
     int same;
-    p = ws(p, end);
-    if (p < end && *p == ',') p = ws(p + 1, end);
-    if (p >= end || *p != '"') return 0;
-    k = p;
-    p = skip_value(p, end);
-    if (push_string(L, decode, k, (size_t)(p - k)) != 0) return 0;
+    if (push_string(L, decode, k, kn) != 0) return 0;
     same = lua_rawequal(L, -1, -2);
     lua_pop(L, 1);
     if (same) return 1;
-    p = ws(p, end) + 1; /* ':' */
-    p = skip_value(ws(p, end), end);
   }
+  return 0;
 }
 
 /* Exact integers where cjson gave a rounded float: the value at vidx was decoded from raw. */
@@ -689,24 +703,6 @@ static int put_value(ps_enc *x, int idx, const ps_jorder *order, int depth)
   return -1;
 }
 
-/* Iterates the members of a raw object: k and kn the key token, v and vn the value text.
- * Returns 0 at the end. */
-static int next_member(const char **s, const char *end, const char **k, size_t *kn,
-                       const char **v, size_t *vn)
-{
-  const char *p = ws(*s, end);
-  if (p < end && (*p == '{' || *p == ',')) p = ws(p + 1, end);
-  if (p >= end || *p == '}') return 0;
-  *k = p;
-  p = skip_value(p, end);
-  *kn = (size_t)(p - *k);
-  p = ws(p, end) + 1; /* ':' */
-  *v = ws(p, end);
-  p = skip_value(*v, end);
-  *vn = (size_t)(p - *v);
-  *s = p;
-  return 1;
-}
 
 static int key_equal(ps_enc *x, const char *k, size_t kn, const char *key, size_t keyn)
 {
