@@ -17,9 +17,9 @@ CFLAGS     ?= -O2 -g
 WERROR     ?=
 PS_CFLAGS   = -std=c11 -D_GNU_SOURCE -fPIC -fvisibility=hidden \
               -Wall -Wextra -Wshadow -Wmissing-prototypes -Wstrict-prototypes -pedantic $(WERROR) \
-              $(shell $(PKG_CONFIG) --cflags lua$(LUA_VERSION) libsodium libqrencode 2>/dev/null)
+              $(shell $(PKG_CONFIG) --cflags lua$(LUA_VERSION) libsodium libqrencode libpq 2>/dev/null)
 PS_LDFLAGS  = -shared
-PS_LIBS     = $(shell $(PKG_CONFIG) --libs libsodium libqrencode 2>/dev/null || echo -lsodium -lqrencode)
+PS_LIBS     = $(shell $(PKG_CONFIG) --libs libsodium libqrencode libpq 2>/dev/null || echo -lsodium -lqrencode -lpq)
 
 SRCS  = $(wildcard csrc/*.c)
 HDRS  = $(wildcard csrc/*.h)
@@ -49,9 +49,11 @@ $(FORKUTIL): spec/support/forkutil.c Makefile
 	$(CC) $(CFLAGS) -std=c11 -D_GNU_SOURCE -fPIC -Wall -Wextra $(shell $(PKG_CONFIG) --cflags lua$(LUA_VERSION)) \
 	  $(LDFLAGS) -shared -o $@ $<
 
+# The suite runs against both backends: with-pg.sh starts a private PostgreSQL cluster (unix
+# socket in a temp dir) for it and removes it afterwards, also on failure.
 test: deps
 	@$(MAKE) --no-print-directory all $(FORKUTIL)
-	busted --lua=$(LUA) spec
+	bash spec/support/with-pg.sh busted --lua=$(LUA) spec
 
 demo: deps
 	@$(MAKE) --no-print-directory all

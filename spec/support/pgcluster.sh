@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# A private PostgreSQL cluster for the tests, in a directory of its own, reachable only on a
+# unix socket in that directory (no TCP port, nothing shared with the machine's clusters).
+#
+#   pgcluster.sh start DIR [standby-of PRIMARY_DIR]   initdb (or pg_basebackup), start, print the target
+#   pgcluster.sh stop DIR                             stop (fast) and remove DIR
+#   pgcluster.sh ctl DIR ARGS...                      pg_ctl ARGS as the cluster's user (stop -m immediate, start, promote)
+#   pgcluster.sh psql DIR ARGS...                     psql as the superuser on the cluster's socket
+#   pgcluster.sh pid DIR                              the postmaster's pid
+#
+# The server refuses to run as root: as root, the cluster belongs to the `postgres` user the
+# Debian package creates (DIR is given to it); otherwise to the caller. The superuser role is
+# `pairstore`, authentication is `trust` on the socket only, the database is `pairstore`.
+# The target printed by start (and written to DIR/target) is a libpq URI:
+#   postgresql:///pairstore?host=DIR&user=pairstore
+set -euo pipefail
+
+PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
+cmd=${1:?usage: pgcluster.sh start|stop|ctl|psql|pid DIR}
+dir=${2:?usage: pgcluster.sh $cmd DIR}
+shift 2
+
+as_owner() {
+  if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+case $cmd in
+start)
+  [ -x "$PGBIN/initdb" ] || { echo "pgcluster: $PGBIN/initdb not found (apt-get install postgresql-15)" >&2; exit 1; }
+  mkdir -p "$dir"
+  chmod 0700 "$dir"
+  [ "$(id -u)" -eq 0 ] && chown postgres:postgres "$dir"
+  if [ "${1:-}" = standby-of ]; then
+    primary=${2:?standby-of needs the primary directory}
+    as_owner "$PGBIN/pg_basebackup" -h "$primary" -U pairstore -D "$dir/data" -X stream -R -c fast >/dev/null
+    # its own socket; the primary's streaming connection names the standby
+    sed -i "/^unix_socket_directories/d; /^cluster_name/d" "$dir/data/postgresql.conf"
+    name=standby
+  else
+    as_owner "$PGBIN/initdb" -D "$dir/data" -U pairstore --auth=trust -E UTF8 --locale=C.UTF-8 >/dev/null
+    name=primary
+    printf '%s\n' "wal_level = replica" "max_wal_senders = 4" "synchronous_commit = on" \
+      >> "$dir/data/postgresql.conf"
+    echo "local replication all trust" >> "$dir/data/pg_hba.conf"
+  fi
+  printf '%s\n' "listen_addresses = ''" "unix_socket_directories = '$dir'" "cluster_name = '$name'" \
+    "max_connections = 60" "shared_buffers = 64MB" "logging_collector = off" >> "$dir/data/postgresql.conf"
+  as_owner "$PGBIN/pg_ctl" -D "$dir/data" -l "$dir/log" -w -t 60 start >/dev/null ||
+    { cat "$dir/log" >&2; exit 1; }
+  if [ "$name" = primary ]; then
+    as_owner "$PGBIN/psql" -h "$dir" -U pairstore -d postgres -qAt -c "CREATE DATABASE pairstore" >/dev/null
+  fi
+  echo "postgresql:///pairstore?host=$dir&user=pairstore" | tee "$dir/target"
+  ;;
+stop)
+  if [ -d "$dir/data" ]; then
+    as_owner "$PGBIN/pg_ctl" -D "$dir/data" -m fast -w -t 30 stop >/dev/null 2>&1 ||
+      as_owner "$PGBIN/pg_ctl" -D "$dir/data" -m immediate -w -t 30 stop >/dev/null 2>&1 || true
+    pid=$(head -n 1 "$dir/data/postmaster.pid" 2>/dev/null || true)
+    [ -n "$pid" ] && kill -CONT "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true
+  fi
+  rm -rf "$dir"
+  ;;
+ctl)
+  as_owner "$PGBIN/pg_ctl" -D "$dir/data" -l "$dir/log" "$@"
+  ;;
+psql)
+  as_owner "$PGBIN/psql" -h "$dir" -U pairstore -d pairstore -v ON_ERROR_STOP=1 -qAtX "$@"
+  ;;
+pid)
+  head -n 1 "$dir/data/postmaster.pid"
+  ;;
+*)
+  echo "pgcluster: unknown command $cmd" >&2; exit 2
+  ;;
+esac
