@@ -471,7 +471,7 @@ local function report(CL, ST, elapsed)
   local targets = {}
   local function target(name, value, limit, pass)
     targets[#targets + 1] = { name = name, value = value, limit = limit, pass = pass }
-    p(fmt("  %s  %s %s (limit %s)", pass and "PASS" or "FAIL", pad(name, 58), lpad(fmt("%.2f", value), 7), limit))
+    p(fmt("  %s  %s %s (limit %s)", pass and "PASS" or "FAIL", pad(name, 62), lpad(fmt("%.2f", value), 7), limit))
   end
   for _, name in ipairs(OPNAMES) do
     local worst = 0
@@ -486,6 +486,21 @@ local function report(CL, ST, elapsed)
 end
 
 -- ---- main ---------------------------------------------------------------------------------------
+
+-- Figures for the BENCH_PG line: 3 significant decimals at most.
+local function round_numbers(v)
+  if type(v) == "number" then
+    if math.type(v) == "integer" then return v end
+    if v ~= v or v == math.huge or v == -math.huge then return cjson.null end
+    local scale = math.abs(v) >= 100 and 10 or 1000
+    return math.floor(v * scale + 0.5) / scale
+  elseif type(v) == "table" then
+    local out = {}
+    for k, x in pairs(v) do out[k] = round_numbers(x) end
+    return out
+  end
+  return v
+end
 
 local function main()
   local t0 = mono()
@@ -503,7 +518,7 @@ local function main()
   end
   for _, n in ipairs(CLIENTS) do doc.clients[tostring(n)] = { ops_s = CL[n].ops_s, us_median = CL[n].us_median } end
   if #HARD_FAILURES > 0 then doc.hard_failures = HARD_FAILURES end
-  print("BENCH_PG " .. cjson.encode(doc))
+  print("BENCH_PG " .. cjson.encode(round_numbers(doc)))
   io.stdout:flush()
   F:close()
   if #HARD_FAILURES > 0 then

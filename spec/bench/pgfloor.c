@@ -9,6 +9,7 @@
  *   conn:run(name, params...) -> first value of the first row, or true | nil, message
  *     (PQexecPrepared with text parameters: one round trip, as an engine's prepared statement)
  *   conn:backend_pid() -> integer
+ *   conn:ok() -> whether the connection is still good (PQstatus)
  *   conn:close()
  */
 #include <lauxlib.h>
@@ -96,6 +97,13 @@ static int c_backend_pid(lua_State *L)
   return 1;
 }
 
+static int c_ok(lua_State *L)
+{
+  conn_t *c = luaL_checkudata(L, 1, CONN_MT);
+  lua_pushboolean(L, c->pg && PQstatus(c->pg) == CONNECTION_OK);
+  return 1;
+}
+
 static int c_close(lua_State *L)
 {
   conn_t *c = luaL_checkudata(L, 1, CONN_MT);
@@ -110,7 +118,7 @@ int luaopen_test_pgfloor(lua_State *L)
 {
   static const luaL_Reg methods[] = {
     { "exec", c_exec }, { "prepare", c_prepare }, { "run", c_run },
-    { "backend_pid", c_backend_pid }, { "close", c_close }, { NULL, NULL },
+    { "backend_pid", c_backend_pid }, { "ok", c_ok }, { "close", c_close }, { NULL, NULL },
   };
   static const luaL_Reg fns[] = { { "connect", f_connect }, { NULL, NULL } };
   if (luaL_newmetatable(L, CONN_MT)) {

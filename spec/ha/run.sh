@@ -95,9 +95,10 @@ wait_for() { # wait_for SECONDS TEST...
   while ! "$@"; do [ "$SECONDS" -ge "$until" ] && return 1; sleep 0.1; done
 }
 all_logged() {
-  local i
+  local i n
   for i in $(seq 1 "$CLIENTS"); do
-    [ "$(grep -c $'\tok\t' "$work/logs/$i" 2>/dev/null)" -ge "$1" ] || return 1
+    n=$(grep -c $'\tok\t' "$work/logs/$i" 2>/dev/null)
+    [ "${n:-0}" -ge "$1" ] || return 1
   done
 }
 wait_for 20 all_logged 5 || fail_early "the clients did not start working"
