@@ -282,6 +282,61 @@ local function count_statements()
   return res
 end
 
+-- Round trips per operation, counted on the client's side: a child process (this script with
+-- `roundtrips SIDFILE N`) runs N of each operation under strace, writing a mark to stderr
+-- before and after each timed call; every sendto(2) between the marks is one message batch
+-- sent to the server and waited for (pipelined statements or several in one query string
+-- count once). Without strace: not counted.
+local function roundtrips_child(sidfile, n)
+  for line in io.lines(sidfile) do SIDS[#SIDS + 1] = line end
+  local A = pairstore.open(TARGET, { durable = true, max_sessions = 100000 })
+  local c = { A = A, level = #SIDS, k = 0 }
+  must(A:get(SIDS[1]))
+  for _, name in ipairs(OPNAMES) do
+    local op = OPS[name]
+    for _ = 1, n do
+      c.k = c.k + 1
+      local sid = SIDS[(c.k * 7919) % c.level + 1]
+      io.stderr:write("BENCHMARK-BEGIN " .. name .. "\n")
+      local r = op.run(c, sid)
+      io.stderr:write("BENCHMARK-END " .. name .. "\n")
+      if op.after then op.after(c, r) end
+    end
+  end
+  A:close()
+end
+
+local function count_roundtrips()
+  local have = io.popen("command -v strace 2>/dev/null"):read("a")
+  if have == "" then
+    log("strace missing: round trips not counted")
+    return nil
+  end
+  local sidfile, trace = WORK .. "/pg-rt-sids", WORK .. "/pg-rt-strace"
+  write_file(sidfile, table.concat(SIDS, "\n") .. "\n")
+  local cmd = fmt("strace -f -qq -e trace=sendto,write -o %s %s %s roundtrips %s %d 2>/dev/null", sh_quote(trace), LUA,
+    sh_quote(ROOT .. "/spec/bench/pg.lua"), sh_quote(sidfile), CFG.count_n)
+  if not os.execute(cmd) then
+    HARD_FAILURES[#HARD_FAILURES + 1] = "round-trip count: the child failed"
+    return nil
+  end
+  local res, cur, counts = {}, nil, {}
+  for line in io.lines(trace) do
+    local mark, name = line:match('write%(2, "BENCHMARK%-(%u+) (%a+)')
+    if mark == "BEGIN" then cur = 0
+    elseif mark == "END" then
+      counts[name] = counts[name] or {}
+      counts[name][#counts[name] + 1] = cur
+      cur = nil
+    elseif cur and line:match("sendto%(") then cur = cur + 1 end
+  end
+  for _, name in ipairs(OPNAMES) do
+    local t = counts[name] or {}
+    res[name] = { n = median(t), min = math.min(table.unpack(t)), max = math.max(table.unpack(t)) }
+  end
+  return res
+end
+
 -- ---- clients ------------------------------------------------------------------------------------
 
 local function spawn(args)
@@ -401,7 +456,7 @@ local function file_figures()
   return ok and doc or nil
 end
 
-local function report(CL, ST, elapsed)
+local function report(CL, ST, RT, elapsed)
   local FILE = file_figures()
   local p = print
   local server = F:exec("SHOW server_version") or "?"
@@ -418,15 +473,19 @@ local function report(CL, ST, elapsed)
     p(fmt("  %-8d %12.1f %26.1f", level, e.select_us, e.update_us))
   end
   p("")
-  p("Statements per operation (server log, log_statement = all; median of " .. CFG.count_n .. ")")
+  p("Per operation (median of " .. CFG.count_n .. "): statements the server logged (log_statement = all) and round")
+  p("trips the client made (sendto(2) calls under strace; several statements sent at once count once)")
+  p(fmt("  %-8s %10s %11s  %s", "op", "statements", "round trips", "statements logged"))
   for _, name in ipairs(OPNAMES) do
-    local s = ST[name]
-    p(fmt("  %-8s %4s  %s%s", name, fmt("%g", s.n), s.sample, s.min ~= s.max and fmt(" (%d..%d)", s.min, s.max) or ""))
+    local s, r = ST[name], RT and RT[name]
+    p(fmt("  %-8s %10s %11s  %s", name, fmt("%g", s.n) .. (s.min ~= s.max and fmt(" (%d..%d)", s.min, s.max) or ""),
+      r and fmt("%g", r.n) .. (r.min ~= r.max and fmt(" (%d..%d)", r.min, r.max) or "") or "-", s.sample))
   end
   p("")
   p("Operations: µs/op; ×needs = / the bare statements the operation needs (get: 1 round trip;")
-  p("update, create, consume: 1 round trip + 1 committed single-row UPDATE); ×own = / the statements")
-  p("the engine sends, each at its bare cost; file = the file backend in this run (durable)")
+  p("update, create, consume: 1 round trip + 1 committed single-row UPDATE); ×own = / the round")
+  p("trips the engine makes (statements without strace), each at its bare cost, the last one at the")
+  p("commit's; file = the file backend in this run (durable = true), pg/file = our µs / its µs")
   p(fmt("  %-8s %6s | %9s %9s %8s %8s | %9s %8s", "op", "live", "ops/s", "µs/op", "×needs", "×own", "file µs", "pg/file"))
   for _, name in ipairs(OPNAMES) do
     for _, level in ipairs(LEVELS) do
@@ -434,7 +493,7 @@ local function report(CL, ST, elapsed)
       local us = e.us[name]
       local nd = NEEDS[name]
       local needs = bare_us(e, nd.reads, nd.commits)
-      local st = ST[name].n
+      local st = RT and RT[name].n or ST[name].n
       local own = name == "get" and bare_us(e, st, 0) or bare_us(e, math.max(st - 1, 0), 1)
       local fus = FILE and FILE.ops and FILE.ops.durable[tostring(level)] and FILE.ops.durable[tostring(level)][name]
       fus = fus and fus.us
@@ -507,9 +566,10 @@ local function main()
   floor_setup()
   levels()
   local ST = count_statements()
+  local RT = count_roundtrips()
   local CL = clients()
-  local targets, growth = report(CL, ST, mono() - t0)
-  local doc = { version = 1, quick = QUICK, levels = {}, statements = ST, growth = growth, targets = targets,
+  local targets, growth = report(CL, ST, RT, mono() - t0)
+  local doc = { version = 1, quick = QUICK, levels = {}, statements = ST, roundtrips = RT, growth = growth, targets = targets,
     clients = {}, one_session = { ops_s = CL.one.ops_s, lost = CL.one.lost, acknowledged = CL.one.ok } }
   for _, level in ipairs(LEVELS) do
     local e = R.levels[level]
@@ -525,6 +585,11 @@ local function main()
     for _, f in ipairs(HARD_FAILURES) do log("FAILED: %s", f) end
     os.exit(1)
   end
+  os.exit(0)
+end
+
+if arg[1] == "roundtrips" then
+  roundtrips_child(arg[2], tonumber(arg[3]))
   os.exit(0)
 end
 
