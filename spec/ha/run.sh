@@ -120,7 +120,8 @@ say "stopping the clients"
 clients_ok=1
 for i in $(seq 1 "$CLIENTS"); do
   if ! wait_for 20 test -f "$work/done-$i"; then
-    echo "FAIL ha: client $i did not stop in time"; clients_ok=0
+    echo "ha: client $i did not stop within 20 s (killed)"; clients_ok=0
+    kill -KILL "${pids[$((i - 1))]}" 2>/dev/null
   fi
 done
 for pid in "${pids[@]}"; do
