@@ -15,10 +15,10 @@
 --   (a row read by key; a row updated by key and committed, alone and with the pg_notify the
 --   engine sends with each write, in one round trip): they tell the engine's own cost from
 --   the table's.
--- * One store grown to 10, 1 000 and 10 000 live sessions (the same table all along, so the
---   later levels pay for its size), then a second store of 10 000 sessions of which 10 are
---   live and 9 990 consumed (what a store under the default max_sessions = 1000 holds at
---   10 000). Sessions are added with store:import (texts made from one created session, each
+-- * Four stores in the one table (21 010 rows): of 10, 1 000 and 10 000 live sessions, and of
+--   10 000 sessions of which 10 are live and 9 990 consumed (what a store under the default
+--   max_sessions = 1000 holds at 10 000). Each round visits every store in turn, so that the
+--   disk's drift over the run (its fsync time moves by 2× here) lands on every level alike. Sessions are added with store:import (texts made from one created session, each
 --   with its own sid); then a checkpoint, every row rewritten once and VACUUM ANALYZE (see
 --   settle: the steady state, with no first-write page images in the figures). At each level
 --   get, update, create and consume, each at its level: create is followed by an untimed
@@ -55,11 +55,12 @@ local QUICK = os.getenv("BENCH_QUICK") == "1"
 
 -- key, sessions in the store, live among them, store name
 local LEVELS = {
-  { key = "10", n = 10, live = 10, store = "default" },
-  { key = "1000", n = 1000, live = 1000, store = "default" },
-  { key = "10000", n = 10000, live = 10000, store = "default" },
+  { key = "10", n = 10, live = 10, store = "bench-10" },
+  { key = "1000", n = 1000, live = 1000, store = "bench-1000" },
+  { key = "10000", n = 10000, live = 10000, store = "bench-10000" },
   { key = "10000t", n = 10000, live = 10, store = "bench-terminal", label = "10000/10 live" },
 }
+local MAIN = "bench-10000" -- the store the round-trip counts and the clients use
 local OPNAMES = { "get", "update", "create", "consume" }
 local CLIENTS = { 1, 4, 8 }
 
@@ -272,29 +273,30 @@ end
 local R = { levels = {} }
 
 local function levels()
-  local stores = {}
-  local function store(name)
-    stores[name] = stores[name] or pairstore.open(TARGET, { durable = true, max_sessions = 100000, store = name })
-    return stores[name]
-  end
+  -- every store grown first, then settled once, then rounds that visit every level in turn
+  local ctx = {}
   for _, L in ipairs(LEVELS) do
-    local A = store(L.store)
+    local A = pairstore.open(TARGET, { durable = true, max_sessions = 100000, store = L.store })
     assert(A:backend() == "postgresql", "the target did not open a PostgreSQL store")
     grow(A, L.store, L.n, L.live)
-    settle()
-    local sids = SIDS[L.store]
-    local c = { A = A, sids = sids, k = 0 }
-    must(A:get(sids[1])) -- first contact outside the figures
     local e = { ops = {}, select = {}, update = {}, row_select = {}, row_update = {}, row_notify = {} }
     for _, name in ipairs(OPNAMES) do e.ops[name] = {} end
-    local function floors()
-      e.select[#e.select + 1] = floor_sample("select", CFG.floor_select)
-      e.update[#e.update + 1] = floor_sample("update", CFG.floor_update)
-      e.row_select[#e.row_select + 1] = table_sample("select", CFG.floor_select, L.store, sids)
-      e.row_update[#e.row_update + 1] = table_sample("update", CFG.floor_update, L.store, sids)
-      e.row_notify[#e.row_notify + 1] = table_sample("notify", CFG.floor_update, L.store, sids)
-    end
-    for _ = 1, CFG.rounds do
+    ctx[L.key] = { A = A, sids = SIDS[L.store], k = 0, e = e }
+  end
+  settle()
+  for _, L in ipairs(LEVELS) do must(ctx[L.key].A:get(ctx[L.key].sids[1])) end -- first contact
+  local t0 = mono()
+  for round = 1, CFG.rounds do
+    for _, L in ipairs(LEVELS) do
+      local c = ctx[L.key]
+      local e = c.e
+      local function floors()
+        e.select[#e.select + 1] = floor_sample("select", CFG.floor_select)
+        e.update[#e.update + 1] = floor_sample("update", CFG.floor_update)
+        e.row_select[#e.row_select + 1] = table_sample("select", CFG.floor_select, L.store, c.sids)
+        e.row_update[#e.row_update + 1] = table_sample("update", CFG.floor_update, L.store, c.sids)
+        e.row_notify[#e.row_notify + 1] = table_sample("notify", CFG.floor_update, L.store, c.sids)
+      end
       floors()
       for _, name in ipairs(OPNAMES) do
         local t = e.ops[name]
@@ -302,9 +304,15 @@ local function levels()
       end
       floors()
     end
-    local all, active = must(A:list_all()), must(A:list_active())
+    log("round %d/%d done (%.1f s)", round, CFG.rounds, mono() - t0)
+  end
+  for _, L in ipairs(LEVELS) do
+    local c = ctx[L.key]
+    local e = c.e
+    local all, active = must(c.A:list_all()), must(c.A:list_active())
     assert(#all == L.n and #active == L.live,
       fmt("level %s ended with %d sessions, %d live", L.key, #all, #active))
+    c.A:close()
     for _, k in ipairs { "select", "update", "row_select", "row_update", "row_notify" } do e[k .. "_us"] = median(e[k]) end
     e.us = {}
     for _, name in ipairs(OPNAMES) do e.us[name] = median(e.ops[name]) end
@@ -312,7 +320,6 @@ local function levels()
     log("level %s: SELECT 1 %.0f µs, UPDATE %.0f µs; get %.0f, update %.0f, create %.0f, consume %.0f µs",
       L.key, e.select_us, e.update_us, e.us.get, e.us.update, e.us.create, e.us.consume)
   end
-  for _, st in pairs(stores) do st:close() end
 end
 
 -- ---- statements per operation (the server's log) ------------------------------------------------
@@ -349,8 +356,8 @@ local function count_statements()
   assert(F:exec("ALTER SYSTEM SET log_line_prefix = 'benchpid=%p '"))
   assert(F:exec("SELECT pg_reload_conf()"))
   local me = F:backend_pid()
-  local A = pairstore.open(TARGET, { durable = true, max_sessions = 100000 })
-  local sids = SIDS.default
+  local A = pairstore.open(TARGET, { durable = true, max_sessions = 100000, store = MAIN })
+  local sids = SIDS[MAIN]
   local c = { A = A, sids = sids, k = 0 }
   must(A:get(sids[1]))
   -- the reload reaches the engine's backend at its next command: wait until it logs
@@ -393,7 +400,7 @@ end
 local function roundtrips_child(sidfile, n)
   local sids = {}
   for line in io.lines(sidfile) do sids[#sids + 1] = line end
-  local A = pairstore.open(TARGET, { durable = true, max_sessions = 100000 })
+  local A = pairstore.open(TARGET, { durable = true, max_sessions = 100000, store = MAIN })
   local c = { A = A, sids = sids, k = 0 }
   must(A:get(sids[1]))
   for _, name in ipairs(OPNAMES) do
@@ -417,7 +424,7 @@ local function count_roundtrips()
     return nil
   end
   local sidfile, trace = WORK .. "/pg-rt-sids", WORK .. "/pg-rt-strace"
-  write_file(sidfile, table.concat(SIDS.default, "\n") .. "\n")
+  write_file(sidfile, table.concat(SIDS[MAIN], "\n") .. "\n")
   local cmd = fmt("strace -f -qq -e trace=sendto,write -o %s %s %s roundtrips %s %d 2>/dev/null", sh_quote(trace), LUA,
     sh_quote(ROOT .. "/spec/bench/pg.lua"), sh_quote(sidfile), CFG.count_n)
   if not os.execute(cmd) then
@@ -475,7 +482,8 @@ local function clients_run(tag, sid_lists, per_client)
     local sidfile = fmt("%s/pg-sids-%s-%d", WORK, tag, w)
     write_file(sidfile, table.concat(list, "\n") .. "\n")
     outs[w] = fmt("%s/pg-contend-%s-%d.out", WORK, tag, w)
-    spawn(fmt("contend %s @%s %d 1 %s %s", sh_quote(TARGET), sh_quote(sidfile), per_client, sh_quote(go), sh_quote(outs[w])))
+    spawn(fmt("contend %s @%s %d 1 %s %s %s", sh_quote(TARGET), sh_quote(sidfile), per_client, sh_quote(go),
+      sh_quote(outs[w]), sh_quote(MAIN)))
   end
   for w = 1, #sid_lists do
     wait_file(outs[w] .. ".ready", 30, "client start")
@@ -531,7 +539,7 @@ local function clients()
     local lists = {}
     for w = 1, n do
       lists[w] = {}
-      for j = 1, CFG.client_sids do lists[w][j] = SIDS.default[(w - 1) * CFG.client_sids + j] end
+      for j = 1, CFG.client_sids do lists[w][j] = SIDS[MAIN][(w - 1) * CFG.client_sids + j] end
     end
     res[n] = clients_run("spread-" .. n, lists, CFG.client_n)
     if have_pgbench then
@@ -541,8 +549,8 @@ local function clients()
       res[n].ops_s, tostring(res[n].bare_tps), tostring(res[n].notify_tps))
   end
   -- 4 on one session: no lost update
-  local A = pairstore.open(TARGET, { durable = true, max_sessions = 100000 })
-  local sid = SIDS.default[#SIDS.default]
+  local A = pairstore.open(TARGET, { durable = true, max_sessions = 100000, store = MAIN })
+  local sid = SIDS[MAIN][#SIDS[MAIN]]
   local before = must(A:get(sid)).benchCounter or 0
   local lists = {}
   for w = 1, CFG.contention_workers do lists[w] = { sid } end
@@ -654,7 +662,7 @@ local function report(CL, ST, RT, elapsed)
   end
   p("")
   p(fmt("Clients: separate processes, each %d updates over %d sessions of its own (store of %d live sessions),",
-    CFG.client_n, CFG.client_sids, #SIDS.default))
+    CFG.client_n, CFG.client_sids, #SIDS[MAIN]))
   p(fmt("started together; beside them pgbench with as many clients doing the bare committed UPDATE of a row of"))
   p(fmt("its own, alone and with a pg_notify (one round trip each; %d s per figure)", CFG.pgbench_s))
   p(fmt("  %-8s %10s %10s %s %s | %13s %14s", "clients", "total/s", "per client", lpad("µs/op (med)", 12), lpad("× 1", 8),
@@ -714,6 +722,8 @@ end
 
 local function main()
   local t0 = mono()
+  -- what the file section left in the page cache goes to disk now, not during our fsyncs
+  os.execute("sync")
   floor_setup()
   levels()
   local ST = count_statements()

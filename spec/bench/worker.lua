@@ -3,7 +3,8 @@
 --   contend PATH SID N DURABLE GOFILE OUT   N updates of SID, started together when GOFILE
 --                                           appears; each increments benchCounter. SID may
 --                                           be @FILE: the sids listed there (one a line),
---                                           updated in turn. PATH may be a PostgreSQL target.
+--                                           updated in turn. PATH may be a PostgreSQL target,
+--                                           then an 8th argument names the store.
 --   hold PATH SID DURABLE READY             takes the lock (update of SID), writes its pid to
 --                                           READY from inside the mutator, then sleeps there
 --                                           until it is SIGKILLed (60 s at most).
@@ -46,7 +47,7 @@ if mode == "contend" then
     sids = {}
     for line in io.lines(sid:sub(2)) do sids[#sids + 1] = line end
   end
-  local store = pairstore.open(path, { durable = durable })
+  local store = pairstore.open(path, { durable = durable, store = arg[8] })
   write_atomic(out .. ".ready", tostring(bu.getpid()))
   local deadline = bu.mono() + 60
   while not exists(go) do
