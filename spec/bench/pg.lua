@@ -18,12 +18,13 @@
 -- * Four stores in the one table (21 010 rows): of 10, 1 000 and 10 000 live sessions, and of
 --   10 000 sessions of which 10 are live and 9 990 consumed (what a store under the default
 --   max_sessions = 1000 holds at 10 000). Each round visits every store in turn, so that the
---   disk's drift over the run (its fsync time moves by 2× here) lands on every level alike. Sessions are added with store:import (texts made from one created session, each
---   with its own sid); then a checkpoint, every row rewritten once and VACUUM ANALYZE (see
---   settle: the steady state, with no first-write page images in the figures). At each level
---   get, update, create and consume, each at its level: create is followed by an untimed
---   delete (update -> false), consume by an untimed update setting the status back.
---   durable = true (the default).
+--   disk's drift over the run (its fsync time moves by 2× here) lands on every level alike.
+--   Sessions are added with store:import (texts made from one created session, each with its
+--   own sid); then a checkpoint, every row rewritten once and VACUUM ANALYZE (see settle: the
+--   steady state, with no first-write page images in the figures). At each level get, update,
+--   create and consume, each at its level: create is followed by an untimed delete (update ->
+--   false), consume by an untimed update setting the status back. durable = true (the
+--   default).
 -- * "bare statements it needs": the least any implementation can do for the operation:
 --   get = one round trip; update, consume, create = one round trip (read the row, or lock the
 --   store row and count, under a lock) plus one committed single-row write. ratio = our time
