@@ -172,10 +172,16 @@ typedef struct pg_eng {
 
 /* The next n commits send COMMIT and then lose the connection before its answer. */
 static int cut_commits;
-void ps_pg_fault_cut_commits(int n);
+static long roundtrips;
+
 void ps_pg_fault_cut_commits(int n)
 {
   cut_commits = n;
+}
+
+long ps_pg_roundtrips(void)
+{
+  return roundtrips;
 }
 
 /* ---- targets and messages --------------------------------------------------------------------- */
@@ -201,11 +207,13 @@ static void set_err(pg_eng *p, ps_err *err, const char *code, const char *fmt, c
     __attribute__((format(printf, 4, 0)));
 static void set_err(pg_eng *p, ps_err *err, const char *code, const char *fmt, const char *detail)
 {
-  char d[2048];
+  char d[2048], *c;
   size_t n;
   snprintf(d, sizeof d, "%s", detail ? detail : "");
   n = strlen(d);
   while (n && (d[n - 1] == '\n' || d[n - 1] == ' ')) d[--n] = '\0';
+  for (c = d; *c; c++) /* libpq's lines, as one */
+    if (*c == '\n' || *c == '\t') *c = ' ';
   ps_err_set(err, code, fmt, p->display, d);
   scrub(p, err->msg);
 }
@@ -358,6 +366,13 @@ static int setup(pg_eng *p, ps_err *err)
   return 0;
 }
 
+/* The server's notices (a WARNING at shutdown, say) are not the caller's output. */
+static void quiet(void *arg, const char *msg)
+{
+  (void)arg;
+  (void)msg;
+}
+
 /* Connects (if not connected) within connect_timeout_ms; 0, or -1 with err set. */
 static int connect_db(pg_eng *p, ps_err *err)
 {
@@ -374,6 +389,7 @@ static int connect_db(pg_eng *p, ps_err *err)
   }
   p->pid = getpid();
   p->gen++;
+  PQsetNoticeProcessor(p->conn, quiet, NULL);
   deadline = ps_mono_ms() + p->connect_ms;
   if (PQstatus(p->conn) == CONNECTION_BAD) st = PGRES_POLLING_FAILED;
   while (st != PGRES_POLLING_OK) {
@@ -434,6 +450,7 @@ static int roundtrip(pg_eng *p, const pgq *qs, int n, PGresult **res, int64_t bu
   PGconn *c;
 
   p->lost = 0;
+  roundtrips++;
   for (i = 0; i < n; i++) res[i] = NULL;
   if (!connecting && connect_db(p, err) != 0) return -1;
   c = p->conn;

@@ -447,6 +447,9 @@ typedef struct ps_pg_opts {
 int ps_pg_is_target(const char *target);
 /* Pushes a PostgreSQL engine for target (nothing connects yet) and returns it. */
 ps_engine *ps_pg_engine_new(lua_State *L, const char *target, const ps_pg_opts *o, int decode);
+/* Test hooks: cut the connection after sending the next n COMMITs; round trips so far. */
+void ps_pg_fault_cut_commits(int n);
+long ps_pg_roundtrips(void);
 /* The schema's DDL (what sql/pairstore.sql holds). */
 extern const char ps_pg_schema_sql[];
 
