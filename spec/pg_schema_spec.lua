@@ -15,6 +15,6 @@ describe("sql/pairstore.sql", function()
                             "pairstore_sessions_prune", "pairstore_sessions_created" } do
       assert.truthy(ddl:find(name, 1, true), name)
     end
-    assert.falsy(ddl:lower():find("jsonb", 1, true)) -- the record is text, kept verbatim
+    assert.truthy(ddl:find("\n  body       text NOT NULL,\n", 1, true)) -- text, kept verbatim (not jsonb)
   end)
 end)
