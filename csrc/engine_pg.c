@@ -106,11 +106,12 @@ static const stmt stmts[Q_NSTMT] = {
   /* Pruning, set-based: expire the live rows past their expiry (lastStatusChangeAtMs becomes
    * expiresAtMs, as the rule says), then delete the terminal rows past their retention.
    * Rows another transaction holds are skipped (it may be changing them; a later prune
-   * takes them): pruning never waits. */
+   * takes them): pruning never waits. The rows' txn stays: it still names the transaction
+   * that last wrote their text (what a lost COMMIT's lookup compares). */
   { "ps_expire", "UPDATE pairstore_sessions SET status = 'expired', live = false, "
-    "changed_at = expires_at, prune_at = prune_at + $3::int8, txn = $4 WHERE store = $1 AND sid IN "
+    "changed_at = expires_at, prune_at = prune_at + $3::int8 WHERE store = $1 AND sid IN "
     "(SELECT sid FROM pairstore_sessions WHERE store = $1 AND live AND prune_at < $2::int8 "
-    "FOR UPDATE SKIP LOCKED)", 4 },
+    "FOR UPDATE SKIP LOCKED)", 3 },
   { "ps_drop", "DELETE FROM pairstore_sessions WHERE store = $1 AND sid IN "
     "(SELECT sid FROM pairstore_sessions WHERE store = $1 AND NOT live AND prune_at < $2::int8 "
     "FOR UPDATE SKIP LOCKED)", 2 },
@@ -747,6 +748,7 @@ static int first_roundtrip(lua_State *L, pg_eng *p, int eng, int now_known, ps_e
   for (attempt = 0; attempt < 2; attempt++) {
     int reused = p->conn && p->pid == getpid() && PQstatus(p->conn) == CONNECTION_OK;
     err->code = NULL;
+    p->began = !p->readonly; /* from now on the server may be inside the transaction */
     rc = roundtrip(p, q, n, res, budget, 0, err);
     if (rc == 0) break;
     clear_all(res, n);
@@ -755,7 +757,6 @@ static int first_roundtrip(lua_State *L, pg_eng *p, int eng, int now_known, ps_e
   }
   if (rc != 0) return -1;
   p->rt1 = 1;
-  p->began = !p->readonly;
   if (i_read >= 0) {
     PGresult *r = res[i_read];
     int i, rows = PQntuples(r);
@@ -820,7 +821,6 @@ static int pe_prune_due(ps_engine *e, lua_State *L, int eng, int64_t now, int *r
   q[0].v[0] = p->store;
   q[0].v[1] = now_s;
   q[0].v[2] = ret_s;
-  q[0].v[3] = p->token;
   q[1].q = Q_DROP;
   q[1].v[0] = p->store;
   q[1].v[1] = now_s;
