@@ -494,6 +494,8 @@ typedef struct ps_jscan {
   size_t nspans, cap;
   int lone;              /* a lone surrogate escape somewhere (cjson refuses those) */
   int bigint;            /* an integer literal a double cannot hold exactly somewhere */
+  int value;             /* set by the caller: p is one value (a session), not a sessions
+                          * document; nothing is delimited */
 } ps_jscan;
 
 /* Checks that p is one JSON text (RFC 8259; finite numbers; nesting bounded) and finds the
