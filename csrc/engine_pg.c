@@ -52,6 +52,8 @@ const char ps_pg_schema_sql[] =
   "-- while live, the end of its retention once terminal). Pruning may mark a live row\n"
   "-- expired (status, live, changed_at, prune_at) without rewriting body: a reader applies\n"
   "-- the expiry to body itself. txn is the token of the transaction that last wrote it.\n"
+  "-- waited_until: someone waits for a change of this session (store:wait) until then, so\n"
+  "-- a change sends a notification (NOTIFY serialises commits: only when it is awaited).\n"
   "CREATE TABLE pairstore_sessions (\n"
   "  store      text NOT NULL REFERENCES pairstore_stores (store),\n"
   "  sid        text NOT NULL,\n"
@@ -63,6 +65,7 @@ const char ps_pg_schema_sql[] =
   "  prune_at   bigint NOT NULL,\n"
   "  txn        text NOT NULL,\n"
   "  body       text NOT NULL,\n"
+  "  waited_until bigint NOT NULL DEFAULT 0,\n"
   "  PRIMARY KEY (store, sid)\n"
   ");\n"
   "CREATE INDEX pairstore_sessions_prune ON pairstore_sessions (store, live, prune_at);\n"
@@ -70,7 +73,7 @@ const char ps_pg_schema_sql[] =
 
 /* The transaction's time in ms: the server's clock at the start of the transaction (for a
  * read, of its one statement), the same in every statement of it. */
-#define NOW_MS "(floor(extract(epoch from transaction_timestamp()) * 1000))::int8"
+#define NOW_MS "floor(date_part('epoch', transaction_timestamp()) * 1000)::int8"
 
 typedef struct stmt {
   const char *name, *sql;
@@ -79,7 +82,7 @@ typedef struct stmt {
 
 enum {
   Q_CLOCK, Q_LOCK_STORE, Q_COUNT, Q_FETCH, Q_GET, Q_LIST, Q_INSERT, Q_UPDATE, Q_DELETE,
-  Q_EXPIRE, Q_DROP, Q_NOTIFY, Q_OUTCOME, Q_NSTMT
+  Q_EXPIRE, Q_DROP, Q_NOTIFY, Q_OUTCOME, Q_WAIT, Q_NSTMT
 };
 
 static const stmt stmts[Q_NSTMT] = {
@@ -89,10 +92,11 @@ static const stmt stmts[Q_NSTMT] = {
   { "ps_lock_store", "SELECT 1 FROM pairstore_stores WHERE store = $1 FOR UPDATE", 1 },
   { "ps_count", "SELECT count(*) FROM (SELECT 1 FROM pairstore_sessions WHERE store = $1 AND live "
     "AND prune_at >= COALESCE($2::int8, " NOW_MS ") LIMIT $3::int8) AS t", 3 },
-  { "ps_fetch", "SELECT body, live, txn FROM pairstore_sessions WHERE store = $1 AND sid = $2 "
-    "FOR UPDATE", 2 },
-  { "ps_get", "SELECT c.now_ms, s.body, s.live, s.txn FROM (SELECT " NOW_MS " AS now_ms) AS c "
-    "LEFT JOIN pairstore_sessions AS s ON s.store = $1 AND s.sid = $2", 2 },
+  { "ps_fetch", "SELECT body, live, txn, waited_until FROM pairstore_sessions WHERE store = $1 "
+    "AND sid = $2 FOR UPDATE", 2 },
+  /* (no row: no clock either, and none is needed to say not_found) */
+  { "ps_get", "SELECT " NOW_MS ", body, live, txn FROM pairstore_sessions WHERE store = $1 "
+    "AND sid = $2", 2 },
   { "ps_list", "SELECT c.now_ms, s.body, s.live, s.txn, s.sid FROM (SELECT " NOW_MS " AS now_ms) AS c "
     "LEFT JOIN pairstore_sessions AS s ON s.store = $1 AND (s.live OR NOT $2::boolean) "
     "ORDER BY s.created_at, s.sid", 2 },
@@ -117,6 +121,10 @@ static const stmt stmts[Q_NSTMT] = {
     "FOR UPDATE SKIP LOCKED)", 2 },
   { "ps_notify", "SELECT pg_notify('" NOTIFY_CHANNEL "', $1)", 1 },
   { "ps_outcome", "SELECT txn FROM pairstore_sessions WHERE store = $1 AND sid = $2", 2 },
+  /* A waiter says so on the row itself: a writer that locked the row before waits it out
+   * (the waiter then reads its change); one that locks it after sees waited_until. */
+  { "ps_wait", "UPDATE pairstore_sessions SET waited_until = GREATEST(waited_until, " NOW_MS
+    " + $3::int8) WHERE store = $1 AND sid = $2", 3 },
 };
 
 /* One statement of a round trip: a prepared one (q >= 0) or plain SQL without parameters. */
@@ -133,9 +141,9 @@ typedef struct pgq {
  * their texts as stored (sid -> string); the rows the store holds (sid -> txn token: the
  * row exists); sessions changed in memory since read (sid -> true); pending writes (sid ->
  * text to store, or false: delete); sids read (sid -> true); the sids a list read, in
- * order. */
+ * order; until when someone waits for a change of a session read for update (sid -> ms). */
 enum { UV_DECODE = 1, UV_ROWS, UV_TEXTS, UV_TOKENS, UV_DIRTY, UV_PENDING, UV_SEEN, UV_LISTED,
-       UV_COUNT = UV_LISTED };
+       UV_WAITED, UV_COUNT = UV_WAITED };
 
 typedef struct pg_eng {
   ps_engine base;
@@ -611,6 +619,10 @@ static void take_row(lua_State *L, pg_eng *p, int eng, const char *sid, PGresult
   live = PQgetvalue(r, i, c0 + 1)[0] == 't';
   lua_pushstring(L, PQgetvalue(r, i, c0 + 2));
   uv_set(L, eng, UV_TOKENS, sid);
+  if (PQnfields(r) > c0 + 3) { /* a fetch for update */
+    lua_pushinteger(L, (lua_Integer)strtoll(PQgetvalue(r, i, c0 + 3), NULL, 10));
+    uv_set(L, eng, UV_WAITED, sid);
+  }
   lua_pushlstring(L, body, (size_t)PQgetlength(r, i, c0));
   uv_set(L, eng, UV_TEXTS, sid);
   lua_getiuservalue(L, eng, UV_DECODE);
@@ -656,7 +668,7 @@ static void push_pruned(lua_State *L, pg_eng *p, int eng, const char *sid)
 static void reset_txn(lua_State *L, pg_eng *p, int eng)
 {
   int i;
-  for (i = UV_ROWS; i <= UV_LISTED; i++) {
+  for (i = UV_ROWS; i <= UV_WAITED; i++) {
     lua_newtable(L);
     lua_setiuservalue(L, eng, i);
   }
@@ -760,7 +772,9 @@ static int first_roundtrip(lua_State *L, pg_eng *p, int eng, int now_known, ps_e
   if (i_read >= 0) {
     PGresult *r = res[i_read];
     int i, rows = PQntuples(r);
-    if (!now_known && rows > 0) p->now = (int64_t)strtoll(PQgetvalue(r, 0, 0), NULL, 10);
+    if (!now_known) /* no row: nothing to prune, any clock will do */
+      p->now = rows > 0 && !PQgetisnull(r, 0, 0) ? (int64_t)strtoll(PQgetvalue(r, 0, 0), NULL, 10)
+                                                 : ps_wall_ms();
     if (p->hint.sid) {
       take_row(L, p, eng, p->hint.sid, r, 0, 1);
     } else {
@@ -1119,6 +1133,7 @@ static int pe_end(ps_engine *e, lua_State *L, int eng, int how, ps_err *err)
     lua_getiuservalue(L, eng, UV_ROWS);
     lua_getiuservalue(L, eng, UV_TOKENS);
     lua_newtable(L); /* payloads of the notifications, kept alive until sent */
+    lua_getiuservalue(L, eng, UV_WAITED);
     lua_pushnil(L);
     i = 0;
     while (lua_next(L, pend) != 0) {
@@ -1159,11 +1174,14 @@ static int pe_end(ps_engine *e, lua_State *L, int eng, int how, ps_err *err)
         lua_pop(L, 1); /* the session stays in UV_ROWS: its strings stay alive */
         i++;
       }
-      lua_pushfstring(L, "%s%s", sid, p->store);
-      q[n].q = Q_NOTIFY;
-      q[n++].v[0] = lua_tostring(L, -1);
-      lua_rawseti(L, pend + 3, (lua_Integer)lua_rawlen(L, pend + 3) + 1);
-      lua_pop(L, 1);
+      lua_getfield(L, pend + 4, sid);
+      if (lua_tointeger(L, -1) >= p->now) { /* awaited */
+        lua_pushfstring(L, "%s%s", sid, p->store);
+        q[n].q = Q_NOTIFY;
+        q[n++].v[0] = lua_tostring(L, -1);
+        lua_rawseti(L, pend + 3, (lua_Integer)lua_rawlen(L, pend + 3) + 1);
+      }
+      lua_pop(L, 2);
     }
     q[n].q = -1;
     q[n++].sql = "COMMIT";
@@ -1240,6 +1258,9 @@ static void pe_events_clear(ps_engine *e)
 
 /* ---- waiting: LISTEN / NOTIFY ------------------------------------------------------------------- */
 
+/* How long a watch announces itself for (ms): store:wait watches again before it ends. */
+#define PS_PG_WAIT_HORIZON "3600000"
+
 typedef struct pg_watch {
   pg_eng *p;             /* kept alive by the watcher (its user value is the engine) */
   unsigned gen;          /* the connection it listens on */
@@ -1297,16 +1318,27 @@ static int pe_watch(ps_engine *e, lua_State *L, int eng, const char *sid, ps_err
     free(w);
     return -1;
   }
-  if (!p->listening) {
-    pgq q = { -1, "LISTEN " NOTIFY_CHANNEL, { 0 }, { 0 } };
-    PGresult *r = NULL;
-    if (roundtrip(p, &q, 1, &r, p->stmt_ms, 0, err) != 0) {
-      PQclear(r);
+  {
+    /* listen first, then say so on the row: a change after that is notified */
+    pgq q[2];
+    PGresult *r[2] = { NULL, NULL };
+    int n = 0;
+    memset(q, 0, sizeof q);
+    if (!p->listening) {
+      q[n].q = -1;
+      q[n++].sql = "LISTEN " NOTIFY_CHANNEL;
+    }
+    q[n].q = Q_WAIT;
+    q[n].v[0] = p->store;
+    q[n].v[1] = sid;
+    q[n++].v[2] = PS_PG_WAIT_HORIZON;
+    if (roundtrip(p, q, n, r, p->stmt_ms + p->lock_wait_ms, 0, err) != 0) {
+      clear_all(r, n);
       p->watchers--;
       free(w);
       return -1;
     }
-    PQclear(r);
+    clear_all(r, n);
     p->listening = 1;
   }
   w->gen = p->gen;
@@ -1412,7 +1444,7 @@ ps_engine *ps_pg_engine_new(lua_State *L, const char *target, const ps_pg_opts *
   p->next_prune = INT64_MAX;
   lua_pushvalue(L, decode);
   lua_setiuservalue(L, -2, UV_DECODE);
-  for (i = UV_ROWS; i <= UV_LISTED; i++) {
+  for (i = UV_ROWS; i <= UV_WAITED; i++) {
     lua_newtable(L);
     lua_setiuservalue(L, -2, i);
   }

@@ -308,6 +308,8 @@ end
 -- Waiting for a change ------------------------------------------------------------------------
 
 local WAIT_OPTIONS = { timeout_ms = "number", signals = "boolean" }
+local WATCH_RENEW_MS = 30 * 60 * 1000
+local WATCH_MT = { __close = function(h) if h.w then h.w:close() end end }
 
 local function same(a, b, depth)
   if a == b then return true end
@@ -343,14 +345,27 @@ function Store:wait(sid, opts)
     if not timeout or timeout < 0 then argerror(2, "wait", "option timeout_ms must be a non-negative integer") end
   end
   -- Watch first, then read: a change in between is queued, not missed.
-  local w <close>, wmsg, wcode = self._core:watch(sid)
+  local watch <close> = setmetatable({}, WATCH_MT)
+  local w, wmsg, wcode = self._core:watch(sid)
+  watch.w = w
   local first, msg, code = self:get(sid)
   if not first then return nil, msg, code end
   if not w then return nil, wmsg, wcode end
   local deadline = timeout and core.mono_ms() + timeout
+  -- A watch lasts an hour at most (a PostgreSQL store announces the wait for that long):
+  -- a longer wait watches again.
+  local renew_at = core.mono_ms() + WATCH_RENEW_MS
   while true do
+    if core.mono_ms() >= renew_at then
+      w:close()
+      w, wmsg, wcode = self._core:watch(sid)
+      watch.w = w
+      if not w then return nil, wmsg, wcode end
+      renew_at = core.mono_ms() + WATCH_RENEW_MS
+    end
     local left = deadline and deadline - core.mono_ms()
     if left and left < 0 then left = 0 end
+    if not left or left > renew_at - core.mono_ms() then left = math.max(0, renew_at - core.mono_ms()) end
     -- A session changes by itself when pruning is due for it (it expires, or its retention
     -- ends): the next read after that moment shows it.
     local due = core.next_prune(first) - self:now() + 1
