@@ -1210,6 +1210,22 @@ describe("pairstore migrate", function()
     assert.matches("^pairstore: cannot migrate into [^\n]+%[unavailable%]", err)
   end)
 
+  it("names the sessions a file holds with bytes that are not UTF-8, which PostgreSQL cannot store", function()
+    local f1 = dir .. "/from.json"
+    local texts = write_fixture(f1)
+    local raw = helpers.read(f1)
+    local sid = ("c0ffee"):rep(5) .. "01"
+    helpers.write(f1, (raw:gsub('"note":"', '"note":"\255\254', 1))) -- a hand edit: the store never writes these
+    local rc, out, err = run("migrate " .. q(f1) .. " " .. PGT() .. " --to-store-name " .. q(name))
+    assert.are.equal(2, rc)
+    assert.are.equal("", out)
+    assert.matches("^pairstore: cannot migrate into [^\n]+ %(postgresql%): sessions " .. sid
+      .. " of [^\n]+ %(file%) hold bytes that are not UTF%-8, which PostgreSQL cannot store %([^\n]+%);"
+      .. " nothing was copied %[%a+%]\n$", err)
+    assert.are.same({}, assert(pg():export()))
+    assert.are.equal(#texts, #assert(fstore(f1):export()))
+  end)
+
   it("says so when FROM holds no sessions", function()
     local rc, out, err = run("migrate " .. q(dir .. "/none.json") .. " " .. PGT() .. " --to-store-name " .. q(name))
     assert.are.equal(0, rc)
