@@ -925,7 +925,8 @@ describe("bin/pairstore (" .. backend .. " store)", function()
     it("documents the store targets, the store name, their variables and migrate", function()
       local _, out = cli("--help")
       for _, s in ipairs { "--store TARGET", "--store-name NAME", "PAIRSTORE_STORE", "PAIRSTORE_STORE_NAME",
-        "postgresql://", "postgres://", "pg:", "password", "unavailable", "outcome_unknown", "migrate" } do
+        "postgresql://", "postgres://", "pg:", "password", "unavailable", "outcome_unknown", "migrate",
+        "schema" } do
         assert.matches(s, out, 1, true)
       end
       local _, mout = cli("migrate --help")
@@ -933,6 +934,21 @@ describe("bin/pairstore (" .. backend .. " store)", function()
         "again" } do
         assert.matches(s, mout, 1, true)
       end
+    end)
+  end)
+
+  describe("schema", function()
+    it("prints the PostgreSQL schema's DDL, what sql/pairstore.sql holds, and touches no store", function()
+      local rc, out, err = cli("schema")
+      assert.are.equal(0, rc)
+      assert.are.equal("", err)
+      assert.are.equal(helpers.read(helpers.ROOT .. "/sql/pairstore.sql"), out)
+      assert.are.equal(pairstore.pg_schema_sql(), out)
+      assert_nothing_stored()
+      rc, out, err = cli("schema >/dev/full")
+      assert.are.equal(2, rc)
+      assert.are.equal("", out)
+      assert.matches("cannot write the output", err, 1, true)
     end)
   end)
 
