@@ -1051,6 +1051,21 @@ describe("bin/pairstore (" .. backend .. " store)", function()
           assert.is_nil(pairstore.open(target, { store = pg_name }).path:find("Sekr3t", 1, true))
         end
       end)
+
+      it("never prints a password hidden in a value of the target (a URI or conninfo as dbname)", function()
+        local host = assert(pg_target():match("[?&]host=([^&]+)"))
+        for _, target in ipairs {
+          "pg:dbname=postgresql://pairstore:Sekr3t1@/pairstore?host=" .. host,
+          "postgresql:///postgresql%3A%2F%2Fpairstore%3ASekr3t2%40%2Fpairstore?host=" .. host,
+          "pg:dbname='host=" .. host .. " user=pairstore password=Sekr3t3 dbname=pairstore'",
+        } do
+          for _, args in ipairs { "--store " .. q(target) .. " list", "migrate " .. q(target) .. " " .. q(file), q(target) } do
+            local rc, out, err = cli(args, { nofile = true })
+            assert.are.equal(2, rc, args)
+            assert.is_nil((out .. err):find("Sekr3t", 1, true), "a password was printed: " .. out .. err)
+          end
+        end
+      end)
     end
   end)
 end)
