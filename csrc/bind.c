@@ -202,6 +202,26 @@ static int m_watch(lua_State *L)
   return 1;
 }
 
+/* now() -> the store's clock: the `now` option, else the engine's (a server's: one
+ * transaction that only reads it), else the local wall clock. */
+static int m_now(lua_State *L)
+{
+  ps_store *s = check_store(L, 1);
+  lua_settop(L, 1);
+  lua_getiuservalue(L, 1, PS_UV_OPTS);
+  lua_getfield(L, -1, "now");
+  if (!lua_isnil(L, -1)) { /* the caller's clock, as the caller wrote it */
+    lua_call(L, 0, 1);
+    return 1;
+  }
+  if (!s->eng->m->clock) {
+    lua_pushinteger(L, (lua_Integer)ps_wall_ms());
+    return 1;
+  }
+  lua_settop(L, 1);
+  return run(L, PS_OP_NOW, 1);
+}
+
 static int m_backend(lua_State *L)
 {
   ps_store *s = check_store(L, 1);
@@ -444,6 +464,7 @@ static const luaL_Reg store_methods[] = {
   { "transition", m_transition }, { "reject", m_reject }, { "register_failed_code", m_failed_code },
   { "verify_code", m_verify }, { "consume", m_consume }, { "respond", m_respond }, { "prune", m_prune },
   { "export", m_export }, { "import", m_import }, { "watch", m_watch }, { "backend", m_backend },
+  { "now", m_now },
   { "close", m_close }, { "path", m_path }, { NULL, NULL },
 };
 

@@ -1233,9 +1233,25 @@ static int pe_end(ps_engine *e, lua_State *L, int eng, int how, ps_err *err)
       if (roundtrip(p, &rb, 1, &r, p->stmt_ms, 1, &e2) != 0) drop_conn(p);
       PQclear(r);
     }
+    if (rc != 0 && err->code && !strcmp(err->code, "database")) {
+      /* which session the server refused, and why in our terms */
+      for (i = 0; i < n; i++) {
+        const char *state;
+        if (!res[i] || PQresultStatus(res[i]) != PGRES_FATAL_ERROR) continue;
+        state = PQresultErrorField(res[i], PG_DIAG_SQLSTATE);
+        if (q[i].q == Q_INSERT || q[i].q == Q_UPDATE) {
+          if (state && !strcmp(state, "22021"))
+            ps_err_set(err, "invalid", "PostgreSQL %s: session %.64s holds bytes that are not "
+                       "valid UTF-8, which PostgreSQL cannot store as text; nothing was stored",
+                       p->display, q[i].v[1]);
+          else if (state && !strcmp(state, "23505"))
+            ps_err_set(err, "invalid", "PostgreSQL %s: session %.64s was just stored by another "
+                       "transaction; nothing was stored", p->display, q[i].v[1]);
+        }
+        break;
+      }
+    }
     for (i = 0; i < n; i++) PQclear(res[i]);
-    if (rc != 0 && err->code && !strcmp(err->code, "database") && strstr(err->msg, "SQLSTATE 23505"))
-      err->code = "invalid"; /* a sid another transaction just stored */
     free(q);
     free(res);
     free(cs);
@@ -1390,6 +1406,11 @@ static char *make_display(PQconninfoOption *opts, const char *store)
     else if (!strcmp(o->keyword, "port")) port = o->val;
     else if (!strcmp(o->keyword, "dbname")) db = o->val;
   }
+  if (strspn(port, ",") == strlen(port)) port = ""; /* a multi-host target's empty ports */
+  /* A dbname that is itself a URI or a conninfo (libpq does not expand it here, but it
+   * may hold a password): not shown. Nor a user name that could be one. */
+  if (strstr(db, "://") || strchr(db, '=') || strchr(db, '@')) db = "[dbname not shown]";
+  if (strchr(user, ':') || strchr(user, '@') || strchr(user, '=')) user = "[user not shown]";
   n = strlen(user) + strlen(host) + strlen(port) + strlen(db) + strlen(store) + 64;
   out = malloc(n);
   if (out)

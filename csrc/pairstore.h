@@ -468,7 +468,7 @@ typedef struct ps_store {
 
 typedef enum {
   PS_OP_GET, PS_OP_LIST, PS_OP_CREATE, PS_OP_UPDATE, PS_OP_TRANSITION, PS_OP_FAILED_CODE,
-  PS_OP_VERIFY, PS_OP_CONSUME, PS_OP_RESPOND, PS_OP_PRUNE, PS_OP_EXPORT, PS_OP_IMPORT,
+  PS_OP_VERIFY, PS_OP_CONSUME, PS_OP_RESPOND, PS_OP_PRUNE, PS_OP_EXPORT, PS_OP_IMPORT, PS_OP_NOW,
 } ps_op;
 
 /* Runs op on the store at 1 as one transaction; the method's arguments are 2..top. */

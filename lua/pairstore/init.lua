@@ -294,10 +294,10 @@ function Store:list_active() return core_of(self, "list_active"):list(true) end
 function Store:list_all() return core_of(self, "list_all"):list(false) end
 function Store:prune() return core_of(self, "prune"):prune() end
 
---- The store's clock (the `now` option, else the wall clock), in integer ms.
+--- The store's clock in integer ms: the `now` option, else the database server's for a
+-- PostgreSQL store, else the wall clock --> ms | nil, message, code
 function Store:now()
-  if self._now then return self._now() end
-  return core.now_ms()
+  return core_of(self, "now"):now()
 end
 
 --- The phone's response: one locked transaction (see pairstore.respond).
@@ -368,7 +368,9 @@ function Store:wait(sid, opts)
     if not left or left > renew_at - core.mono_ms() then left = math.max(0, renew_at - core.mono_ms()) end
     -- A session changes by itself when pruning is due for it (it expires, or its retention
     -- ends): the next read after that moment shows it.
-    local due = core.next_prune(first) - self:now() + 1
+    local t, tmsg, tcode = self:now()
+    if not t then return nil, tmsg, tcode end
+    local due = core.next_prune(first) - t + 1
     if due > 0 and (not left or due < left) then left = due end
     local ev, emsg, ecode = w:wait(left, opts.signals)
     if not ev then return nil, emsg, ecode end
