@@ -52,6 +52,8 @@ const char ps_pg_schema_sql[] =
   "-- while live, the end of its retention once terminal). Pruning may mark a live row\n"
   "-- expired (status, live, changed_at, prune_at) without rewriting body: a reader applies\n"
   "-- the expiry to body itself. txn is the token of the transaction that last wrote it.\n"
+  "-- waited_until: someone waits for a change of this session (store:wait) until then, so\n"
+  "-- a change sends a notification (NOTIFY serialises commits: only when it is awaited).\n"
   "CREATE TABLE pairstore_sessions (\n"
   "  store      text NOT NULL REFERENCES pairstore_stores (store),\n"
   "  sid        text NOT NULL,\n"
@@ -63,6 +65,7 @@ const char ps_pg_schema_sql[] =
   "  prune_at   bigint NOT NULL,\n"
   "  txn        text NOT NULL,\n"
   "  body       text NOT NULL,\n"
+  "  waited_until bigint NOT NULL DEFAULT 0,\n"
   "  PRIMARY KEY (store, sid)\n"
   ");\n"
   "CREATE INDEX pairstore_sessions_prune ON pairstore_sessions (store, live, prune_at);\n"
@@ -70,7 +73,7 @@ const char ps_pg_schema_sql[] =
 
 /* The transaction's time in ms: the server's clock at the start of the transaction (for a
  * read, of its one statement), the same in every statement of it. */
-#define NOW_MS "(floor(extract(epoch from transaction_timestamp()) * 1000))::int8"
+#define NOW_MS "floor(date_part('epoch', transaction_timestamp()) * 1000)::int8"
 
 typedef struct stmt {
   const char *name, *sql;
@@ -79,7 +82,7 @@ typedef struct stmt {
 
 enum {
   Q_CLOCK, Q_LOCK_STORE, Q_COUNT, Q_FETCH, Q_GET, Q_LIST, Q_INSERT, Q_UPDATE, Q_DELETE,
-  Q_EXPIRE, Q_DROP, Q_NOTIFY, Q_OUTCOME, Q_NSTMT
+  Q_EXPIRE, Q_DROP, Q_NOTIFY, Q_OUTCOME, Q_WAIT, Q_NSTMT
 };
 
 static const stmt stmts[Q_NSTMT] = {
@@ -89,10 +92,11 @@ static const stmt stmts[Q_NSTMT] = {
   { "ps_lock_store", "SELECT 1 FROM pairstore_stores WHERE store = $1 FOR UPDATE", 1 },
   { "ps_count", "SELECT count(*) FROM (SELECT 1 FROM pairstore_sessions WHERE store = $1 AND live "
     "AND prune_at >= COALESCE($2::int8, " NOW_MS ") LIMIT $3::int8) AS t", 3 },
-  { "ps_fetch", "SELECT body, live, txn FROM pairstore_sessions WHERE store = $1 AND sid = $2 "
-    "FOR UPDATE", 2 },
-  { "ps_get", "SELECT c.now_ms, s.body, s.live, s.txn FROM (SELECT " NOW_MS " AS now_ms) AS c "
-    "LEFT JOIN pairstore_sessions AS s ON s.store = $1 AND s.sid = $2", 2 },
+  { "ps_fetch", "SELECT body, live, txn, waited_until FROM pairstore_sessions WHERE store = $1 "
+    "AND sid = $2 FOR UPDATE", 2 },
+  /* (no row: no clock either, and none is needed to say not_found) */
+  { "ps_get", "SELECT " NOW_MS ", body, live, txn FROM pairstore_sessions WHERE store = $1 "
+    "AND sid = $2", 2 },
   { "ps_list", "SELECT c.now_ms, s.body, s.live, s.txn, s.sid FROM (SELECT " NOW_MS " AS now_ms) AS c "
     "LEFT JOIN pairstore_sessions AS s ON s.store = $1 AND (s.live OR NOT $2::boolean) "
     "ORDER BY s.created_at, s.sid", 2 },
@@ -106,16 +110,21 @@ static const stmt stmts[Q_NSTMT] = {
   /* Pruning, set-based: expire the live rows past their expiry (lastStatusChangeAtMs becomes
    * expiresAtMs, as the rule says), then delete the terminal rows past their retention.
    * Rows another transaction holds are skipped (it may be changing them; a later prune
-   * takes them): pruning never waits. */
+   * takes them): pruning never waits. The rows' txn stays: it still names the transaction
+   * that last wrote their text (what a lost COMMIT's lookup compares). */
   { "ps_expire", "UPDATE pairstore_sessions SET status = 'expired', live = false, "
-    "changed_at = expires_at, prune_at = prune_at + $3::int8, txn = $4 WHERE store = $1 AND sid IN "
+    "changed_at = expires_at, prune_at = prune_at + $3::int8 WHERE store = $1 AND sid IN "
     "(SELECT sid FROM pairstore_sessions WHERE store = $1 AND live AND prune_at < $2::int8 "
-    "FOR UPDATE SKIP LOCKED)", 4 },
+    "FOR UPDATE SKIP LOCKED)", 3 },
   { "ps_drop", "DELETE FROM pairstore_sessions WHERE store = $1 AND sid IN "
     "(SELECT sid FROM pairstore_sessions WHERE store = $1 AND NOT live AND prune_at < $2::int8 "
     "FOR UPDATE SKIP LOCKED)", 2 },
   { "ps_notify", "SELECT pg_notify('" NOTIFY_CHANNEL "', $1)", 1 },
   { "ps_outcome", "SELECT txn FROM pairstore_sessions WHERE store = $1 AND sid = $2", 2 },
+  /* A waiter says so on the row itself: a writer that locked the row before waits it out
+   * (the waiter then reads its change); one that locks it after sees waited_until. */
+  { "ps_wait", "UPDATE pairstore_sessions SET waited_until = GREATEST(waited_until, " NOW_MS
+    " + $3::int8) WHERE store = $1 AND sid = $2", 3 },
 };
 
 /* One statement of a round trip: a prepared one (q >= 0) or plain SQL without parameters. */
@@ -132,9 +141,9 @@ typedef struct pgq {
  * their texts as stored (sid -> string); the rows the store holds (sid -> txn token: the
  * row exists); sessions changed in memory since read (sid -> true); pending writes (sid ->
  * text to store, or false: delete); sids read (sid -> true); the sids a list read, in
- * order. */
+ * order; until when someone waits for a change of a session read for update (sid -> ms). */
 enum { UV_DECODE = 1, UV_ROWS, UV_TEXTS, UV_TOKENS, UV_DIRTY, UV_PENDING, UV_SEEN, UV_LISTED,
-       UV_COUNT = UV_LISTED };
+       UV_WAITED, UV_COUNT = UV_WAITED };
 
 typedef struct pg_eng {
   ps_engine base;
@@ -172,10 +181,16 @@ typedef struct pg_eng {
 
 /* The next n commits send COMMIT and then lose the connection before its answer. */
 static int cut_commits;
-void ps_pg_fault_cut_commits(int n);
+static long roundtrips;
+
 void ps_pg_fault_cut_commits(int n)
 {
   cut_commits = n;
+}
+
+long ps_pg_roundtrips(void)
+{
+  return roundtrips;
 }
 
 /* ---- targets and messages --------------------------------------------------------------------- */
@@ -201,11 +216,13 @@ static void set_err(pg_eng *p, ps_err *err, const char *code, const char *fmt, c
     __attribute__((format(printf, 4, 0)));
 static void set_err(pg_eng *p, ps_err *err, const char *code, const char *fmt, const char *detail)
 {
-  char d[2048];
+  char d[2048], *c;
   size_t n;
   snprintf(d, sizeof d, "%s", detail ? detail : "");
   n = strlen(d);
   while (n && (d[n - 1] == '\n' || d[n - 1] == ' ')) d[--n] = '\0';
+  for (c = d; *c; c++) /* libpq's lines, as one */
+    if (*c == '\n' || *c == '\t') *c = ' ';
   ps_err_set(err, code, fmt, p->display, d);
   scrub(p, err->msg);
 }
@@ -358,6 +375,13 @@ static int setup(pg_eng *p, ps_err *err)
   return 0;
 }
 
+/* The server's notices (a WARNING at shutdown, say) are not the caller's output. */
+static void quiet(void *arg, const char *msg)
+{
+  (void)arg;
+  (void)msg;
+}
+
 /* Connects (if not connected) within connect_timeout_ms; 0, or -1 with err set. */
 static int connect_db(pg_eng *p, ps_err *err)
 {
@@ -374,6 +398,7 @@ static int connect_db(pg_eng *p, ps_err *err)
   }
   p->pid = getpid();
   p->gen++;
+  PQsetNoticeProcessor(p->conn, quiet, NULL);
   deadline = ps_mono_ms() + p->connect_ms;
   if (PQstatus(p->conn) == CONNECTION_BAD) st = PGRES_POLLING_FAILED;
   while (st != PGRES_POLLING_OK) {
@@ -434,6 +459,7 @@ static int roundtrip(pg_eng *p, const pgq *qs, int n, PGresult **res, int64_t bu
   PGconn *c;
 
   p->lost = 0;
+  roundtrips++;
   for (i = 0; i < n; i++) res[i] = NULL;
   if (!connecting && connect_db(p, err) != 0) return -1;
   c = p->conn;
@@ -593,6 +619,10 @@ static void take_row(lua_State *L, pg_eng *p, int eng, const char *sid, PGresult
   live = PQgetvalue(r, i, c0 + 1)[0] == 't';
   lua_pushstring(L, PQgetvalue(r, i, c0 + 2));
   uv_set(L, eng, UV_TOKENS, sid);
+  if (PQnfields(r) > c0 + 3) { /* a fetch for update */
+    lua_pushinteger(L, (lua_Integer)strtoll(PQgetvalue(r, i, c0 + 3), NULL, 10));
+    uv_set(L, eng, UV_WAITED, sid);
+  }
   lua_pushlstring(L, body, (size_t)PQgetlength(r, i, c0));
   uv_set(L, eng, UV_TEXTS, sid);
   lua_getiuservalue(L, eng, UV_DECODE);
@@ -638,7 +668,7 @@ static void push_pruned(lua_State *L, pg_eng *p, int eng, const char *sid)
 static void reset_txn(lua_State *L, pg_eng *p, int eng)
 {
   int i;
-  for (i = UV_ROWS; i <= UV_LISTED; i++) {
+  for (i = UV_ROWS; i <= UV_WAITED; i++) {
     lua_newtable(L);
     lua_setiuservalue(L, eng, i);
   }
@@ -730,6 +760,7 @@ static int first_roundtrip(lua_State *L, pg_eng *p, int eng, int now_known, ps_e
   for (attempt = 0; attempt < 2; attempt++) {
     int reused = p->conn && p->pid == getpid() && PQstatus(p->conn) == CONNECTION_OK;
     err->code = NULL;
+    p->began = !p->readonly; /* from now on the server may be inside the transaction */
     rc = roundtrip(p, q, n, res, budget, 0, err);
     if (rc == 0) break;
     clear_all(res, n);
@@ -738,11 +769,12 @@ static int first_roundtrip(lua_State *L, pg_eng *p, int eng, int now_known, ps_e
   }
   if (rc != 0) return -1;
   p->rt1 = 1;
-  p->began = !p->readonly;
   if (i_read >= 0) {
     PGresult *r = res[i_read];
     int i, rows = PQntuples(r);
-    if (!now_known && rows > 0) p->now = (int64_t)strtoll(PQgetvalue(r, 0, 0), NULL, 10);
+    if (!now_known) /* no row: nothing to prune, any clock will do */
+      p->now = rows > 0 && !PQgetisnull(r, 0, 0) ? (int64_t)strtoll(PQgetvalue(r, 0, 0), NULL, 10)
+                                                 : ps_wall_ms();
     if (p->hint.sid) {
       take_row(L, p, eng, p->hint.sid, r, 0, 1);
     } else {
@@ -803,7 +835,6 @@ static int pe_prune_due(ps_engine *e, lua_State *L, int eng, int64_t now, int *r
   q[0].v[0] = p->store;
   q[0].v[1] = now_s;
   q[0].v[2] = ret_s;
-  q[0].v[3] = p->token;
   q[1].q = Q_DROP;
   q[1].v[0] = p->store;
   q[1].v[1] = now_s;
@@ -1102,6 +1133,7 @@ static int pe_end(ps_engine *e, lua_State *L, int eng, int how, ps_err *err)
     lua_getiuservalue(L, eng, UV_ROWS);
     lua_getiuservalue(L, eng, UV_TOKENS);
     lua_newtable(L); /* payloads of the notifications, kept alive until sent */
+    lua_getiuservalue(L, eng, UV_WAITED);
     lua_pushnil(L);
     i = 0;
     while (lua_next(L, pend) != 0) {
@@ -1142,11 +1174,14 @@ static int pe_end(ps_engine *e, lua_State *L, int eng, int how, ps_err *err)
         lua_pop(L, 1); /* the session stays in UV_ROWS: its strings stay alive */
         i++;
       }
-      lua_pushfstring(L, "%s%s", sid, p->store);
-      q[n].q = Q_NOTIFY;
-      q[n++].v[0] = lua_tostring(L, -1);
-      lua_rawseti(L, pend + 3, (lua_Integer)lua_rawlen(L, pend + 3) + 1);
-      lua_pop(L, 1);
+      lua_getfield(L, pend + 4, sid);
+      if (lua_tointeger(L, -1) >= p->now) { /* awaited */
+        lua_pushfstring(L, "%s%s", sid, p->store);
+        q[n].q = Q_NOTIFY;
+        q[n++].v[0] = lua_tostring(L, -1);
+        lua_rawseti(L, pend + 3, (lua_Integer)lua_rawlen(L, pend + 3) + 1);
+      }
+      lua_pop(L, 2);
     }
     q[n].q = -1;
     q[n++].sql = "COMMIT";
@@ -1198,9 +1233,25 @@ static int pe_end(ps_engine *e, lua_State *L, int eng, int how, ps_err *err)
       if (roundtrip(p, &rb, 1, &r, p->stmt_ms, 1, &e2) != 0) drop_conn(p);
       PQclear(r);
     }
+    if (rc != 0 && err->code && !strcmp(err->code, "database")) {
+      /* which session the server refused, and why in our terms */
+      for (i = 0; i < n; i++) {
+        const char *state;
+        if (!res[i] || PQresultStatus(res[i]) != PGRES_FATAL_ERROR) continue;
+        state = PQresultErrorField(res[i], PG_DIAG_SQLSTATE);
+        if (q[i].q == Q_INSERT || q[i].q == Q_UPDATE) {
+          if (state && !strcmp(state, "22021"))
+            ps_err_set(err, "invalid", "PostgreSQL %s: session %.64s holds bytes that are not "
+                       "valid UTF-8, which PostgreSQL cannot store as text; nothing was stored",
+                       p->display, q[i].v[1]);
+          else if (state && !strcmp(state, "23505"))
+            ps_err_set(err, "invalid", "PostgreSQL %s: session %.64s was just stored by another "
+                       "transaction; nothing was stored", p->display, q[i].v[1]);
+        }
+        break;
+      }
+    }
     for (i = 0; i < n; i++) PQclear(res[i]);
-    if (rc != 0 && err->code && !strcmp(err->code, "database") && strstr(err->msg, "SQLSTATE 23505"))
-      err->code = "invalid"; /* a sid another transaction just stored */
     free(q);
     free(res);
     free(cs);
@@ -1222,6 +1273,9 @@ static void pe_events_clear(ps_engine *e)
 }
 
 /* ---- waiting: LISTEN / NOTIFY ------------------------------------------------------------------- */
+
+/* How long a watch announces itself for (ms): store:wait watches again before it ends. */
+#define PS_PG_WAIT_HORIZON "3600000"
 
 typedef struct pg_watch {
   pg_eng *p;             /* kept alive by the watcher (its user value is the engine) */
@@ -1280,16 +1334,27 @@ static int pe_watch(ps_engine *e, lua_State *L, int eng, const char *sid, ps_err
     free(w);
     return -1;
   }
-  if (!p->listening) {
-    pgq q = { -1, "LISTEN " NOTIFY_CHANNEL, { 0 }, { 0 } };
-    PGresult *r = NULL;
-    if (roundtrip(p, &q, 1, &r, p->stmt_ms, 0, err) != 0) {
-      PQclear(r);
+  {
+    /* listen first, then say so on the row: a change after that is notified */
+    pgq q[2];
+    PGresult *r[2] = { NULL, NULL };
+    int n = 0;
+    memset(q, 0, sizeof q);
+    if (!p->listening) {
+      q[n].q = -1;
+      q[n++].sql = "LISTEN " NOTIFY_CHANNEL;
+    }
+    q[n].q = Q_WAIT;
+    q[n].v[0] = p->store;
+    q[n].v[1] = sid;
+    q[n++].v[2] = PS_PG_WAIT_HORIZON;
+    if (roundtrip(p, q, n, r, p->stmt_ms + p->lock_wait_ms, 0, err) != 0) {
+      clear_all(r, n);
       p->watchers--;
       free(w);
       return -1;
     }
-    PQclear(r);
+    clear_all(r, n);
     p->listening = 1;
   }
   w->gen = p->gen;
@@ -1341,6 +1406,11 @@ static char *make_display(PQconninfoOption *opts, const char *store)
     else if (!strcmp(o->keyword, "port")) port = o->val;
     else if (!strcmp(o->keyword, "dbname")) db = o->val;
   }
+  if (strspn(port, ",") == strlen(port)) port = ""; /* a multi-host target's empty ports */
+  /* A dbname that is itself a URI or a conninfo (libpq does not expand it here, but it
+   * may hold a password): not shown. Nor a user name that could be one. */
+  if (strstr(db, "://") || strchr(db, '=') || strchr(db, '@')) db = "[dbname not shown]";
+  if (strchr(user, ':') || strchr(user, '@') || strchr(user, '=')) user = "[user not shown]";
   n = strlen(user) + strlen(host) + strlen(port) + strlen(db) + strlen(store) + 64;
   out = malloc(n);
   if (out)
@@ -1395,7 +1465,7 @@ ps_engine *ps_pg_engine_new(lua_State *L, const char *target, const ps_pg_opts *
   p->next_prune = INT64_MAX;
   lua_pushvalue(L, decode);
   lua_setiuservalue(L, -2, UV_DECODE);
-  for (i = UV_ROWS; i <= UV_LISTED; i++) {
+  for (i = UV_ROWS; i <= UV_WAITED; i++) {
     lua_newtable(L);
     lua_setiuservalue(L, -2, i);
   }

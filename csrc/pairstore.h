@@ -276,6 +276,13 @@ extern const ps_jorder ps_session_order; /* the reference's keys; operatorContex
 
 int         ps_is_terminal(const char *status);
 int         ps_is_known_status(const char *status);
+int         ps_is_known_mode(const char *mode);
+/* A sid as the API takes it: exactly 32 lowercase hex characters (n: its length). */
+int         ps_is_sid(const char *s, size_t n);
+/* A secondary code: exactly 6 ASCII digits. */
+int         ps_is_code(const char *s, size_t n);
+extern const char *const *const ps_statuses; /* NULL-terminated: every status the flow knows */
+extern const char *const *const ps_modes;
 int         ps_is_live(lua_State *L, int sess); /* its status is not terminal */
 int         ps_transition_allowed(const char *from, const char *to);
 const char *ps_get_str(lua_State *L, int idx, const char *key, size_t *len);
@@ -447,6 +454,9 @@ typedef struct ps_pg_opts {
 int ps_pg_is_target(const char *target);
 /* Pushes a PostgreSQL engine for target (nothing connects yet) and returns it. */
 ps_engine *ps_pg_engine_new(lua_State *L, const char *target, const ps_pg_opts *o, int decode);
+/* Test hooks: cut the connection after sending the next n COMMITs; round trips so far. */
+void ps_pg_fault_cut_commits(int n);
+long ps_pg_roundtrips(void);
 /* The schema's DDL (what sql/pairstore.sql holds). */
 extern const char ps_pg_schema_sql[];
 
@@ -465,7 +475,7 @@ typedef struct ps_store {
 
 typedef enum {
   PS_OP_GET, PS_OP_LIST, PS_OP_CREATE, PS_OP_UPDATE, PS_OP_TRANSITION, PS_OP_FAILED_CODE,
-  PS_OP_VERIFY, PS_OP_CONSUME, PS_OP_RESPOND, PS_OP_PRUNE, PS_OP_EXPORT, PS_OP_IMPORT,
+  PS_OP_VERIFY, PS_OP_CONSUME, PS_OP_RESPOND, PS_OP_PRUNE, PS_OP_EXPORT, PS_OP_IMPORT, PS_OP_NOW,
 } ps_op;
 
 /* Runs op on the store at 1 as one transaction; the method's arguments are 2..top. */
@@ -491,6 +501,8 @@ typedef struct ps_jscan {
   size_t nspans, cap;
   int lone;              /* a lone surrogate escape somewhere (cjson refuses those) */
   int bigint;            /* an integer literal a double cannot hold exactly somewhere */
+  int value;             /* set by the caller: p is one value (a session), not a sessions
+                          * document; nothing is delimited */
 } ps_jscan;
 
 /* Checks that p is one JSON text (RFC 8259; finite numbers; nesting bounded) and finds the

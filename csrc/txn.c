@@ -255,7 +255,7 @@ static int act_import(lua_State *L, ps_txn *t)
   lua_getiuservalue(L, STORE, PS_UV_DECODE);
   dec = lua_gettop(L);
   for (i = 1; i <= n; i++) {
-    size_t len, have_len;
+    size_t len, sidlen, have_len;
     const char *text, *why, *sid, *have;
     top = lua_gettop(L);
     lua_rawgeti(L, ARG(1), i);
@@ -267,7 +267,7 @@ static int act_import(lua_State *L, ps_txn *t)
       t->failed = 1;
       return 0;
     }
-    sid = ps_get_str(L, -1, "sid", &len);
+    sid = ps_get_str(L, -1, "sid", &sidlen);
     if (t->m->fetch_for_update(t->e, L, ENG, sid, &t->err) != 0) {
       ps_buf_free(&tmp);
       t->failed = 1;
@@ -366,6 +366,10 @@ static int txn_body(lua_State *L)
     else nres = 1;
     break;
   case PS_OP_IMPORT: nres = act_import(L, t); break;
+  case PS_OP_NOW:
+    lua_pushinteger(L, (lua_Integer)t->now);
+    nres = 1;
+    break;
   case PS_OP_CREATE: nres = act_create(L, t); break;
   case PS_OP_PRUNE:
     lua_pushinteger(L, removed);
@@ -475,7 +479,7 @@ int ps_txn_run(lua_State *L, ps_op op, int readonly)
     break;
   case PS_OP_LIST: hint.list = 4 + (lua_toboolean(L, 2) ? PS_LIST_ACTIVE : 0); break;
   case PS_OP_EXPORT: hint.list = 4 + PS_LIST_TEXT; break;
-  case PS_OP_PRUNE: case PS_OP_IMPORT: break;
+  case PS_OP_PRUNE: case PS_OP_IMPORT: case PS_OP_NOW: break;
   default: hint.sid = lua_tostring(L, 2); break;
   }
   if (t.m->begin(t.e, L, eng, readonly, &hint, &t.err) != 0) {

@@ -70,9 +70,9 @@ if [[ $SKIP != *" asan "* ]]; then
     for f in lua spec bin examples .busted; do [ -e "$ROOT/$f" ] && ln -s "$ROOT/$f" "$tree/$f"; done
     if log=$(clang -g -O1 -std=c11 -D_GNU_SOURCE -fPIC -fvisibility=hidden -fno-omit-frame-pointer \
         -fsanitize=address,undefined -fno-sanitize-recover=undefined -shared-libasan -shared \
-        $(pkg-config --cflags lua5.4 libsodium libqrencode 2>/dev/null || echo -I/usr/include/lua5.4) \
+        $(pkg-config --cflags lua5.4 libsodium libqrencode libpq 2>/dev/null || echo -I/usr/include/lua5.4 -I/usr/include/postgresql) \
         -o "$tree/build/pairstore/core.so" csrc/*.c \
-        $(pkg-config --libs libsodium libqrencode 2>/dev/null || echo -lsodium -lqrencode) 2>&1); then
+        $(pkg-config --libs libsodium libqrencode libpq 2>/dev/null || echo -lsodium -lqrencode -lpq) 2>&1); then
       cp "$tree/build/pairstore/core.so" "$out/pairstore-core-asan.so"
       # The specs' test-only fork helper, plain (nothing of pairstore in it).
       mkdir -p "$tree/build/test"
