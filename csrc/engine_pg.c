@@ -586,10 +586,21 @@ static void clear_all(PGresult **res, int n)
 
 /* ---- rows into sessions ------------------------------------------------------------------------- */
 
+/* Pushes the transaction's table uv, made on first use (a transaction makes only the tables
+ * it uses: a get needs four of them). */
+static void push_uv(lua_State *L, int eng, int uv)
+{
+  if (lua_getiuservalue(L, eng, uv) == LUA_TTABLE) return;
+  lua_pop(L, 1);
+  lua_newtable(L);
+  lua_pushvalue(L, -1);
+  lua_setiuservalue(L, eng < 0 ? eng - 2 : eng, uv);
+}
+
 /* Pushes uv[key]. */
 static void uv_get(lua_State *L, int eng, int uv, const char *key)
 {
-  lua_getiuservalue(L, eng, uv);
+  push_uv(L, eng, uv);
   lua_getfield(L, -1, key);
   lua_remove(L, -2);
 }
@@ -597,7 +608,7 @@ static void uv_get(lua_State *L, int eng, int uv, const char *key)
 /* uv[key] = the value on top (popped). */
 static void uv_set(lua_State *L, int eng, int uv, const char *key)
 {
-  lua_getiuservalue(L, eng, uv);
+  push_uv(L, eng, uv);
   lua_insert(L, -2);
   lua_setfield(L, -2, key);
   lua_pop(L, 1);
@@ -668,8 +679,8 @@ static void push_pruned(lua_State *L, pg_eng *p, int eng, const char *sid)
 static void reset_txn(lua_State *L, pg_eng *p, int eng)
 {
   int i;
-  for (i = UV_ROWS; i <= UV_WAITED; i++) {
-    lua_newtable(L);
+  for (i = UV_ROWS; i <= UV_WAITED; i++) { /* nothing of it kept past the transaction */
+    lua_pushnil(L);
     lua_setiuservalue(L, eng, i);
   }
   p->in_txn = p->began = p->rt1 = p->have_now = p->have_live = p->removed = 0;
@@ -706,7 +717,7 @@ static int pe_begin(ps_engine *e, lua_State *L, int eng, int readonly, const ps_
   if (hint->sid) snprintf(p->hint_sid, sizeof p->hint_sid, "%s", hint->sid);
   p->hint.sid = hint->sid ? p->hint_sid : NULL;
   p->count_limit = hint->count_live;
-  ps_random_hex(p->token, 16);
+  if (!readonly) ps_random_hex(p->token, 16);
   return 0;
 }
 
@@ -1003,7 +1014,7 @@ static int pe_list(ps_engine *e, lua_State *L, int eng, int flags, ps_err *err)
   int sids, arr, out;
 
   if (!p->rt1 && first_roundtrip(L, p, eng, p->have_now, err) != 0) return -1;
-  lua_getiuservalue(L, eng, UV_LISTED); /* the sids the list read, in its order */
+  push_uv(L, eng, UV_LISTED); /* the sids the list read, in its order */
   sids = lua_gettop(L);
   n = (lua_Integer)lua_rawlen(L, sids);
   lua_createtable(L, (int)n, 0); /* the sessions kept after pruning */
@@ -1111,7 +1122,7 @@ static int pe_end(ps_engine *e, lua_State *L, int eng, int how, ps_err *err)
     const char *key_old = NULL;
     int key_removal = 0;
 
-    lua_getiuservalue(L, eng, UV_PENDING);
+    push_uv(L, eng, UV_PENDING);
     pend = lua_gettop(L);
     lua_pushnil(L);
     while (lua_next(L, pend) != 0) {
@@ -1130,10 +1141,10 @@ static int pe_end(ps_engine *e, lua_State *L, int eng, int how, ps_err *err)
       reset_txn(L, p, eng); /* then rollback: nothing more to do here than let it go */
       return luaL_error(L, "pairstore: out of memory");
     }
-    lua_getiuservalue(L, eng, UV_ROWS);
-    lua_getiuservalue(L, eng, UV_TOKENS);
+    push_uv(L, eng, UV_ROWS);
+    push_uv(L, eng, UV_TOKENS);
     lua_newtable(L); /* payloads of the notifications, kept alive until sent */
-    lua_getiuservalue(L, eng, UV_WAITED);
+    push_uv(L, eng, UV_WAITED);
     lua_pushnil(L);
     i = 0;
     while (lua_next(L, pend) != 0) {
