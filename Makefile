@@ -76,7 +76,9 @@ test-stress: deps all
 test-fault: deps all $(FAULT_CORE)
 	bash spec/fault/run.sh
 
+# Under with-pg.sh too (run.sh starts it itself), so valgrind and ASan cover the PostgreSQL backend.
 test-sanitize: deps
+	@$(MAKE) --no-print-directory all $(FORKUTIL)
 	bash spec/sanitize/run.sh
 
 fuzz: deps

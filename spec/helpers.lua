@@ -366,10 +366,13 @@ function helpers.open_expr(where, extra)
   return ("require(\"pairstore\").open(%q, { %s })"):format(where.target, table.concat(fields, ", "))
 end
 
+--- The command that runs spec/support/pgcluster.sh (ctl, psql, pid): PostgreSQL's own programs
+-- never get the ASan runtime that spec/sanitize/run.sh preloads into the suite.
+helpers.PGCLUSTER = "env -u LD_PRELOAD bash " .. q(ROOT .. "/spec/support/pgcluster.sh")
+
 --- Run SQL on the test database as the superuser (psql -qAtX); returns ok, output.
 function helpers.psql(sql)
-  return helpers.run("bash " .. q(ROOT .. "/spec/support/pgcluster.sh") .. " psql " .. q(helpers.pg_dir()) ..
-    " -c " .. q(sql))
+  return helpers.run(helpers.PGCLUSTER .. " psql " .. q(helpers.pg_dir()) .. " -c " .. q(sql))
 end
 
 --- A SQL string literal (for the tests' own generated names and values only).

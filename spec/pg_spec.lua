@@ -9,10 +9,10 @@ local helpers = require "helpers"
 local json = helpers.json
 local q = helpers.sh_quote
 
-local PGCLUSTER = helpers.ROOT .. "/spec/support/pgcluster.sh"
+local PGCLUSTER = helpers.PGCLUSTER
 
 local function ctl(args)
-  return helpers.run("bash " .. q(PGCLUSTER) .. " ctl " .. q(helpers.pg_dir()) .. " " .. args)
+  return helpers.run(PGCLUSTER .. " ctl " .. q(helpers.pg_dir()) .. " " .. args)
 end
 
 local function server_running()
@@ -28,7 +28,7 @@ local function ensure_running()
 end
 
 local function postmaster_pid()
-  local ok, out = helpers.run("bash " .. q(PGCLUSTER) .. " pid " .. q(helpers.pg_dir()))
+  local ok, out = helpers.run(PGCLUSTER .. " pid " .. q(helpers.pg_dir()))
   assert(ok, out)
   return assert(tonumber(out:match("%d+")), out)
 end
@@ -522,7 +522,7 @@ describe("PostgreSQL: a connection cut during the transaction or its COMMIT", fu
       local r, msg, code = store:update(s.sid, function(x)
         x.n = round
         local pid = own_backend()
-        os.execute(("bash %s psql %s -c %s >%s 2>&1 &"):format(q(PGCLUSTER), q(helpers.pg_dir()),
+        os.execute(("%s psql %s -c %s >%s 2>&1 &"):format(PGCLUSTER, q(helpers.pg_dir()),
           q(("SELECT pg_sleep(%.3f), pg_terminate_backend(%s)"):format(delay, pid)), q(dir .. "/killer." .. round)))
         helpers.sleep(0.05)
       end)
@@ -575,7 +575,7 @@ describe("PostgreSQL: the schema", function()
   end
 
   local function in_db(db, sql)
-    local ok, out = helpers.run("bash " .. q(PGCLUSTER) .. " psql " .. q(helpers.pg_dir()) .. " -d " .. db ..
+    local ok, out = helpers.run(PGCLUSTER .. " psql " .. q(helpers.pg_dir()) .. " -d " .. db ..
       " -c " .. q(sql))
     assert(ok, out)
     return (out:gsub("\n$", ""))
@@ -609,7 +609,7 @@ describe("PostgreSQL: the schema", function()
     assert.matches("sql/pairstore.sql", msg, 1, true)
     assert.are.equal("", in_db(db, "SELECT string_agg(tablename, ',') FROM pg_tables WHERE tablename LIKE 'pairstore%'"))
     -- the owner applies the shipped DDL and grants the application role its rows
-    local ok, out = helpers.run("bash " .. q(PGCLUSTER) .. " psql " .. q(helpers.pg_dir()) .. " -d " .. db ..
+    local ok, out = helpers.run(PGCLUSTER .. " psql " .. q(helpers.pg_dir()) .. " -d " .. db ..
       " -f " .. q(helpers.ROOT .. "/sql/pairstore.sql"))
     assert(ok, out)
     in_db(db, "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO " .. role)

@@ -4,18 +4,24 @@
 #   SANITIZE_SPECS     spec files or directories for both runs (default: spec, the whole suite)
 #   VALGRIND_SPECS     override for the valgrind run only (it is ~20x slower)
 #   SANITIZE_SKIP      space-separated parts to skip: valgrind asan fdleak
-#   SANITIZE_TIMEOUT   seconds per run (default 540)
+#   SANITIZE_TIMEOUT   seconds per run (default 1500: the suite runs on both backends)
 #   ASAN_FILTER_OUT    busted --filter-out pattern for the ASan run (default: the faketime test,
 #                      since libfaketime preloaded next to the ASan runtime deadlocks at start-up)
+# Both runs cover the PostgreSQL backend: without PAIRSTORE_TEST_PG the script runs itself again
+# under spec/support/with-pg.sh, which starts a private cluster for it and removes it afterwards
+# (the specs start PostgreSQL's own programs without the ASan runtime preloaded).
 set -u
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
+if [ -z "${PAIRSTORE_TEST_PG:-}" ]; then
+  exec bash "$ROOT/spec/support/with-pg.sh" bash "$ROOT/spec/sanitize/run.sh" "$@"
+fi
 export LUA_PATH="$ROOT/lua/?.lua;$ROOT/lua/?/init.lua;$ROOT/spec/?.lua;;"
 export LUA_CPATH="$ROOT/build/?.so;;"
 SPECS=${SANITIZE_SPECS:-spec}
 VSPECS=${VALGRIND_SPECS:-$SPECS}
 SKIP=" ${SANITIZE_SKIP:-} "
-TMO=${SANITIZE_TIMEOUT:-540}
+TMO=${SANITIZE_TIMEOUT:-1500}
 out=$ROOT/build-asan
 mkdir -p "$out"
 passed=0; failed=0
@@ -70,9 +76,9 @@ if [[ $SKIP != *" asan "* ]]; then
     for f in lua spec bin examples .busted; do [ -e "$ROOT/$f" ] && ln -s "$ROOT/$f" "$tree/$f"; done
     if log=$(clang -g -O1 -std=c11 -D_GNU_SOURCE -fPIC -fvisibility=hidden -fno-omit-frame-pointer \
         -fsanitize=address,undefined -fno-sanitize-recover=undefined -shared-libasan -shared \
-        $(pkg-config --cflags lua5.4 libsodium libqrencode 2>/dev/null || echo -I/usr/include/lua5.4) \
+        $(pkg-config --cflags lua5.4 libsodium libqrencode libpq 2>/dev/null || echo -I/usr/include/lua5.4 -I/usr/include/postgresql) \
         -o "$tree/build/pairstore/core.so" csrc/*.c \
-        $(pkg-config --libs libsodium libqrencode 2>/dev/null || echo -lsodium -lqrencode) 2>&1); then
+        $(pkg-config --libs libsodium libqrencode libpq 2>/dev/null || echo -lsodium -lqrencode -lpq) 2>&1); then
       cp "$tree/build/pairstore/core.so" "$out/pairstore-core-asan.so"
       # The specs' test-only fork helper, plain (nothing of pairstore in it).
       mkdir -p "$tree/build/test"
