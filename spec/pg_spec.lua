@@ -873,3 +873,27 @@ describe("PostgreSQL: stores and connections", function()
     end
   end)
 end)
+
+describe("PostgreSQL: sessions moved between backends (export/import, as migrate does)", function()
+  after_each(cleanup)
+
+  it("keep every byte of their text, file -> PostgreSQL -> file", function()
+    local T0 = 1764300000000
+    local file = helpers.open_store("file", { durable = false, now = function() return T0 end })
+    for i = 1, 4 do
+      local s = assert(file:create { operator = { channel = "c" .. i, senderId = "u\u{e9}" .. i } })
+      assert(file:update(s.sid, function(x) x.unknown = { i, 2.5, "t\u{2603}", { deep = { true, false } } } end))
+    end
+    assert(file:consume(file:list_all()[2].sid))
+    local texts = assert(file:export())
+    local pg = open({ now = function() return T0 end })
+    assert.are.same({ 4, 0 }, { pg:import(texts) })
+    assert.are.same(texts, assert(pg:export()))
+    assert.are.same(file:list_all(), pg:list_all())
+    assert.are.same({ 0, 4 }, { pg:import(texts) })
+    local back = helpers.open_store("file", { durable = false, now = function() return T0 end })
+    assert.are.same({ 4, 0 }, { back:import(assert(pg:export())) })
+    assert.are.same(texts, assert(back:export()))
+    assert.are.equal("consumed", pg:get(texts[2]:match('"sid":"(%x+)"')).status)
+  end)
+end)
