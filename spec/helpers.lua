@@ -391,18 +391,29 @@ function helpers.snapshot(where)
 end
 
 --- The sessions as stored (decoded, in list_all order: createdAtMs, then sid), read from the
--- file or straight from the database (not through the store under test).
+-- file or straight from the database (not through the store under test). A row that pruning
+-- marked expired keeps its body as it was (the schema's rule: status and changed_at say it):
+-- the session is then its body with that status and lastStatusChangeAtMs.
 function helpers.stored_sessions(where)
   if where.backend == "file" then
     local text = helpers.read(where.path)
     if not text then return {} end
     return cjson.decode(text).sessions
   end
-  local ok, out = helpers.psql("SELECT body FROM pairstore_sessions WHERE store = " ..
+  local ok, out = helpers.psql("SELECT status, changed_at, body FROM pairstore_sessions WHERE store = " ..
     helpers.sql_literal(where.store) .. " ORDER BY created_at, sid")
   assert(ok, out)
   local list = {}
-  for line in out:gmatch("[^\n]+") do list[#list + 1] = cjson.decode(line) end
+  for line in out:gmatch("[^\n]+") do
+    local status, changed, body = line:match("^([^|]*)|([^|]*)|(.*)$")
+    local s = cjson.decode(body)
+    if s.status ~= status then
+      assert(status == "expired", "row status " .. status .. " but body says " .. tostring(s.status))
+      s.status = status
+      s.lastStatusChangeAtMs = math.tointeger(tonumber(changed)) or tonumber(changed)
+    end
+    list[#list + 1] = s
+  end
   return list
 end
 

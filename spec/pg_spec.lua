@@ -326,9 +326,10 @@ describe("PostgreSQL: many hosts (separate processes, own connections)", functio
     for line in out:gmatch("[^\n]+") do
       local status, live, body = line:match("^(%S+) (%S+) (.*)$")
       local s = json.decode(body)
-      assert.are.equal(status, s.status)
+      -- (pruning marks a row expired without rewriting its body)
+      assert.is_truthy(s.status == status or (status == "expired" and not pairstore.is_terminal(s.status)), line)
       assert.are.equal(pairstore.is_terminal(status) and "f" or "t", live, line)
-      if won[s.sid] then assert.is_truthy(s.status == "consumed" or s.status == "completed", line) end
+      if won[s.sid] then assert.is_truthy(status == "consumed" or status == "completed", line) end
     end
   end)
 end)
