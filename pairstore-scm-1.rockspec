@@ -5,7 +5,7 @@ source = {
   url = "git+https://example.invalid/pairstore.git",
 }
 description = {
-  summary = "QR device-pairing sessions in one file, safely shared by every process",
+  summary = "QR device-pairing sessions in one file shared by every process, or in PostgreSQL",
   detailed = [[
     pairstore keeps the short-lived sessions of a QR device-pairing flow (sid, X25519 key
     pair, 6-digit code, status, TTL) in one JSON file: persistent, atomic, durable,
@@ -25,20 +25,22 @@ dependencies = {
 external_dependencies = {
   SODIUM = { header = "sodium.h", library = "sodium" },
   QRENCODE = { header = "qrencode.h", library = "qrencode" },
+  PQ = { header = "postgresql/libpq-fe.h", library = "pq" },
 }
 build = {
   type = "builtin",
   modules = {
     ["pairstore.core"] = {
       sources = {
-        "csrc/bind.c", "csrc/crypto.c", "csrc/engine_file.c", "csrc/err.c", "csrc/file.c",
-        "csrc/json.c", "csrc/lock.c", "csrc/qr.c", "csrc/rand.c", "csrc/rules.c",
-        "csrc/sys.c", "csrc/testhooks.c", "csrc/txn.c", "csrc/wait.c",
+        "csrc/bind.c", "csrc/crypto.c", "csrc/engine_file.c", "csrc/engine_pg.c", "csrc/err.c",
+        "csrc/file.c", "csrc/json.c", "csrc/lock.c", "csrc/qr.c", "csrc/rand.c",
+        "csrc/record.c", "csrc/rules.c", "csrc/sys.c", "csrc/testhooks.c", "csrc/txn.c",
+        "csrc/wait.c",
       },
       defines = { "_GNU_SOURCE" },
-      libraries = { "sodium", "qrencode" },
-      incdirs = { "$(SODIUM_INCDIR)", "$(QRENCODE_INCDIR)" },
-      libdirs = { "$(SODIUM_LIBDIR)", "$(QRENCODE_LIBDIR)" },
+      libraries = { "sodium", "qrencode", "pq" },
+      incdirs = { "$(SODIUM_INCDIR)", "$(QRENCODE_INCDIR)", "$(PQ_INCDIR)/postgresql" },
+      libdirs = { "$(SODIUM_LIBDIR)", "$(QRENCODE_LIBDIR)", "$(PQ_LIBDIR)" },
     },
     ["pairstore"] = "lua/pairstore/init.lua",
     ["pairstore.crypto"] = "lua/pairstore/crypto.lua",

@@ -168,6 +168,47 @@ static int m_prune(lua_State *L)
   return run(L, PS_OP_PRUNE, 0);
 }
 
+static int m_export(lua_State *L)
+{
+  lua_settop(L, 1);
+  return run(L, PS_OP_EXPORT, 1);
+}
+
+/* import(texts): an array of strings (checked here: the wrapper raises at its caller). */
+static int m_import(lua_State *L)
+{
+  lua_Integer n, i;
+  check_store(L, 1);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  lua_settop(L, 2);
+  n = (lua_Integer)lua_rawlen(L, 2);
+  for (i = 1; i <= n; i++) {
+    if (lua_rawgeti(L, 2, i) != LUA_TSTRING)
+      return luaL_argerror(L, 2, "an array of session texts (strings)");
+    lua_pop(L, 1);
+  }
+  return run(L, PS_OP_IMPORT, 0);
+}
+
+/* watch(sid) -> watcher | nil, message, code: wakes when the session may have changed. */
+static int m_watch(lua_State *L)
+{
+  ps_store *s = check_store(L, 1);
+  ps_err e;
+  const char *sid = check_sid(L, 2);
+  lua_settop(L, 2);
+  lua_getiuservalue(L, 1, PS_UV_ENGINE);
+  if (s->eng->m->watch(s->eng, L, 3, sid, &e) != 0) return ps_push_err(L, &e);
+  return 1;
+}
+
+static int m_backend(lua_State *L)
+{
+  ps_store *s = check_store(L, 1);
+  lua_pushstring(L, s->eng->m->name);
+  return 1;
+}
+
 static int m_close(lua_State *L)
 {
   ps_store *s = luaL_checkudata(L, 1, PS_STORE_MT);
@@ -217,17 +258,13 @@ static int opt_int(lua_State *L, int opts, const char *key, int dflt, int lo, in
   return (int)v;
 }
 
-/* open(path, opts) -> store. opts: the normalised options table (kept as a user value). */
-static int f_open(lua_State *L)
+/* The file engine for path (pushed), with its options from opts. */
+static void open_file(lua_State *L, const char *path, size_t len, int opts, int decode)
 {
-  size_t len;
-  const char *path = luaL_checklstring(L, 1, &len);
-  ps_store *s;
   ps_file_opts o;
   char *abs;
   char cwd[4096];
 
-  luaL_checktype(L, 2, LUA_TTABLE);
   luaL_argcheck(L, len > 0 && len < 3500 && strlen(path) == len, 1, "invalid path");
   {
     const char *last = strrchr(path, '/');
@@ -235,34 +272,78 @@ static int f_open(lua_State *L)
     luaL_argcheck(L, *last && strcmp(last, ".") != 0 && strcmp(last, "..") != 0, 1,
                   "path names a directory");
   }
-
-  s = lua_newuserdatauv(L, sizeof *s, PS_UV_COUNT); /* 3 */
-  memset(s, 0, sizeof *s);
-  luaL_setmetatable(L, PS_STORE_MT); /* before any resource is acquired */
-
-  o.lock_wait_ms = opt_int(L, 2, "lock_wait_ms", PS_LOCK_WAIT_MS, 0, 3600000);
-  o.lock_stale_ms = opt_int(L, 2, "lock_stale_ms", PS_LOCK_STALE_MS, 1, INT_MAX);
-  s->max_sessions = opt_int(L, 2, "max_sessions", PS_MAX_SESSIONS, 1, INT_MAX);
-  o.max_file_bytes = (size_t)opt_int(L, 2, "max_file_bytes", (int)PS_MAX_FILE_BYTES, 64, INT_MAX);
+  o.lock_wait_ms = opt_int(L, opts, "lock_wait_ms", PS_LOCK_WAIT_MS, 0, 3600000);
+  o.lock_stale_ms = opt_int(L, opts, "lock_stale_ms", PS_LOCK_STALE_MS, 1, INT_MAX);
+  o.max_file_bytes = (size_t)opt_int(L, opts, "max_file_bytes", (int)PS_MAX_FILE_BYTES, 64, INT_MAX);
   o.max_session_bytes =
-      (size_t)opt_int(L, 2, "max_session_bytes", PS_MAX_SESSION_BYTES, 256, INT_MAX);
-  s->max_session_bytes = o.max_session_bytes;
-  lua_getfield(L, 2, "durable");
+      (size_t)opt_int(L, opts, "max_session_bytes", PS_MAX_SESSION_BYTES, 256, INT_MAX);
+  lua_getfield(L, opts, "durable");
   o.durable = lua_isnil(L, -1) ? 1 : lua_toboolean(L, -1);
   lua_pop(L, 1);
 
   if (path[0] == '/') {
     lua_pushstring(L, path);
   } else {
-    if (!getcwd(cwd, sizeof cwd)) return luaL_error(L, "pairstore.open: getcwd failed");
+    if (!getcwd(cwd, sizeof cwd)) luaL_error(L, "pairstore.open: getcwd failed");
     lua_pushfstring(L, "%s/%s", cwd, path);
   }
   /* a copy to tidy in place (a Lua buffer: nothing leaks if it raises) */
   abs = lua_newuserdatauv(L, lua_rawlen(L, -1) + 1, 0);
   memcpy(abs, lua_tostring(L, -2), lua_rawlen(L, -2) + 1);
-  if (ps_file_normalize_path(abs) != 0) return luaL_argerror(L, 1, "path names a directory");
-  lua_getfield(L, lua_upvalueindex(1), "decode");
-  ps_file_engine_new(L, abs, &o, -1);
+  if (ps_file_normalize_path(abs) != 0) luaL_argerror(L, 1, "path names a directory");
+  ps_file_engine_new(L, abs, &o, decode);
+  lua_replace(L, -3);
+  lua_pop(L, 1);
+}
+
+/* The PostgreSQL engine for target (pushed), with its options from opts. */
+static void open_pg(lua_State *L, const char *target, size_t len, int opts, int decode)
+{
+  ps_pg_opts o;
+  size_t n;
+  luaL_argcheck(L, strlen(target) == len && len < 8192, 1, "invalid target");
+  lua_getfield(L, opts, "store");
+  if (lua_isnil(L, -1)) {
+    o.store = "default";
+  } else {
+    o.store = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &n) : NULL;
+    if (!o.store || n == 0 || n > 200 || strlen(o.store) != n) {
+      lua_pushliteral(L, "pairstore.open: option store must be a name of 1 to 200 bytes");
+      lua_error(L);
+    }
+  }
+  o.lock_wait_ms = opt_int(L, opts, "lock_wait_ms", PS_LOCK_WAIT_MS, 0, 3600000);
+  o.connect_timeout_ms = opt_int(L, opts, "connect_timeout_ms", 10000, 1, 3600000);
+  o.statement_timeout_ms = opt_int(L, opts, "statement_timeout_ms", 30000, 1, 3600000);
+  o.max_session_bytes =
+      (size_t)opt_int(L, opts, "max_session_bytes", PS_MAX_SESSION_BYTES, 256, INT_MAX);
+  lua_getfield(L, opts, "durable");
+  o.durable = lua_isnil(L, -1) ? 1 : lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  ps_pg_engine_new(L, target, &o, decode);
+  lua_replace(L, -2); /* the store name's string is kept by the engine */
+}
+
+/* open(target, opts) -> store: a file path or a PostgreSQL target. opts: the normalised
+ * options table (kept as a user value). */
+static int f_open(lua_State *L)
+{
+  size_t len;
+  const char *target = luaL_checklstring(L, 1, &len);
+  ps_store *s;
+
+  luaL_checktype(L, 2, LUA_TTABLE);
+  s = lua_newuserdatauv(L, sizeof *s, PS_UV_COUNT); /* 3 */
+  memset(s, 0, sizeof *s);
+  luaL_setmetatable(L, PS_STORE_MT); /* before any resource is acquired */
+  s->max_sessions = opt_int(L, 2, "max_sessions", PS_MAX_SESSIONS, 1, INT_MAX);
+  s->max_session_bytes =
+      (size_t)opt_int(L, 2, "max_session_bytes", PS_MAX_SESSION_BYTES, 256, INT_MAX);
+  lua_getfield(L, lua_upvalueindex(1), "decode"); /* 4 */
+  lua_pushvalue(L, 4);
+  lua_setiuservalue(L, 3, PS_UV_DECODE);
+  if (ps_pg_is_target(target)) open_pg(L, target, len, 2, 4);
+  else open_file(L, target, len, 2, 4);
   lua_setiuservalue(L, 3, PS_UV_ENGINE);
   lua_getiuservalue(L, 3, PS_UV_ENGINE);
   s->eng = lua_touserdata(L, -1);
@@ -332,6 +413,18 @@ static int f_clamp_ttl(lua_State *L)
   return 1;
 }
 
+static int f_is_pg_target(lua_State *L)
+{
+  lua_pushboolean(L, ps_pg_is_target(luaL_checkstring(L, 1)));
+  return 1;
+}
+
+static int f_pg_schema_sql(lua_State *L)
+{
+  lua_pushstring(L, ps_pg_schema_sql);
+  return 1;
+}
+
 static int f_now_ms(lua_State *L)
 {
   lua_pushinteger(L, (lua_Integer)ps_wall_ms());
@@ -342,12 +435,14 @@ static const luaL_Reg store_methods[] = {
   { "get", m_get }, { "list", m_list }, { "create", m_create }, { "update", m_update },
   { "transition", m_transition }, { "reject", m_reject }, { "register_failed_code", m_failed_code },
   { "verify_code", m_verify }, { "consume", m_consume }, { "respond", m_respond }, { "prune", m_prune },
+  { "export", m_export }, { "import", m_import }, { "watch", m_watch }, { "backend", m_backend },
   { "close", m_close }, { "path", m_path }, { NULL, NULL },
 };
 
 static const luaL_Reg module_funcs[] = {
   { "redact", f_redact }, { "json_encode", f_json_encode }, { "now_ms", f_now_ms }, { "is_terminal", f_is_terminal }, { "clamp_ttl", f_clamp_ttl },
-  { "test_hooks", ps_test_hooks },
+  { "test_hooks", ps_test_hooks }, { "is_pg_target", f_is_pg_target },
+  { "pg_schema_sql", f_pg_schema_sql },
   { NULL, NULL },
 };
 

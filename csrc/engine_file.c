@@ -260,13 +260,6 @@ static int other_version(lua_State *L, ps_fengine *s, int doc, ps_err *err)
   return 1;
 }
 
-/* Whether an error message is cjson's decoding verdict ("Expected value but found invalid
- * token at character 2", "Found too many nested data structures (21) at character 9", ...). */
-static int is_json_verdict(const char *msg)
-{
-  return strstr(msg, " at character ") != NULL || strstr(msg, "UTF-16 or UTF-32") != NULL;
-}
-
 /* The file cannot be used: a corrupt one is moved aside (and the store starts empty). */
 static int corrupt(lua_State *L, ps_fengine *s, const char *why, ps_err *err)
 {
@@ -335,7 +328,7 @@ static int load(lua_State *L, ps_fengine *s, int eng, ps_err *err)
     /* Only cjson's own verdict on the bytes makes the file corrupt. Anything else raised
      * meanwhile (out of memory, an "interrupted!" from a SIGINT hook) is not about the
      * file: let it propagate (the lock is released on the way out). */
-    if (rc != LUA_ERRRUN || !msg || !is_json_verdict(msg)) lua_error(L);
+    if (rc != LUA_ERRRUN || !msg || !ps_is_json_verdict(msg)) lua_error(L);
     snprintf(reason, sizeof reason, "invalid JSON (%s)", msg);
     lua_pop(L, 1);
     return corrupt(L, s, reason, err);
@@ -390,20 +383,12 @@ static int load(lua_State *L, ps_fengine *s, int eng, ps_err *err)
 
 /* ---- commit --------------------------------------------------------------------------------- */
 
-/* The text of the session at sess as it goes into the file: the one the file holds, or,
- * for a session changed or new, a fresh one that keeps what it can of its base. Pushes it,
- * or returns -1. */
+/* The text of the session at sess as it goes into the file: a fresh one that keeps what it
+ * can of its base. Pushes it, or returns -1. */
 static int session_text(lua_State *L, int sess, int dec, const char *base, size_t baselen,
                         ps_buf *b, ps_err *err)
 {
-  const char *why;
-  b->len = 0;
-  b->oom = 0;
-  why = ps_json_encode(L, dec, base, baselen, sess, &ps_session_order, b);
-  if (why) {
-    ps_err_set(err, "invalid", "a session cannot be written as JSON: %s", why);
-    return -1;
-  }
+  if (ps_record_text(L, dec, sess, base, baselen, 0, 0, b, err) < 0) return -1;
   lua_pushlstring(L, b->p, b->len);
   return 0;
 }
@@ -511,11 +496,13 @@ static int fe_locate(ps_engine *e, lua_State *L, int eng, ps_err *err)
   return 0;
 }
 
-static int fe_begin(ps_engine *e, lua_State *L, int eng, int readonly, ps_err *err)
+static int fe_begin(ps_engine *e, lua_State *L, int eng, int readonly, const ps_hint *hint,
+                    ps_err *err)
 {
   ps_fengine *s = FE(e);
   (void)L;
   (void)eng;
+  (void)hint;
   if (ps_file_backend.lock(&s->f, err) != 0) return -1;
   s->locked = 1;
   s->loaded = 0;
@@ -558,7 +545,18 @@ static void push_old_text(lua_State *L, int eng, int sess)
   lua_remove(L, -2);
 }
 
-static int fe_put(ps_engine *e, lua_State *L, int eng, int sess, int flags, ps_err *err)
+/* texts[session at sess] = the string at text: what goes into the file for it. */
+static void set_text(lua_State *L, int eng, int sess, int text)
+{
+  lua_getiuservalue(L, eng, UV_TEXTS);
+  lua_pushvalue(L, sess);
+  lua_pushvalue(L, text);
+  lua_rawset(L, -3);
+  lua_pop(L, 1);
+}
+
+static int fe_put(ps_engine *e, lua_State *L, int eng, int sess, int text, int flags,
+                  ps_err *err)
 {
   ps_fengine *s = FE(e);
   size_t len;
@@ -567,6 +565,7 @@ static int fe_put(ps_engine *e, lua_State *L, int eng, int sess, int flags, ps_e
   int arr, was_valid = s->index_valid, counted, top = lua_gettop(L);
 
   sess = lua_absindex(L, sess);
+  if (text) text = lua_absindex(L, text);
   sid = ps_get_str(L, sess, "sid", &len);
   if (sessions(L, s, eng, err) != 0) return -1;
   arr = lua_gettop(L);
@@ -580,6 +579,7 @@ static int fe_put(ps_engine *e, lua_State *L, int eng, int sess, int flags, ps_e
     lua_setfield(L, -2, sid);
     s->live += ps_is_live(L, sess);
     changed(L, s, eng, sess);
+    if (text) set_text(L, eng, sess, text);
     lua_settop(L, top);
     return 1;
   }
@@ -592,36 +592,22 @@ static int fe_put(ps_engine *e, lua_State *L, int eng, int sess, int flags, ps_e
     ps_buf b = { 0 };
     const char *old;
     size_t oldlen = 0;
-    int old_sess = lua_gettop(L), rc, same;
+    int old_sess = lua_gettop(L), rc;
     lua_getiuservalue(L, eng, UV_DECODE);
     push_old_text(L, eng, old_sess);
     old = lua_tolstring(L, -1, &oldlen); /* NULL: a session never written (cannot be) */
-    rc = session_text(L, sess, old_sess + 1, old, oldlen, &b, err);
-    /* A mutator's result is bounded (what the file held already is not: the reference bounds
-     * nothing, and its sessions must stay writable). */
-    if (rc == 0 && b.len > s->max_session_bytes && b.len > oldlen) {
-      ps_err_set(err, "limit", "the mutator's result would take %zu bytes of JSON, above "
-                 "max_session_bytes (%zu)", b.len, s->max_session_bytes);
-      rc = -1;
-    }
-    same = rc == 0 && old && b.len == oldlen && memcmp(b.p, old, oldlen) == 0;
+    rc = ps_record_text(L, old_sess + 1, sess, old, oldlen, flags, s->max_session_bytes, &b, err);
+    if (rc > 0) lua_pushlstring(L, b.p, b.len);
     ps_buf_free(&b);
-    if (rc != 0) {
+    if (rc <= 0) {
       lua_settop(L, top);
-      return -1;
-    }
-    if (same) {
-      lua_settop(L, top);
-      return 0;
+      return rc;
     }
     /* The new session goes into the file as this text (the commit need not encode it). */
-    lua_getiuservalue(L, eng, UV_TEXTS);
-    lua_pushvalue(L, sess);
-    lua_pushvalue(L, -3);
-    lua_rawset(L, -3);
-    lua_settop(L, old_sess);
+    text = lua_gettop(L);
   }
   changed(L, s, eng, sess);
+  if (text) set_text(L, eng, sess, text);
   if (s->index_valid) s->live += ps_is_live(L, sess) - counted;
   if (strcmp(sid, s->fetch_sid) == 0) s->fetch_live = ps_is_live(L, sess);
   lua_pushvalue(L, sess);
@@ -648,9 +634,11 @@ static int fe_remove(ps_engine *e, lua_State *L, int eng, const char *sid, ps_er
   return 0;
 }
 
-static int fe_count_live(ps_engine *e, lua_State *L, int eng, lua_Integer *n, ps_err *err)
+static int fe_count_live(ps_engine *e, lua_State *L, int eng, lua_Integer limit, lua_Integer *n,
+                         ps_err *err)
 {
   ps_fengine *s = FE(e);
+  (void)limit;
   if (sessions(L, s, eng, err) != 0) return -1;
   index_ensure(L, s, eng, -1);
   lua_pop(L, 1);
@@ -658,56 +646,72 @@ static int fe_count_live(ps_engine *e, lua_State *L, int eng, lua_Integer *n, ps
   return 0;
 }
 
-typedef struct { lua_Number created; const char *sid; lua_Integer idx; } sort_entry;
-
-static int cmp_entry(const void *a, const void *b)
+/* Pushes the text of the session at sess as the file holds it (or will: a changed session
+ * is written from its base). */
+static int push_text(lua_State *L, int eng, int sess, ps_buf *b, ps_err *err)
 {
-  const sort_entry *x = a, *y = b;
-  if (x->created != y->created) return x->created < y->created ? -1 : 1;
-  return strcmp(x->sid, y->sid);
+  int top = lua_gettop(L);
+  size_t blen = 0;
+  const char *base;
+  lua_getiuservalue(L, eng, UV_TEXTS);
+  lua_pushvalue(L, sess);
+  if (lua_rawget(L, -2) == LUA_TSTRING) {
+    lua_replace(L, top + 1);
+    lua_settop(L, top + 1);
+    return 0;
+  }
+  lua_settop(L, top);
+  lua_getiuservalue(L, eng, UV_DECODE);
+  push_old_text(L, eng, sess);
+  base = lua_tolstring(L, -1, &blen);
+  if (session_text(L, sess, top + 1, base, blen, b, err) != 0) {
+    lua_settop(L, top);
+    return -1;
+  }
+  lua_replace(L, top + 1);
+  lua_settop(L, top + 1);
+  return 0;
 }
 
-static int list_sorted(lua_State *L, int arr, int active_only)
+static int fe_text(ps_engine *e, lua_State *L, int eng, int sess, ps_err *err)
 {
-  lua_Integer n = (lua_Integer)lua_rawlen(L, arr), i, k = 0;
-
-  sort_entry *e = malloc((size_t)(n ? n : 1) * sizeof *e);
-  if (!e) return luaL_error(L, "pairstore: out of memory");
-  for (i = 1; i <= n; i++) {
-    size_t len;
-    const char *status;
-    lua_rawgeti(L, arr, i);
-    status = ps_get_str(L, -1, "status", &len);
-    if (!active_only || !strcmp(status, "awaiting_scan") || !strcmp(status, "device_connected")) {
-      lua_getfield(L, -1, "createdAtMs");
-      e[k].created = lua_tonumber(L, -1);
-      lua_pop(L, 1);
-      e[k].sid = ps_get_str(L, -1, "sid", &len);
-      e[k].idx = i;
-      k++;
-    }
-    lua_pop(L, 1);
-  }
-  for (i = 1; i < k && cmp_entry(&e[i - 1], &e[i]) <= 0; i++) {}
-  if (i < k) qsort(e, (size_t)k, sizeof *e, cmp_entry); /* creates append: usually sorted */
-  lua_createtable(L, (int)k, 0);
-  for (i = 0; i < k; i++) {
-    lua_rawgeti(L, arr, e[i].idx);
-    ps_copy_value(L, -1, 0);
-    lua_rawseti(L, -3, i + 1);
-    lua_pop(L, 1);
-  }
-  free(e);
-  return 1;
+  ps_buf b = { 0 };
+  int rc;
+  (void)e;
+  rc = push_text(L, eng, lua_absindex(L, sess), &b, err);
+  ps_buf_free(&b);
+  return rc;
 }
 
-
-static int fe_list(ps_engine *e, lua_State *L, int eng, int active_only, ps_err *err)
+static int fe_list(ps_engine *e, lua_State *L, int eng, int flags, ps_err *err)
 {
   ps_fengine *s = FE(e);
+  lua_Integer *order, k, i;
+  int arr, out;
+  ps_buf b = { 0 };
   if (sessions(L, s, eng, err) != 0) return -1;
-  list_sorted(L, lua_gettop(L), active_only);
-  lua_remove(L, -2);
+  arr = lua_gettop(L);
+  order = ps_list_order(L, arr, flags & PS_LIST_ACTIVE, &k);
+  lua_createtable(L, (int)k, 0);
+  out = lua_gettop(L);
+  for (i = 0; i < k; i++) {
+    lua_rawgeti(L, arr, order[i]);
+    if (flags & PS_LIST_TEXT) {
+      if (push_text(L, eng, out + 1, &b, err) != 0) {
+        free(order);
+        ps_buf_free(&b);
+        lua_settop(L, arr - 1);
+        return -1;
+      }
+    } else {
+      ps_copy_value(L, -1, 0);
+    }
+    lua_remove(L, -2);
+    lua_rawseti(L, out, i + 1);
+  }
+  free(order);
+  ps_buf_free(&b);
+  lua_remove(L, arr);
   return 0;
 }
 
@@ -810,6 +814,13 @@ static void fe_events_clear(ps_engine *e)
   FE(e)->f.nevents = 0;
 }
 
+static int fe_watch(ps_engine *e, lua_State *L, int eng, const char *sid, ps_err *err)
+{
+  (void)eng;
+  (void)sid;
+  return ps_watch_file(L, FE(e)->f.dir, FE(e)->f.base, err);
+}
+
 static void fe_close(ps_engine *e)
 {
   ps_fengine *s = FE(e);
@@ -824,8 +835,9 @@ static void fe_close(ps_engine *e)
 }
 
 static const ps_engine_methods file_methods = {
-  PS_ENGINE_VERSION, "file", fe_display, fe_locate, fe_begin, fe_fetch, fe_put, fe_remove,
-  fe_count_live, fe_list, fe_prune_due, fe_end, fe_event, fe_events_clear, fe_close,
+  PS_ENGINE_VERSION, "file", fe_display, fe_locate, fe_begin, NULL, fe_fetch, fe_put, fe_remove,
+  fe_count_live, fe_list, fe_text, fe_prune_due, fe_end, fe_event, fe_events_clear, fe_watch,
+  fe_close,
 };
 
 /* ---- making one ---------------------------------------------------------------------------- */

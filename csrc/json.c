@@ -138,6 +138,7 @@ const char *ps_json_scan(const char *p, size_t n, ps_jscan *sc)
 
   sc->nspans = 0;
   sc->lone = 0;
+  sc->bigint = 0;
   s = ws(s, end);
 
 value:
@@ -182,7 +183,7 @@ value:
     int nonfinite = 0, big = 0;
     if (!(s = scan_number(s, end, &big, &nonfinite))) return "invalid value";
     if (nonfinite) return "number out of range (not finite)";
-    if (big) bigint = 1;
+    if (big) bigint = sc->bigint = 1;
     goto after;
   }
   }

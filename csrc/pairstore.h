@@ -323,20 +323,51 @@ void ps_rule_new_session(lua_State *L, const char *sid, int mode, int operator_c
 enum { PS_PRUNE_KEEP = 0, PS_PRUNE_EXPIRED = 1, PS_PRUNE_DROP = 2 };
 int ps_rule_prune(lua_State *L, int sess, int64_t now);
 
+/* ---- a session's stored record (record.c) ----------------------------------------------- */
+
+/* Whether a decoding error message is cjson's verdict on the text ("... at character 2"). */
+int         ps_is_json_verdict(const char *msg);
+/* Pushes the session a record's text holds (cjson at dec decodes; exact integers; lone
+ * surrogates read as U+FFFD; validated as a session) and returns NULL, or returns why it is
+ * not one (nothing pushed). tmp: scratch space. */
+const char *ps_record_decode(lua_State *L, int dec, const char *text, size_t n, ps_buf *tmp);
+/* Writes the session at sess into b (emptied first) as the text to store, keeping what it
+ * can of base (the text it was read from, or NULL). NULL, or why not. */
+const char *ps_record_encode(lua_State *L, int dec, int sess, const char *base, size_t baselen,
+                             ps_buf *b);
+/* ps_record_encode for a put: with PS_PUT_IF_CHANGED (a caller's session) the text is also
+ * bounded by max_bytes and compared with base. 1: b is the text to store, 0: it is base's
+ * (nothing to store), -1: err set. */
+int         ps_record_text(lua_State *L, int dec, int sess, const char *base, size_t baselen,
+                           int flags, size_t max_bytes, ps_buf *b, ps_err *err);
+/* The positions (1-based) of the sessions of the array at arr in list order (createdAtMs,
+ * then sid by bytes), only the active ones (awaiting_scan, device_connected) if asked;
+ * malloc'd, *count of them. */
+lua_Integer *ps_list_order(lua_State *L, int arr, int active_only, lua_Integer *count);
+
 /* ---- the engine interface ------------------------------------------------------------------
  * Storage as the transaction (txn.c) sees it: keyed by sid, per transaction, like SQLite's
  * sqlite3_io_methods above its VFS. An engine is a Lua userdata whose memory starts with a
  * ps_engine; the core keeps it in the store, passes it back (the struct and its stack index
  * `eng`) and never looks inside it past `m`. Methods that may fail return -1 and fill err.
- * Methods above are valid for version 1. */
-#define PS_ENGINE_VERSION 1
-
+ * Version 2: begin takes a hint, clock, text, watch; put takes a verbatim text; list flags. */
+#define PS_ENGINE_VERSION 2
 
 typedef struct ps_engine ps_engine;
 enum { PS_END_ROLLBACK = 0, PS_END_COMMIT = 1 };
 /* put's flags. PS_PUT_IF_CHANGED: the session comes from a caller (a mutator): it is checked
  * (encodable, within bounds) now, and nothing is stored when it equals the stored record. */
 enum { PS_PUT_IF_CHANGED = 1 };
+/* list's flags: only the active sessions; their stored texts instead of copies. */
+enum { PS_LIST_ACTIVE = 1, PS_LIST_TEXT = 2 };
+
+/* What the transaction will ask for, told at begin so that an engine that talks to a server
+ * can ask for it in the same round trip (an engine may ignore it). */
+typedef struct ps_hint {
+  const char *sid;       /* the session it will fetch first, or NULL */
+  int count_live;        /* it will count the live sessions up to this many (a create), or 0 */
+  int list;              /* it will list: 0 no, else PS_LIST_* flags + 4 */
+} ps_hint;
 
 typedef struct ps_engine_methods {
   int version;           /* PS_ENGINE_VERSION */
@@ -346,31 +377,42 @@ typedef struct ps_engine_methods {
   /* Resolves the store's location now and pushes its identity (a string: two stores with
    * the same one are the same store) for the reentrancy check. Outside a transaction. */
   int  (*locate)(ps_engine *e, lua_State *L, int eng, ps_err *err);
-  /* Starts a transaction (the lock taken). readonly: a read, which writes back only what
-   * pruning removed, and fails rather than repair anything. */
-  int  (*begin)(ps_engine *e, lua_State *L, int eng, int readonly, ps_err *err);
-  /* Pushes the session with this sid (the engine's own table: change it, then put it), or
-   * nil. */
+  /* Starts a transaction (the lock taken, or the row locks to come). readonly: a read, which
+   * sees one snapshot, writes back at most what pruning removed, and repairs nothing. */
+  int  (*begin)(ps_engine *e, lua_State *L, int eng, int readonly, const ps_hint *hint,
+                ps_err *err);
+  /* The transaction's time when the caller gave no clock: the engine's own (the database
+   * server's, say); NULL: the local wall clock. */
+  int  (*clock)(ps_engine *e, lua_State *L, int eng, int64_t *now, ps_err *err);
+  /* Pushes the session with this sid, pruned at the transaction's now (the engine's own
+   * table, locked for the transaction: change it, then put it), or nil. */
   int  (*fetch_for_update)(ps_engine *e, lua_State *L, int eng, const char *sid, ps_err *err);
-  /* Stores the (valid) session at sess under its sid, new or replacing. 1 stored, 0 nothing
-   * to store (PS_PUT_IF_CHANGED), -1. */
-  int  (*put)(ps_engine *e, lua_State *L, int eng, int sess, int flags, ps_err *err);
+  /* Stores the (valid) session at sess under its sid, new or replacing; text: the stack
+   * index of the exact text to store for it, or 0 (the engine writes it). 1 stored, 0
+   * nothing to store (PS_PUT_IF_CHANGED), -1. */
+  int  (*put)(ps_engine *e, lua_State *L, int eng, int sess, int text, int flags, ps_err *err);
   int  (*remove)(ps_engine *e, lua_State *L, int eng, const char *sid, ps_err *err);
-  /* *n = the number of live (non-terminal) sessions. */
-  int  (*count_live)(ps_engine *e, lua_State *L, int eng, lua_Integer *n, ps_err *err);
-  /* Pushes an array of copies of the sessions (active_only: awaiting_scan and
-   * device_connected), by createdAtMs then sid. */
-  int  (*list)(ps_engine *e, lua_State *L, int eng, int active_only, ps_err *err);
+  /* *n = the number of live (non-terminal) sessions (or more than limit: at least limit). */
+  int  (*count_live)(ps_engine *e, lua_State *L, int eng, lua_Integer limit, lua_Integer *n,
+                     ps_err *err);
+  /* Pushes an array of copies of the sessions (PS_LIST_ACTIVE: awaiting_scan and
+   * device_connected only; PS_LIST_TEXT: their texts as stored), by createdAtMs then sid. */
+  int  (*list)(ps_engine *e, lua_State *L, int eng, int flags, ps_err *err);
+  /* Pushes the text stored for the session at sess (fetched in this transaction). */
+  int  (*text)(ps_engine *e, lua_State *L, int eng, int sess, ps_err *err);
   /* Applies pruning at now if anything is due (ps_rule_prune); *removed: sessions dropped. */
   int  (*prune_due)(ps_engine *e, lua_State *L, int eng, int64_t now, int *removed,
                     ps_err *err);
   /* Ends the transaction. PS_END_COMMIT makes its changes durable (and may fail, and may
    * raise out of memory: then PS_END_ROLLBACK follows); PS_END_ROLLBACK discards them and
-   * never fails. Both release the lock; a second end does nothing. */
+   * never fails. Both release the locks; a second end does nothing. */
   int  (*end)(ps_engine *e, lua_State *L, int eng, int how, ps_err *err);
   /* The i-th event of the last begin/end (NULL past the last), and forgetting them. */
   const ps_event *(*event)(ps_engine *e, int i);
   void (*events_clear)(ps_engine *e);
+  /* Pushes a watcher (wait.c) that wakes when the session sid may have changed. Outside a
+   * transaction. */
+  int  (*watch)(ps_engine *e, lua_State *L, int eng, const char *sid, ps_err *err);
   /* Releases everything; idempotent (also the engine userdata's __gc). */
   void (*close)(ps_engine *e);
 } ps_engine_methods;
@@ -395,11 +437,24 @@ int ps_file_normalize_path(char *p);
  * (true, "indexed" | "not indexed", or false, what disagrees). */
 int ps_file_engine_selfcheck(lua_State *L, int eng);
 
+/* The PostgreSQL engine (engine_pg.c). */
+typedef struct ps_pg_opts {
+  const char *store;     /* the store's name */
+  int lock_wait_ms, connect_timeout_ms, statement_timeout_ms, durable;
+  size_t max_session_bytes;
+} ps_pg_opts;
+/* Whether target names a PostgreSQL database (postgresql://, postgres://, pg:conninfo). */
+int ps_pg_is_target(const char *target);
+/* Pushes a PostgreSQL engine for target (nothing connects yet) and returns it. */
+ps_engine *ps_pg_engine_new(lua_State *L, const char *target, const ps_pg_opts *o, int decode);
+/* The schema's DDL (what sql/pairstore.sql holds). */
+extern const char ps_pg_schema_sql[];
+
 /* ---- the store and its transaction (bind.c, txn.c) --------------------------------------- */
 
 #define PS_STORE_MT "pairstore.store"
-/* User values of a store userdata: options; the engine. */
-enum { PS_UV_OPTS = 1, PS_UV_ENGINE, PS_UV_COUNT = PS_UV_ENGINE };
+/* User values of a store userdata: options; the engine; cjson's decode. */
+enum { PS_UV_OPTS = 1, PS_UV_ENGINE, PS_UV_DECODE, PS_UV_COUNT = PS_UV_DECODE };
 
 typedef struct ps_store {
   ps_engine *eng;        /* NULL: closed */
@@ -410,7 +465,7 @@ typedef struct ps_store {
 
 typedef enum {
   PS_OP_GET, PS_OP_LIST, PS_OP_CREATE, PS_OP_UPDATE, PS_OP_TRANSITION, PS_OP_FAILED_CODE,
-  PS_OP_VERIFY, PS_OP_CONSUME, PS_OP_RESPOND, PS_OP_PRUNE,
+  PS_OP_VERIFY, PS_OP_CONSUME, PS_OP_RESPOND, PS_OP_PRUNE, PS_OP_EXPORT, PS_OP_IMPORT,
 } ps_op;
 
 /* Runs op on the store at 1 as one transaction; the method's arguments are 2..top. */
@@ -435,6 +490,7 @@ typedef struct ps_jscan {
   ps_jspan *spans;
   size_t nspans, cap;
   int lone;              /* a lone surrogate escape somewhere (cjson refuses those) */
+  int bigint;            /* an integer literal a double cannot hold exactly somewhere */
 } ps_jscan;
 
 /* Checks that p is one JSON text (RFC 8259; finite numbers; nesting bounded) and finds the
@@ -462,7 +518,21 @@ int  ps_crypto_open(lua_State *L);
 /* ---- QR codes (qr.c) ----------------------------------------------------------------- */
 void ps_qr_register(lua_State *L);     /* adds qr_matrix to the table on top of the stack */
 
-/* ---- waiting for the file to change (wait.c) ------------------------------------------ */
-void ps_wait_register(lua_State *L);   /* adds watch_file, mono_ms and the CLI's signal helpers */
+/* ---- waiting for a change (wait.c) ------------------------------------------------------ */
+void ps_wait_register(lua_State *L);   /* adds mono_ms and the CLI's signal helpers */
+/* What a watcher waits on: a descriptor to poll (which may change between waits: -1 means
+ * none, a change at once) and what to do when it is readable (1: something for us changed,
+ * or may have; 0: nothing; -1 with errno). close: when the watcher goes (may be NULL). */
+typedef struct ps_watch_source {
+  int  (*fd)(void *ctx);
+  int  (*drain)(void *ctx);
+  void (*close)(void *ctx);
+} ps_watch_source;
+/* Pushes a watcher over src; ctx is given back to it; owner: a stack index of a value the
+ * watcher keeps alive (0: none). what: for messages. */
+void ps_watcher_push(lua_State *L, const ps_watch_source *src, void *ctx, int owner,
+                     const char *what);
+/* Pushes a watcher of the file base in directory dir (inotify), or returns -1 with e set. */
+int  ps_watch_file(lua_State *L, const char *dir, const char *base, ps_err *e);
 
 #endif

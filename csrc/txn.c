@@ -20,6 +20,7 @@ typedef struct ps_txn {
   int64_t now;
   int ended;             /* ended with commit (the lock released) */
   const char *outcome;   /* domain outcome: nil, outcome, outcome */
+  char sid[33];          /* create: the sid drawn for it before begin */
   int failed;            /* system failure in err */
   ps_err err;
 } ps_txn;
@@ -69,7 +70,7 @@ static int push_copy(lua_State *L, int idx)
 /* Stores the session at sess (changed by its rule); 0, or -1 with t failed. */
 static int put(lua_State *L, ps_txn *t, int sess, int flags)
 {
-  int rc = t->m->put(t->e, L, ENG, sess, flags, &t->err);
+  int rc = t->m->put(t->e, L, ENG, sess, 0, flags, &t->err);
   if (rc < 0) t->failed = 1;
   return rc;
 }
@@ -212,7 +213,7 @@ static int act_create(lua_State *L, ps_txn *t)
   lua_Integer live;
   int tries, taken;
 
-  if (t->m->count_live(t->e, L, ENG, &live, &t->err) != 0) {
+  if (t->m->count_live(t->e, L, ENG, t->s->max_sessions, &live, &t->err) != 0) {
     t->failed = 1;
     return 0;
   }
@@ -223,6 +224,7 @@ static int act_create(lua_State *L, ps_txn *t)
   }
   for (tries = 0;; tries++) {
     if (lua_isstring(L, ARG(4))) snprintf(sid, sizeof sid, "%s", lua_tostring(L, ARG(4)));
+    else if (tries == 0) memcpy(sid, t->sid, sizeof sid); /* drawn before begin: the hint's */
     else ps_random_hex(sid, 16);
     if (t->m->fetch_for_update(t->e, L, ENG, sid, &t->err) != 0) {
       t->failed = 1;
@@ -242,6 +244,66 @@ static int act_create(lua_State *L, ps_txn *t)
   return push_copy(L, lua_gettop(L));
 }
 
+/* import: ARG 1 = an array of session texts. Each whose sid the store lacks is stored as it
+ * is; one it holds with the same text counts as the same; another text there fails it all.
+ * Pushes added, same. */
+static int act_import(lua_State *L, ps_txn *t)
+{
+  lua_Integer n = (lua_Integer)lua_rawlen(L, ARG(1)), i, added = 0, same = 0;
+  ps_buf tmp = { 0 };
+  int dec, top;
+  lua_getiuservalue(L, STORE, PS_UV_DECODE);
+  dec = lua_gettop(L);
+  for (i = 1; i <= n; i++) {
+    size_t len, have_len;
+    const char *text, *why, *sid, *have;
+    top = lua_gettop(L);
+    lua_rawgeti(L, ARG(1), i);
+    text = lua_tolstring(L, -1, &len);
+    why = ps_record_decode(L, dec, text, len, &tmp);
+    if (why) {
+      ps_buf_free(&tmp);
+      ps_err_set(&t->err, "invalid", "session text %lld is not a session: %s", (long long)i, why);
+      t->failed = 1;
+      return 0;
+    }
+    sid = ps_get_str(L, -1, "sid", &len);
+    if (t->m->fetch_for_update(t->e, L, ENG, sid, &t->err) != 0) {
+      ps_buf_free(&tmp);
+      t->failed = 1;
+      return 0;
+    }
+    if (lua_isnil(L, -1)) {
+      if (t->m->put(t->e, L, ENG, top + 2, top + 1, 0, &t->err) < 0) {
+        ps_buf_free(&tmp);
+        t->failed = 1;
+        return 0;
+      }
+      added++;
+    } else {
+      if (t->m->text(t->e, L, ENG, lua_gettop(L), &t->err) != 0) {
+        ps_buf_free(&tmp);
+        t->failed = 1;
+        return 0;
+      }
+      have = lua_tolstring(L, -1, &have_len);
+      if (have_len != len || memcmp(have, text, len) != 0) {
+        ps_buf_free(&tmp);
+        ps_err_set(&t->err, "conflict", "session %s is already in %s with other contents; "
+                   "nothing was imported", sid, t->m->display(t->e));
+        t->failed = 1;
+        return 0;
+      }
+      same++;
+    }
+    lua_settop(L, top);
+  }
+  ps_buf_free(&tmp);
+  lua_pushinteger(L, added);
+  lua_pushinteger(L, same);
+  return 2;
+}
+
 /* ---- the transaction -------------------------------------------------------------------------- */
 
 static int read_clock(lua_State *L, ps_txn *t)
@@ -253,7 +315,14 @@ static int read_clock(lua_State *L, ps_txn *t)
   lua_remove(L, -2);
   if (lua_isnil(L, -1)) {
     lua_pop(L, 1);
-    t->now = ps_wall_ms();
+    if (!t->m->clock) {
+      t->now = ps_wall_ms();
+      return 0;
+    }
+    if (t->m->clock(t->e, L, ENG, &t->now, &t->err) != 0) {
+      t->failed = 1;
+      return -1;
+    }
     return 0;
   }
   if (ps_call_user(L, 0, 1) != LUA_OK) {
@@ -290,9 +359,13 @@ static int txn_body(lua_State *L)
   }
   switch (t->op) {
   case PS_OP_LIST:
-    if (t->m->list(t->e, L, ENG, lua_toboolean(L, ARG(1)), &t->err) != 0) t->failed = 1;
+  case PS_OP_EXPORT:
+    if (t->m->list(t->e, L, ENG, t->op == PS_OP_EXPORT ? PS_LIST_TEXT
+                                 : lua_toboolean(L, ARG(1)) ? PS_LIST_ACTIVE : 0, &t->err) != 0)
+      t->failed = 1;
     else nres = 1;
     break;
+  case PS_OP_IMPORT: nres = act_import(L, t); break;
   case PS_OP_CREATE: nres = act_create(L, t); break;
   case PS_OP_PRUNE:
     lua_pushinteger(L, removed);
@@ -372,6 +445,7 @@ int ps_txn_run(lua_State *L, ps_op op, int readonly)
   ps_store *s = luaL_checkudata(L, 1, PS_STORE_MT);
   int nargs = lua_gettop(L), i, status, base, eng, key;
   ps_txn t;
+  ps_hint hint;
 
   if (!s->eng) return luaL_error(L, "pairstore: store is closed");
   memset(&t, 0, sizeof t);
@@ -390,7 +464,21 @@ int ps_txn_run(lua_State *L, ps_op op, int readonly)
                t.m->display(t.e));
     return ps_push_err(L, &t.err);
   }
-  if (t.m->begin(t.e, L, eng, readonly, &t.err) != 0) {
+  /* What the transaction will ask the engine for first. */
+  memset(&hint, 0, sizeof hint);
+  switch (op) {
+  case PS_OP_CREATE:
+    if (lua_isstring(L, 5)) snprintf(t.sid, sizeof t.sid, "%s", lua_tostring(L, 5));
+    else ps_random_hex(t.sid, 16);
+    hint.sid = t.sid;
+    hint.count_live = s->max_sessions;
+    break;
+  case PS_OP_LIST: hint.list = 4 + (lua_toboolean(L, 2) ? PS_LIST_ACTIVE : 0); break;
+  case PS_OP_EXPORT: hint.list = 4 + PS_LIST_TEXT; break;
+  case PS_OP_PRUNE: case PS_OP_IMPORT: break;
+  default: hint.sid = lua_tostring(L, 2); break;
+  }
+  if (t.m->begin(t.e, L, eng, readonly, &hint, &t.err) != 0) {
     deliver_events(L, &t, 1);
     return ps_push_err(L, &t.err);
   }

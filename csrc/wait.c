@@ -1,13 +1,16 @@
 /*
- * wait.c — waiting for a sessions file to change, for store:wait and the CLI's live view:
- * a watcher (inotify on the file's directory, filtered by the file's name) whose wait also
- * ends on SIGINT, SIGTERM or SIGHUP (blocked and read through a signalfd, so none is lost),
- * and the monotonic clock the waits are timed with. Nothing here touches the file.
+ * wait.c — waiting for a store to change, for store:wait and the CLI's live view: a watcher
+ * over what an engine gives it to wait on (for the file engine: inotify on the file's
+ * directory, filtered by the file's name; for PostgreSQL: its connection's notifications),
+ * whose wait also ends on SIGINT, SIGTERM or SIGHUP (blocked and read through a signalfd, so
+ * none is lost), and the monotonic clock the waits are timed with. Nothing here touches a
+ * store.
  */
 #include "pairstore.h"
 
 #include <errno.h>
 #include <limits.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <poll.h>
 #include <signal.h>
@@ -25,24 +28,24 @@
                     IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR)
 
 typedef struct ps_watcher {
-  int fd;        /* inotify instance, -1 once closed */
-  char *base;    /* the file's name in the directory (malloc'd) */
+  const ps_watch_source *src; /* NULL once closed */
+  void *ctx;
+  char what[160];             /* for messages */
 } ps_watcher;
 
 static ps_watcher *check_watcher(lua_State *L)
 {
   ps_watcher *w = luaL_checkudata(L, 1, PS_WATCHER_MT);
-  if (w->fd < 0) luaL_error(L, "pairstore: the watcher is closed");
+  if (!w->src) luaL_error(L, "pairstore: the watcher is closed");
   return w;
 }
 
 static int watcher_close(lua_State *L)
 {
   ps_watcher *w = luaL_checkudata(L, 1, PS_WATCHER_MT);
-  if (w->fd >= 0) close(w->fd);
-  w->fd = -1;
-  free(w->base);
-  w->base = NULL;
+  if (w->src && w->src->close) w->src->close(w->ctx);
+  w->src = NULL;
+  w->ctx = NULL;
   return 0;
 }
 
@@ -70,10 +73,30 @@ static int take_pending(void)
   return sig > 0 ? sig : 0;
 }
 
+/* ---- the file engine's source: inotify on the directory ---------------------------------- */
+
+typedef struct file_watch {
+  int fd;        /* inotify instance */
+  char base[];   /* the file's name in the directory */
+} file_watch;
+
+static int file_fd(void *ctx)
+{
+  return ((file_watch *)ctx)->fd;
+}
+
+static void file_close(void *ctx)
+{
+  file_watch *w = ctx;
+  close(w->fd);
+  free(w);
+}
+
 /* Reads the queued events; 1 when one concerns the file (or the queue overflowed, or the
  * directory went away), 0 when none did, -1 with errno on a read error. */
-static int drain_events(ps_watcher *w)
+static int file_drain(void *ctx)
 {
+  file_watch *w = ctx;
   char buf[4096] __attribute__((aligned(__alignof__(struct inotify_event))));
   int hit = 0;
   for (;;) {
@@ -94,38 +117,49 @@ static int drain_events(ps_watcher *w)
   }
 }
 
-/* watch_file(dir, base) -> watcher | nil, message, "io"
- * Events are queued from this call on, so a change between it and a wait is not missed. */
-static int f_watch_file(lua_State *L)
-{
-  size_t dlen, blen;
-  const char *dir = luaL_checklstring(L, 1, &dlen);
-  const char *base = luaL_checklstring(L, 2, &blen);
-  ps_watcher *w;
-  ps_err e;
+static const ps_watch_source file_source = { file_fd, file_drain, file_close };
 
-  luaL_argcheck(L, dlen > 0 && strlen(dir) == dlen, 1, "a non-empty path without NUL bytes");
-  luaL_argcheck(L, blen > 0 && strlen(base) == blen && !strchr(base, '/'), 2,
-                "a file name without '/' or NUL bytes");
-  w = lua_newuserdatauv(L, sizeof *w, 0);
-  w->fd = -1;
-  w->base = NULL;
-  luaL_setmetatable(L, PS_WATCHER_MT); /* before any resource is acquired */
-  w->base = strdup(base);
-  if (!w->base) return luaL_error(L, "pairstore: out of memory");
+/* Events are queued from this call on, so a change between it and a wait is not missed. */
+int ps_watch_file(lua_State *L, const char *dir, const char *base, ps_err *e)
+{
+  file_watch *w = malloc(sizeof *w + strlen(base) + 1);
+  if (!w) {
+    ps_err_sys(e, ENOMEM, "watch", dir);
+    return -1;
+  }
+  strcpy(w->base, base);
   w->fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
   if (w->fd < 0) {
-    ps_err_sys(&e, errno, "inotify_init1", dir);
-    return ps_push_err(L, &e);
+    ps_err_sys(e, errno, "inotify_init1", dir);
+    free(w);
+    return -1;
   }
   if (inotify_add_watch(w->fd, dir, WATCH_MASK) < 0) {
-    int saved = errno;
-    close(w->fd);
-    w->fd = -1;
-    ps_err_sys(&e, saved, "inotify_add_watch", dir);
-    return ps_push_err(L, &e);
+    ps_err_sys(e, errno, "inotify_add_watch", dir);
+    file_close(w);
+    return -1;
   }
-  return 1;
+  ps_watcher_push(L, &file_source, w, 0, base);
+  return 0;
+}
+
+/* ---- the watcher ----------------------------------------------------------------------------- */
+
+void ps_watcher_push(lua_State *L, const ps_watch_source *src, void *ctx, int owner,
+                     const char *what)
+{
+  ps_watcher *w;
+  if (owner) owner = lua_absindex(L, owner);
+  w = lua_newuserdatauv(L, sizeof *w, 1);
+  w->src = NULL;
+  luaL_setmetatable(L, PS_WATCHER_MT);
+  w->src = src;
+  w->ctx = ctx;
+  snprintf(w->what, sizeof w->what, "%s", what);
+  if (owner) {
+    lua_pushvalue(L, owner);
+    lua_setiuservalue(L, -2, 1);
+  }
 }
 
 /* watcher:wait(timeout_ms, signals) -> "change" | "timeout" | "SIGINT"|"SIGTERM"|"SIGHUP"
@@ -163,16 +197,21 @@ static int watcher_wait(lua_State *L)
     struct pollfd pfd[2];
     int64_t left = deadline < 0 ? -1 : deadline - ps_mono_ms();
     int n;
+    int fd;
     if (signals && (sig = take_pending())) break;
-    if ((hit = drain_events(w)) != 0) {
+    if ((hit = w->src->drain(w->ctx)) != 0) {
       if (hit < 0) {
         saved = errno;
-        failed = "read inotify";
+        failed = "wait";
       }
       break;
     }
     if (deadline >= 0 && left <= 0) break;
-    pfd[0].fd = w->fd;
+    if ((fd = w->src->fd(w->ctx)) < 0) {
+      hit = 1; /* nothing to wait on now (a lost connection): the caller reads again */
+      break;
+    }
+    pfd[0].fd = fd;
     pfd[0].events = POLLIN;
     pfd[1].fd = sfd;
     pfd[1].events = POLLIN;
@@ -198,7 +237,7 @@ static int watcher_wait(lua_State *L)
     return 1;
   }
   if (failed) {
-    ps_err_sys(&e, saved, failed, w->base);
+    ps_err_sys(&e, saved, failed, w->what);
     return ps_push_err(L, &e);
   }
   lua_pushstring(L, hit ? "change" : "timeout");
@@ -249,7 +288,7 @@ static const luaL_Reg watcher_methods[] = {
 };
 
 static const luaL_Reg wait_funcs[] = {
-  { "watch_file", f_watch_file }, { "mono_ms", f_mono_ms }, { "_hold_signals", f_hold_signals },
+  { "mono_ms", f_mono_ms }, { "_hold_signals", f_hold_signals },
   { "_ignore_sigpipe", f_ignore_sigpipe }, { NULL, NULL },
 };
 

@@ -101,16 +101,22 @@ local OPTION_TYPES = {
   now = "function", on_event = "function", rng = "table", durable = "boolean",
   lock_wait_ms = "number", lock_stale_ms = "number", max_sessions = "number",
   max_file_bytes = "number", max_session_bytes = "number",
+  store = "string", connect_timeout_ms = "number", statement_timeout_ms = "number",
 }
+-- Options that only one kind of store takes.
+local FILE_ONLY = { lock_stale_ms = true, max_file_bytes = true }
+local PG_ONLY = { store = true, connect_timeout_ms = true, statement_timeout_ms = true }
 local RNG_HOOKS = { sid = true, secret_key = true, code = true }
 
-local function check_options(options)
+local function check_options(options, pg)
   if options == nil then return {} end
   if type(options) ~= "table" then argerror(3, "open", "options must be a table") end
   local opts = {}
   for k, v in pairs(options) do
     local want = OPTION_TYPES[k]
     if not want then argerror(3, "open", fmt("unknown option %q", tostring(k))) end
+    if pg and FILE_ONLY[k] then argerror(3, "open", fmt("option %s is for file stores only", k)) end
+    if not pg and PG_ONLY[k] then argerror(3, "open", fmt("option %s is for PostgreSQL stores only", k)) end
     if type(v) ~= want then argerror(3, "open", fmt("option %s must be a %s", k, want)) end
     if want == "number" and (not tointeger(v) or v < 0) then
       argerror(3, "open", fmt("option %s must be a non-negative integer", k))
@@ -132,13 +138,26 @@ local Store = {}
 Store.__index = Store
 Store.__name = "pairstore.store"
 
---- Open the store at path (nothing is read or locked until the first operation).
+--- Whether target names a PostgreSQL database (postgresql://..., postgres://..., pg:conninfo)
+-- rather than a file.
+function pairstore.is_pg_target(target)
+  return type(target) == "string" and core.is_pg_target(target)
+end
+
+--- The DDL of the PostgreSQL schema (what sql/pairstore.sql holds).
+function pairstore.pg_schema_sql() return core.pg_schema_sql() end
+
+--- Open the store at target: a file path, or a PostgreSQL target (nothing is read, locked or
+-- connected until the first operation).
 function pairstore.open(path, options)
   if type(path) ~= "string" or path == "" then argerror(2, "open", "path must be a non-empty string") end
   if path:find("\0", 1, true) then argerror(2, "open", "path must not contain a NUL byte") end
+  local pg = core.is_pg_target(path)
   local last = path:match("[^/]*$")
-  if last == "" or last == "." or last == ".." then argerror(2, "open", "path names a directory: " .. path) end
-  local opts = check_options(options)
+  if not pg and (last == "" or last == "." or last == "..") then
+    argerror(2, "open", "path names a directory: " .. path)
+  end
+  local opts = check_options(options, pg)
   local c = at_caller(pcall(core.open, path, opts))
   return setmetatable({ _core = c, _rng = opts.rng or {}, _now = opts.now, path = c:path() }, Store)
 end
@@ -252,6 +271,25 @@ function Store:reject(sid)
   return c:reject(sid)
 end
 
+--- "file" or "postgresql".
+function Store:backend() return core_of(self, "backend"):backend() end
+
+--- The JSON text of every session exactly as stored, in list_all's order --> texts | nil,
+-- message, code
+function Store:export() return core_of(self, "export"):export() end
+
+--- Adds the sessions (JSON texts, as export gives them) whose sids the store lacks, in one
+-- transaction; a sid held with the same text counts as the same, with another fails it all
+-- (code "conflict") --> added, same | nil, message, code
+function Store:import(texts)
+  local c = core_of(self, "import")
+  if type(texts) ~= "table" then argerror(2, "import", "texts must be an array of strings") end
+  for i = 1, #texts do
+    if type(texts[i]) ~= "string" then argerror(2, "import", "texts must be an array of strings") end
+  end
+  return c:import(texts)
+end
+
 function Store:list_active() return core_of(self, "list_active"):list(true) end
 function Store:list_all() return core_of(self, "list_all"):list(false) end
 function Store:prune() return core_of(self, "prune"):prune() end
@@ -286,8 +324,9 @@ end
 
 --- Block until the session differs from what it is now: store:wait(sid, { timeout_ms = n,
 -- signals = bool }) --> session | nil, "timeout", "timeout" | nil, "signal", "signal", name
--- | nil, message, code (not_found once it is gone, or a store failure). Sleeps on inotify
--- for the file's directory, and wakes at the session's expiry; never polls.
+-- | nil, message, code (not_found once it is gone, or a store failure). Sleeps until the
+-- engine says the session may have changed (inotify on a file's directory; a notification
+-- from PostgreSQL), and wakes at the session's expiry; never polls.
 function Store:wait(sid, opts)
   core_of(self, "wait")
   check_sid("wait", sid)
@@ -303,11 +342,8 @@ function Store:wait(sid, opts)
     timeout = tointeger(timeout)
     if not timeout or timeout < 0 then argerror(2, "wait", "option timeout_ms must be a non-negative integer") end
   end
-  local dir, base = self.path:match("^(.*)/([^/]+)$")
-  if not dir then dir, base = ".", self.path end
-  if dir == "" then dir = "/" end
   -- Watch first, then read: a change in between is queued, not missed.
-  local w <close>, wmsg, wcode = core.watch_file(dir, base)
+  local w <close>, wmsg, wcode = self._core:watch(sid)
   local first, msg, code = self:get(sid)
   if not first then return nil, msg, code end
   if not w then return nil, wmsg, wcode end
