@@ -322,7 +322,8 @@ static int setup(pg_eng *p, ps_err *err)
     for (i = 0; i < 2; i++) PQclear(res[i]);
     if (create_schema(p, err) != 0) return -1;
     memset(res, 0, sizeof res);
-    rc = roundtrip(p, &q[1], 1, &res[1], p->stmt_ms, 1, err);
+    /* both again: the failed pipeline rolled back q[0]'s settings with it */
+    rc = roundtrip(p, q, 2, res, p->stmt_ms, 1, err);
   }
   if (rc == 0) version = PQgetisnull(res[1], 0, 0) ? 0 : atoi(PQgetvalue(res[1], 0, 0));
   for (i = 0; i < 2; i++) PQclear(res[i]);
@@ -358,6 +359,12 @@ static int setup(pg_eng *p, ps_err *err)
   return 0;
 }
 
+static void quiet_notice(void *arg, const char *message)
+{
+  (void)arg;
+  (void)message;
+}
+
 /* Connects (if not connected) within connect_timeout_ms; 0, or -1 with err set. */
 static int connect_db(pg_eng *p, ps_err *err)
 {
@@ -372,6 +379,8 @@ static int connect_db(pg_eng *p, ps_err *err)
     ps_err_set(err, "unavailable", "PostgreSQL %s: out of memory", p->display);
     return -1;
   }
+  /* the server's notices and warnings (an immediate shutdown's) are not the host's output */
+  PQsetNoticeProcessor(p->conn, quiet_notice, NULL);
   p->pid = getpid();
   p->gen++;
   deadline = ps_mono_ms() + p->connect_ms;
@@ -736,9 +745,11 @@ static int first_roundtrip(lua_State *L, pg_eng *p, int eng, int now_known, ps_e
     /* nothing was changed yet: a connection that was already broken may be replaced */
     if (!reused || !err->code || strcmp(err->code, "unavailable") != 0 || p->conn) break;
   }
+  /* A write's BEGIN may have run before a later statement failed (a lock_wait_ms timeout):
+   * the server's transaction is then open and aborted, and pe_end must roll it back. */
+  p->began = !p->readonly;
   if (rc != 0) return -1;
   p->rt1 = 1;
-  p->began = !p->readonly;
   if (i_read >= 0) {
     PGresult *r = res[i_read];
     int i, rows = PQntuples(r);
