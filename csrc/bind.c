@@ -395,6 +395,14 @@ static int f_is_terminal(lua_State *L)
   return 1;
 }
 
+/* next_prune(session) -> the ms after which pruning changes it (it expires, or goes). */
+static int f_next_prune(lua_State *L)
+{
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_pushinteger(L, (lua_Integer)ps_next_prune(L, 1));
+  return 1;
+}
+
 static int f_clamp_ttl(lua_State *L)
 {
   lua_Integer ttl = PS_DEFAULT_TTL_MS;
@@ -441,6 +449,7 @@ static const luaL_Reg store_methods[] = {
 
 static const luaL_Reg module_funcs[] = {
   { "redact", f_redact }, { "json_encode", f_json_encode }, { "now_ms", f_now_ms }, { "is_terminal", f_is_terminal }, { "clamp_ttl", f_clamp_ttl },
+  { "next_prune", f_next_prune },
   { "test_hooks", ps_test_hooks }, { "is_pg_target", f_is_pg_target },
   { "pg_schema_sql", f_pg_schema_sql },
   { NULL, NULL },

@@ -106,11 +106,12 @@ static const stmt stmts[Q_NSTMT] = {
   /* Pruning, set-based: expire the live rows past their expiry (lastStatusChangeAtMs becomes
    * expiresAtMs, as the rule says), then delete the terminal rows past their retention.
    * Rows another transaction holds are skipped (it may be changing them; a later prune
-   * takes them): pruning never waits. */
+   * takes them): pruning never waits. The rows' txn stays: it still names the transaction
+   * that last wrote their text (what a lost COMMIT's lookup compares). */
   { "ps_expire", "UPDATE pairstore_sessions SET status = 'expired', live = false, "
-    "changed_at = expires_at, prune_at = prune_at + $3::int8, txn = $4 WHERE store = $1 AND sid IN "
+    "changed_at = expires_at, prune_at = prune_at + $3::int8 WHERE store = $1 AND sid IN "
     "(SELECT sid FROM pairstore_sessions WHERE store = $1 AND live AND prune_at < $2::int8 "
-    "FOR UPDATE SKIP LOCKED)", 4 },
+    "FOR UPDATE SKIP LOCKED)", 3 },
   { "ps_drop", "DELETE FROM pairstore_sessions WHERE store = $1 AND sid IN "
     "(SELECT sid FROM pairstore_sessions WHERE store = $1 AND NOT live AND prune_at < $2::int8 "
     "FOR UPDATE SKIP LOCKED)", 2 },
@@ -172,10 +173,16 @@ typedef struct pg_eng {
 
 /* The next n commits send COMMIT and then lose the connection before its answer. */
 static int cut_commits;
-void ps_pg_fault_cut_commits(int n);
+static long roundtrips;
+
 void ps_pg_fault_cut_commits(int n)
 {
   cut_commits = n;
+}
+
+long ps_pg_roundtrips(void)
+{
+  return roundtrips;
 }
 
 /* ---- targets and messages --------------------------------------------------------------------- */
@@ -201,11 +208,13 @@ static void set_err(pg_eng *p, ps_err *err, const char *code, const char *fmt, c
     __attribute__((format(printf, 4, 0)));
 static void set_err(pg_eng *p, ps_err *err, const char *code, const char *fmt, const char *detail)
 {
-  char d[2048];
+  char d[2048], *c;
   size_t n;
   snprintf(d, sizeof d, "%s", detail ? detail : "");
   n = strlen(d);
   while (n && (d[n - 1] == '\n' || d[n - 1] == ' ')) d[--n] = '\0';
+  for (c = d; *c; c++) /* libpq's lines, as one */
+    if (*c == '\n' || *c == '\t') *c = ' ';
   ps_err_set(err, code, fmt, p->display, d);
   scrub(p, err->msg);
 }
@@ -322,8 +331,7 @@ static int setup(pg_eng *p, ps_err *err)
     for (i = 0; i < 2; i++) PQclear(res[i]);
     if (create_schema(p, err) != 0) return -1;
     memset(res, 0, sizeof res);
-    /* both again: the failed pipeline rolled back q[0]'s settings with it */
-    rc = roundtrip(p, q, 2, res, p->stmt_ms, 1, err);
+    rc = roundtrip(p, &q[1], 1, &res[1], p->stmt_ms, 1, err);
   }
   if (rc == 0) version = PQgetisnull(res[1], 0, 0) ? 0 : atoi(PQgetvalue(res[1], 0, 0));
   for (i = 0; i < 2; i++) PQclear(res[i]);
@@ -359,10 +367,11 @@ static int setup(pg_eng *p, ps_err *err)
   return 0;
 }
 
-static void quiet_notice(void *arg, const char *message)
+/* The server's notices (a WARNING at shutdown, say) are not the caller's output. */
+static void quiet(void *arg, const char *msg)
 {
   (void)arg;
-  (void)message;
+  (void)msg;
 }
 
 /* Connects (if not connected) within connect_timeout_ms; 0, or -1 with err set. */
@@ -379,10 +388,9 @@ static int connect_db(pg_eng *p, ps_err *err)
     ps_err_set(err, "unavailable", "PostgreSQL %s: out of memory", p->display);
     return -1;
   }
-  /* the server's notices and warnings (an immediate shutdown's) are not the host's output */
-  PQsetNoticeProcessor(p->conn, quiet_notice, NULL);
   p->pid = getpid();
   p->gen++;
+  PQsetNoticeProcessor(p->conn, quiet, NULL);
   deadline = ps_mono_ms() + p->connect_ms;
   if (PQstatus(p->conn) == CONNECTION_BAD) st = PGRES_POLLING_FAILED;
   while (st != PGRES_POLLING_OK) {
@@ -443,6 +451,7 @@ static int roundtrip(pg_eng *p, const pgq *qs, int n, PGresult **res, int64_t bu
   PGconn *c;
 
   p->lost = 0;
+  roundtrips++;
   for (i = 0; i < n; i++) res[i] = NULL;
   if (!connecting && connect_db(p, err) != 0) return -1;
   c = p->conn;
@@ -739,15 +748,13 @@ static int first_roundtrip(lua_State *L, pg_eng *p, int eng, int now_known, ps_e
   for (attempt = 0; attempt < 2; attempt++) {
     int reused = p->conn && p->pid == getpid() && PQstatus(p->conn) == CONNECTION_OK;
     err->code = NULL;
+    p->began = !p->readonly; /* from now on the server may be inside the transaction */
     rc = roundtrip(p, q, n, res, budget, 0, err);
     if (rc == 0) break;
     clear_all(res, n);
     /* nothing was changed yet: a connection that was already broken may be replaced */
     if (!reused || !err->code || strcmp(err->code, "unavailable") != 0 || p->conn) break;
   }
-  /* A write's BEGIN may have run before a later statement failed (a lock_wait_ms timeout):
-   * the server's transaction is then open and aborted, and pe_end must roll it back. */
-  p->began = !p->readonly;
   if (rc != 0) return -1;
   p->rt1 = 1;
   if (i_read >= 0) {
@@ -814,7 +821,6 @@ static int pe_prune_due(ps_engine *e, lua_State *L, int eng, int64_t now, int *r
   q[0].v[0] = p->store;
   q[0].v[1] = now_s;
   q[0].v[2] = ret_s;
-  q[0].v[3] = p->token;
   q[1].q = Q_DROP;
   q[1].v[0] = p->store;
   q[1].v[1] = now_s;

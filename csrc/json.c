@@ -194,7 +194,7 @@ key:
     int esc = 0;
     if (s >= end || *s != '"') return "expected a string key";
     if (!(s = scan_string(s, end, &esc, &sc->lone))) return "invalid string";
-    if (depth == 1) {
+    if (depth == 1 && !sc->value) {
       if (esc) return "escaped key at the top level";
       key_is_sessions = s - k == 10 && memcmp(k, "\"sessions\"", 10) == 0;
     }

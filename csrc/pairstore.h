@@ -447,6 +447,9 @@ typedef struct ps_pg_opts {
 int ps_pg_is_target(const char *target);
 /* Pushes a PostgreSQL engine for target (nothing connects yet) and returns it. */
 ps_engine *ps_pg_engine_new(lua_State *L, const char *target, const ps_pg_opts *o, int decode);
+/* Test hooks: cut the connection after sending the next n COMMITs; round trips so far. */
+void ps_pg_fault_cut_commits(int n);
+long ps_pg_roundtrips(void);
 /* The schema's DDL (what sql/pairstore.sql holds). */
 extern const char ps_pg_schema_sql[];
 
@@ -491,6 +494,8 @@ typedef struct ps_jscan {
   size_t nspans, cap;
   int lone;              /* a lone surrogate escape somewhere (cjson refuses those) */
   int bigint;            /* an integer literal a double cannot hold exactly somewhere */
+  int value;             /* set by the caller: p is one value (a session), not a sessions
+                          * document; nothing is delimited */
 } ps_jscan;
 
 /* Checks that p is one JSON text (RFC 8259; finite numbers; nesting bounded) and finds the

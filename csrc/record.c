@@ -21,6 +21,7 @@ const char *ps_record_decode(lua_State *L, int dec, const char *text, size_t n, 
   int rc;
 
   dec = lua_absindex(L, dec);
+  sc.value = 1;
   why = ps_json_scan(text, n, &sc);
   ps_json_scan_free(&sc);
   if (why) return why;

@@ -1,6 +1,7 @@
 /*
  * testhooks.c — the hooks only the specs use, outside the module table: core.test_hooks()
- * returns them (fault injection control, errno names, the file engine's self-check).
+ * returns them (fault injection control, errno names, the file engine's self-check, the
+ * PostgreSQL engine's commit-cut hook and round-trip count).
  * A production build has them too, but its fault injection reports itself unavailable.
  */
 #include "pairstore.h"
@@ -59,11 +60,27 @@ static int t_selfcheck(lua_State *L)
   return ps_file_engine_selfcheck(L, 2);
 }
 
+/* pg_cut_commits(n): the next n PostgreSQL commits of this process send COMMIT and lose the
+ * connection before its answer (the commit-outcome-unknown path). */
+static int t_pg_cut_commits(lua_State *L)
+{
+  ps_pg_fault_cut_commits((int)luaL_checkinteger(L, 1));
+  return 0;
+}
+
+/* pg_roundtrips() -> the PostgreSQL round trips this process made so far (for the bench). */
+static int t_pg_roundtrips(lua_State *L)
+{
+  lua_pushinteger(L, (lua_Integer)ps_pg_roundtrips());
+  return 1;
+}
+
 int ps_test_hooks(lua_State *L)
 {
   static const luaL_Reg hooks[] = {
     { "fault", t_fault }, { "fault_state", t_fault_state }, { "errno", t_errno },
     { "fault_coarse_ctime", t_fault_coarse_ctime }, { "selfcheck", t_selfcheck },
+    { "pg_cut_commits", t_pg_cut_commits }, { "pg_roundtrips", t_pg_roundtrips },
     { NULL, NULL },
   };
   luaL_newlib(L, hooks);

@@ -255,7 +255,7 @@ static int act_import(lua_State *L, ps_txn *t)
   lua_getiuservalue(L, STORE, PS_UV_DECODE);
   dec = lua_gettop(L);
   for (i = 1; i <= n; i++) {
-    size_t len, have_len;
+    size_t len, sidlen, have_len;
     const char *text, *why, *sid, *have;
     top = lua_gettop(L);
     lua_rawgeti(L, ARG(1), i);
@@ -267,7 +267,7 @@ static int act_import(lua_State *L, ps_txn *t)
       t->failed = 1;
       return 0;
     }
-    sid = ps_get_str(L, -1, "sid", &len);
+    sid = ps_get_str(L, -1, "sid", &sidlen);
     if (t->m->fetch_for_update(t->e, L, ENG, sid, &t->err) != 0) {
       ps_buf_free(&tmp);
       t->failed = 1;

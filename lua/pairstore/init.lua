@@ -351,11 +351,10 @@ function Store:wait(sid, opts)
   while true do
     local left = deadline and deadline - core.mono_ms()
     if left and left < 0 then left = 0 end
-    -- A live session changes by itself when it expires (the next read expires it).
-    if not core.is_terminal(first.status) and type(first.expiresAtMs) == "number" then
-      local due = math.ceil(first.expiresAtMs - self:now()) + 1
-      if due > 0 and (not left or due < left) then left = due end
-    end
+    -- A session changes by itself when pruning is due for it (it expires, or its retention
+    -- ends): the next read after that moment shows it.
+    local due = core.next_prune(first) - self:now() + 1
+    if due > 0 and (not left or due < left) then left = due end
     local ev, emsg, ecode = w:wait(left, opts.signals)
     if not ev then return nil, emsg, ecode end
     if ev ~= "change" and ev ~= "timeout" then return nil, "signal", "signal", ev end
