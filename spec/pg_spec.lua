@@ -596,6 +596,31 @@ describe("PostgreSQL: the schema", function()
     assert.are.equal(s.sid, in_db(db, "SELECT sid FROM pairstore_sessions"))
   end)
 
+  it("created by a store's own connection leaves that connection's lock_wait_ms in force", function()
+    local db = new_db()
+    local where = { backend = "postgresql", target = target_for(db, "pairstore"), store = "s" }
+    local store = helpers.reopen(where, { durable = false, lock_wait_ms = 300 })
+    local s = assert(store:create {}) -- this connection made the tables
+    local dir = helpers.tmpdir()
+    local holder = spawn(dir, "holder", ([[
+      local store = %s
+      assert(store:update(%q, function()
+        io.open(%q, "w"):close()
+        while not exists(%q) do os.execute("sleep 0.01") end
+      end))
+    ]]):format(helpers.open_expr(where), s.sid, dir .. "/holding", dir .. "/release"))
+    finally(function() helpers.write(dir .. "/release", "") end)
+    assert.is_truthy(helpers.wait_for(function() return helpers.exists(dir .. "/holding") end, 30))
+    local t0 = helpers.mono()
+    local r, msg, code = store:update(s.sid, function(x) x.mine = true end)
+    local took = helpers.mono() - t0
+    assert.is_nil(r, "the update waited for the row lock past lock_wait_ms")
+    assert.are.equal("timeout", code, tostring(msg))
+    assert.is_true(took < 5, "gave up after " .. took .. " s (lock_wait_ms 300)")
+    helpers.write(dir .. "/release", "")
+    wait_kids({ holder }, 30)
+  end)
+
   it("missing, for a role without DDL rights: code schema naming sql/pairstore.sql; works once the owner applied it", function()
     local db = new_db()
     local role = "ps_app_" .. rand_hex(4)
