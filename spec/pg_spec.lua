@@ -36,7 +36,7 @@ end
 -- The postmaster and every process it started (backends, checkpointer, wal writer, ...).
 local function server_pids()
   local pm = postmaster_pid()
-  local _, out = helpers.run("pgrep -P " .. pm)
+  local _, out = helpers.run("env -u LD_PRELOAD pgrep -P " .. pm) -- (pgrep deadlocks under the ASan runtime)
   local pids = { pm }
   for p in out:gmatch("%d+") do pids[#pids + 1] = tonumber(p) end
   return pids
