@@ -30,7 +30,7 @@ CORE  = $(BUILD)/pairstore/core.so
 export LUA_PATH  := $(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;;
 export LUA_CPATH := $(CURDIR)/$(BUILD)/?.so;;
 
-.PHONY: all deps test demo install uninstall clean lint test-stress test-fault test-sanitize fuzz bench
+.PHONY: all deps test demo install uninstall clean lint test-stress test-fault test-sanitize test-ha fuzz bench
 
 all: $(CORE)
 
@@ -51,6 +51,14 @@ $(FORKUTIL): spec/support/forkutil.c Makefile
 
 # The suite runs against both backends: with-pg.sh starts a private PostgreSQL cluster (unix
 # socket in a temp dir) for it and removes it afterwards, also on failure.
+# Test-only helper (bare libpq calls for the bench's PostgreSQL floor); never installed.
+PGFLOOR = $(BUILD)/test/pgfloor.so
+
+$(PGFLOOR): spec/bench/pgfloor.c Makefile
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -std=c11 -D_GNU_SOURCE -fPIC -Wall -Wextra $(shell $(PKG_CONFIG) --cflags lua$(LUA_VERSION) libpq) \
+	  $(LDFLAGS) -shared -o $@ $< $(shell $(PKG_CONFIG) --libs libpq 2>/dev/null || echo -lpq)
+
 test: deps
 	@$(MAKE) --no-print-directory all $(FORKUTIL)
 	bash spec/support/with-pg.sh busted --lua=$(LUA) spec
@@ -76,6 +84,10 @@ test-stress: deps all
 test-fault: deps all $(FAULT_CORE)
 	bash spec/fault/run.sh
 
+# Failover on one machine: a primary and a synchronous streaming standby (spec/ha/run.sh).
+test-ha: deps all
+	bash spec/ha/run.sh
+
 # Under with-pg.sh too (run.sh starts it itself), so valgrind and ASan cover the PostgreSQL backend.
 test-sanitize: deps
 	@$(MAKE) --no-print-directory all $(FORKUTIL)
@@ -84,7 +96,8 @@ test-sanitize: deps
 fuzz: deps
 	bash csrc/fuzz/run.sh
 
-bench: deps all
+# The PostgreSQL section starts a private cluster of its own (spec/support/with-pg.sh).
+bench: deps all $(PGFLOOR)
 	bash spec/bench/run.sh
 
 install: $(CORE)

@@ -30,8 +30,7 @@ static const char *check_sid(lua_State *L, int idx)
 {
   size_t n;
   const char *sid = luaL_checklstring(L, idx, &n);
-  luaL_argcheck(L, n == 32 && strspn(sid, "0123456789abcdef") == 32, idx,
-                "sid must be 32 lowercase hex characters");
+  luaL_argcheck(L, ps_is_sid(sid, n), idx, "sid must be 32 lowercase hex characters");
   return sid;
 }
 
@@ -70,7 +69,7 @@ static int m_create(lua_State *L)
   lua_settop(L, 7);
   if (!lua_isnil(L, 5)) {
     v = luaL_checklstring(L, 5, &len);
-    luaL_argcheck(L, len == 32 && strspn(v, "0123456789abcdef") == 32, 5, "sid must be 32 lowercase hex");
+    luaL_argcheck(L, ps_is_sid(v, len), 5, "sid must be 32 lowercase hex");
   }
   if (!lua_isnil(L, 6)) {
     v = luaL_checklstring(L, 6, &len);
@@ -81,7 +80,7 @@ static int m_create(lua_State *L)
   }
   if (!lua_isnil(L, 7)) {
     v = luaL_checklstring(L, 7, &len);
-    luaL_argcheck(L, len == 6 && strspn(v, "0123456789") == 6, 7, "code must be 6 digits");
+    luaL_argcheck(L, ps_is_code(v, len), 7, "code must be 6 digits");
   } else {
     ps_random_code(code);
     lua_pushstring(L, code);
@@ -132,7 +131,7 @@ static int m_verify(lua_State *L)
   const char *code;
   check_sid(L, 2);
   code = luaL_checklstring(L, 3, &n);
-  if (n != 6 || strspn(code, "0123456789") != 6) {
+  if (!ps_is_code(code, n)) {
     lua_pushnil(L);
     lua_pushstring(L, "bad_code");
     lua_pushstring(L, "bad_code");
@@ -200,6 +199,26 @@ static int m_watch(lua_State *L)
   lua_getiuservalue(L, 1, PS_UV_ENGINE);
   if (s->eng->m->watch(s->eng, L, 3, sid, &e) != 0) return ps_push_err(L, &e);
   return 1;
+}
+
+/* now() -> the store's clock: the `now` option, else the engine's (a server's: one
+ * transaction that only reads it), else the local wall clock. */
+static int m_now(lua_State *L)
+{
+  ps_store *s = check_store(L, 1);
+  lua_settop(L, 1);
+  lua_getiuservalue(L, 1, PS_UV_OPTS);
+  lua_getfield(L, -1, "now");
+  if (!lua_isnil(L, -1)) { /* the caller's clock, as the caller wrote it */
+    lua_call(L, 0, 1);
+    return 1;
+  }
+  if (!s->eng->m->clock) {
+    lua_pushinteger(L, (lua_Integer)ps_wall_ms());
+    return 1;
+  }
+  lua_settop(L, 1);
+  return run(L, PS_OP_NOW, 1);
 }
 
 static int m_backend(lua_State *L)
@@ -389,6 +408,45 @@ static int f_json_encode(lua_State *L)
   return 1;
 }
 
+static int f_is_sid(lua_State *L)
+{
+  size_t n;
+  const char *s = lua_type(L, 1) == LUA_TSTRING ? lua_tolstring(L, 1, &n) : NULL;
+  lua_pushboolean(L, s && ps_is_sid(s, n));
+  return 1;
+}
+
+static int f_is_code(lua_State *L)
+{
+  size_t n;
+  const char *s = lua_type(L, 1) == LUA_TSTRING ? lua_tolstring(L, 1, &n) : NULL;
+  lua_pushboolean(L, s && ps_is_code(s, n));
+  return 1;
+}
+
+static int f_is_known_status(lua_State *L)
+{
+  lua_pushboolean(L, lua_type(L, 1) == LUA_TSTRING && ps_is_known_status(lua_tostring(L, 1)));
+  return 1;
+}
+
+static int f_is_known_mode(lua_State *L)
+{
+  lua_pushboolean(L, lua_type(L, 1) == LUA_TSTRING && ps_is_known_mode(lua_tostring(L, 1)));
+  return 1;
+}
+
+static void set_list(lua_State *L, const char *name, const char *const *list)
+{
+  int i;
+  lua_newtable(L);
+  for (i = 0; list[i]; i++) {
+    lua_pushstring(L, list[i]);
+    lua_rawseti(L, -2, i + 1);
+  }
+  lua_setfield(L, -2, name);
+}
+
 static int f_is_terminal(lua_State *L)
 {
   lua_pushboolean(L, ps_is_terminal(luaL_checkstring(L, 1)));
@@ -444,12 +502,14 @@ static const luaL_Reg store_methods[] = {
   { "transition", m_transition }, { "reject", m_reject }, { "register_failed_code", m_failed_code },
   { "verify_code", m_verify }, { "consume", m_consume }, { "respond", m_respond }, { "prune", m_prune },
   { "export", m_export }, { "import", m_import }, { "watch", m_watch }, { "backend", m_backend },
+  { "now", m_now },
   { "close", m_close }, { "path", m_path }, { NULL, NULL },
 };
 
 static const luaL_Reg module_funcs[] = {
   { "redact", f_redact }, { "json_encode", f_json_encode }, { "now_ms", f_now_ms }, { "is_terminal", f_is_terminal }, { "clamp_ttl", f_clamp_ttl },
-  { "next_prune", f_next_prune },
+  { "next_prune", f_next_prune }, { "is_sid", f_is_sid }, { "is_code", f_is_code },
+  { "is_known_status", f_is_known_status }, { "is_known_mode", f_is_known_mode },
   { "test_hooks", ps_test_hooks }, { "is_pg_target", f_is_pg_target },
   { "pg_schema_sql", f_pg_schema_sql },
   { NULL, NULL },
@@ -523,6 +583,8 @@ __attribute__((visibility("default"))) int luaopen_pairstore_core(lua_State *L)
   set_int(L, "MAX_FILE_BYTES", PS_MAX_FILE_BYTES);
   set_int(L, "MAX_SESSION_BYTES", PS_MAX_SESSION_BYTES);
   set_int(L, "MAX_FIELD_BYTES", PS_MAX_FIELD_BYTES);
+  set_list(L, "STATUSES", ps_statuses);
+  set_list(L, "MODES", ps_modes);
   lua_pushliteral(L, PS_VERSION);
   lua_setfield(L, -2, "_VERSION");
   return 1;

@@ -52,6 +52,8 @@ const char ps_pg_schema_sql[] =
   "-- while live, the end of its retention once terminal). Pruning may mark a live row\n"
   "-- expired (status, live, changed_at, prune_at) without rewriting body: a reader applies\n"
   "-- the expiry to body itself. txn is the token of the transaction that last wrote it.\n"
+  "-- waited_until: someone waits for a change of this session (store:wait) until then, so\n"
+  "-- a change sends a notification (NOTIFY serialises commits: only when it is awaited).\n"
   "CREATE TABLE pairstore_sessions (\n"
   "  store      text NOT NULL REFERENCES pairstore_stores (store),\n"
   "  sid        text NOT NULL,\n"
@@ -63,6 +65,7 @@ const char ps_pg_schema_sql[] =
   "  prune_at   bigint NOT NULL,\n"
   "  txn        text NOT NULL,\n"
   "  body       text NOT NULL,\n"
+  "  waited_until bigint NOT NULL DEFAULT 0,\n"
   "  PRIMARY KEY (store, sid)\n"
   ");\n"
   "CREATE INDEX pairstore_sessions_prune ON pairstore_sessions (store, live, prune_at);\n"
@@ -70,7 +73,7 @@ const char ps_pg_schema_sql[] =
 
 /* The transaction's time in ms: the server's clock at the start of the transaction (for a
  * read, of its one statement), the same in every statement of it. */
-#define NOW_MS "(floor(extract(epoch from transaction_timestamp()) * 1000))::int8"
+#define NOW_MS "floor(date_part('epoch', transaction_timestamp()) * 1000)::int8"
 
 typedef struct stmt {
   const char *name, *sql;
@@ -79,7 +82,7 @@ typedef struct stmt {
 
 enum {
   Q_CLOCK, Q_LOCK_STORE, Q_COUNT, Q_FETCH, Q_GET, Q_LIST, Q_INSERT, Q_UPDATE, Q_DELETE,
-  Q_EXPIRE, Q_DROP, Q_NOTIFY, Q_OUTCOME, Q_NSTMT
+  Q_EXPIRE, Q_DROP, Q_NOTIFY, Q_OUTCOME, Q_WAIT, Q_NSTMT
 };
 
 static const stmt stmts[Q_NSTMT] = {
@@ -89,10 +92,11 @@ static const stmt stmts[Q_NSTMT] = {
   { "ps_lock_store", "SELECT 1 FROM pairstore_stores WHERE store = $1 FOR UPDATE", 1 },
   { "ps_count", "SELECT count(*) FROM (SELECT 1 FROM pairstore_sessions WHERE store = $1 AND live "
     "AND prune_at >= COALESCE($2::int8, " NOW_MS ") LIMIT $3::int8) AS t", 3 },
-  { "ps_fetch", "SELECT body, live, txn FROM pairstore_sessions WHERE store = $1 AND sid = $2 "
-    "FOR UPDATE", 2 },
-  { "ps_get", "SELECT c.now_ms, s.body, s.live, s.txn FROM (SELECT " NOW_MS " AS now_ms) AS c "
-    "LEFT JOIN pairstore_sessions AS s ON s.store = $1 AND s.sid = $2", 2 },
+  { "ps_fetch", "SELECT body, live, txn, waited_until FROM pairstore_sessions WHERE store = $1 "
+    "AND sid = $2 FOR UPDATE", 2 },
+  /* (no row: no clock either, and none is needed to say not_found) */
+  { "ps_get", "SELECT " NOW_MS ", body, live, txn FROM pairstore_sessions WHERE store = $1 "
+    "AND sid = $2", 2 },
   { "ps_list", "SELECT c.now_ms, s.body, s.live, s.txn, s.sid FROM (SELECT " NOW_MS " AS now_ms) AS c "
     "LEFT JOIN pairstore_sessions AS s ON s.store = $1 AND (s.live OR NOT $2::boolean) "
     "ORDER BY s.created_at, s.sid", 2 },
@@ -117,6 +121,10 @@ static const stmt stmts[Q_NSTMT] = {
     "FOR UPDATE SKIP LOCKED)", 2 },
   { "ps_notify", "SELECT pg_notify('" NOTIFY_CHANNEL "', $1)", 1 },
   { "ps_outcome", "SELECT txn FROM pairstore_sessions WHERE store = $1 AND sid = $2", 2 },
+  /* A waiter says so on the row itself: a writer that locked the row before waits it out
+   * (the waiter then reads its change); one that locks it after sees waited_until. */
+  { "ps_wait", "UPDATE pairstore_sessions SET waited_until = GREATEST(waited_until, " NOW_MS
+    " + $3::int8) WHERE store = $1 AND sid = $2", 3 },
 };
 
 /* One statement of a round trip: a prepared one (q >= 0) or plain SQL without parameters. */
@@ -133,9 +141,9 @@ typedef struct pgq {
  * their texts as stored (sid -> string); the rows the store holds (sid -> txn token: the
  * row exists); sessions changed in memory since read (sid -> true); pending writes (sid ->
  * text to store, or false: delete); sids read (sid -> true); the sids a list read, in
- * order. */
+ * order; until when someone waits for a change of a session read for update (sid -> ms). */
 enum { UV_DECODE = 1, UV_ROWS, UV_TEXTS, UV_TOKENS, UV_DIRTY, UV_PENDING, UV_SEEN, UV_LISTED,
-       UV_COUNT = UV_LISTED };
+       UV_WAITED, UV_COUNT = UV_WAITED };
 
 typedef struct pg_eng {
   ps_engine base;
@@ -579,10 +587,21 @@ static void clear_all(PGresult **res, int n)
 
 /* ---- rows into sessions ------------------------------------------------------------------------- */
 
+/* Pushes the transaction's table uv, made on first use (a transaction makes only the tables
+ * it uses: a get needs four of them). */
+static void push_uv(lua_State *L, int eng, int uv)
+{
+  if (lua_getiuservalue(L, eng, uv) == LUA_TTABLE) return;
+  lua_pop(L, 1);
+  lua_newtable(L);
+  lua_pushvalue(L, -1);
+  lua_setiuservalue(L, eng < 0 ? eng - 2 : eng, uv);
+}
+
 /* Pushes uv[key]. */
 static void uv_get(lua_State *L, int eng, int uv, const char *key)
 {
-  lua_getiuservalue(L, eng, uv);
+  push_uv(L, eng, uv);
   lua_getfield(L, -1, key);
   lua_remove(L, -2);
 }
@@ -590,7 +609,7 @@ static void uv_get(lua_State *L, int eng, int uv, const char *key)
 /* uv[key] = the value on top (popped). */
 static void uv_set(lua_State *L, int eng, int uv, const char *key)
 {
-  lua_getiuservalue(L, eng, uv);
+  push_uv(L, eng, uv);
   lua_insert(L, -2);
   lua_setfield(L, -2, key);
   lua_pop(L, 1);
@@ -612,6 +631,10 @@ static void take_row(lua_State *L, pg_eng *p, int eng, const char *sid, PGresult
   live = PQgetvalue(r, i, c0 + 1)[0] == 't';
   lua_pushstring(L, PQgetvalue(r, i, c0 + 2));
   uv_set(L, eng, UV_TOKENS, sid);
+  if (PQnfields(r) > c0 + 3) { /* a fetch for update */
+    lua_pushinteger(L, (lua_Integer)strtoll(PQgetvalue(r, i, c0 + 3), NULL, 10));
+    uv_set(L, eng, UV_WAITED, sid);
+  }
   lua_pushlstring(L, body, (size_t)PQgetlength(r, i, c0));
   uv_set(L, eng, UV_TEXTS, sid);
   lua_getiuservalue(L, eng, UV_DECODE);
@@ -657,8 +680,8 @@ static void push_pruned(lua_State *L, pg_eng *p, int eng, const char *sid)
 static void reset_txn(lua_State *L, pg_eng *p, int eng)
 {
   int i;
-  for (i = UV_ROWS; i <= UV_LISTED; i++) {
-    lua_newtable(L);
+  for (i = UV_ROWS; i <= UV_WAITED; i++) { /* nothing of it kept past the transaction */
+    lua_pushnil(L);
     lua_setiuservalue(L, eng, i);
   }
   p->in_txn = p->began = p->rt1 = p->have_now = p->have_live = p->removed = 0;
@@ -695,7 +718,7 @@ static int pe_begin(ps_engine *e, lua_State *L, int eng, int readonly, const ps_
   if (hint->sid) snprintf(p->hint_sid, sizeof p->hint_sid, "%s", hint->sid);
   p->hint.sid = hint->sid ? p->hint_sid : NULL;
   p->count_limit = hint->count_live;
-  ps_random_hex(p->token, 16);
+  if (!readonly) ps_random_hex(p->token, 16);
   return 0;
 }
 
@@ -761,7 +784,9 @@ static int first_roundtrip(lua_State *L, pg_eng *p, int eng, int now_known, ps_e
   if (i_read >= 0) {
     PGresult *r = res[i_read];
     int i, rows = PQntuples(r);
-    if (!now_known && rows > 0) p->now = (int64_t)strtoll(PQgetvalue(r, 0, 0), NULL, 10);
+    if (!now_known) /* no row: nothing to prune, any clock will do */
+      p->now = rows > 0 && !PQgetisnull(r, 0, 0) ? (int64_t)strtoll(PQgetvalue(r, 0, 0), NULL, 10)
+                                                 : ps_wall_ms();
     if (p->hint.sid) {
       take_row(L, p, eng, p->hint.sid, r, 0, 1);
     } else {
@@ -990,7 +1015,7 @@ static int pe_list(ps_engine *e, lua_State *L, int eng, int flags, ps_err *err)
   int sids, arr, out;
 
   if (!p->rt1 && first_roundtrip(L, p, eng, p->have_now, err) != 0) return -1;
-  lua_getiuservalue(L, eng, UV_LISTED); /* the sids the list read, in its order */
+  push_uv(L, eng, UV_LISTED); /* the sids the list read, in its order */
   sids = lua_gettop(L);
   n = (lua_Integer)lua_rawlen(L, sids);
   lua_createtable(L, (int)n, 0); /* the sessions kept after pruning */
@@ -1098,7 +1123,7 @@ static int pe_end(ps_engine *e, lua_State *L, int eng, int how, ps_err *err)
     const char *key_old = NULL;
     int key_removal = 0;
 
-    lua_getiuservalue(L, eng, UV_PENDING);
+    push_uv(L, eng, UV_PENDING);
     pend = lua_gettop(L);
     lua_pushnil(L);
     while (lua_next(L, pend) != 0) {
@@ -1117,9 +1142,10 @@ static int pe_end(ps_engine *e, lua_State *L, int eng, int how, ps_err *err)
       reset_txn(L, p, eng); /* then rollback: nothing more to do here than let it go */
       return luaL_error(L, "pairstore: out of memory");
     }
-    lua_getiuservalue(L, eng, UV_ROWS);
-    lua_getiuservalue(L, eng, UV_TOKENS);
+    push_uv(L, eng, UV_ROWS);
+    push_uv(L, eng, UV_TOKENS);
     lua_newtable(L); /* payloads of the notifications, kept alive until sent */
+    push_uv(L, eng, UV_WAITED);
     lua_pushnil(L);
     i = 0;
     while (lua_next(L, pend) != 0) {
@@ -1160,11 +1186,14 @@ static int pe_end(ps_engine *e, lua_State *L, int eng, int how, ps_err *err)
         lua_pop(L, 1); /* the session stays in UV_ROWS: its strings stay alive */
         i++;
       }
-      lua_pushfstring(L, "%s%s", sid, p->store);
-      q[n].q = Q_NOTIFY;
-      q[n++].v[0] = lua_tostring(L, -1);
-      lua_rawseti(L, pend + 3, (lua_Integer)lua_rawlen(L, pend + 3) + 1);
-      lua_pop(L, 1);
+      lua_getfield(L, pend + 4, sid);
+      if (lua_tointeger(L, -1) >= p->now) { /* awaited */
+        lua_pushfstring(L, "%s%s", sid, p->store);
+        q[n].q = Q_NOTIFY;
+        q[n++].v[0] = lua_tostring(L, -1);
+        lua_rawseti(L, pend + 3, (lua_Integer)lua_rawlen(L, pend + 3) + 1);
+      }
+      lua_pop(L, 2);
     }
     q[n].q = -1;
     q[n++].sql = "COMMIT";
@@ -1216,9 +1245,25 @@ static int pe_end(ps_engine *e, lua_State *L, int eng, int how, ps_err *err)
       if (roundtrip(p, &rb, 1, &r, p->stmt_ms, 1, &e2) != 0) drop_conn(p);
       PQclear(r);
     }
+    if (rc != 0 && err->code && !strcmp(err->code, "database")) {
+      /* which session the server refused, and why in our terms */
+      for (i = 0; i < n; i++) {
+        const char *state;
+        if (!res[i] || PQresultStatus(res[i]) != PGRES_FATAL_ERROR) continue;
+        state = PQresultErrorField(res[i], PG_DIAG_SQLSTATE);
+        if (q[i].q == Q_INSERT || q[i].q == Q_UPDATE) {
+          if (state && !strcmp(state, "22021"))
+            ps_err_set(err, "invalid", "PostgreSQL %s: session %.64s holds bytes that are not "
+                       "valid UTF-8, which PostgreSQL cannot store as text; nothing was stored",
+                       p->display, q[i].v[1]);
+          else if (state && !strcmp(state, "23505"))
+            ps_err_set(err, "invalid", "PostgreSQL %s: session %.64s was just stored by another "
+                       "transaction; nothing was stored", p->display, q[i].v[1]);
+        }
+        break;
+      }
+    }
     for (i = 0; i < n; i++) PQclear(res[i]);
-    if (rc != 0 && err->code && !strcmp(err->code, "database") && strstr(err->msg, "SQLSTATE 23505"))
-      err->code = "invalid"; /* a sid another transaction just stored */
     free(q);
     free(res);
     free(cs);
@@ -1240,6 +1285,9 @@ static void pe_events_clear(ps_engine *e)
 }
 
 /* ---- waiting: LISTEN / NOTIFY ------------------------------------------------------------------- */
+
+/* How long a watch announces itself for (ms): store:wait watches again before it ends. */
+#define PS_PG_WAIT_HORIZON "3600000"
 
 typedef struct pg_watch {
   pg_eng *p;             /* kept alive by the watcher (its user value is the engine) */
@@ -1298,16 +1346,27 @@ static int pe_watch(ps_engine *e, lua_State *L, int eng, const char *sid, ps_err
     free(w);
     return -1;
   }
-  if (!p->listening) {
-    pgq q = { -1, "LISTEN " NOTIFY_CHANNEL, { 0 }, { 0 } };
-    PGresult *r = NULL;
-    if (roundtrip(p, &q, 1, &r, p->stmt_ms, 0, err) != 0) {
-      PQclear(r);
+  {
+    /* listen first, then say so on the row: a change after that is notified */
+    pgq q[2];
+    PGresult *r[2] = { NULL, NULL };
+    int n = 0;
+    memset(q, 0, sizeof q);
+    if (!p->listening) {
+      q[n].q = -1;
+      q[n++].sql = "LISTEN " NOTIFY_CHANNEL;
+    }
+    q[n].q = Q_WAIT;
+    q[n].v[0] = p->store;
+    q[n].v[1] = sid;
+    q[n++].v[2] = PS_PG_WAIT_HORIZON;
+    if (roundtrip(p, q, n, r, p->stmt_ms + p->lock_wait_ms, 0, err) != 0) {
+      clear_all(r, n);
       p->watchers--;
       free(w);
       return -1;
     }
-    PQclear(r);
+    clear_all(r, n);
     p->listening = 1;
   }
   w->gen = p->gen;
@@ -1359,6 +1418,11 @@ static char *make_display(PQconninfoOption *opts, const char *store)
     else if (!strcmp(o->keyword, "port")) port = o->val;
     else if (!strcmp(o->keyword, "dbname")) db = o->val;
   }
+  if (strspn(port, ",") == strlen(port)) port = ""; /* a multi-host target's empty ports */
+  /* A dbname that is itself a URI or a conninfo (libpq does not expand it here, but it
+   * may hold a password): not shown. Nor a user name that could be one. */
+  if (strstr(db, "://") || strchr(db, '=') || strchr(db, '@')) db = "[dbname not shown]";
+  if (strchr(user, ':') || strchr(user, '@') || strchr(user, '=')) user = "[user not shown]";
   n = strlen(user) + strlen(host) + strlen(port) + strlen(db) + strlen(store) + 64;
   out = malloc(n);
   if (out)
@@ -1413,7 +1477,7 @@ ps_engine *ps_pg_engine_new(lua_State *L, const char *target, const ps_pg_opts *
   p->next_prune = INT64_MAX;
   lua_pushvalue(L, decode);
   lua_setiuservalue(L, -2, UV_DECODE);
-  for (i = UV_ROWS; i <= UV_LISTED; i++) {
+  for (i = UV_ROWS; i <= UV_WAITED; i++) {
     lua_newtable(L);
     lua_setiuservalue(L, -2, i);
   }

@@ -276,6 +276,13 @@ extern const ps_jorder ps_session_order; /* the reference's keys; operatorContex
 
 int         ps_is_terminal(const char *status);
 int         ps_is_known_status(const char *status);
+int         ps_is_known_mode(const char *mode);
+/* A sid as the API takes it: exactly 32 lowercase hex characters (n: its length). */
+int         ps_is_sid(const char *s, size_t n);
+/* A secondary code: exactly 6 ASCII digits. */
+int         ps_is_code(const char *s, size_t n);
+extern const char *const *const ps_statuses; /* NULL-terminated: every status the flow knows */
+extern const char *const *const ps_modes;
 int         ps_is_live(lua_State *L, int sess); /* its status is not terminal */
 int         ps_transition_allowed(const char *from, const char *to);
 const char *ps_get_str(lua_State *L, int idx, const char *key, size_t *len);
@@ -468,7 +475,7 @@ typedef struct ps_store {
 
 typedef enum {
   PS_OP_GET, PS_OP_LIST, PS_OP_CREATE, PS_OP_UPDATE, PS_OP_TRANSITION, PS_OP_FAILED_CODE,
-  PS_OP_VERIFY, PS_OP_CONSUME, PS_OP_RESPOND, PS_OP_PRUNE, PS_OP_EXPORT, PS_OP_IMPORT,
+  PS_OP_VERIFY, PS_OP_CONSUME, PS_OP_RESPOND, PS_OP_PRUNE, PS_OP_EXPORT, PS_OP_IMPORT, PS_OP_NOW,
 } ps_op;
 
 /* Runs op on the store at 1 as one transaction; the method's arguments are 2..top. */

@@ -15,6 +15,9 @@
 static const char *const terminal[] = { "completed", "consumed", "expired", "rejected", NULL };
 static const char *const known_status[] = { "awaiting_scan", "device_connected", "completed",
                                             "consumed", "expired", "rejected", NULL };
+static const char *const known_mode[] = { "generate", "import", NULL };
+const char *const *const ps_statuses = known_status;
+const char *const *const ps_modes = known_mode;
 
 /* Keys in the order the reference writes them. */
 static const char *const key_order[] = {
@@ -36,6 +39,17 @@ static int in_list(const char *const *list, const char *s)
 
 int ps_is_terminal(const char *status) { return status && in_list(terminal, status); }
 int ps_is_known_status(const char *status) { return status && in_list(known_status, status); }
+int ps_is_known_mode(const char *mode) { return mode && in_list(known_mode, mode); }
+
+int ps_is_sid(const char *s, size_t n)
+{
+  return n == 32 && strspn(s, "0123456789abcdef") == 32;
+}
+
+int ps_is_code(const char *s, size_t n)
+{
+  return n == 6 && strspn(s, "0123456789") == 6;
+}
 
 int ps_transition_allowed(const char *from, const char *to)
 {
@@ -200,13 +214,13 @@ const char *ps_validate_session(lua_State *L, int idx, int decoded)
   for (i = 0; num_keys[i]; i++)
     if (!normalize_num(L, idx, num_keys[i])) return "timestamps and attempts must be finite numbers";
   s = ps_get_str(L, idx, "secondaryCode", &n);
-  if (!s || n != 6 || strspn(s, "0123456789") != 6) return "secondaryCode must be 6 digits";
+  if (!s || !ps_is_code(s, n)) return "secondaryCode must be 6 digits";
   lua_getfield(L, idx, "operatorContext");
   i = lua_type(L, -1);
   lua_pop(L, 1);
   if (i != LUA_TTABLE) return "operatorContext must be an object";
   mode = ps_get_str(L, idx, "mode", &n);
-  if (!mode || (strcmp(mode, "generate") != 0 && strcmp(mode, "import") != 0))
+  if (!ps_is_known_mode(mode))
     return "mode must be generate or import";
   if (!ps_get_str(L, idx, "status", &n)) return "status must be a string";
   if (decoded) return NULL;

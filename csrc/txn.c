@@ -366,6 +366,10 @@ static int txn_body(lua_State *L)
     else nres = 1;
     break;
   case PS_OP_IMPORT: nres = act_import(L, t); break;
+  case PS_OP_NOW:
+    lua_pushinteger(L, (lua_Integer)t->now);
+    nres = 1;
+    break;
   case PS_OP_CREATE: nres = act_create(L, t); break;
   case PS_OP_PRUNE:
     lua_pushinteger(L, removed);
@@ -475,7 +479,7 @@ int ps_txn_run(lua_State *L, ps_op op, int readonly)
     break;
   case PS_OP_LIST: hint.list = 4 + (lua_toboolean(L, 2) ? PS_LIST_ACTIVE : 0); break;
   case PS_OP_EXPORT: hint.list = 4 + PS_LIST_TEXT; break;
-  case PS_OP_PRUNE: case PS_OP_IMPORT: break;
+  case PS_OP_PRUNE: case PS_OP_IMPORT: case PS_OP_NOW: break;
   default: hint.sid = lua_tostring(L, 2); break;
   }
   if (t.m->begin(t.e, L, eng, readonly, &hint, &t.err) != 0) {

@@ -21,6 +21,8 @@ CREATE TABLE pairstore_stores (
 -- while live, the end of its retention once terminal). Pruning may mark a live row
 -- expired (status, live, changed_at, prune_at) without rewriting body: a reader applies
 -- the expiry to body itself. txn is the token of the transaction that last wrote it.
+-- waited_until: someone waits for a change of this session (store:wait) until then, so
+-- a change sends a notification (NOTIFY serialises commits: only when it is awaited).
 CREATE TABLE pairstore_sessions (
   store      text NOT NULL REFERENCES pairstore_stores (store),
   sid        text NOT NULL,
@@ -32,6 +34,7 @@ CREATE TABLE pairstore_sessions (
   prune_at   bigint NOT NULL,
   txn        text NOT NULL,
   body       text NOT NULL,
+  waited_until bigint NOT NULL DEFAULT 0,
   PRIMARY KEY (store, sid)
 );
 CREATE INDEX pairstore_sessions_prune ON pairstore_sessions (store, live, prune_at);

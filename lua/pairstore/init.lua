@@ -23,13 +23,9 @@ local pairstore = {
   MAX_FILE_BYTES = core.MAX_FILE_BYTES,
   MAX_SESSION_BYTES = core.MAX_SESSION_BYTES,
   MAX_FIELD_BYTES = core.MAX_FIELD_BYTES,
-  MODES = { "generate", "import" },
-  STATUSES = { "awaiting_scan", "device_connected", "completed", "consumed", "expired", "rejected" },
+  MODES = core.MODES,
+  STATUSES = core.STATUSES,
 }
-
-local MODE, STATUS = {}, {}
-for _, m in ipairs(pairstore.MODES) do MODE[m] = true end
-for _, s in ipairs(pairstore.STATUSES) do STATUS[s] = true end
 
 -- Raise at the level of whoever called the public function.
 local function argerror(level, fn, msg)
@@ -39,7 +35,7 @@ end
 -- A sid is exactly 32 lowercase hex characters (a NUL or anything after it is not ignored).
 local function check_sid(fn, sid)
   if type(sid) ~= "string" then argerror(3, fn, "sid must be a string, got " .. type(sid)) end
-  if #sid ~= 32 or sid:find("[^0-9a-f]") then
+  if not core.is_sid(sid) then
     argerror(3, fn, fmt("sid must be 32 lowercase hex characters, got %q", sid:sub(1, 40)))
   end
 end
@@ -172,7 +168,6 @@ local function hook(self, name, want)
   return v
 end
 
-local function is_digits6(v) return type(v) == "string" and #v == 6 and v:match("^%d%d%d%d%d%d$") ~= nil end
 
 local CREATE_KEYS = { mode = true, operator = true, ttl_ms = true }
 local OPERATOR_KEYS = { channel = true, senderId = true, accountId = true }
@@ -187,7 +182,7 @@ function Store:create(spec)
     if not CREATE_KEYS[k] then argerror(2, "create", fmt("unknown field %q (mode, operator, ttl_ms)", tostring(k))) end
   end
   local mode = spec.mode == nil and "generate" or spec.mode
-  if not MODE[mode] then argerror(2, "create", fmt("unknown mode %q", tostring(mode))) end
+  if not core.is_known_mode(mode) then argerror(2, "create", fmt("unknown mode %q", tostring(mode))) end
   local op = spec.operator == nil and { channel = "unknown" } or spec.operator
   if type(op) ~= "table" then argerror(2, "create", "operator must be a table") end
   for k in pairs(op) do
@@ -217,7 +212,7 @@ function Store:create(spec)
   local sid = hook(self, "sid", function(v) return type(v) == "string" and #v == 16 end)
   if sid then sid = (sid:gsub(".", function(ch) return fmt("%02x", ch:byte()) end)) end
   local sk = hook(self, "secret_key", function(v) return type(v) == "string" and #v == 32 end)
-  local code = hook(self, "code", is_digits6)
+  local code = hook(self, "code", core.is_code)
   return self._core:create(mode, ctx, core.clamp_ttl(spec.ttl_ms), sid, sk, code)
 end
 
@@ -240,7 +235,7 @@ end
 function Store:transition(sid, status)
   local c = core_of(self, "transition")
   check_sid("transition", sid)
-  if not STATUS[status] then argerror(2, "transition", fmt("unknown status %q", tostring(status))) end
+  if not core.is_known_status(status) then argerror(2, "transition", fmt("unknown status %q", tostring(status))) end
   return c:transition(sid, status)
 end
 
@@ -294,10 +289,10 @@ function Store:list_active() return core_of(self, "list_active"):list(true) end
 function Store:list_all() return core_of(self, "list_all"):list(false) end
 function Store:prune() return core_of(self, "prune"):prune() end
 
---- The store's clock (the `now` option, else the wall clock), in integer ms.
+--- The store's clock in integer ms: the `now` option, else the database server's for a
+-- PostgreSQL store, else the wall clock --> ms | nil, message, code
 function Store:now()
-  if self._now then return self._now() end
-  return core.now_ms()
+  return core_of(self, "now"):now()
 end
 
 --- The phone's response: one locked transaction (see pairstore.respond).
@@ -308,6 +303,8 @@ end
 -- Waiting for a change ------------------------------------------------------------------------
 
 local WAIT_OPTIONS = { timeout_ms = "number", signals = "boolean" }
+local WATCH_RENEW_MS = 30 * 60 * 1000
+local WATCH_MT = { __close = function(h) if h.w then h.w:close() end end }
 
 local function same(a, b, depth)
   if a == b then return true end
@@ -343,17 +340,32 @@ function Store:wait(sid, opts)
     if not timeout or timeout < 0 then argerror(2, "wait", "option timeout_ms must be a non-negative integer") end
   end
   -- Watch first, then read: a change in between is queued, not missed.
-  local w <close>, wmsg, wcode = self._core:watch(sid)
+  local watch <close> = setmetatable({}, WATCH_MT)
+  local w, wmsg, wcode = self._core:watch(sid)
+  watch.w = w
   local first, msg, code = self:get(sid)
   if not first then return nil, msg, code end
   if not w then return nil, wmsg, wcode end
   local deadline = timeout and core.mono_ms() + timeout
+  -- A watch lasts an hour at most (a PostgreSQL store announces the wait for that long):
+  -- a longer wait watches again.
+  local renew_at = core.mono_ms() + WATCH_RENEW_MS
   while true do
+    if core.mono_ms() >= renew_at then
+      w:close()
+      w, wmsg, wcode = self._core:watch(sid)
+      watch.w = w
+      if not w then return nil, wmsg, wcode end
+      renew_at = core.mono_ms() + WATCH_RENEW_MS
+    end
     local left = deadline and deadline - core.mono_ms()
     if left and left < 0 then left = 0 end
+    if not left or left > renew_at - core.mono_ms() then left = math.max(0, renew_at - core.mono_ms()) end
     -- A session changes by itself when pruning is due for it (it expires, or its retention
     -- ends): the next read after that moment shows it.
-    local due = core.next_prune(first) - self:now() + 1
+    local t, tmsg, tcode = self:now()
+    if not t then return nil, tmsg, tcode end
+    local due = core.next_prune(first) - t + 1
     if due > 0 and (not left or due < left) then left = due end
     local ev, emsg, ecode = w:wait(left, opts.signals)
     if not ev then return nil, emsg, ecode end

@@ -17,6 +17,7 @@
 -- Programming errors (sid not 32 lowercase hex, bad opts) raise at the caller's level.
 
 local crypto = require "pairstore.crypto"
+local core = require "pairstore.core"
 
 local type, error, tostring, rawget = type, error, tostring, rawget
 
@@ -50,7 +51,7 @@ local function shape_ok(sid, body)
   if type(body) ~= "table" then return false end
   if body.v ~= 1 then return false end
   local bsid = body.sid
-  if type(bsid) ~= "string" or #bsid ~= 32 or not bsid:match("^[0-9a-f]+$") or bsid ~= sid then
+  if not core.is_sid(bsid) or bsid ~= sid then
     return false
   end
   if b64u_len(body.pk_d) ~= 32 then return false end
@@ -64,7 +65,7 @@ local function fail(reason) return nil, reason, reason end
 
 return function(store, sid, body, opts)
   if type(sid) ~= "string" then argerror("sid must be a string, got " .. type(sid)) end
-  if #sid ~= 32 or sid:find("[^0-9a-f]") then argerror("sid must be 32 lowercase hex characters") end
+  if not core.is_sid(sid) then argerror("sid must be 32 lowercase hex characters") end
   if opts ~= nil and type(opts) ~= "table" then argerror("opts must be a table or nil") end
   local aead = opts and opts.aead or "aes-256-gcm"
   if not AEAD[aead] then argerror("unknown aead " .. tostring(aead)) end
@@ -72,7 +73,7 @@ return function(store, sid, body, opts)
   if not shape_ok(sid, body) then return fail("bad_request") end
 
   -- consume's rule (rules.c) and the decryption, in C under the store's lock
-  local core = type(store) == "table" and rawget(store, "_core")
-  if not core then argerror("store must be a pairstore store") end
-  return core:respond(sid, body.pk_d, body.nonce, body.ct, aead)
+  local c = type(store) == "table" and rawget(store, "_core")
+  if not c then argerror("store must be a pairstore store") end
+  return c:respond(sid, body.pk_d, body.nonce, body.ct, aead)
 end

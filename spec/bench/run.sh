@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# `make bench` (issue 5): build the bench helpers, run spec/bench/bench.lua against the in-tree
-# build in a temporary directory, clean up. BENCH_QUICK=1: short CI mode. BENCH_STRICT=1:
-# failing targets fail the run. BENCH_DIR: where the temporary directory goes (default /tmp;
-# the figures are those of that file system).
+# `make bench` (issue 5, 12): build the bench helpers, run spec/bench/bench.lua (the file
+# backend) against the in-tree build in a temporary directory, then spec/bench/pg.lua (the
+# PostgreSQL backend) beside a private cluster started for it (spec/support/with-pg.sh), clean
+# up. BENCH_QUICK=1: short CI mode. BENCH_STRICT=1: failing targets of the file section fail
+# the run. BENCH_DIR: where the temporary directory goes (default /tmp; the figures are those
+# of that file system). BENCH_ONLY=file|pg: one section only.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -13,6 +15,10 @@ PKG_CONFIG="${PKG_CONFIG:-pkg-config}"
 
 if [ ! -f build/pairstore/core.so ]; then
   echo "bench: build/pairstore/core.so is missing; run 'make' (or 'make bench') first" >&2
+  exit 1
+fi
+if [ "${BENCH_ONLY:-}" != file ] && [ ! -f build/test/pgfloor.so ]; then
+  echo "bench: build/test/pgfloor.so is missing; run 'make bench'" >&2
   exit 1
 fi
 
@@ -43,4 +49,13 @@ trap 'exit 130' INT TERM
 export BENCH_WORKDIR="$WORKDIR" BENCH_ROOT="$ROOT" BENCH_LUA="$LUA"
 export LUA_PATH="$ROOT/lua/?.lua;$ROOT/lua/?/init.lua;;"
 export LUA_CPATH="$ROOT/build/?.so;$ROOT/build/bench/?.so;;"
-"$LUA" spec/bench/bench.lua
+status=0
+if [ "${BENCH_ONLY:-}" != pg ]; then
+  "$LUA" spec/bench/bench.lua || status=$?
+fi
+if [ "${BENCH_ONLY:-}" != file ]; then
+  rc=0
+  bash spec/support/with-pg.sh "$LUA" spec/bench/pg.lua || rc=$?
+  [ "$status" -eq 0 ] && status=$rc
+fi
+exit "$status"

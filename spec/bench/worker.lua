@@ -1,7 +1,10 @@
 --- spec/bench/worker.lua — the child processes of spec/bench/bench.lua (issue 5).
 --
 --   contend PATH SID N DURABLE GOFILE OUT   N updates of SID, started together when GOFILE
---                                           appears; each increments benchCounter.
+--                                           appears; each increments benchCounter. SID may
+--                                           be @FILE: the sids listed there (one a line),
+--                                           updated in turn. PATH may be a PostgreSQL target,
+--                                           then an 8th argument names the store.
 --   hold PATH SID DURABLE READY             takes the lock (update of SID), writes its pid to
 --                                           READY from inside the mutator, then sleeps there
 --                                           until it is SIGKILLed (60 s at most).
@@ -39,7 +42,12 @@ local mode = arg[1]
 
 if mode == "contend" then
   local path, sid, n, durable, go, out = arg[2], arg[3], tonumber(arg[4]), arg[5] == "1", arg[6], arg[7]
-  local store = pairstore.open(path, { durable = durable })
+  local sids = { sid }
+  if sid:sub(1, 1) == "@" then
+    sids = {}
+    for line in io.lines(sid:sub(2)) do sids[#sids + 1] = line end
+  end
+  local store = pairstore.open(path, { durable = durable, store = arg[8] })
   write_atomic(out .. ".ready", tostring(bu.getpid()))
   local deadline = bu.mono() + 60
   while not exists(go) do
@@ -53,10 +61,10 @@ if mode == "contend" then
   end
   local starts, enters, ends = {}, {}, {}
   local ok, errs, last_err = 0, 0, nil
-  for _ = 1, n do
+  for i = 1, n do
     t_enter = nil
     local t0 = bu.mono()
-    local r, err = store:update(sid, inc)
+    local r, err = store:update(sids[(i - 1) % #sids + 1], inc)
     local t1 = bu.mono()
     if r then
       ok = ok + 1

@@ -1,0 +1,115 @@
+-- PostgreSQL engine details the behaviour specs do not reach: how a target is shown, the
+-- server's clock, texts kept byte for byte through import/export, refusals that name the
+-- session. Needs the private cluster `make test` starts (PAIRSTORE_TEST_PG).
+local helpers = require "helpers"
+local pairstore = require "pairstore"
+
+local TARGET = os.getenv("PAIRSTORE_TEST_PG")
+local n = 0
+local function open(opts)
+  assert(TARGET, "PAIRSTORE_TEST_PG is not set: run the suite with `make test` (it starts PostgreSQL)")
+  n = n + 1
+  opts = opts or {}
+  opts.store = string.format("engine-%d-%d-%d", os.time(), n, math.random(1e9))
+  return pairstore.open(TARGET, opts)
+end
+
+local function session_text(sid, extra)
+  return '{"sid":"' .. sid .. '","skGatewayB64":"AAAA","pkGatewayB64":"BBBB","createdAtMs":'
+    .. (os.time() * 1000) .. ',"expiresAtMs":' .. (os.time() * 1000 + 600000)
+    .. ',"secondaryCode":"123456","secondaryCodeAttempts":0,"operatorContext":{"channel":"x"},'
+    .. '"mode":"import","status":"awaiting_scan","lastStatusChangeAtMs":1' .. (extra or "") .. '}'
+end
+
+describe("PostgreSQL engine", function()
+  it("shows a target without its password, ports or a dbname that could hold one", function()
+    local s = pairstore.open("postgresql://gw:Sekr3t@db1,db2/pairstore?target_session_attrs=read-write",
+                             { store = "prod" })
+    assert.are.equal("postgresql://gw@db1,db2/pairstore (store prod)", s.path)
+    local t = pairstore.open("pg:dbname=postgresql://u:Sekr3t@/db host=/nowhere")
+    assert.falsy(t.path:find("Sekr3t", 1, true))
+    assert.falsy(tostring(t):find("Sekr3t", 1, true))
+  end)
+
+  it("keeps the password out of a connection failure", function()
+    local s = pairstore.open("postgresql://gw:Sekr3t@/pairstore?host=/nonexistent-dir", { connect_timeout_ms = 2000 })
+    local r, msg, code = s:get(string.rep("a", 32))
+    assert.is_nil(r)
+    assert.are.equal("unavailable", code)
+    assert.falsy(msg:find("Sekr3t", 1, true), msg)
+  end)
+
+  it("takes now from the database server unless the caller gives a clock", function()
+    local s = open()
+    local server = assert(s:now())
+    assert.is_true(math.type(server) == "integer")
+    assert.is_true(math.abs(server - os.time() * 1000) < 5000)
+    local c = open { now = function() return 42 end }
+    assert.are.equal(42, c:now())
+  end)
+
+  it("imports and exports session texts byte for byte, and a repeat adds nothing", function()
+    local s = open()
+    local texts = {
+      session_text("s-1", ',"caf\\u00e9":"\\ud83d","big":12345678901234567890123,"n":[],"o":{},"f":2.50'),
+      session_text("s-2", ',"z":{"b":1,"a":[1.0,1e3]}'),
+    }
+    assert.are.same({ 2, 0 }, { s:import(texts) })
+    assert.are.same({ 0, 2 }, { s:import(texts) })
+    local out = assert(s:export())
+    table.sort(out)
+    table.sort(texts)
+    assert.are.same(texts, out)
+    local r, msg, code = s:import { (texts[1]:gsub('"x"', '"y"')) }
+    assert.is_nil(r)
+    assert.are.equal("conflict", code)
+    assert.truthy(msg:find("s-1", 1, true))
+  end)
+
+  it("refuses a text PostgreSQL cannot store, naming the session, and stores nothing", function()
+    local s = open()
+    local r, msg, code = s:import { session_text("ok-1"), session_text("bad-1", ',"x":"\255"') }
+    assert.is_nil(r)
+    assert.are.equal("invalid", code)
+    assert.truthy(msg:find("bad-1", 1, true), msg)
+    assert.are.same({}, s:export())
+  end)
+end)
+
+describe("PostgreSQL engine round trips", function()
+  local hooks = require("pairstore.core").test_hooks()
+  it("reads in one round trip and changes in two", function()
+    local s = open()
+    local x = assert(s:create {})
+    local function trips(f)
+      local before = hooks.pg_roundtrips()
+      assert(f())
+      return hooks.pg_roundtrips() - before
+    end
+    assert.are.equal(1, trips(function() return s:get(x.sid) end))
+    assert.are.equal(1, trips(function() return s:list_all() end))
+    assert.are.equal(2, trips(function() return s:create {} end))
+    assert.are.equal(2, trips(function() return s:update(x.sid, function(t) t.n = 1 end) end))
+    assert.are.equal(2, trips(function() return s:verify_code(x.sid, x.secondaryCode) end))
+    assert.are.equal(2, trips(function() return s:consume(x.sid) end))
+  end)
+end)
+
+describe("PostgreSQL engine commit outcome", function()
+  local hooks = require("pairstore.core").test_hooks()
+  it("reports a commit whose answer was lost as the success it was", function()
+    local events = {}
+    local s = open { on_event = function(name) events[#events + 1] = name end }
+    local x = assert(s:create {})
+    assert(s:verify_code(x.sid, x.secondaryCode))
+    hooks.pg_cut_commits(1)
+    local before = assert(s:consume(x.sid))
+    assert.are.equal("device_connected", before.status)
+    assert.are.equal("consumed", assert(s:get(x.sid)).status)
+    assert.are.same({ "commit_confirmed" }, events)
+    local r, _, code = s:consume(x.sid)
+    assert.is_nil(r)
+    assert.are.equal("already_consumed", code)
+  end)
+  helpers.cleanup()
+end)
