@@ -88,7 +88,9 @@ test-fault: deps all $(FAULT_CORE)
 test-ha: deps all
 	bash spec/ha/run.sh
 
+# Under with-pg.sh too (run.sh starts it itself), so valgrind and ASan cover the PostgreSQL backend.
 test-sanitize: deps
+	@$(MAKE) --no-print-directory all $(FORKUTIL)
 	bash spec/sanitize/run.sh
 
 fuzz: deps

@@ -339,7 +339,8 @@ static int setup(pg_eng *p, ps_err *err)
     for (i = 0; i < 2; i++) PQclear(res[i]);
     if (create_schema(p, err) != 0) return -1;
     memset(res, 0, sizeof res);
-    rc = roundtrip(p, &q[1], 1, &res[1], p->stmt_ms, 1, err);
+    /* both again: the failed pipeline rolled q[0]'s settings back with it */
+    rc = roundtrip(p, q, 2, res, p->stmt_ms, 1, err);
   }
   if (rc == 0) version = PQgetisnull(res[1], 0, 0) ? 0 : atoi(PQgetvalue(res[1], 0, 0));
   for (i = 0; i < 2; i++) PQclear(res[i]);

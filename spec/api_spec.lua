@@ -165,3 +165,64 @@ describe("pairstore.core (the C layer) checks its own arguments", function()
     assert.is_table(store:create("generate", op, 300000, nil, ("k"):rep(32), "123456"))
   end)
 end)
+
+-- What open checks is the same on both backends; each refuses the other's own options.
+for _, backend in ipairs(helpers.backends()) do
+  describe("[" .. backend .. "] pairstore.open()", function()
+    after_each(helpers.cleanup)
+
+    local OWN = { file = { "lock_stale_ms", "max_file_bytes" },
+      postgresql = { "store", "connect_timeout_ms", "statement_timeout_ms" } }
+    local OTHER = backend == "file" and "postgresql" or "file"
+
+    local function target()
+      if backend == "file" then return helpers.tmpdir() .. "/pair-sessions.json" end
+      return helpers.pg_target()
+    end
+
+    it("says which backend it is", function()
+      local store = helpers.open_store(backend, { durable = false })
+      assert.are.equal(backend, store:backend())
+    end)
+
+    it("raises at the caller's level on bad options", function()
+      local t = target()
+      for i, bad in ipairs {
+        "nope", { durabel = true }, { now = 5 }, { lock_wait_ms = -1 }, { lock_wait_ms = 1.5 },
+        { max_sessions = 0 }, { rng = { sid = "x" } }, { rng = { salt = function() end } },
+        { durable = "yes" }, { on_event = true },
+      } do
+        local ok, err = pcall(function() local s = pairstore.open(t, bad); return s end)
+        assert.is_false(ok, "case " .. i)
+        assert.matches("api_spec.lua", tostring(err), nil, nil, "case " .. i)
+      end
+    end)
+
+    it("refuses the options of the other backend, and takes its own", function()
+      local t = target()
+      for _, k in ipairs(OWN[OTHER]) do
+        local ok, err = pcall(function() local s = pairstore.open(t, { [k] = k == "store" and "x" or 1000 }); return s end)
+        assert.is_false(ok, k .. " accepted for a " .. backend .. " target")
+        assert.matches(k, tostring(err), 1, true)
+        assert.matches("api_spec.lua", tostring(err))
+      end
+      for _, k in ipairs(OWN[backend]) do
+        local s = pairstore.open(t, { [k] = k == "store" and helpers.store_name() or 60000 })
+        s:close()
+      end
+    end)
+
+    it("works with the common options", function()
+      local events = {}
+      local store = helpers.open_store(backend, { durable = true, lock_wait_ms = 5000, max_sessions = 2,
+        max_session_bytes = 4096, now = function() return 1764300000000 end,
+        on_event = function(name) events[#events + 1] = name end })
+      local s = assert(store:create {})
+      assert.are.equal(1764300000000, s.createdAtMs)
+      assert(store:create {})
+      assert.are.equal("limit", select(3, store:create {}))
+      assert.are.equal("limit", select(3, store:update(s.sid, function(x) x.b = ("b"):rep(5000) end)))
+      assert.are.same({}, events)
+    end)
+  end)
+end

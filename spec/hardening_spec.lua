@@ -152,15 +152,48 @@ describe("issue 11, second pass", function()
     end)
   end)
 
-  describe("callers", function()
-    it("a closed store raises at the caller's level", function()
-      local st = open(T0)
-      st:close()
-      local ok, err = pcall(function() local r = st:list_all(); return r end)
-      assert.is_false(ok)
-      assert.truthy(tostring(err):find("hardening_spec.lua", 1, true), "raised at: " .. tostring(err))
+  for _, backend in ipairs(helpers.backends()) do
+    describe("[" .. backend .. "]", function()
+      it("a closed store raises at the caller's level", function()
+        local st = helpers.open_store(backend, { durable = false, now = function() return T0 end })
+        st:close()
+        local ok, err = pcall(function() local r = st:list_all(); return r end)
+        assert.is_false(ok)
+        assert.truthy(tostring(err):find("hardening_spec.lua", 1, true), "raised at: " .. tostring(err))
+      end)
+
+      it("a mutator result whose tables are shared (a DAG) is refused quickly, the row lock released", function()
+        local st, where = helpers.open_store(backend, { durable = false, now = function() return T0 end })
+        local s = assert(st:create {})
+        local code = string.format([[
+          local st = %s
+          print(st:update(%q, function(s) local t = {} for i = 1, 40 do t = { a = t, b = t } end s.z = t end))
+        ]], helpers.open_expr(where, ("durable = false, now = function() return %d end"):format(T0)), s.sid)
+        local script = os.tmpname()
+        helpers.write(script, code)
+        local ok, out, rc = helpers.run(string.format("%s timeout 15 lua5.4 %s", helpers.LUA_ENV, q(script)))
+        os.remove(script)
+        assert.are_not.equal(124, rc, "update still running after 15 s (holding the lock): " .. out)
+        assert.is_true(ok, out)
+        assert.truthy(out:find("limit") or out:find("invalid"), out)
+        assert(st:update(s.sid, function(x) x.after = true end))
+        assert.is_nil(st:get(s.sid).z)
+      end)
+
+      it("wait with timeout_ms = 0 on an unchanged session nesting deeper than 64 returns timeout", function()
+        local st = helpers.open_store(backend, { durable = false })
+        local s = assert(st:create {})
+        assert(st:update(s.sid, function(x)
+          local t = {}
+          for _ = 1, 70 do t = { t } end
+          x.deep = t
+        end))
+        local got, _, code = st:wait(s.sid, { timeout_ms = 0 })
+        assert.is_nil(got, "wait returned the unchanged session")
+        assert.are.equal("timeout", code)
+      end)
     end)
-  end)
+  end
 
   describe("argument errors", function()
     it("crypto.public_key with a bad key raises at the caller's level", function()

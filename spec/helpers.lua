@@ -43,7 +43,15 @@ function helpers.tmpdir()
   return d
 end
 
+local opened = {} -- stores opened through helpers.open_store/reopen, closed by cleanup
+
 function helpers.cleanup()
+  -- a PostgreSQL store holds a connection until it is closed or collected: close them all,
+  -- so that a long suite never runs the server out of connections
+  for i = #opened, 1, -1 do
+    pcall(opened[i].close, opened[i])
+    opened[i] = nil
+  end
   for i = #dirs, 1, -1 do
     os.execute("chmod -R u+rwx " .. q(dirs[i]) .. " 2>/dev/null; rm -rf " .. q(dirs[i]))
     dirs[i] = nil
@@ -266,6 +274,162 @@ function helpers.wait_file(path, pred, timeout_s)
     return got ~= nil
   end, timeout_s or 20)
   return got
+end
+
+-- Backends ------------------------------------------------------------------------------------
+-- The behaviour specs run once per backend from one source:
+--   for _, backend in ipairs(helpers.backends()) do describe("[" .. backend .. "]", ...) end
+-- helpers.open_store gives a fresh, independent store each call: a new temp directory for the
+-- file backend, a new `store` name in the test database (PAIRSTORE_TEST_PG, set by
+-- spec/support/with-pg.sh under `make test`) for PostgreSQL. Without PAIRSTORE_TEST_PG the
+-- PostgreSQL variants fail (they are never skipped).
+
+function helpers.backends() return { "file", "postgresql" } end
+
+--- The test database's target; raises (failing the test) when it is not set.
+function helpers.pg_target()
+  local t = os.getenv("PAIRSTORE_TEST_PG")
+  if t == nil or t == "" then
+    error("PAIRSTORE_TEST_PG is not set: the PostgreSQL specs need the test server; run them " ..
+      "through `make test` (bash spec/support/with-pg.sh busted --lua=lua5.4 spec)", 2)
+  end
+  return t
+end
+
+--- The test cluster's directory (for spec/support/pgcluster.sh ctl/psql/pid); raises when unset.
+function helpers.pg_dir()
+  local d = os.getenv("PAIRSTORE_TEST_PGDIR")
+  if d == nil or d == "" then
+    error("PAIRSTORE_TEST_PGDIR is not set: run the PostgreSQL specs through `make test` " ..
+      "(spec/support/with-pg.sh)", 2)
+  end
+  return d
+end
+
+local function self_pid()
+  local f = io.open("/proc/self/stat")
+  local pid = f and f:read("l"):match("^(%d+)")
+  if f then f:close() end
+  return pid or "0"
+end
+
+local name_seq = 0
+--- A store name no other test (of this or another process) uses.
+function helpers.store_name(tag)
+  name_seq = name_seq + 1
+  local f = assert(io.open("/dev/urandom", "rb"))
+  local r = f:read(4)
+  f:close()
+  return ("spec-%s-%d-%s%s"):format(self_pid(), name_seq,
+    (r:gsub(".", function(c) return ("%02x"):format(c:byte()) end)), tag and ("-" .. tag) or "")
+end
+
+local function merged(a, b)
+  local o = {}
+  for k, v in pairs(a or {}) do o[k] = v end
+  for k, v in pairs(b or {}) do o[k] = v end
+  return o
+end
+
+--- A fresh store of `backend` with options opts; returns store, where. `where` names the
+-- store's data for helpers.reopen, helpers.open_expr, helpers.snapshot and helpers.stored:
+--   { backend =, target = (path or PostgreSQL target), path =, dir = (file), store = (pg name) }
+function helpers.open_store(backend, opts)
+  local where
+  if backend == "file" then
+    local dir = helpers.tmpdir()
+    where = { backend = "file", dir = dir, path = dir .. "/pair-sessions.json" }
+    where.target = where.path
+  elseif backend == "postgresql" then
+    where = { backend = "postgresql", target = helpers.pg_target(), store = helpers.store_name() }
+  else
+    error("unknown backend " .. tostring(backend), 2)
+  end
+  return helpers.reopen(where, opts), where
+end
+
+--- Another store object on the same data as `where` (its own connection, for PostgreSQL);
+-- closed by helpers.cleanup.
+function helpers.reopen(where, opts)
+  if where.backend == "postgresql" then opts = merged(opts, { store = where.store }) end
+  local store = require("pairstore").open(where.target, opts)
+  opened[#opened + 1] = store
+  return store
+end
+
+--- Lua source of an expression that opens the store of `where` in a child process;
+-- extra: more option fields as Lua source ("durable = false, lock_wait_ms = 100").
+function helpers.open_expr(where, extra)
+  local fields = {}
+  if where.store then fields[#fields + 1] = ("store = %q"):format(where.store) end
+  if extra and extra ~= "" then fields[#fields + 1] = extra end
+  return ("require(\"pairstore\").open(%q, { %s })"):format(where.target, table.concat(fields, ", "))
+end
+
+--- The command that runs spec/support/pgcluster.sh (ctl, psql, pid): PostgreSQL's own programs
+-- never get the ASan runtime that spec/sanitize/run.sh preloads into the suite.
+helpers.PGCLUSTER = "env -u LD_PRELOAD bash " .. q(ROOT .. "/spec/support/pgcluster.sh")
+
+--- Run SQL on the test database as the superuser (psql -qAtX); returns ok, output.
+function helpers.psql(sql)
+  return helpers.run(helpers.PGCLUSTER .. " psql " .. q(helpers.pg_dir()) .. " -c " .. q(sql))
+end
+
+--- A SQL string literal (for the tests' own generated names and values only).
+function helpers.sql_literal(s)
+  return "'" .. tostring(s):gsub("'", "''") .. "'"
+end
+
+--- What is stored, as text to compare before and after an operation that must store nothing:
+-- the file's bytes (nil when absent), or the store's rows read straight from the database.
+function helpers.snapshot(where)
+  if where.backend == "file" then return helpers.read(where.path) end
+  local ok, out = helpers.psql("SELECT sid || ' ' || status || ' ' || live || ' ' || body " ..
+    "FROM pairstore_sessions WHERE store = " .. helpers.sql_literal(where.store) .. " ORDER BY sid")
+  assert(ok, out)
+  return out
+end
+
+--- The sessions as stored (decoded, in list_all order: createdAtMs, then sid), read from the
+-- file or straight from the database (not through the store under test). A row that pruning
+-- marked expired keeps its body as it was (the schema's rule: status and changed_at say it):
+-- the session is then its body with that status and lastStatusChangeAtMs.
+function helpers.stored_sessions(where)
+  if where.backend == "file" then
+    local text = helpers.read(where.path)
+    if not text then return {} end
+    return cjson.decode(text).sessions
+  end
+  local ok, out = helpers.psql("SELECT status, changed_at, body FROM pairstore_sessions WHERE store = " ..
+    helpers.sql_literal(where.store) .. " ORDER BY created_at, sid")
+  assert(ok, out)
+  local list = {}
+  for line in out:gmatch("[^\n]+") do
+    local status, changed, body = line:match("^([^|]*)|([^|]*)|(.*)$")
+    local s = cjson.decode(body)
+    if s.status ~= status then
+      assert(status == "expired", "row status " .. status .. " but body says " .. tostring(s.status))
+      s.status = status
+      s.lastStatusChangeAtMs = math.tointeger(tonumber(changed)) or tonumber(changed)
+    end
+    list[#list + 1] = s
+  end
+  return list
+end
+
+--- The text a PostgreSQL store holds for sid (its row's body column), or nil.
+function helpers.stored_body(where, sid)
+  local ok, out = helpers.psql("SELECT body FROM pairstore_sessions WHERE store = " ..
+    helpers.sql_literal(where.store) .. " AND sid = " .. helpers.sql_literal(sid))
+  assert(ok, out)
+  return out:match("^(.-)\n?$") ~= "" and out:match("^(.-)\n?$") or nil
+end
+
+--- The stored session sid (decoded), or nil.
+function helpers.stored(where, sid)
+  for _, s in ipairs(helpers.stored_sessions(where)) do
+    if s.sid == sid then return s end
+  end
 end
 
 return helpers

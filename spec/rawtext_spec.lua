@@ -80,6 +80,176 @@ describe("files as JSON.stringify writes them", function()
   end
 end)
 
+-- One session's text as JSON.stringify writes it (reference key order), with extra members
+-- appended and some values overridden; file(): the same in a sessions file.
+local SID = "0123456789abcdef0123456789abcdef"
+local function session(extra, over)
+  local f = {
+    '"sid":"' .. SID .. '"', '"skGatewayB64":"sk"', '"pkGatewayB64":"pk"',
+    '"createdAtMs":1764300000000', '"expiresAtMs":1764300900000', '"secondaryCode":"123456"',
+    '"secondaryCodeAttempts":0', '"operatorContext":{"senderId":"s","channel":"cli"}',
+    '"mode":"generate"', '"status":"awaiting_scan"', '"lastStatusChangeAtMs":1764300000000',
+  }
+  for k, v in pairs(over or {}) do
+    for i, m in ipairs(f) do
+      if m:find('"' .. k .. '":', 1, true) == 1 then f[i] = '"' .. k .. '":' .. v end
+    end
+  end
+  return "{" .. table.concat(f, ",") .. (extra and ("," .. extra) or "") .. "}"
+end
+local function file(extra, over)
+  return '{"version":1,"sessions":[' .. session(extra, over) .. ']}'
+end
+
+-- The same specs on both backends: a store holding exactly a given session text (a file
+-- written by hand, or the text imported verbatim into a PostgreSQL store), read and changed
+-- through the API, and what is stored compared byte for byte.
+for _, backend in ipairs(helpers.backends()) do
+  describe("[" .. backend .. "]", function()
+    after_each(function() helpers.cleanup() end)
+
+    -- where (see helpers.open_store) of a store that holds exactly the session `text`
+    local function holding(text)
+      local st, where = helpers.open_store(backend, { durable = false, now = function() return T0 end })
+      if backend == "file" then
+        helpers.write(where.path, '{"version":1,"sessions":[' .. text .. ']}')
+      else
+        assert.are.same({ 1, 0 }, { st:import { text } })
+      end
+      st:close()
+      return where
+    end
+
+    local function open_at(where, now)
+      now = math.tointeger(now)
+      return helpers.reopen(where, { now = function() return now end, durable = false })
+    end
+
+    -- what is stored for SID: the whole file, or the row's text
+    local function stored_text(where)
+      if backend == "file" then return helpers.read(where.path) end
+      return helpers.stored_body(where, SID)
+    end
+    -- what stored_text gives for a store holding only the session `text`
+    local function as_stored(text)
+      if backend == "file" then return '{"version":1,"sessions":[' .. text .. ']}' end
+      return text
+    end
+
+    describe("values read from what is stored", function()
+      it("are Lua integers when integral, exactly, beyond 2^53 too; floats otherwise", function()
+        local where = holding(session('"a":1152921504606846977,"b":-9223372036854775808,"c":1e3,"d":0.30000000000000004,"e":1e300,"f":-0'))
+        local s = assert(open_at(where, T0):get(SID))
+        assert.are.equal("integer", math.type(s.a))
+        assert.are.equal(1152921504606846977, s.a)
+        assert.are.equal(math.mininteger, s.b)
+        assert.are.equal("integer", math.type(s.c))
+        assert.are.equal(1000, s.c)
+        assert.are.equal("float", math.type(s.d))
+        assert.are.equal(0.1 + 0.2, s.d)
+        assert.are.equal("float", math.type(s.e))
+        assert.are.equal(0, s.f)
+      end)
+
+      it("keep their text when the session changes elsewhere", function()
+        local extra = '"a":1152921504606846977,"n":1.0,"m":1E2,"s":"\\u00e9\\/","arr":[],"o":{"z":[],"a":{}}'
+        local where = holding(session(extra))
+        local st = open_at(where, T0 + 1000)
+        assert(st:verify_code(SID, "123456"))
+        st:close()
+        local want = as_stored(session(extra, { status = '"device_connected"', lastStatusChangeAtMs = "1764300001000" }))
+        assert.are.equal(want, stored_text(where))
+      end)
+
+      it("accept a fractional expiresAtMs, keep it, and prune on its value", function()
+        local where = holding(session(nil, { expiresAtMs = "1764300600000.5" }))
+        local st = open_at(where, 1764300600000)
+        local s = assert(st:get(SID))
+        assert.are.equal(1764300600000.5, s.expiresAtMs)
+        assert.are.equal("awaiting_scan", s.status)
+        st:close()
+        st = open_at(where, 1764300600001)
+        local e = assert(st:prune() and st:get(SID))
+        assert.are.equal("expired", e.status)
+        assert.are.equal(1764300600000.5, e.lastStatusChangeAtMs) -- the moment it expired
+        st:close()
+        if backend == "file" then
+          -- written as JSON.stringify writes that number (a PostgreSQL row keeps its text: pruning
+          -- marks the row expired, and readers apply it)
+          assert.are.equal(file(nil, { expiresAtMs = "1764300600000.5", status = '"expired"',
+            lastStatusChangeAtMs = "1764300600000.5" }), helpers.read(where.path))
+        end
+        st = open_at(where, 1764300600000 + 3600000)
+        assert.is_table(st:get(SID))
+        st:close()
+        st = open_at(where, 1764300600001 + 3600000)
+        local none, err = st:get(SID)
+        assert.is_nil(none)
+        assert.are.equal("not_found", err)
+        st:close()
+      end)
+
+      it("prune a session that ends on time even when its expiresAtMs is far away", function()
+        local where = holding(session(nil, { expiresAtMs = "9223372036854775807" }))
+        local now = T0
+        local st = helpers.reopen(where, { now = function() return now end, durable = false })
+        assert(st:reject(SID))
+        now = T0 + 3600000
+        assert.is_table(st:get(SID))
+        now = T0 + 3600001 -- the same store, its parsed sessions reused: still pruned on time
+        local none, err = st:get(SID)
+        assert.is_nil(none)
+        assert.are.equal("not_found", err)
+        st:close()
+      end)
+
+      it("read a lone surrogate escape as U+FFFD and keep the escape as stored", function()
+        local where = holding(session(nil, { operatorContext = '{"channel":"cli","senderId":"ab\\ud83d"}' }))
+        local st = open_at(where, T0)
+        local s = assert(st:get(SID))
+        assert.are.equal("ab\u{FFFD}", s.operatorContext.senderId)
+        assert(st:register_failed_code(SID))
+        st:close()
+        assert.are.equal(as_stored(session(nil, { operatorContext = '{"channel":"cli","senderId":"ab\\ud83d"}',
+          secondaryCodeAttempts = "1" })), stored_text(where))
+      end)
+    end)
+
+    describe("values a mutator sets", function()
+      it("are written as JSON.stringify writes the same value", function()
+        local st, where = helpers.open_store(backend, { durable = false, now = function() return T0 end })
+        local s = assert(st:create {})
+        local cases = {
+          { 0.1 + 0.2, "0.30000000000000004" }, { 2.0 ^ 60, "1152921504606846976" },
+          { math.maxinteger, "9223372036854775807" }, { 1e21, "1e+21" }, { 1e20, "100000000000000000000" },
+          { 1.5e-7, "1.5e-7" }, { 0.000001, "0.000001" }, { -0.0, "0" }, { 123.456, "123.456" },
+          { 5e-324, "5e-324" }, { 1 / 3, "0.3333333333333333" }, { "\0\31\"\\/\u{7f}", '"\\u0000\\u001f\\"\\\\/\127"' },
+          { {}, "{}" }, { { 1, { a = true } }, '[1,{"a":true}]' },
+        }
+        local tail = backend == "file" and '"v":(.*)}]}$' or '"v":(.*)}$'
+        for _, c in ipairs(cases) do
+          assert(st:update(s.sid, function(x) x.v = c[1] end))
+          local text = backend == "file" and helpers.read(where.path) or helpers.stored_body(where, s.sid)
+          assert.are.equal(c[2], text:match(tail), tostring(c[1]))
+        end
+        st:close()
+      end)
+
+      it("that are not valid UTF-8 are refused with 'invalid' and nothing is stored", function()
+        local st, where = helpers.open_store(backend, { durable = false, now = function() return T0 end })
+        local s = assert(st:create {})
+        local before = helpers.snapshot(where)
+        local r, msg, code = st:update(s.sid, function(x) x.v = "\255" end)
+        assert.is_nil(r)
+        assert.are.equal("invalid", code)
+        assert.matches("UTF%-8", msg)
+        assert.are.equal(before, helpers.snapshot(where))
+        st:close()
+      end)
+    end)
+  end)
+end
+
 describe("values read from the file", function()
   local dir, path
   before_each(function()
@@ -87,95 +257,6 @@ describe("values read from the file", function()
     path = dir .. "/pair-sessions.json"
   end)
   after_each(function() helpers.cleanup() end)
-
-  local SID = "0123456789abcdef0123456789abcdef"
-  local function file(extra, over)
-    local f = {
-      '"sid":"' .. SID .. '"', '"skGatewayB64":"sk"', '"pkGatewayB64":"pk"',
-      '"createdAtMs":1764300000000', '"expiresAtMs":1764300900000', '"secondaryCode":"123456"',
-      '"secondaryCodeAttempts":0', '"operatorContext":{"senderId":"s","channel":"cli"}',
-      '"mode":"generate"', '"status":"awaiting_scan"', '"lastStatusChangeAtMs":1764300000000',
-    }
-    for k, v in pairs(over or {}) do
-      for i, m in ipairs(f) do
-        if m:find('"' .. k .. '":', 1, true) == 1 then f[i] = '"' .. k .. '":' .. v end
-      end
-    end
-    return '{"version":1,"sessions":[{' .. table.concat(f, ",") .. (extra and ("," .. extra) or "") .. "}]}"
-  end
-
-  it("are Lua integers when integral, exactly, beyond 2^53 too; floats otherwise", function()
-    helpers.write(path, file('"a":1152921504606846977,"b":-9223372036854775808,"c":1e3,"d":0.30000000000000004,"e":1e300,"f":-0'))
-    local s = assert(open(path, T0):get(SID))
-    assert.are.equal("integer", math.type(s.a))
-    assert.are.equal(1152921504606846977, s.a)
-    assert.are.equal(math.mininteger, s.b)
-    assert.are.equal("integer", math.type(s.c))
-    assert.are.equal(1000, s.c)
-    assert.are.equal("float", math.type(s.d))
-    assert.are.equal(0.1 + 0.2, s.d)
-    assert.are.equal("float", math.type(s.e))
-    assert.are.equal(0, s.f)
-  end)
-
-  it("keep their text when the session changes elsewhere", function()
-    local extra = '"a":1152921504606846977,"n":1.0,"m":1E2,"s":"\\u00e9\\/","arr":[],"o":{"z":[],"a":{}}'
-    helpers.write(path, file(extra))
-    local st = open(path, T0 + 1000)
-    assert(st:verify_code(SID, "123456"))
-    st:close()
-    local want = file(extra, { status = '"device_connected"', lastStatusChangeAtMs = "1764300001000" })
-    assert.are.equal(want, helpers.read(path))
-  end)
-
-  it("accept a fractional expiresAtMs, keep it, and prune on its value", function()
-    helpers.write(path, file(nil, { expiresAtMs = "1764300600000.5" }))
-    local st = open(path, 1764300600000)
-    local s = assert(st:get(SID))
-    assert.are.equal(1764300600000.5, s.expiresAtMs)
-    assert.are.equal("awaiting_scan", s.status)
-    st:close()
-    st = open(path, 1764300600001)
-    assert.are.equal("expired", assert(st:prune() and st:get(SID)).status)
-    st:close()
-    -- the moment it expired, written as JSON.stringify writes that number
-    assert.are.equal(file(nil, { expiresAtMs = "1764300600000.5", status = '"expired"',
-      lastStatusChangeAtMs = "1764300600000.5" }), helpers.read(path))
-    st = open(path, 1764300600000 + 3600000)
-    assert.is_table(st:get(SID))
-    st:close()
-    st = open(path, 1764300600001 + 3600000)
-    local none, err = st:get(SID)
-    assert.is_nil(none)
-    assert.are.equal("not_found", err)
-    st:close()
-  end)
-
-  it("prune a session that ends on time even when its expiresAtMs is far away", function()
-    helpers.write(path, file(nil, { expiresAtMs = "9223372036854775807" }))
-    local now = T0
-    local st = pairstore.open(path, { now = function() return now end, durable = false })
-    assert(st:reject(SID))
-    now = T0 + 3600000
-    assert.is_table(st:get(SID))
-    now = T0 + 3600001 -- the same store, its parsed sessions reused: still pruned on time
-    local none, err = st:get(SID)
-    assert.is_nil(none)
-    assert.are.equal("not_found", err)
-    st:close()
-  end)
-
-  it("read a lone surrogate escape as U+FFFD and keep the escape on disk", function()
-    local text = file(nil, { operatorContext = '{"channel":"cli","senderId":"ab\\ud83d"}' })
-    helpers.write(path, text)
-    local st = open(path, T0)
-    local s = assert(st:get(SID))
-    assert.are.equal("ab\u{FFFD}", s.operatorContext.senderId)
-    assert(st:register_failed_code(SID))
-    st:close()
-    assert.are.equal(file(nil, { operatorContext = '{"channel":"cli","senderId":"ab\\ud83d"}',
-      secondaryCodeAttempts = "1" }), helpers.read(path))
-  end)
 
   it("count as corrupt only what the reference would reject or what is not JSON", function()
     for _, bad in ipairs { '"a":1e400', '"a":01', '"a":.5', '"a":+1', '"a":"\\x"', '"a":NaN', '"a":[1,]' } do
@@ -203,44 +284,5 @@ describe("values read from the file", function()
     local first_end = fixture:find('"lastStatusChangeAtMs":%d+}')
     local _, e = fixture:find('"lastStatusChangeAtMs":%d+', first_end)
     assert.are.equal(fixture:sub(1, e) .. ',"note":"x"' .. fixture:sub(e + 1), got)
-  end)
-end)
-
-describe("values a mutator sets", function()
-  local dir, path
-  before_each(function()
-    dir = helpers.tmpdir()
-    path = dir .. "/pair-sessions.json"
-  end)
-  after_each(function() helpers.cleanup() end)
-
-  it("are written as JSON.stringify writes the same value", function()
-    local st = open(path, T0)
-    local s = assert(st:create {})
-    local cases = {
-      { 0.1 + 0.2, "0.30000000000000004" }, { 2.0 ^ 60, "1152921504606846976" },
-      { math.maxinteger, "9223372036854775807" }, { 1e21, "1e+21" }, { 1e20, "100000000000000000000" },
-      { 1.5e-7, "1.5e-7" }, { 0.000001, "0.000001" }, { -0.0, "0" }, { 123.456, "123.456" },
-      { 5e-324, "5e-324" }, { 1 / 3, "0.3333333333333333" }, { "\0\31\"\\/\u{7f}", '"\\u0000\\u001f\\"\\\\/\127"' },
-      { {}, "{}" }, { { 1, { a = true } }, '[1,{"a":true}]' },
-    }
-    for _, c in ipairs(cases) do
-      assert(st:update(s.sid, function(x) x.v = c[1] end))
-      local text = helpers.read(path)
-      assert.are.equal(c[2], text:match('"v":(.*)}]}$'), tostring(c[1]))
-    end
-    st:close()
-  end)
-
-  it("that are not valid UTF-8 are refused with 'invalid' and nothing is stored", function()
-    local st = open(path, T0)
-    local s = assert(st:create {})
-    local before = helpers.read(path)
-    local r, msg, code = st:update(s.sid, function(x) x.v = "\255" end)
-    assert.is_nil(r)
-    assert.are.equal("invalid", code)
-    assert.matches("UTF%-8", msg)
-    assert.are.equal(before, helpers.read(path))
-    st:close()
   end)
 end)

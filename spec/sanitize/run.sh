@@ -4,18 +4,24 @@
 #   SANITIZE_SPECS     spec files or directories for both runs (default: spec, the whole suite)
 #   VALGRIND_SPECS     override for the valgrind run only (it is ~20x slower)
 #   SANITIZE_SKIP      space-separated parts to skip: valgrind asan fdleak
-#   SANITIZE_TIMEOUT   seconds per run (default 540)
+#   SANITIZE_TIMEOUT   seconds per run (default 1500: the suite runs on both backends)
 #   ASAN_FILTER_OUT    busted --filter-out pattern for the ASan run (default: the faketime test,
 #                      since libfaketime preloaded next to the ASan runtime deadlocks at start-up)
+# Both runs cover the PostgreSQL backend: without PAIRSTORE_TEST_PG the script runs itself again
+# under spec/support/with-pg.sh, which starts a private cluster for it and removes it afterwards
+# (the specs start PostgreSQL's own programs without the ASan runtime preloaded).
 set -u
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
+if [ -z "${PAIRSTORE_TEST_PG:-}" ]; then
+  exec bash "$ROOT/spec/support/with-pg.sh" bash "$ROOT/spec/sanitize/run.sh" "$@"
+fi
 export LUA_PATH="$ROOT/lua/?.lua;$ROOT/lua/?/init.lua;$ROOT/spec/?.lua;;"
 export LUA_CPATH="$ROOT/build/?.so;;"
 SPECS=${SANITIZE_SPECS:-spec}
 VSPECS=${VALGRIND_SPECS:-$SPECS}
 SKIP=" ${SANITIZE_SKIP:-} "
-TMO=${SANITIZE_TIMEOUT:-540}
+TMO=${SANITIZE_TIMEOUT:-1500}
 out=$ROOT/build-asan
 mkdir -p "$out"
 passed=0; failed=0
