@@ -113,3 +113,29 @@ describe("PostgreSQL engine commit outcome", function()
   end)
   helpers.cleanup()
 end)
+
+describe("PostgreSQL engine and SIGPIPE", function()
+  it("a write on a connection the server closed does not kill the process (SIGPIPE left at its default)", function()
+    local target = helpers.pg_target()
+    local app = "pipe" .. math.random(1e9)
+    local t = target .. (target:find("?", 1, true) and "&" or "?") .. "application_name=" .. app
+    local dir = helpers.tmpdir()
+    local pid = helpers.spawn_lua(string.format([[
+      local pairstore = require "pairstore"
+      local s = pairstore.open(%q, { store = %q, durable = false })
+      local x = assert(s:create {})
+      local f = io.open(%q, "w"); f:write("ready"); f:close()
+      os.execute("sleep 1.5") -- the server ends this connection meanwhile
+      local r1, _, c1 = s:get(x.sid)
+      local r2, _, c2 = s:get(x.sid)
+      print("alive", r1 ~= nil or c1, r2 ~= nil or c2)
+    ]], t, "pipe-" .. app, dir .. "/ready"), dir .. "/out")
+    assert(helpers.wait_file(dir .. "/ready", nil, 20))
+    assert(helpers.psql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = "
+      .. helpers.sql_literal(app)))
+    local out = helpers.wait_file(dir .. "/out", function(c) return c:find("alive", 1, true) ~= nil end, 20)
+    assert.truthy(out, "the child died: " .. tostring(helpers.read(dir .. "/out")) .. " alive=" .. tostring(helpers.alive(pid)))
+    assert.truthy(out:find("alive\ttrue\ttrue", 1, true), out)
+    helpers.cleanup()
+  end)
+end)
