@@ -136,6 +136,8 @@ typedef struct pgq {
 } pgq;
 
 #define MAX_Q 16
+/* pgq.q for plain SQL text of several statements, sent alone as one simple query. */
+#define Q_SIMPLE (-100)
 
 /* User values: cjson's decode; the transaction's sessions (sid -> table, the engine's own);
  * their texts as stored (sid -> string); the rows the store holds (sid -> txn token: the
@@ -281,22 +283,18 @@ static int roundtrip(pg_eng *p, const pgq *qs, int n, PGresult **res, int64_t bu
 static int create_schema(pg_eng *p, ps_err *err)
 {
   PGresult *r = NULL;
-  pgq q = { -1, ps_pg_schema_sql, { 0 }, { 0 } };
+  pgq q = { Q_SIMPLE, ps_pg_schema_sql, { 0 }, { 0 } };
   const char *state;
   int rc;
-  if (PQexitPipelineMode(p->conn) != 1) {
-    set_err(p, err, "unavailable", "PostgreSQL %s: %s", PQerrorMessage(p->conn));
-    return -1;
-  }
   rc = roundtrip(p, &q, 1, &r, p->stmt_ms, 1, err);
   if (rc == 0) {
     PQclear(r);
-    return PQenterPipelineMode(p->conn) == 1 ? 0 : -1;
+    return 0;
   }
   state = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
   if (state && (!strcmp(state, "42P07") || !strcmp(state, "23505"))) { /* created meanwhile */
     PQclear(r);
-    return PQenterPipelineMode(p->conn) == 1 ? 0 : -1;
+    return 0;
   }
   if (state && !strcmp(state, "42501"))
     set_err(p, err, "schema", "PostgreSQL %s: the pairstore tables do not exist and this role "
@@ -317,10 +315,6 @@ static int setup(pg_eng *p, ps_err *err)
   int i, rc, version = -1;
   const char *state;
 
-  if (PQenterPipelineMode(p->conn) != 1) {
-    set_err(p, err, "unavailable", "PostgreSQL %s: %s", PQerrorMessage(p->conn));
-    return -1;
-  }
   snprintf(lock_ms, sizeof lock_ms, "%d", p->lock_wait_ms);
   snprintf(stmt_ms, sizeof stmt_ms, "%d", p->stmt_ms);
   memset(q, 0, sizeof q);
@@ -464,13 +458,17 @@ static int roundtrip(pg_eng *p, const pgq *qs, int n, PGresult **res, int64_t bu
   for (i = 0; i < n; i++) res[i] = NULL;
   if (!connecting && connect_db(p, err) != 0) return -1;
   c = p->conn;
-  pipeline = PQpipelineStatus(c) != PQ_PIPELINE_OFF;
+  /* A pipeline for the round trip only: between round trips the connection is in normal
+   * mode, where libpq reads the notifications a watcher waits for as they come (in pipeline
+   * mode it leaves them unparsed until the next statement). */
+  pipeline = !(n == 1 && qs[0].q == Q_SIMPLE);
+  if (pipeline && PQpipelineStatus(c) == PQ_PIPELINE_OFF && PQenterPipelineMode(c) != 1) goto lost;
   for (i = 0; i < n; i++) {
     int ok;
     const pgq *q = &qs[i];
     if (q->q >= 0) {
       ok = PQsendQueryPrepared(c, stmts[q->q].name, stmts[q->q].nparams, q->v, NULL, NULL, 0);
-    } else if (q->q <= -2) {
+    } else if (q->q <= -2 && q->q != Q_SIMPLE) {
       const stmt *s = &stmts[-2 - q->q];
       ok = PQsendPrepare(c, s->name, s->sql, s->nparams, NULL);
     } else if (pipeline) {
@@ -556,6 +554,7 @@ static int roundtrip(pg_eng *p, const pgq *qs, int n, PGresult **res, int64_t bu
 collected:
   if (!failed && PQstatus(c) == CONNECTION_BAD) goto lost;
   if (!failed) for (i = 0; i < n; i++) if (!res[i]) goto lost;
+  if (pipeline && PQexitPipelineMode(c) != 1) goto lost; /* every result was read: cannot be */
   if (p->watchers == 0) { /* notifications nobody waits for */
     PGnotify *nt;
     while ((nt = PQnotifies(c)) != NULL) PQfreemem(nt);
@@ -1203,6 +1202,7 @@ static int pe_end(ps_engine *e, lua_State *L, int eng, int how, ps_err *err)
       /* test hook: the whole transaction sent, then the connection lost before the answer */
       int j;
       PGconn *c = p->conn;
+      if (c && PQpipelineStatus(c) == PQ_PIPELINE_OFF) PQenterPipelineMode(c);
       for (j = 0; j < n && c; j++) {
         const pgq *x = &q[j];
         if (x->q >= 0) PQsendQueryPrepared(c, stmts[x->q].name, stmts[x->q].nparams, x->v, NULL, NULL, 0);

@@ -750,7 +750,22 @@ static int merge_object(ps_enc *x, const char *raw, size_t rawn, int idx, const 
   lua_State *L = x->L;
   const char *s = raw, *end = raw + rawn, *k, *v;
   size_t kn, vn, nraw = 0, ntable;
-  int first = 1, seq;
+  int first = 1, seq, alike = 0;
+  /* Can two of raw's keys be one key to JSON.parse or to Lua? Only if two have the same
+   * bytes, or one has an escape: otherwise no member needs to look for a later twin (a
+   * search of all later members for each, which would make the merge quadratic). */
+  lua_newtable(L);
+  while (next_member(&s, end, &k, &kn, &v, &vn)) {
+    if (memchr(k, '\\', kn)) { alike = 1; break; }
+    lua_pushlstring(L, k, kn);
+    if (lua_rawget(L, -2) != LUA_TNIL) { lua_pop(L, 1); alike = 1; break; }
+    lua_pop(L, 1);
+    lua_pushlstring(L, k, kn);
+    lua_pushboolean(L, 1);
+    lua_rawset(L, -3);
+  }
+  lua_pop(L, 1);
+  s = raw;
   ps_buf_lit(x->b, "{");
   lua_newtable(L); /* keys written */
   while (next_member(&s, end, &k, &kn, &v, &vn)) {
@@ -773,7 +788,7 @@ static int merge_object(ps_enc *x, const char *raw, size_t rawn, int idx, const 
       const char *s2 = s, *k2, *v2, *lv = v;
       size_t kn2, vn2, lvn = vn;
       int shadowed = 0;
-      while (next_member(&s2, end, &k2, &kn2, &v2, &vn2))
+      while (alike && next_member(&s2, end, &k2, &kn2, &v2, &vn2))
         if (key_equal(x, k2, kn2, key, keyn)) {
           if (same_json_key(k, kn, k2, kn2)) { lv = v2; lvn = vn2; }
           else shadowed = 1;

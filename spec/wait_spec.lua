@@ -54,6 +54,19 @@ for _, backend in ipairs(helpers.backends()) do
         assert.is_true(woke - changed < 2000, "woken " .. (woke - changed) .. " ms after the change")
       end)
 
+      it("with since, returns at once a change made before the call (a loop of waits misses none)", function()
+        local s = assert(st:create {})
+        assert(st:verify_code(s.sid, s.secondaryCode)) -- changed after s was seen
+        local t0 = core.mono_ms()
+        local got = assert(st:wait(s.sid, { since = s, timeout_ms = 5000 }))
+        assert.are.equal("device_connected", got.status)
+        assert.is_true(core.mono_ms() - t0 < 2500, "it did not wait")
+        local none, msg = st:wait(s.sid, { since = got, timeout_ms = 200 })
+        assert.is_nil(none)
+        assert.are.equal("timeout", msg)
+        assert.has_error(function() st:wait(s.sid, { since = "x" }) end)
+      end)
+
       it("ignores changes to other sessions and ends with timeout", function()
         local s = assert(st:create {})
         local other = assert(st:create {})

@@ -117,6 +117,9 @@ local function check_options(options, pg)
     if want == "number" and (not tointeger(v) or v < 0) then
       argerror(3, "open", fmt("option %s must be a non-negative integer", k))
     end
+    if k == "store" and (#v == 0 or #v > 200 or not utf8.len(v) or v:find("%c")) then
+      argerror(3, "open", "option store must be a name of 1 to 200 bytes of printable UTF-8")
+    end
     opts[k] = v
   end
   if opts.rng then
@@ -302,7 +305,7 @@ end
 
 -- Waiting for a change ------------------------------------------------------------------------
 
-local WAIT_OPTIONS = { timeout_ms = "number", signals = "boolean" }
+local WAIT_OPTIONS = { timeout_ms = "number", signals = "boolean", since = "table" }
 local WATCH_RENEW_MS = 30 * 60 * 1000
 local WATCH_MT = { __close = function(h) if h.w then h.w:close() end end }
 
@@ -346,6 +349,9 @@ function Store:wait(sid, opts)
   local first, msg, code = self:get(sid)
   if not first then return nil, msg, code end
   if not w then return nil, wmsg, wcode end
+  -- since: the state the caller last saw; a change made before this call returns at once
+  -- (a loop of waits then misses none).
+  if opts.since and not same(opts.since, first, 0) then return first end
   local deadline = timeout and core.mono_ms() + timeout
   -- A watch lasts an hour at most (a PostgreSQL store announces the wait for that long):
   -- a longer wait watches again.
