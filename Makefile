@@ -49,8 +49,6 @@ $(FORKUTIL): spec/support/forkutil.c Makefile
 	$(CC) $(CFLAGS) -std=c11 -D_GNU_SOURCE -fPIC -Wall -Wextra $(shell $(PKG_CONFIG) --cflags lua$(LUA_VERSION)) \
 	  $(LDFLAGS) -shared -o $@ $<
 
-# The suite runs against both backends: with-pg.sh starts a private PostgreSQL cluster (unix
-# socket in a temp dir) for it and removes it afterwards, also on failure.
 # Test-only helper (bare libpq calls for the bench's PostgreSQL floor); never installed.
 PGFLOOR = $(BUILD)/test/pgfloor.so
 
@@ -59,6 +57,8 @@ $(PGFLOOR): spec/bench/pgfloor.c Makefile
 	$(CC) $(CFLAGS) -std=c11 -D_GNU_SOURCE -fPIC -Wall -Wextra $(shell $(PKG_CONFIG) --cflags lua$(LUA_VERSION) libpq) \
 	  $(LDFLAGS) -shared -o $@ $< $(shell $(PKG_CONFIG) --libs libpq 2>/dev/null || echo -lpq)
 
+# The suite runs against both backends: with-pg.sh starts a private PostgreSQL cluster (unix
+# socket in a temp dir) for it and removes it afterwards, also on failure.
 test: deps
 	@$(MAKE) --no-print-directory all $(FORKUTIL)
 	bash spec/support/with-pg.sh busted --lua=$(LUA) spec
