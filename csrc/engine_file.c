@@ -683,35 +683,31 @@ static int fe_text(ps_engine *e, lua_State *L, int eng, int sess, ps_err *err)
   return rc;
 }
 
+/* list's text of a session: push_text with the engine and a scratch buffer. */
+typedef struct text_ctx {
+  int eng;
+  ps_buf b;
+} text_ctx;
+
+static int list_text(void *ctx, lua_State *L, int sess, ps_err *err)
+{
+  text_ctx *c = ctx;
+  return push_text(L, c->eng, sess, &c->b, err);
+}
+
 static int fe_list(ps_engine *e, lua_State *L, int eng, int flags, ps_err *err)
 {
   ps_fengine *s = FE(e);
-  lua_Integer *order, k, i;
-  int arr, out;
-  ps_buf b = { 0 };
+  text_ctx c = { eng, { 0 } };
+  int rc;
   if (sessions(L, s, eng, err) != 0) return -1;
-  arr = lua_gettop(L);
-  order = ps_list_order(L, arr, flags & PS_LIST_ACTIVE, &k);
-  lua_createtable(L, (int)k, 0);
-  out = lua_gettop(L);
-  for (i = 0; i < k; i++) {
-    lua_rawgeti(L, arr, order[i]);
-    if (flags & PS_LIST_TEXT) {
-      if (push_text(L, eng, out + 1, &b, err) != 0) {
-        free(order);
-        ps_buf_free(&b);
-        lua_settop(L, arr - 1);
-        return -1;
-      }
-    } else {
-      ps_copy_value(L, -1, 0);
-    }
-    lua_remove(L, -2);
-    lua_rawseti(L, out, i + 1);
+  rc = ps_list_push(L, -1, flags, list_text, &c, err);
+  ps_buf_free(&c.b);
+  if (rc != 0) {
+    lua_pop(L, 1);
+    return -1;
   }
-  free(order);
-  ps_buf_free(&b);
-  lua_remove(L, arr);
+  lua_remove(L, -2);
   return 0;
 }
 

@@ -1007,11 +1007,27 @@ static int pe_text(ps_engine *e, lua_State *L, int eng, int sess, ps_err *err)
   return push_text(L, PE(e), eng, sid, sess, err);
 }
 
+/* list's text of a session: push_text for its sid. */
+typedef struct text_ctx {
+  pg_eng *p;
+  int eng;
+} text_ctx;
+
+static int list_text(void *ctx, lua_State *L, int sess, ps_err *err)
+{
+  text_ctx *c = ctx;
+  size_t len;
+  char sid[64];
+  snprintf(sid, sizeof sid, "%s", ps_get_str(L, sess, "sid", &len));
+  return push_text(L, c->p, c->eng, sid, sess, err);
+}
+
 static int pe_list(ps_engine *e, lua_State *L, int eng, int flags, ps_err *err)
 {
   pg_eng *p = PE(e);
-  lua_Integer *order, k, i, n;
-  int sids, arr, out;
+  text_ctx c = { p, eng };
+  lua_Integer i, n;
+  int sids, arr;
 
   if (!p->rt1 && first_roundtrip(L, p, eng, p->have_now, err) != 0) return -1;
   push_uv(L, eng, UV_LISTED); /* the sids the list read, in its order */
@@ -1026,27 +1042,10 @@ static int pe_list(ps_engine *e, lua_State *L, int eng, int flags, ps_err *err)
     if (lua_isnil(L, -1)) lua_pop(L, 1);
     else lua_rawseti(L, arr, (lua_Integer)lua_rawlen(L, arr) + 1);
   }
-  order = ps_list_order(L, arr, flags & PS_LIST_ACTIVE, &k);
-  lua_createtable(L, (int)k, 0);
-  out = lua_gettop(L);
-  for (i = 0; i < k; i++) {
-    lua_rawgeti(L, arr, order[i]);
-    if (flags & PS_LIST_TEXT) {
-      size_t len;
-      char sid[64];
-      snprintf(sid, sizeof sid, "%s", ps_get_str(L, -1, "sid", &len));
-      if (push_text(L, p, eng, sid, out + 1, err) != 0) {
-        free(order);
-        lua_settop(L, sids - 1);
-        return -1;
-      }
-    } else {
-      ps_copy_value(L, -1, 0);
-    }
-    lua_remove(L, -2);
-    lua_rawseti(L, out, i + 1);
+  if (ps_list_push(L, arr, flags, list_text, &c, err) != 0) {
+    lua_settop(L, sids - 1);
+    return -1;
   }
-  free(order);
   lua_replace(L, sids);
   lua_settop(L, sids);
   return 0;

@@ -347,10 +347,12 @@ const char *ps_record_encode(lua_State *L, int dec, int sess, const char *base, 
  * (nothing to store), -1: err set. */
 int         ps_record_text(lua_State *L, int dec, int sess, const char *base, size_t baselen,
                            int flags, size_t max_bytes, ps_buf *b, ps_err *err);
-/* The positions (1-based) of the sessions of the array at arr in list order (createdAtMs,
- * then sid by bytes), only the active ones (awaiting_scan, device_connected) if asked;
- * malloc'd, *count of them. */
-lua_Integer *ps_list_order(lua_State *L, int arr, int active_only, lua_Integer *count);
+/* Pushes what list gives for the sessions of the array at arr: in list order (createdAtMs,
+ * then sid by bytes), only the active ones (awaiting_scan, device_connected) with
+ * PS_LIST_ACTIVE; copies of them, or with PS_LIST_TEXT their stored texts, each pushed by
+ * text(ctx, L, sess, err) (0, or -1 with err set). 0, or -1 with nothing pushed. */
+typedef int (*ps_text_fn)(void *ctx, lua_State *L, int sess, ps_err *err);
+int ps_list_push(lua_State *L, int arr, int flags, ps_text_fn text, void *ctx, ps_err *err);
 
 /* ---- the engine interface ------------------------------------------------------------------
  * Storage as the transaction (txn.c) sees it: keyed by sid, per transaction, like SQLite's

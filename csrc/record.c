@@ -95,7 +95,9 @@ static int is_active(const char *status)
   return !strcmp(status, "awaiting_scan") || !strcmp(status, "device_connected");
 }
 
-lua_Integer *ps_list_order(lua_State *L, int arr, int active_only, lua_Integer *count)
+/* The positions (1-based) of the sessions of the array at arr in list order, only the active
+ * ones if asked; malloc'd, *count of them. */
+static lua_Integer *list_order(lua_State *L, int arr, int active_only, lua_Integer *count)
 {
   lua_Integer n = (lua_Integer)lua_rawlen(L, arr), i, k = 0;
   lua_Integer *order;
@@ -125,4 +127,28 @@ lua_Integer *ps_list_order(lua_State *L, int arr, int active_only, lua_Integer *
   free(e);
   *count = k;
   return order;
+}
+
+int ps_list_push(lua_State *L, int arr, int flags, ps_text_fn text, void *ctx, ps_err *err)
+{
+  lua_Integer *order, k, i;
+  int out;
+  arr = lua_absindex(L, arr);
+  order = list_order(L, arr, flags & PS_LIST_ACTIVE, &k);
+  lua_createtable(L, (int)k, 0);
+  out = lua_gettop(L);
+  for (i = 0; i < k; i++) {
+    lua_rawgeti(L, arr, order[i]);
+    if (!(flags & PS_LIST_TEXT)) {
+      ps_copy_value(L, -1, 0);
+    } else if (text(ctx, L, out + 1, err) != 0) {
+      free(order);
+      lua_settop(L, out - 1);
+      return -1;
+    }
+    lua_remove(L, -2);
+    lua_rawseti(L, out, i + 1);
+  }
+  free(order);
+  return 0;
 }
