@@ -30,8 +30,14 @@
 local pairstore = require "pairstore"
 local bu = require "benchutil"
 local cjson = require "cjson"
+local common = require "common"
 
 local fmt = string.format
+local sh_quote, median, write_file = common.sh_quote, common.median, common.write_file
+local exists, must, pad, lpad = common.exists, common.must, common.pad, common.lpad
+local bump, reset_status, delete = common.bump, common.reset_status, common.delete
+-- (every file it reads must be there)
+local function read_file(path) return assert(common.read_file(path)) end
 local mono = bu.mono
 
 local WORK = assert(os.getenv("BENCH_WORKDIR"), "run this through spec/bench/run.sh (BENCH_WORKDIR unset)")
@@ -83,17 +89,7 @@ local function log(...)
   io.stderr:flush()
 end
 
-local function sh_quote(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
 
-local function median(t)
-  local c = {}
-  for i = 1, #t do c[i] = t[i] end
-  table.sort(c)
-  local n = #c
-  if n == 0 then return 0 / 0 end
-  if n % 2 == 1 then return c[(n + 1) // 2] end
-  return (c[n // 2] + c[n // 2 + 1]) / 2
-end
 
 local function maxof(t)
   local m = -math.huge
@@ -109,18 +105,7 @@ local function percentile(t, p)
   return c[math.max(1, math.ceil(#c * p))]
 end
 
-local function read_file(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("a")
-  f:close()
-  return s
-end
 
-local function write_file(path, data)
-  local f = assert(io.open(path, "wb"))
-  f:write(data)
-  f:close()
-end
 
 local function file_size(path)
   local f = assert(io.open(path, "rb"))
@@ -129,11 +114,6 @@ local function file_size(path)
   return n
 end
 
-local function exists(path)
-  local f = io.open(path, "rb")
-  if f then f:close() return true end
-  return false
-end
 
 local function capture(cmd)
   local p = assert(io.popen(cmd .. " 2>&1"))
@@ -145,10 +125,6 @@ end
 local function mkdir(path) assert(os.execute("mkdir -p " .. sh_quote(path))) end
 
 -- Fail loudly on any failed store call: the figures of a failing operation mean nothing.
-local function must(v, msg, code)
-  if v == nil then error(fmt("store call failed: %s (%s)", tostring(msg), tostring(code)), 2) end
-  return v
-end
 
 -- ---- machine ---------------------------------------------------------------------------------
 
@@ -198,13 +174,7 @@ local SPEC = {
 }
 
 -- A size-neutral edit: operatorContext.accountId counts up with the same length.
-local function bump(s)
-  local c = s.operatorContext
-  c.accountId = fmt("acct-%07d", (tonumber(c.accountId:sub(6)) + 1) % 10000000)
-end
 
-local function reset_status(s) s.status = "awaiting_scan" end
-local function delete() return false end
 local function doom(s) -- terminal and past retention: the next transaction prunes it
   s.status = "consumed"
   s.lastStatusChangeAtMs = s.lastStatusChangeAtMs - 2 * pairstore.TERMINAL_RETENTION_MS
@@ -596,8 +566,8 @@ local function peak_rss_list()
   local path = dir .. "/pair-sessions.json"
   local seed = read_file(WORK .. "/seed-1000.json")
   local n = select(2, seed:gsub('"lastStatusChangeAtMs"', ""))
-  local pad = ("p"):rep(math.floor((16 * 1024 * 1024 - 4096 - #seed) / n) - 10)
-  write_file(path, (seed:gsub('("lastStatusChangeAtMs":%d+)', '%1,"pad":"' .. pad .. '"')))
+  local filler = ("p"):rep(math.floor((16 * 1024 * 1024 - 4096 - #seed) / n) - 10)
+  write_file(path, (seed:gsub('("lastStatusChangeAtMs":%d+)', '%1,"pad":"' .. filler .. '"')))
   local out = WORK .. "/rss-list.out"
   local text, ok = capture(fmt("%s %s rss_list %s %s", LUA, sh_quote(WORKER), sh_quote(path), sh_quote(out)))
   if not ok then error("rss_list worker failed: " .. text) end
@@ -643,14 +613,6 @@ end
 -- ---- output -----------------------------------------------------------------------------------
 
 -- Padding by characters, not bytes (µ, ×, ≤ are two or three bytes).
-local function pad(s, w)
-  local n = utf8.len(s) or #s
-  return n < w and s .. string.rep(" ", w - n) or s
-end
-local function lpad(s, w)
-  local n = utf8.len(s) or #s
-  return n < w and string.rep(" ", w - n) .. s or s
-end
 
 local function kb(n) return n >= 1024 * 1024 and fmt("%.1f MB", n / 1048576) or fmt("%.1f KB", n / 1024) end
 local function pf(v) return v and "PASS" or "FAIL" end

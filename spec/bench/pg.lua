@@ -42,8 +42,12 @@ local pairstore = require "pairstore"
 local pg = require "test.pgfloor"
 local bu = require "benchutil"
 local cjson = require "cjson"
+local common = require "common"
 
 local fmt = string.format
+local sh_quote, median, read_file, write_file = common.sh_quote, common.median, common.read_file, common.write_file
+local exists, must, pad, lpad = common.exists, common.must, common.pad, common.lpad
+local bump, reset_status, delete = common.bump, common.reset_status, common.delete
 local mono = bu.mono
 
 local TARGET = assert(os.getenv("PAIRSTORE_TEST_PG"), "run this through spec/support/with-pg.sh (PAIRSTORE_TEST_PG unset)")
@@ -83,42 +87,11 @@ local function log(...)
   io.stderr:flush()
 end
 
-local function sh_quote(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
 
-local function median(t)
-  local c = {}
-  for i = 1, #t do c[i] = t[i] end
-  table.sort(c)
-  local n = #c
-  if n == 0 then return 0 / 0 end
-  if n % 2 == 1 then return c[(n + 1) // 2] end
-  return (c[n // 2] + c[n // 2 + 1]) / 2
-end
 
-local function read_file(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
-end
 
-local function write_file(path, data)
-  local f = assert(io.open(path, "wb"))
-  f:write(data)
-  f:close()
-end
 
-local function exists(path)
-  local f = io.open(path, "rb")
-  if f then f:close() return true end
-  return false
-end
 
-local function must(v, msg, code)
-  if v == nil then error(fmt("store call failed: %s (%s)", tostring(msg), tostring(code)), 2) end
-  return v
-end
 
 -- ---- the floor ----------------------------------------------------------------------------------
 
@@ -182,12 +155,6 @@ local SPEC = {
   ttl_ms = pairstore.MAX_TTL_MS, -- nothing expires while the bench runs
 }
 
-local function bump(s)
-  local c = s.operatorContext
-  c.accountId = fmt("acct-%07d", (tonumber(c.accountId:sub(6)) + 1) % 10000000)
-end
-local function reset_status(s) s.status = "awaiting_scan" end
-local function delete() return false end
 
 local SIDS = {} -- SIDS[store] = the sids of the live sessions, in creation order
 
@@ -571,14 +538,6 @@ end
 
 -- ---- report -------------------------------------------------------------------------------------
 
-local function pad(s, w)
-  local n = utf8.len(s) or #s
-  return n < w and s .. string.rep(" ", w - n) or s
-end
-local function lpad(s, w)
-  local n = utf8.len(s) or #s
-  return n < w and string.rep(" ", w - n) .. s or s
-end
 
 -- The bare statements an operation needs: round trips before its commit, then the commit.
 local NEEDS = { get = { reads = 1, commits = 0 }, update = { reads = 1, commits = 1 },

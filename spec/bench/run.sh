@@ -47,7 +47,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 export BENCH_WORKDIR="$WORKDIR" BENCH_ROOT="$ROOT" BENCH_LUA="$LUA"
-export LUA_PATH="$ROOT/lua/?.lua;$ROOT/lua/?/init.lua;;"
+export LUA_PATH="$ROOT/lua/?.lua;$ROOT/lua/?/init.lua;$ROOT/spec/bench/?.lua;;"
 export LUA_CPATH="$ROOT/build/?.so;$ROOT/build/bench/?.so;;"
 status=0
 if [ "${BENCH_ONLY:-}" != pg ]; then

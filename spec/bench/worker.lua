@@ -15,8 +15,10 @@
 -- Results go to OUT as a Lua chunk (`return {...}`), written to a temp name and renamed.
 local pairstore = require "pairstore"
 local bu = require "benchutil"
+local common = require "common"
 
 local fmt = string.format
+local exists, bump = common.exists, common.bump
 
 local function write_atomic(path, text)
   local tmp = path .. ".part"
@@ -26,11 +28,6 @@ local function write_atomic(path, text)
   assert(os.rename(tmp, path))
 end
 
-local function exists(path)
-  local f = io.open(path, "rb")
-  if f then f:close() return true end
-  return false
-end
 
 local function num_list(t)
   local parts = {}
@@ -109,10 +106,6 @@ elseif mode == "rss" then
   local store = pairstore.open(path, { max_sessions = 100000 })
   local base_hwm = status()
   local all = assert(store:list_all())
-  local function bump(s)
-    local c = s.operatorContext
-    c.accountId = fmt("acct-%07d", (tonumber(c.accountId:sub(6)) + 1) % 10000000)
-  end
   for i = 1, 20 do assert(store:get(all[(i * 37) % #all + 1].sid)) end
   for i = 1, 5 do assert(store:update(all[(i * 91) % #all + 1].sid, bump)) end
   local active = assert(store:list_active())
