@@ -15,10 +15,11 @@ local q = helpers.sh_quote
 -- One session's text as JSON.stringify writes it (reference key order), extra: raw members
 -- appended before the closing brace, ttl: expiresAtMs - createdAtMs.
 local function session_text(sid, extra, ttl)
-  return string.format('{"sid":"%s","skGatewayB64":"%s","pkGatewayB64":"%s","createdAtMs":%d,' ..
-    '"expiresAtMs":%d,"secondaryCode":"042917","secondaryCodeAttempts":0,"operatorContext":' ..
-    '{"channel":"cli"},"mode":"generate","status":"awaiting_scan","lastStatusChangeAtMs":%d%s}',
-    sid, SK, PK, T0, T0 + (ttl or 900000), T0, extra or "")
+  return helpers.session_text({
+    sid = '"' .. sid .. '"', skGatewayB64 = '"' .. SK .. '"', pkGatewayB64 = '"' .. PK .. '"',
+    createdAtMs = T0, expiresAtMs = T0 + (ttl or 900000), secondaryCode = '"042917"',
+    operatorContext = '{"channel":"cli"}', lastStatusChangeAtMs = T0,
+  }, extra and (extra:gsub("^,", "")))
 end
 
 local function file_text(...)

@@ -159,6 +159,28 @@ end
 local cjson = require("cjson").new()
 helpers.json = cjson
 
+-- One session's text as JSON.stringify writes it, in the reference's key order: each member
+-- of `over` (a raw JSON text by key) replaces that key's default; `extra` (raw members, no
+-- leading comma) goes before the closing brace. Keys of `over` the reference does not write
+-- are not added (put them in `extra`).
+local SESSION_KEYS = { "sid", "skGatewayB64", "pkGatewayB64", "createdAtMs", "expiresAtMs",
+  "secondaryCode", "secondaryCodeAttempts", "operatorContext", "mode", "status",
+  "lastStatusChangeAtMs" }
+local SESSION_DEFAULTS = {
+  sid = '"0123456789abcdef0123456789abcdef"', skGatewayB64 = '"sk"', pkGatewayB64 = '"pk"',
+  createdAtMs = "1764300000000", expiresAtMs = "1764300900000", secondaryCode = '"123456"',
+  secondaryCodeAttempts = "0", operatorContext = '{"senderId":"s","channel":"cli"}',
+  mode = '"generate"', status = '"awaiting_scan"', lastStatusChangeAtMs = "1764300000000",
+}
+
+function helpers.session_text(over, extra)
+  local f = {}
+  for i, k in ipairs(SESSION_KEYS) do
+    f[i] = '"' .. k .. '":' .. tostring((over or {})[k] or SESSION_DEFAULTS[k])
+  end
+  return "{" .. table.concat(f, ",") .. (extra and ("," .. extra) or "") .. "}"
+end
+
 function helpers.read_json(path)
   return cjson.decode(assert(helpers.read(path)))
 end

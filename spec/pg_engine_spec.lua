@@ -15,10 +15,11 @@ local function open(opts)
 end
 
 local function session_text(sid, extra)
-  return '{"sid":"' .. sid .. '","skGatewayB64":"AAAA","pkGatewayB64":"BBBB","createdAtMs":'
-    .. (os.time() * 1000) .. ',"expiresAtMs":' .. (os.time() * 1000 + 600000)
-    .. ',"secondaryCode":"123456","secondaryCodeAttempts":0,"operatorContext":{"channel":"x"},'
-    .. '"mode":"import","status":"awaiting_scan","lastStatusChangeAtMs":1' .. (extra or "") .. '}'
+  return helpers.session_text({
+    sid = '"' .. sid .. '"', skGatewayB64 = '"AAAA"', pkGatewayB64 = '"BBBB"',
+    createdAtMs = os.time() * 1000, expiresAtMs = os.time() * 1000 + 600000,
+    operatorContext = '{"channel":"x"}', mode = '"import"', lastStatusChangeAtMs = 1,
+  }, extra and (extra:gsub("^,", "")))
 end
 
 describe("PostgreSQL engine", function()

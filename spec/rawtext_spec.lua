@@ -82,21 +82,8 @@ end)
 
 -- One session's text as JSON.stringify writes it (reference key order), with extra members
 -- appended and some values overridden; file(): the same in a sessions file.
-local SID = "0123456789abcdef0123456789abcdef"
-local function session(extra, over)
-  local f = {
-    '"sid":"' .. SID .. '"', '"skGatewayB64":"sk"', '"pkGatewayB64":"pk"',
-    '"createdAtMs":1764300000000', '"expiresAtMs":1764300900000', '"secondaryCode":"123456"',
-    '"secondaryCodeAttempts":0', '"operatorContext":{"senderId":"s","channel":"cli"}',
-    '"mode":"generate"', '"status":"awaiting_scan"', '"lastStatusChangeAtMs":1764300000000',
-  }
-  for k, v in pairs(over or {}) do
-    for i, m in ipairs(f) do
-      if m:find('"' .. k .. '":', 1, true) == 1 then f[i] = '"' .. k .. '":' .. v end
-    end
-  end
-  return "{" .. table.concat(f, ",") .. (extra and ("," .. extra) or "") .. "}"
-end
+local SID = "0123456789abcdef0123456789abcdef" -- helpers.session_text's default sid
+local function session(extra, over) return helpers.session_text(over, extra) end
 local function file(extra, over)
   return '{"version":1,"sessions":[' .. session(extra, over) .. ']}'
 end
