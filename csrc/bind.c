@@ -277,8 +277,10 @@ static int opt_int(lua_State *L, int opts, const char *key, int dflt, int lo, in
   return (int)v;
 }
 
-/* The file engine for path (pushed), with its options from opts. */
-static void open_file(lua_State *L, const char *path, size_t len, int opts, int decode)
+/* The file engine for path (pushed), with its options from opts (max_session_bytes: the
+ * store's, read once). */
+static void open_file(lua_State *L, const char *path, size_t len, int opts, int decode,
+                      size_t max_session_bytes)
 {
   ps_file_opts o;
   char *abs;
@@ -294,8 +296,7 @@ static void open_file(lua_State *L, const char *path, size_t len, int opts, int 
   o.lock_wait_ms = opt_int(L, opts, "lock_wait_ms", PS_LOCK_WAIT_MS, 0, 3600000);
   o.lock_stale_ms = opt_int(L, opts, "lock_stale_ms", PS_LOCK_STALE_MS, 1, INT_MAX);
   o.max_file_bytes = (size_t)opt_int(L, opts, "max_file_bytes", (int)PS_MAX_FILE_BYTES, 64, INT_MAX);
-  o.max_session_bytes =
-      (size_t)opt_int(L, opts, "max_session_bytes", PS_MAX_SESSION_BYTES, 256, INT_MAX);
+  o.max_session_bytes = max_session_bytes;
   lua_getfield(L, opts, "durable");
   o.durable = lua_isnil(L, -1) ? 1 : lua_toboolean(L, -1);
   lua_pop(L, 1);
@@ -315,8 +316,10 @@ static void open_file(lua_State *L, const char *path, size_t len, int opts, int 
   lua_pop(L, 1);
 }
 
-/* The PostgreSQL engine for target (pushed), with its options from opts. */
-static void open_pg(lua_State *L, const char *target, size_t len, int opts, int decode)
+/* The PostgreSQL engine for target (pushed), with its options from opts (max_session_bytes:
+ * the store's, read once). */
+static void open_pg(lua_State *L, const char *target, size_t len, int opts, int decode,
+                    size_t max_session_bytes)
 {
   ps_pg_opts o;
   size_t n;
@@ -334,8 +337,7 @@ static void open_pg(lua_State *L, const char *target, size_t len, int opts, int 
   o.lock_wait_ms = opt_int(L, opts, "lock_wait_ms", PS_LOCK_WAIT_MS, 0, 3600000);
   o.connect_timeout_ms = opt_int(L, opts, "connect_timeout_ms", 10000, 1, 3600000);
   o.statement_timeout_ms = opt_int(L, opts, "statement_timeout_ms", 30000, 1, 3600000);
-  o.max_session_bytes =
-      (size_t)opt_int(L, opts, "max_session_bytes", PS_MAX_SESSION_BYTES, 256, INT_MAX);
+  o.max_session_bytes = max_session_bytes;
   lua_getfield(L, opts, "durable");
   o.durable = lua_isnil(L, -1) ? 1 : lua_toboolean(L, -1);
   lua_pop(L, 1);
@@ -361,8 +363,8 @@ static int f_open(lua_State *L)
   lua_getfield(L, lua_upvalueindex(1), "decode"); /* 4 */
   lua_pushvalue(L, 4);
   lua_setiuservalue(L, 3, PS_UV_DECODE);
-  if (ps_pg_is_target(target)) open_pg(L, target, len, 2, 4);
-  else open_file(L, target, len, 2, 4);
+  if (ps_pg_is_target(target)) open_pg(L, target, len, 2, 4, s->max_session_bytes);
+  else open_file(L, target, len, 2, 4, s->max_session_bytes);
   lua_setiuservalue(L, 3, PS_UV_ENGINE);
   lua_getiuservalue(L, 3, PS_UV_ENGINE);
   s->eng = lua_touserdata(L, -1);
