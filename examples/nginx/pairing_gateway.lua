@@ -83,11 +83,10 @@ end
 --- The store (for a site's own handlers beside these).
 function gateway.store() return store end
 
--- The answer: JSON, never cached.
+-- The answer: JSON (nginx.conf adds Cache-Control: no-store to every answer).
 local function reply(status, body)
   ngx.status = status
   ngx.header["Content-Type"] = "application/json"
-  ngx.header["Cache-Control"] = "no-store"
   ngx.print(cjson.encode(body), "\n")
 end
 
