@@ -92,7 +92,7 @@ test-ha: deps all
 # both backends (spec/nginx/run.sh starts the PostgreSQL cluster itself): the flow, parallel
 # codes and responses, a killed worker, a lock held by another process, per-request times.
 test-nginx: deps
-	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory LUA=lua5.4 all
 	@$(MAKE) --no-print-directory LUA=luajit all
 	bash spec/nginx/run.sh
 

@@ -37,6 +37,9 @@ esac
 jitcore=${PAIRSTORE_LUAJIT_CORE:-$tree/build/luajit/pairstore/core.so}
 [ -f "$jitcore" ] || { echo "run.sh: $jitcore not found (make LUA=luajit)"; echo "0 passed, 1 failed"; exit 1; }
 jitdir=$(dirname "$(dirname "$jitcore")")
+# The driver runs on Lua 5.4: its build (build/lua5.4/, or build/ before per-runtime dirs).
+cdir54=$tree/build/lua5.4
+[ -f "$cdir54/pairstore/core.so" ] || cdir54=$tree/build
 
 prefix=$(mktemp -d /tmp/pairstore-nginx.XXXXXX)
 master=
@@ -125,7 +128,7 @@ echo "nginx $(nginx -v 2>&1 | sed 's/.*\///') on 127.0.0.1:$port, master $master
 
 "${run_as[@]}" env NGX_PORT="$port" NGX_PREFIX="$prefix" NGX_WORK="$prefix/work" NGX_MASTER_PID="$master" \
   BACKEND="$backend" PAIRSTORE_TARGET="$target" PAIRSTORE_PAYLOAD_DIR="$prefix/payloads" TREE="$tree" \
-  LUA_PATH="$tree/lua/?.lua;$tree/lua/?/init.lua;;" LUA_CPATH="$tree/build/?.so;;" \
+  LUA_PATH="$tree/lua/?.lua;$tree/lua/?/init.lua;;" LUA_CPATH="$cdir54/?.so;;" \
   timeout 300 lua5.4 "$here/driver.lua"
 rc=$?
 if [ $rc -ne 0 ]; then
