@@ -43,13 +43,14 @@ cdir54=$tree/build/lua5.4
 
 prefix=$(mktemp -d /tmp/pairstore-nginx.XXXXXX)
 master=
+driver=
 # shellcheck disable=SC2317  # (called by the trap)
 stop_nginx() {
   [ -n "$master" ] || return 0
   local kids
   kids=$(cat "/proc/$master/task/$master/children" 2>/dev/null || true)
   kill -QUIT "$master" 2>/dev/null
-  for _ in $(seq 50); do kill -0 "$master" 2>/dev/null || break; sleep 0.1; done
+  for _ in $(seq 30); do kill -0 "$master" 2>/dev/null || break; sleep 0.1; done
   kill -TERM "$master" 2>/dev/null
   for _ in $(seq 20); do kill -0 "$master" 2>/dev/null || break; sleep 0.1; done
   # (still there: the master and the workers it had, by their ids)
@@ -60,6 +61,7 @@ stop_nginx() {
 }
 # shellcheck disable=SC2317  # (called by the trap)
 cleanup() {
+  if [ -n "$driver" ]; then kill -TERM "$driver" 2>/dev/null; wait "$driver" 2>/dev/null; fi
   stop_nginx
   rm -rf "$prefix"
 }
@@ -129,8 +131,11 @@ echo "nginx $(nginx -v 2>&1 | sed 's/.*\///') on 127.0.0.1:$port, master $master
 "${run_as[@]}" env NGX_PORT="$port" NGX_PREFIX="$prefix" NGX_WORK="$prefix/work" NGX_MASTER_PID="$master" \
   BACKEND="$backend" PAIRSTORE_TARGET="$target" PAIRSTORE_PAYLOAD_DIR="$prefix/payloads" TREE="$tree" \
   LUA_PATH="$tree/lua/?.lua;$tree/lua/?/init.lua;;" LUA_CPATH="$cdir54/?.so;;" \
-  timeout 300 lua5.4 "$here/driver.lua"
+  timeout 300 lua5.4 "$here/driver.lua" &
+driver=$! # (in the background: an interruption runs the traps at once, not after the driver)
+wait "$driver"
 rc=$?
+driver=
 if [ $rc -ne 0 ]; then
   echo "--- error.log (last 30 lines)"
   tail -n 30 "$prefix/error.log"
