@@ -14,6 +14,7 @@
  */
 #include <lauxlib.h>
 #include <lua.h>
+#include "../../csrc/compat.h" /* the 5.4 API on Lua 5.3, 5.1 and LuaJIT */
 #include <libpq-fe.h>
 #include <string.h>
 
