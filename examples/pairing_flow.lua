@@ -68,7 +68,7 @@ end
 print(json.encode { v = 1, sid = sid, pk_d = box.pk_d, nonce = box.nonce, ct = box.ct })
 ]]
 
-local tmp = io.popen("mktemp -d /tmp/pairstore-demo.XXXXXX"):read("l")
+local tmp = io.popen("mktemp -d /tmp/pairstore-demo.XXXXXX"):read("*l")
 local path = tmp .. "/pair-sessions.json"
 local store = pairstore.open(path)
 
@@ -89,14 +89,14 @@ local function main()
   print()
   io.write(assert(qr.render(url)))
 
-  heading(2, "Phone (a separate lua5.4 process): enter the code, seal a 12-word mnemonic")
+  heading(2, "Phone (a separate Lua process): enter the code, seal a 12-word mnemonic")
   local script = tmp .. "/phone.lua"
   local f = assert(io.open(script, "w"))
   f:write(PHONE)
   f:close()
   -- The child finds the modules the way this process did.
-  local cmd = string.format("LUA_PATH=%s LUA_CPATH=%s lua5.4 %s %s %s %s %s %s",
-    q(package.path), q(package.cpath), q(script), q(s.sid), q(s.pkGatewayB64), q(s.secondaryCode), q(path), q(AEAD))
+  local cmd = string.format("LUA_PATH=%s LUA_CPATH=%s %s %s %s %s %s %s %s",
+    q(package.path), q(package.cpath), require("pairstore.compat").runtime, q(script), q(s.sid), q(s.pkGatewayB64), q(s.secondaryCode), q(path), q(AEAD))
   local p = assert(io.popen(cmd, "r"))
   local lines = {}
   for l in p:lines() do lines[#lines + 1] = l end

@@ -307,7 +307,6 @@ end
 
 local WAIT_OPTIONS = { timeout_ms = "number", signals = "boolean", since = "table" }
 local WATCH_RENEW_MS = 30 * 60 * 1000
-local WATCH_MT = { __close = function(h) if h.w then h.w:close() end end }
 
 local function same(a, b, depth)
   if a == b then return true end
@@ -322,28 +321,9 @@ local function same(a, b, depth)
   return true
 end
 
---- Block until the session differs from what it is now: store:wait(sid, { timeout_ms = n,
--- signals = bool }) --> session | nil, "timeout", "timeout" | nil, "signal", "signal", name
--- | nil, message, code (not_found once it is gone, or a store failure). Sleeps until the
--- engine says the session may have changed (inotify on a file's directory; a notification
--- from PostgreSQL), and wakes at the session's expiry; never polls.
-function Store:wait(sid, opts)
-  core_of(self, "wait")
-  check_sid("wait", sid)
-  if opts == nil then opts = {} end
-  if type(opts) ~= "table" then argerror(2, "wait", "opts must be a table") end
-  for k, v in pairs(opts) do
-    local want = WAIT_OPTIONS[k]
-    if not want then argerror(2, "wait", fmt("unknown option %q", tostring(k))) end
-    if type(v) ~= want then argerror(2, "wait", fmt("option %s must be a %s", k, want)) end
-  end
-  local timeout = opts.timeout_ms
-  if timeout ~= nil then
-    timeout = tointeger(timeout)
-    if not timeout or timeout < 0 then argerror(2, "wait", "option timeout_ms must be a non-negative integer") end
-  end
+-- The wait proper, with its watch kept in watch.w (closed by finish_wait).
+local function wait_watching(self, sid, opts, timeout, watch)
   -- Watch first, then read: a change in between is queued, not missed.
-  local watch <close> = setmetatable({}, WATCH_MT)
   local w, wmsg, wcode = self._core:watch(sid)
   watch.w = w
   local first, msg, code = self:get(sid)
@@ -381,6 +361,38 @@ function Store:wait(sid, opts)
     if not same(first, now, 0) then return now end
     if deadline and core.mono_ms() >= deadline then return nil, "timeout", "timeout" end
   end
+end
+
+local function finish_wait(watch, ok, ...)
+  if watch.w then watch.w:close() end
+  if not ok then error((...), 0) end
+  return ...
+end
+
+--- Block until the session differs from what it is now: store:wait(sid, { timeout_ms = n,
+-- signals = bool }) --> session | nil, "timeout", "timeout" | nil, "signal", "signal", name
+-- | nil, message, code (not_found once it is gone, or a store failure). Sleeps until the
+-- engine says the session may have changed (inotify on a file's directory; a notification
+-- from PostgreSQL), and wakes at the session's expiry; never polls.
+function Store:wait(sid, opts)
+  core_of(self, "wait")
+  check_sid("wait", sid)
+  if opts == nil then opts = {} end
+  if type(opts) ~= "table" then argerror(2, "wait", "opts must be a table") end
+  for k, v in pairs(opts) do
+    local want = WAIT_OPTIONS[k]
+    if not want then argerror(2, "wait", fmt("unknown option %q", tostring(k))) end
+    if type(v) ~= want then argerror(2, "wait", fmt("option %s must be a %s", k, want)) end
+  end
+  local timeout = opts.timeout_ms
+  if timeout ~= nil then
+    timeout = tointeger(timeout)
+    if not timeout or timeout < 0 then argerror(2, "wait", "option timeout_ms must be a non-negative integer") end
+  end
+  -- The watch is closed however the wait ends, an error included (what a <close> variable
+  -- would do on 5.4; this runs on 5.1 too).
+  local watch = {}
+  return finish_wait(watch, pcall(wait_watching, self, sid, opts, timeout, watch))
 end
 
 --- Close the store (idempotent). From inside its own mutator or clock it raises.
