@@ -16,7 +16,7 @@ local json = H.json
 local T0 = 1764300000000
 local BIG_MB = tonumber(os.getenv("PAIRSTORE_HOSTILE_BIG_MB")) or 50
 local LUA_ENV = string.format("LUA_PATH=%s LUA_CPATH=%s",
-  H.q(os.getenv("LUA_PATH") or "lua/?.lua;lua/?/init.lua;;"), H.q(os.getenv("LUA_CPATH") or "build/?.so;;"))
+  H.q(os.getenv("LUA_PATH") or "lua/?.lua;lua/?/init.lua;;"), H.q(os.getenv("LUA_CPATH") or "build/lua5.4/?.so;;"))
 
 -- A session as the reference writes it, with the canary key and code in it.
 local function session(over)
