@@ -1,7 +1,7 @@
 -- pairing_flow.lua: the whole QR pairing flow, end to end (`make demo` runs this).
 --
 -- A gateway creates a session in a fresh temp directory and shows the QR code and the
--- 6-digit code. A simulated phone, in a separate lua5.4 process sharing the same sessions
+-- 6-digit code. A simulated phone, in a separate Lua process (the same runtime) sharing the same sessions
 -- file, enters the code and seals a 12-word mnemonic for the gateway (protocol v2:
 -- X25519 + HKDF-SHA256 + AES-256-GCM). The gateway opens it in one locked transaction
 -- (store:respond), marks the session completed, and lists the store with secrets redacted.
@@ -89,7 +89,7 @@ local function main()
   print()
   io.write(assert(qr.render(url)))
 
-  heading(2, "Phone (a separate Lua process): enter the code, seal a 12-word mnemonic")
+  heading(2, "Phone (a separate " .. require("pairstore.compat").runtime .. " process): enter the code, seal a 12-word mnemonic")
   local script = tmp .. "/phone.lua"
   local f = assert(io.open(script, "w"))
   f:write(PHONE)

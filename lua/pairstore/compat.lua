@@ -17,6 +17,14 @@ M.has_integers = math.type ~= nil
 
 M.unpack = rawget(table, "unpack") or rawget(_G, "unpack")
 
+--- table.pack(...)
+function M.pack(...) return { n = select("#", ...), ... } end
+
+--- The largest and smallest integers (5.1: the doubles nearest to +-2^63 that a 64-bit
+-- integer holds).
+M.maxinteger = math.maxinteger or 2 ^ 63 - 1024
+M.mininteger = math.mininteger or -2 ^ 63
+
 --- The integer value of the number v, or nil (a non-number, a fraction, out of range).
 --- is_integer(v): v is an integer (5.3+: math.type(v) == "integer"; else an integral number).
 if M.has_integers then
@@ -68,17 +76,6 @@ function M.execute(cmd)
     return code == 0 or nil, "exit", code
   end
   return a, b, c
-end
-
---- load(text, name, mode, env) on every runtime (5.1: loadstring and setfenv).
-function M.load(chunk, name, mode, env)
-  if _VERSION == "Lua 5.1" and not rawget(_G, "jit") and type(chunk) == "string" then
-    local f, err = loadstring(chunk, name)
-    if f and env then setfenv(f, env) end
-    return f, err
-  end
-  if env ~= nil then return load(chunk, name, mode, env) end
-  return load(chunk, name, mode)
 end
 
 -- UTF-8 (Lua 5.4's utf8 library, strict: no surrogates, nothing above U+10FFFF, no overlong

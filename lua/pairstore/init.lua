@@ -5,9 +5,10 @@
 -- outcomes and runtime failures return `nil, message, code`.
 
 local core = require "pairstore.core"
+local compat = require "pairstore.compat"
 
 local type, error, pairs, ipairs, setmetatable = type, error, pairs, ipairs, setmetatable
-local fmt, tointeger = string.format, math.tointeger
+local fmt, tointeger = string.format, compat.tointeger
 
 local pairstore = {
   _VERSION = core._VERSION,
@@ -117,7 +118,7 @@ local function check_options(options, pg)
     if want == "number" and (not tointeger(v) or v < 0) then
       argerror(3, "open", fmt("option %s must be a non-negative integer", k))
     end
-    if k == "store" and (#v == 0 or #v > 200 or not utf8.len(v) or v:find("%c")) then
+    if k == "store" and (#v == 0 or #v > 200 or not compat.utf8.len(v) or v:find("%c")) then
       argerror(3, "open", "option store must be a name of 1 to 200 bytes of printable UTF-8")
     end
     opts[k] = v
