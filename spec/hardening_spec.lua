@@ -82,10 +82,14 @@ describe("issue 11, second pass", function()
       assert.is_nil(s.o.a, "the first duplicate's member a leaked into the last one")
     end)
 
-    it("an integer literal below int64's range reads as a float, not as helpers.compat.mininteger", function()
+    it("an integer literal below int64's range reads as a float, not as math.mininteger", function()
       put(path, file_text(session_text(A, ',"m":-9223372036854775809')))
       local s = assert(open(T0 + 1000):get(A))
-      assert.is_false(helpers.is_integer(s.m))
+      if helpers.compat.has_integers then
+        assert.is_false(helpers.is_integer(s.m))
+      else -- 5.1 and LuaJIT: that float is the double -2^63, which is all a mininteger is there
+        assert.are.equal(-2 ^ 63, s.m)
+      end
     end)
   end)
 

@@ -734,7 +734,9 @@ for _, backend in ipairs(helpers.backends()) do
         end
         assert.are.equal(a.sid, helpers.json.decode(texts[1]).sid)
         assert.are.equal(b.sid, helpers.json.decode(texts[2]).sid)
-        assert.matches('"big":9223372036854775807', texts[1], 1, true)
+        -- (5.1 and LuaJIT: maxinteger is the largest double below 2^63)
+        local big = helpers.compat.has_integers and "9223372036854775807" or "9223372036854774784"
+        assert.matches('"big":' .. big, texts[1], 1, true)
       end)
 
       it("import adds what is missing in one transaction, counts identical texts, refuses a conflict", function()
