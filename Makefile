@@ -2,9 +2,19 @@
 # `make demo` and `make test` work as the first command on a fresh Debian 12 machine:
 # missing Debian packages are installed when run as root (or listed with the exact
 # apt-get line otherwise) by .ci/deps.
+#
+# One source, four runtimes: make LUA=lua5.4 (the default) | lua5.3 | lua5.1 | luajit
+# (Debian's luajit2, OpenResty's LuaJIT 2.1). Each builds into build/$(LUA)/, so switching
+# LUA never loads another runtime's core.so.
 
 LUA        ?= lua5.4
-LUA_VERSION = 5.4
+LUA_NAME    = $(notdir $(LUA))
+ifeq ($(filter lua5.4 lua5.3 lua5.1 luajit,$(LUA_NAME)),)
+$(error LUA=$(LUA): pairstore builds for lua5.4, lua5.3, lua5.1 or luajit)
+endif
+# The Lua version whose module paths and C API the runtime has, and its pkg-config package.
+LUA_VERSION = $(if $(filter luajit,$(LUA_NAME)),5.1,$(patsubst lua%,%,$(LUA_NAME)))
+LUA_PC      = $(if $(filter luajit,$(LUA_NAME)),luajit,lua$(LUA_VERSION))
 PREFIX     ?= /usr/local
 DESTDIR    ?=
 LUA_CMOD   ?= $(PREFIX)/lib/lua/$(LUA_VERSION)
@@ -17,18 +27,23 @@ CFLAGS     ?= -O2 -g
 WERROR     ?=
 PS_CFLAGS   = -std=c11 -D_GNU_SOURCE -fPIC -fvisibility=hidden \
               -Wall -Wextra -Wshadow -Wmissing-prototypes -Wstrict-prototypes -pedantic $(WERROR) \
-              $(shell $(PKG_CONFIG) --cflags lua$(LUA_VERSION) libsodium libqrencode libpq 2>/dev/null)
+              $(shell $(PKG_CONFIG) --cflags $(LUA_PC) libsodium libqrencode libpq 2>/dev/null)
 PS_LDFLAGS  = -shared
 PS_LIBS     = $(shell $(PKG_CONFIG) --libs libsodium libqrencode libpq 2>/dev/null || echo -lsodium -lqrencode -lpq)
 
 SRCS  = $(wildcard csrc/*.c)
 HDRS  = $(wildcard csrc/*.h)
-BUILD = build
+BUILD = build/$(LUA_NAME)
 CORE  = $(BUILD)/pairstore/core.so
 
-# Run Lua against the in-tree build.
+# Run Lua against the in-tree build (of this runtime: .busted's cpath says the same for the
+# interpreter busted runs under); spec children run $(PAIRSTORE_TEST_LUA).
 export LUA_PATH  := $(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;;
 export LUA_CPATH := $(CURDIR)/$(BUILD)/?.so;;
+export PAIRSTORE_TEST_LUA := $(LUA_NAME)
+
+# The heavy runs (stress, fault, sanitize, ha, bench, fuzz) are for Lua 5.4 only.
+only54 = $(if $(filter lua5.4,$(LUA_NAME)),,$(error make $@ runs on lua5.4 only (LUA=$(LUA))))
 
 .PHONY: all deps test demo install uninstall clean lint test-stress test-fault test-sanitize test-ha test-nginx fuzz bench
 
@@ -39,36 +54,36 @@ $(CORE): $(SRCS) $(HDRS) Makefile
 	$(CC) $(CFLAGS) $(PS_CFLAGS) $(LDFLAGS) $(PS_LDFLAGS) -o $@.tmp $(SRCS) $(PS_LIBS) && mv -f $@.tmp $@
 
 deps:
-	@bash .ci/deps
+	@bash .ci/deps $(LUA_NAME)
 
 # Test-only helper (fork for the specs); never installed.
 FORKUTIL = $(BUILD)/test/forkutil.so
 
-$(FORKUTIL): spec/support/forkutil.c Makefile
+$(FORKUTIL): spec/support/forkutil.c csrc/compat.h Makefile
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -std=c11 -D_GNU_SOURCE -fPIC -Wall -Wextra $(shell $(PKG_CONFIG) --cflags lua$(LUA_VERSION)) \
+	$(CC) $(CFLAGS) -std=c11 -D_GNU_SOURCE -fPIC -Wall -Wextra $(WERROR) $(shell $(PKG_CONFIG) --cflags $(LUA_PC)) \
 	  $(LDFLAGS) -shared -o $@ $<
 
 # Test-only helper (bare libpq calls for the bench's PostgreSQL floor); never installed.
 PGFLOOR = $(BUILD)/test/pgfloor.so
 
-$(PGFLOOR): spec/bench/pgfloor.c Makefile
+$(PGFLOOR): spec/bench/pgfloor.c csrc/compat.h Makefile
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -std=c11 -D_GNU_SOURCE -fPIC -Wall -Wextra $(shell $(PKG_CONFIG) --cflags lua$(LUA_VERSION) libpq) \
+	$(CC) $(CFLAGS) -std=c11 -D_GNU_SOURCE -fPIC -Wall -Wextra $(WERROR) $(shell $(PKG_CONFIG) --cflags $(LUA_PC) libpq) \
 	  $(LDFLAGS) -shared -o $@ $< $(shell $(PKG_CONFIG) --libs libpq 2>/dev/null || echo -lpq)
 
 # The suite runs against both backends: with-pg.sh starts a private PostgreSQL cluster (unix
 # socket in a temp dir) for it and removes it afterwards, also on failure.
 test: deps
 	@$(MAKE) --no-print-directory all $(FORKUTIL)
-	bash spec/support/with-pg.sh busted --lua=$(LUA) spec
+	bash spec/support/with-pg.sh busted --lua=$(LUA_NAME) spec
 
 demo: deps
 	@$(MAKE) --no-print-directory all
-	$(LUA) examples/pairing_flow.lua
+	$(LUA_NAME) examples/pairing_flow.lua
 
 lint:
-	luacheck lua spec examples bin/pairstore
+	luacheck --no-color -q lua spec examples bin/pairstore
 
 # The heavy runs (issue 3 and 5): each is a script that prints what it tried and what held.
 # .ci/run runs them all with bounded durations.
@@ -79,13 +94,16 @@ $(FAULT_CORE): $(SRCS) $(HDRS) Makefile
 	$(CC) $(CFLAGS) $(PS_CFLAGS) -DPS_FAULT_INJECTION $(LDFLAGS) $(PS_LDFLAGS) -o $@.tmp $(SRCS) $(PS_LIBS) && mv -f $@.tmp $@
 
 test-stress: deps all
+	$(only54)
 	bash spec/stress/run.sh
 
 test-fault: deps all $(FAULT_CORE)
+	$(only54)
 	bash spec/fault/run.sh
 
 # Failover on one machine: a primary and a synchronous streaming standby (spec/ha/run.sh).
 test-ha: deps all
+	$(only54)
 	bash spec/ha/run.sh
 
 # The pairing flow inside a real nginx (examples/nginx: 4 workers, as nobody when root) on
@@ -98,24 +116,28 @@ test-nginx: deps
 
 # Under with-pg.sh too (run.sh starts it itself), so valgrind and ASan cover the PostgreSQL backend.
 test-sanitize: deps
+	$(only54)
 	@$(MAKE) --no-print-directory all $(FORKUTIL)
 	bash spec/sanitize/run.sh
 
 fuzz: deps
+	$(only54)
 	bash csrc/fuzz/run.sh
 
 # The PostgreSQL section starts a private cluster of its own (spec/support/with-pg.sh).
 bench: deps all $(PGFLOOR)
+	$(only54)
 	bash spec/bench/run.sh
 
 install: $(CORE)
 	install -d $(DESTDIR)$(LUA_CMOD)/pairstore $(DESTDIR)$(LUA_LMOD)/pairstore $(DESTDIR)$(BINDIR)
 	install -m 0755 $(CORE) $(DESTDIR)$(LUA_CMOD)/pairstore/core.so
 	install -m 0644 lua/pairstore/*.lua $(DESTDIR)$(LUA_LMOD)/pairstore/
-	install -m 0755 bin/pairstore $(DESTDIR)$(BINDIR)/pairstore
+	sed '1s|.*|#!/usr/bin/env $(LUA_NAME)|' bin/pairstore > $(DESTDIR)$(BINDIR)/pairstore.tmp
+	chmod 0755 $(DESTDIR)$(BINDIR)/pairstore.tmp && mv -f $(DESTDIR)$(BINDIR)/pairstore.tmp $(DESTDIR)$(BINDIR)/pairstore
 
 uninstall:
 	rm -rf $(DESTDIR)$(LUA_CMOD)/pairstore $(DESTDIR)$(LUA_LMOD)/pairstore $(DESTDIR)$(BINDIR)/pairstore
 
 clean:
-	rm -rf $(BUILD) build-fault build-asan build-fuzz
+	rm -rf build build-fault build-asan build-fuzz

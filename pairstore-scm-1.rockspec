@@ -18,7 +18,7 @@ description = {
   labels = { "pairing", "qr", "session", "lock", "libsodium" },
 }
 dependencies = {
-  "lua >= 5.4, < 5.5",
+  "lua >= 5.1",
   "lua-cjson >= 2.1.0",
   "argparse",
 }
@@ -46,6 +46,7 @@ build = {
     ["pairstore.crypto"] = "lua/pairstore/crypto.lua",
     ["pairstore.respond"] = "lua/pairstore/respond.lua",
     ["pairstore.qr"] = "lua/pairstore/qr.lua",
+    ["pairstore.compat"] = "lua/pairstore/compat.lua",
   },
   install = {
     bin = { pairstore = "bin/pairstore" },

@@ -14,6 +14,8 @@
 #include <lua.h>
 #include <lauxlib.h>
 
+#include "compat.h" /* the 5.4 API on Lua 5.3, 5.1 and LuaJIT */
+
 #define PS_FILE_VERSION          1
 #define PS_DEFAULT_TTL_MS        900000
 #define PS_MIN_TTL_MS            300000

@@ -12,7 +12,7 @@ end
 
 local pairstore = require "pairstore"
 
-local tmp = io.popen("mktemp -d /tmp/pairstore-basic.XXXXXX"):read("l")
+local tmp = io.popen("mktemp -d /tmp/pairstore-basic.XXXXXX"):read("*l")
 local store = pairstore.open(tmp .. "/pair-sessions.json")
 
 local function main()

@@ -112,7 +112,7 @@ end
 
 local function self_test()
   local crypto = require "pairstore.crypto"
-  local tmp = io.popen("mktemp -d /tmp/pairstore-http.XXXXXX"):read("l")
+  local tmp = io.popen("mktemp -d /tmp/pairstore-http.XXXXXX"):read("*l")
   local t = 1764300000000
   local store = pairstore.open(tmp .. "/pair-sessions.json", { now = function() return t end })
   local aead = crypto.aead_available("aes-256-gcm") and "aes-256-gcm" or "chacha20-poly1305"

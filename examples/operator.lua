@@ -19,8 +19,8 @@ local pairstore = require "pairstore"
 local operator = {}
 
 local function age(ms)
-  local s = ms // 1000
-  return string.format("%dm%02ds", s // 60, s % 60)
+  local s = math.floor(ms / 1000)
+  return string.format("%dm%02ds", math.floor(s / 60), s % 60)
 end
 
 --- One housekeeping pass over store. Returns the number of sessions rejected as stale.
@@ -65,7 +65,7 @@ end
 
 -- A demonstration store: sessions of various ages, made with a clock we control.
 local function demo()
-  local tmp = io.popen("mktemp -d /tmp/pairstore-operator.XXXXXX"):read("l")
+  local tmp = io.popen("mktemp -d /tmp/pairstore-operator.XXXXXX"):read("*l")
   local T0 = 1764300000000
   local t = T0
   local store = pairstore.open(tmp .. "/pair-sessions.json", { now = function() return t end })

@@ -1,7 +1,7 @@
 -- pairing_flow.lua: the whole QR pairing flow, end to end (`make demo` runs this).
 --
 -- A gateway creates a session in a fresh temp directory and shows the QR code and the
--- 6-digit code. A simulated phone, in a separate lua5.4 process sharing the same sessions
+-- 6-digit code. A simulated phone, in a separate Lua process (the same runtime) sharing the same sessions
 -- file, enters the code and seals a 12-word mnemonic for the gateway (protocol v2:
 -- X25519 + HKDF-SHA256 + AES-256-GCM). The gateway opens it in one locked transaction
 -- (store:respond), marks the session completed, and lists the store with secrets redacted.
@@ -68,7 +68,7 @@ end
 print(json.encode { v = 1, sid = sid, pk_d = box.pk_d, nonce = box.nonce, ct = box.ct })
 ]]
 
-local tmp = io.popen("mktemp -d /tmp/pairstore-demo.XXXXXX"):read("l")
+local tmp = io.popen("mktemp -d /tmp/pairstore-demo.XXXXXX"):read("*l")
 local path = tmp .. "/pair-sessions.json"
 local store = pairstore.open(path)
 
@@ -89,14 +89,14 @@ local function main()
   print()
   io.write(assert(qr.render(url)))
 
-  heading(2, "Phone (a separate lua5.4 process): enter the code, seal a 12-word mnemonic")
+  heading(2, "Phone (a separate " .. require("pairstore.compat").runtime .. " process): enter the code, seal a 12-word mnemonic")
   local script = tmp .. "/phone.lua"
   local f = assert(io.open(script, "w"))
   f:write(PHONE)
   f:close()
   -- The child finds the modules the way this process did.
-  local cmd = string.format("LUA_PATH=%s LUA_CPATH=%s lua5.4 %s %s %s %s %s %s",
-    q(package.path), q(package.cpath), q(script), q(s.sid), q(s.pkGatewayB64), q(s.secondaryCode), q(path), q(AEAD))
+  local cmd = string.format("LUA_PATH=%s LUA_CPATH=%s %s %s %s %s %s %s %s",
+    q(package.path), q(package.cpath), require("pairstore.compat").runtime, q(script), q(s.sid), q(s.pkGatewayB64), q(s.secondaryCode), q(path), q(AEAD))
   local p = assert(io.popen(cmd, "r"))
   local lines = {}
   for l in p:lines() do lines[#lines + 1] = l end

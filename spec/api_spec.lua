@@ -14,7 +14,7 @@ describe("pairstore constants", function()
     assert.are.equal(10000, pairstore.LOCK_WAIT_MS)
     for _, k in ipairs { "FILE_VERSION", "DEFAULT_TTL_MS", "MIN_TTL_MS", "MAX_TTL_MS",
       "TERMINAL_RETENTION_MS", "MAX_CODE_ATTEMPTS", "LOCK_STALE_MS", "LOCK_WAIT_MS" } do
-      assert.are.equal("integer", math.type(pairstore[k]), k)
+      assert.is_true(helpers.is_integer(pairstore[k]), k)
     end
     assert.matches("^%d+%.%d+%.%d+", pairstore._VERSION)
   end)
@@ -52,13 +52,13 @@ describe("pairstore.clamp_ttl()", function()
     { 0 / 0, 900000 }, { -1 / 0, 900000 }, { 1, 300000 }, { 299999, 300000 },
     { 300000, 300000 }, { 300001, 300001 }, { 900000, 900000 }, { 3599999, 3599999 },
     { 3600000, 3600000 }, { 3600001, 3600000 }, { 1 / 0, 3600000 }, { 1e300, 3600000 },
-    { 450000.7, 450000 }, { 0.5, 300000 }, { math.maxinteger, 3600000 },
+    { 450000.7, 450000 }, { 0.5, 300000 }, { helpers.compat.maxinteger, 3600000 },
   }
   for _, c in ipairs(cases) do
     it(("maps %s to %d"):format(tostring(c[1]), c[2]), function()
       local v = pairstore.clamp_ttl(c[1])
       assert.are.equal(c[2], v)
-      assert.are.equal("integer", math.type(v))
+      assert.is_true(helpers.is_integer(v))
     end)
   end
 end)

@@ -92,7 +92,7 @@ for _, backend in ipairs(helpers.backends()) do
         function() local t = {}; t.t = t; return t end,
         function() local t = {}; for _ = 1, 700 do t = { t } end; return t end,
         function() return ("\255"):rep(10) end, function() return ("a"):rep(70000) end,
-        function() return 0 / 0 end, function() return math.maxinteger end, function() return -1.5 end,
+        function() return 0 / 0 end, function() return helpers.compat.maxinteger end, function() return -1.5 end,
         function() return "ffffffffffffffffffffffffffffffff" end,
       }
 
@@ -216,7 +216,7 @@ for _, backend in ipairs(helpers.backends()) do
         value = T0
         local s = assert(st:create {})
         local before = helpers.snapshot(where)
-        for _, v in ipairs { "1764300000000", T0 + 0.5, math.maxinteger, -1, 2 ^ 53, false } do
+        for _, v in ipairs { "1764300000000", T0 + 0.5, helpers.compat.maxinteger, -1, 2 ^ 53, false } do
           value = v
           local r, msg, code = st:consume(s.sid)
           assert.is_nil(r, tostring(v))

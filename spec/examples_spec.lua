@@ -16,8 +16,8 @@ local EXPECT = {
   ["pairing_flow.lua"] = {
     "== 1%. Gateway: create a pairing session ==",
     "pairing URL:   https://pair%.example/pair%?sid=%x+#pk=[%w_-]+",
-    "\u{2588}\u{2588}\u{2588}",
-    "== 2%. Phone %(a separate lua5%.4 process%)",
+    "\226\150\136\226\150\136\226\150\136",
+    "== 2%. Phone %(a separate " .. helpers.LUA:gsub("%p", "%%%0") .. " process%)",
     "%[phone%] entered code %d+: accepted, session is device_connected",
     "%[phone%] POST /respond {",
     "== 3%. Gateway: store:respond%(%)",
@@ -62,8 +62,8 @@ local function examples()
 end
 
 local function run(name, args)
-  return helpers.run_split(string.format("cd %s && %s timeout 120 lua5.4 examples/%s %s", q(helpers.ROOT),
-    helpers.LUA_ENV, name, args or ""))
+  return helpers.run_split(string.format("cd %s && %s timeout 120 %s examples/%s %s", q(helpers.ROOT),
+    helpers.LUA_ENV, helpers.LUA, name, args or ""))
 end
 
 describe("examples/", function()
@@ -94,8 +94,8 @@ describe("examples/", function()
 
   it("pairing_flow.lua finds the modules without LUA_PATH/LUA_CPATH (from the source tree)", function()
     local ok, out, err = helpers.run_split(string.format(
-      "cd / && env -u LUA_PATH -u LUA_CPATH -u LUA_PATH_5_4 -u LUA_CPATH_5_4 timeout 120 lua5.4 %s",
-      q(helpers.ROOT .. "/examples/pairing_flow.lua")))
+      "cd / && env -u LUA_PATH -u LUA_CPATH -u LUA_PATH_5_4 -u LUA_CPATH_5_4 timeout 120 %s %s",
+      helpers.LUA, q(helpers.ROOT .. "/examples/pairing_flow.lua")))
     assert.is_true(ok, err)
     assert.matches("pairing complete", out, 1, true)
   end)

@@ -54,7 +54,7 @@ describe("the reference's file", function()
       assert.are.equal(w[4], s.secondaryCode)
       assert.are.equal(w[5], s.mode)
       assert.are.equal(w[6], s.operatorContext.channel)
-      assert.are.equal("integer", math.type(s.createdAtMs))
+      assert.is_true(helpers.is_integer(s.createdAtMs))
       -- the reference's keys are real X25519 pairs
       assert.are.equal(crypto.public_key(s.skGatewayB64), s.pkGatewayB64)
     end
@@ -201,8 +201,8 @@ describe("loading", function()
       '"operatorContext":{},"mode":"import","status":"awaiting_scan","lastStatusChangeAtMs":1764300000000}' }
     local s = assert(open_at(path, T0):get("eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee"))
     assert.are.equal(1764300000000, s.createdAtMs)
-    assert.are.equal("integer", math.type(s.createdAtMs))
-    assert.are.equal("integer", math.type(s.secondaryCodeAttempts))
+    assert.is_true(helpers.is_integer(s.createdAtMs))
+    assert.is_true(helpers.is_integer(s.secondaryCodeAttempts))
   end)
 
   it("treats a missing file as empty and does not create it on reads", function()
@@ -365,8 +365,8 @@ describe("files that are not ours", function()
   end)
 
   local function as_nobody(lua)
-    return helpers.run(("setpriv --reuid=nobody --regid=nogroup --clear-groups env %s lua5.4 -e %s"):format(
-      helpers.LUA_ENV, q(lua)))
+    return helpers.run(("setpriv --reuid=nobody --regid=nogroup --clear-groups env %s %s -e %s"):format(
+      helpers.LUA_ENV, helpers.LUA, q(lua)))
   end
 
   it("keeps the owner and group of a service's file that root replaces", function()
@@ -474,8 +474,8 @@ describe("failures", function()
     if helpers.is_root() then
       -- run the operation as nobody, who owns the directory but cannot read the file
       os.execute("chown -R nobody " .. q(dir) .. " && chmod 000 " .. q(path))
-      local ok, out = helpers.run(("setpriv --reuid=nobody --regid=nogroup --clear-groups env %s lua5.4 -e %s"):format(
-        helpers.LUA_ENV, q(([[
+      local ok, out = helpers.run(("setpriv --reuid=nobody --regid=nogroup --clear-groups env %s %s -e %s"):format(
+        helpers.LUA_ENV, helpers.LUA, q(([[
         local store = require("pairstore").open(%q, { durable = false })
         local v, msg, code = store:create {}
         print(tostring(v), code, msg)
@@ -511,7 +511,7 @@ describe("failures", function()
     }
     for what, cmd in pairs(plant) do
       os.execute("rm -rf " .. q(path))
-      assert.is_true(os.execute(cmd))
+      assert.is_true(helpers.compat.execute(cmd))
       local store = open_at(path, T0, { lock_wait_ms = 200 })
       local msg = assert_io("io", store:create {})
       assert.matches("pair%-sessions%.json", msg, what)
@@ -530,7 +530,7 @@ describe("failures", function()
     helpers.write(victim, "victim")
     for _, cmd in ipairs { "ln -s " .. q(victim), "mkfifo", "mkdir", "ln -s " .. q(dir .. "/nowhere") } do
       os.execute("rm -rf " .. q(path .. ".lock"))
-      assert.is_true(os.execute(cmd .. " " .. q(path .. ".lock")))
+      assert.is_true(helpers.compat.execute(cmd .. " " .. q(path .. ".lock")))
       local store = open_at(path, T0, { lock_wait_ms = 5000 })
       local t0 = helpers.mono()
       local msg = assert_io("io", store:create {})
@@ -546,7 +546,7 @@ describe("failures", function()
     local dir = helpers.tmpdir()
     local path = dir .. "/pair-sessions.json"
     helpers.write(path, helpers.read(FIXTURE))
-    local ok, out = helpers.run(("trap '' XFSZ; ulimit -f 2; %s lua5.4 -e %s"):format(helpers.LUA_ENV, q(([[
+    local ok, out = helpers.run(("trap '' XFSZ; ulimit -f 2; %s %s -e %s"):format(helpers.LUA_ENV, helpers.LUA, q(([[
       local store = require("pairstore").open(%q, { now = function() return %d end })
       local v, msg, code = store:update("08a7a099bd235c2f544a3e132e2adc77", function(s)
         s.padding = string.rep("x", 4096)
@@ -585,7 +585,7 @@ describe("modes", function()
     it("writes 0600 files and 0700 directories under umask " .. umask, function()
       local dir = helpers.tmpdir()
       local path = dir .. "/a/b/pair-sessions.json"
-      local ok, out = helpers.run(("umask %s; %s lua5.4 -e %s"):format(umask, helpers.LUA_ENV, q(([[
+      local ok, out = helpers.run(("umask %s; %s %s -e %s"):format(umask, helpers.LUA_ENV, helpers.LUA, q(([[
         local store = require("pairstore").open(%q)
         assert(store:create {})
         assert(store:create {})

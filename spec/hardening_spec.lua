@@ -47,7 +47,7 @@ describe("issue 11, second pass", function()
 
   describe("byte preservation", function()
     it("two keys that differ only in a lone surrogate are both kept when their session changes", function()
-      -- JSON.parse sees two members ("x\ud800" and "x\udbff"); both read as "x\u{FFFD}" in Lua,
+      -- JSON.parse sees two members ("x\ud800" and "x\udbff"); both read as "x\239\191\189" in Lua,
       -- and a transition writes one of them with the other's value.
       local other = session_text(B, ',"x\\ud800":1,"x\\udbff":2')
       put(path, file_text(session_text(A, ',"x\\ud800":1,"x\\udbff":2'), other))
@@ -85,7 +85,11 @@ describe("issue 11, second pass", function()
     it("an integer literal below int64's range reads as a float, not as math.mininteger", function()
       put(path, file_text(session_text(A, ',"m":-9223372036854775809')))
       local s = assert(open(T0 + 1000):get(A))
-      assert.are.equal("float", math.type(s.m))
+      if helpers.compat.has_integers then
+        assert.is_false(helpers.is_integer(s.m))
+      else -- 5.1 and LuaJIT: that float is the double -2^63, which is all a mininteger is there
+        assert.are.equal(-2 ^ 63, s.m)
+      end
     end)
   end)
 
@@ -145,7 +149,7 @@ describe("issue 11, second pass", function()
       ]], path, T0 + 1000, A)
       local script = os.tmpname()
       helpers.write(script, code)
-      local ok, out, rc = helpers.run(string.format("%s timeout 15 lua5.4 %s", helpers.LUA_ENV, q(script)))
+      local ok, out, rc = helpers.run(string.format("%s timeout 15 %s %s", helpers.LUA_ENV, helpers.LUA, q(script)))
       os.remove(script)
       assert.are_not.equal(124, rc, "update still running after 15 s (holding the lock): " .. out)
       assert.is_true(ok, out)
@@ -172,7 +176,7 @@ describe("issue 11, second pass", function()
         ]], helpers.open_expr(where, ("durable = false, now = function() return %d end"):format(T0)), s.sid)
         local script = os.tmpname()
         helpers.write(script, code)
-        local ok, out, rc = helpers.run(string.format("%s timeout 15 lua5.4 %s", helpers.LUA_ENV, q(script)))
+        local ok, out, rc = helpers.run(string.format("%s timeout 15 %s %s", helpers.LUA_ENV, helpers.LUA, q(script)))
         os.remove(script)
         assert.are_not.equal(124, rc, "update still running after 15 s (holding the lock): " .. out)
         assert.is_true(ok, out)
@@ -216,7 +220,7 @@ describe("issue 11, second pass", function()
 
   describe("CLI", function()
     local function cli(args)
-      local cmd = string.format("%s lua5.4 %s/bin/pairstore --file %s %s </dev/null", helpers.LUA_ENV,
+      local cmd = string.format("%s %s %s/bin/pairstore --file %s %s </dev/null", helpers.LUA_ENV, helpers.LUA,
         helpers.ROOT, q(path), args)
       local _, out, err, rc = helpers.run_split(cmd)
       return rc, out, err
@@ -242,7 +246,7 @@ describe("issue 11, second pass", function()
       put(path, file_text(session_text(("c"):rep(32), deep, 3600000 * 24 * 3650)))
       local rc, out, err = cli("list --json")
       assert.are.equal(0, rc, err)
-      assert.truthy(utf8.len(out), "not UTF-8")
+      assert.truthy(helpers.compat.utf8.len(out), "not UTF-8")
     end)
   end)
 end)

@@ -1,10 +1,13 @@
 -- Shared test helpers: temp directories, a controllable clock, files and modes, and child
--- processes (lua5.4 children running against the in-tree build, the Node.js reference peer).
+-- processes (children of the runtime under test running against its in-tree build, the
+-- Node.js reference peer).
+local compat = require "pairstore.compat"
 local helpers = {}
+helpers.compat = compat
 
 local ROOT = (function()
   local p = io.popen("pwd")
-  local d = p:read("l")
+  local d = p:read("*l")
   p:close()
   return d
 end)()
@@ -14,9 +17,16 @@ helpers.REFERENCE_PEER = os.getenv("REFERENCE_PEER") or ROOT .. "/spec/support/r
 -- reference-store.json (written by the reference itself, byte for byte) and pairing-vectors.json
 helpers.FIXTURES = ROOT .. "/spec/fixtures"
 
-local LUA_ENV = string.format("LUA_PATH='%s/lua/?.lua;%s/lua/?/init.lua;%s/spec/?.lua;;' LUA_CPATH='%s/build/?.so;;'",
-  ROOT, ROOT, ROOT, ROOT)
+-- The runtime under test (`make test LUA=...` exports it; else the one running the specs):
+-- the Lua children run it, against its build (build/lua5.4, build/luajit, ...).
+helpers.LUA = os.getenv("PAIRSTORE_TEST_LUA") or compat.runtime
+local LUA_ENV = string.format("LUA_PATH='%s/lua/?.lua;%s/lua/?/init.lua;%s/spec/?.lua;;' LUA_CPATH='%s/build/%s/?.so;;'",
+  ROOT, ROOT, ROOT, ROOT, helpers.LUA)
 helpers.LUA_ENV = LUA_ENV
+
+--- Whether x is an integer: math.type(x) == "integer" on 5.3 and 5.4; on 5.1 and LuaJIT,
+-- where every number is a double, a number with an integral value.
+helpers.is_integer = compat.is_integer
 
 function helpers.sh_quote(s)
   return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
@@ -26,7 +36,7 @@ local q = helpers.sh_quote
 --- Run a shell command; returns ok, output (stdout+stderr), exit code.
 function helpers.run(cmd)
   local p = io.popen(cmd .. " 2>&1; echo \"__rc=$?\"")
-  local out = p:read("a")
+  local out = p:read("*a")
   p:close()
   local rc = tonumber(out:match("__rc=(%d+)%s*$"))
   out = out:gsub("__rc=%d+%s*$", "")
@@ -37,7 +47,7 @@ end
 local dirs = {}
 function helpers.tmpdir()
   local p = io.popen("mktemp -d /tmp/pairstore-spec.XXXXXX")
-  local d = p:read("l")
+  local d = p:read("*l")
   p:close()
   dirs[#dirs + 1] = d
   return d
@@ -70,7 +80,7 @@ end
 function helpers.read(path)
   local f = io.open(path, "rb")
   if not f then return nil end
-  local s = f:read("a")
+  local s = f:read("*a")
   f:close()
   return s
 end
@@ -88,9 +98,9 @@ function helpers.b64u_encode(s)
   local out = {}
   for i = 1, #s, 3 do
     local a, b, c = s:byte(i, i + 2)
-    local n = (a << 16) | ((b or 0) << 8) | (c or 0)
+    local n = a * 65536 + (b or 0) * 256 + (c or 0)
     for k = 1, 2 + (b and 1 or 0) + (c and 1 or 0) do
-      local v = (n >> (6 * (4 - k))) & 63
+      local v = math.floor(n / 2 ^ (6 * (4 - k))) % 64
       out[#out + 1] = B64U:sub(v + 1, v + 1)
     end
   end
@@ -100,18 +110,18 @@ end
 function helpers.b64u_decode(s)
   local bits, nbits, out = 0, 0, {}
   for i = 1, #s do
-    bits = ((bits << 6) | (B64U:find(s:sub(i, i), 1, true) - 1)) & 0xffff
+    bits = (bits * 64 + (B64U:find(s:sub(i, i), 1, true) - 1)) % 65536
     nbits = nbits + 6
     if nbits >= 8 then
       nbits = nbits - 8
-      out[#out + 1] = string.char((bits >> nbits) & 255)
+      out[#out + 1] = string.char(math.floor(bits / 2 ^ nbits) % 256)
     end
   end
   return table.concat(out)
 end
 
 function helpers.exists(path)
-  return os.execute("test -e " .. q(path) .. " -o -L " .. q(path)) == true
+  return compat.execute("test -e " .. q(path) .. " -o -L " .. q(path)) == true
 end
 
 --- Octal permission string of a path ("600").
@@ -185,23 +195,23 @@ function helpers.read_json(path)
   return cjson.decode(assert(helpers.read(path)))
 end
 
---- A lua5.4 child running `code` (a chunk); returns its pid. Output goes to outfile.
+--- A child (helpers.LUA) running `code` (a chunk); returns its pid. Output goes to outfile.
 function helpers.spawn_lua(code, outfile)
   local script = os.tmpname()
   helpers.write(script, code)
-  local cmd = string.format("%s lua5.4 %s > %s 2>&1 & echo $!", LUA_ENV, q(script),
+  local cmd = string.format("%s %s %s > %s 2>&1 & echo $!", LUA_ENV, helpers.LUA, q(script),
     q(outfile or "/dev/null"))
   local p = io.popen(cmd)
-  local pid = tonumber(p:read("l"))
+  local pid = tonumber(p:read("*l"))
   p:close()
   return pid, script
 end
 
---- Run a lua5.4 chunk to completion; returns ok, output.
+--- Run a chunk under helpers.LUA to completion; returns ok, output.
 function helpers.run_lua(code, args)
   local script = os.tmpname()
   helpers.write(script, code)
-  local ok, out, rc = helpers.run(string.format("%s timeout 120 lua5.4 %s %s", LUA_ENV, q(script), args or ""))
+  local ok, out, rc = helpers.run(string.format("%s timeout 120 %s %s %s", LUA_ENV, helpers.LUA, q(script), args or ""))
   os.remove(script)
   return ok, out, rc
 end
@@ -210,7 +220,7 @@ end
 function helpers.alive(pid)
   local f = io.open("/proc/" .. pid .. "/stat")
   if not f then return false end
-  local stat = f:read("a") or ""
+  local stat = f:read("*a") or ""
   f:close()
   local state = stat:match("^%d+ %b() (%a)")
   return state ~= nil and state ~= "Z" and state ~= "X"
@@ -238,7 +248,7 @@ end
 -- coarse, so read CLOCK_MONOTONIC through /proc/self/stat-free means: `date +%s.%N`.
 function helpers.mono()
   local p = io.popen("date +%s.%N")
-  local v = tonumber(p:read("l"))
+  local v = tonumber(p:read("*l"))
   p:close()
   return v
 end
@@ -249,12 +259,12 @@ function helpers.wait_exit(pid, timeout_s)
 end
 
 function helpers.have(cmd)
-  return os.execute("command -v " .. cmd .. " >/dev/null 2>&1") == true
+  return compat.execute("command -v " .. cmd .. " >/dev/null 2>&1") == true
 end
 
 function helpers.is_root()
   local p = io.popen("id -u")
-  local uid = p:read("l")
+  local uid = p:read("*l")
   p:close()
   return uid == "0"
 end
@@ -281,7 +291,7 @@ function helpers.spawn_group(cmd, outfile, errfile, rcfile)
   local inner = string.format("trap '' INT; %s >%s 2>%s; echo $? >%s", cmd, q(outfile), q(errfile),
     q(rcfile .. ".tmp")) .. "; mv " .. q(rcfile .. ".tmp") .. " " .. q(rcfile)
   local p = io.popen("setsid sh -c " .. q(inner) .. " </dev/null >/dev/null 2>&1 & echo $!")
-  local pid = tonumber(p:read("l"))
+  local pid = tonumber(p:read("*l"))
   p:close()
   return pid
 end
@@ -313,7 +323,7 @@ function helpers.pg_target()
   local t = os.getenv("PAIRSTORE_TEST_PG")
   if t == nil or t == "" then
     error("PAIRSTORE_TEST_PG is not set: the PostgreSQL specs need the test server; run them " ..
-      "through `make test` (bash spec/support/with-pg.sh busted --lua=lua5.4 spec)", 2)
+      "through `make test` (bash spec/support/with-pg.sh busted --lua=$LUA spec)", 2)
   end
   return t
 end
@@ -330,7 +340,7 @@ end
 
 local function self_pid()
   local f = io.open("/proc/self/stat")
-  local pid = f and f:read("l"):match("^(%d+)")
+  local pid = f and f:read("*l"):match("^(%d+)")
   if f then f:close() end
   return pid or "0"
 end
@@ -432,7 +442,7 @@ function helpers.stored_sessions(where)
     if s.status ~= status then
       assert(status == "expired", "row status " .. status .. " but body says " .. tostring(s.status))
       s.status = status
-      s.lastStatusChangeAtMs = math.tointeger(tonumber(changed)) or tonumber(changed)
+      s.lastStatusChangeAtMs = compat.tointeger(tonumber(changed)) or tonumber(changed)
     end
     list[#list + 1] = s
   end

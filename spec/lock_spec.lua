@@ -324,7 +324,7 @@ describe("paths, as the kernel resolves them", function()
   -- dir/real/deep, and dir/ln -> real/deep: so dir/ln/.. is dir/real, not dir.
   local function layout()
     local dir = helpers.tmpdir()
-    assert.is_true(os.execute("mkdir -p " .. q(dir .. "/real/deep") .. " && ln -s real/deep " .. q(dir .. "/ln")))
+    assert.is_true(helpers.compat.execute("mkdir -p " .. q(dir .. "/real/deep") .. " && ln -s real/deep " .. q(dir .. "/ln")))
     return dir
   end
 
@@ -395,7 +395,7 @@ describe("paths, as the kernel resolves them", function()
     local p = dir .. "/d/pair-sessions.json"
     local store = pairstore.open(p, { durable = false })
     local s = assert(store:create {})
-    assert.is_true(os.execute("cd " .. q(dir) .. " && mv d old && mkdir d"))
+    assert.is_true(helpers.compat.execute("cd " .. q(dir) .. " && mv d old && mkdir d"))
     assert.are.same({}, store:list_all()) -- the directory the path names now: empty
     local s2 = assert(store:create {})
     assert.are.same({ s2.sid }, { helpers.read_json(p).sessions[1].sid })
@@ -403,16 +403,16 @@ describe("paths, as the kernel resolves them", function()
     -- nothing of ours is left in the directory the store moved away from
     assert.are.same({ "pair-sessions.json" }, helpers.ls(dir .. "/old"))
     -- a symlinked directory is followed to its new target
-    assert.is_true(os.execute("cd " .. q(dir) .. " && mkdir a b && ln -s a link"))
+    assert.is_true(helpers.compat.execute("cd " .. q(dir) .. " && mkdir a b && ln -s a link"))
     local linked = pairstore.open(dir .. "/link/pair-sessions.json", { durable = false })
     local la = assert(linked:create {})
-    assert.is_true(os.execute("cd " .. q(dir) .. " && ln -sfn b link"))
+    assert.is_true(helpers.compat.execute("cd " .. q(dir) .. " && ln -sfn b link"))
     assert.are.same({}, linked:list_all())
     assert(linked:create {})
     assert.are.equal(la.sid, helpers.read_json(dir .. "/a/pair-sessions.json").sessions[1].sid)
     assert.are.equal(1, #helpers.read_json(dir .. "/b/pair-sessions.json").sessions)
     -- a directory removed since is made again (mkdir -p, 0700)
-    assert.is_true(os.execute("rm -rf " .. q(dir .. "/d")))
+    assert.is_true(helpers.compat.execute("rm -rf " .. q(dir .. "/d")))
     assert(store:create {})
     assert.are.equal("700", helpers.mode(dir .. "/d"))
     store:close()

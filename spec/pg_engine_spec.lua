@@ -43,7 +43,7 @@ describe("PostgreSQL engine", function()
   it("takes now from the database server unless the caller gives a clock", function()
     local s = open()
     local server = assert(s:now())
-    assert.is_true(math.type(server) == "integer")
+    assert.is_true(helpers.is_integer(server))
     assert.is_true(math.abs(server - os.time() * 1000) < 5000)
     local c = open { now = function() return 42 end }
     assert.are.equal(42, c:now())

@@ -2,6 +2,7 @@
 -- via pairstore.qr.matrix) and the two terminal renderings.
 local pairstore = require "pairstore"
 local qr = require "pairstore.qr"
+local helpers = require "helpers"
 
 -- A pairing URL of the real shape (sid and key from the fixture vectors).
 local URL = pairstore.pairing_url("https://pair.example/pair", {
@@ -11,12 +12,12 @@ local URL = pairstore.pairing_url("https://pair.example/pair", {
 
 local FINDER = { "1111111", "1000001", "1011101", "1011101", "1011101", "1000001", "1111111" }
 
-local UPPER, LOWER, FULL = "\u{2580}", "\u{2584}", "\u{2588}"
+local UPPER, LOWER, FULL = "\226\150\128", "\226\150\132", "\226\150\136"
 
 -- The characters of a UTF-8 line.
 local function chars(line)
   local t = {}
-  for _, cp in utf8.codes(line) do t[#t + 1] = utf8.char(cp) end
+  for _, cp in helpers.compat.utf8.codes(line) do t[#t + 1] = helpers.compat.utf8.char(cp) end
   return t
 end
 
@@ -147,8 +148,8 @@ describe("pairstore.qr.render()", function()
       local s = assert(qr.render(URL))
       local lines = lines_of(s)
       local size = m.width + 4
-      assert.are.equal((size + 1) // 2, #lines)
-      for _, line in ipairs(lines) do assert.are.equal(size, utf8.len(line)) end
+      assert.are.equal(math.floor((size + 1) / 2), #lines)
+      for _, line in ipairs(lines) do assert.are.equal(size, helpers.compat.utf8.len(line)) end
       assert.are.equal(FULL:rep(size), lines[1]) -- two quiet rows
       local grid = painted_grid(s)
       for y = 1, size do
@@ -181,8 +182,8 @@ describe("pairstore.qr.render()", function()
       for _, q in ipairs { 0, 1, 2, 3, 4 } do
         local size = m.width + 2 * q
         local lines = lines_of(assert(qr.render(URL, { quiet = q })))
-        assert.are.equal((size + 1) // 2, #lines)
-        assert.are.equal(size, utf8.len(lines[1]))
+        assert.are.equal(math.floor((size + 1) / 2), #lines)
+        assert.are.equal(size, helpers.compat.utf8.len(lines[1]))
       end
       local small = lines_of(assert(qr.render("hello", { quiet = 4 })))
       assert.are.equal(15, #small) -- 21 + 8 = 29 rows

@@ -12,7 +12,7 @@ local T0 = 1764300000000
 local VALUES = {
   pointthree = 0.1 + 0.2, big53 = 2.0 ^ 53, e21 = 1e21, tiny = 1.5e-7, neg = -12.5, int = 42,
   third = 1 / 3, huge = 1.7976931348623157e308, small = 5e-324, ms = 1764300123456.25,
-  str = "plain", esc = "q\"b\\s\n\t\a\u{e9}\u{1F600}\u{2028}", yes = true, no = false, nul = cjson.null,
+  str = "plain", esc = "q\"b\\s\n\t\a\195\169\240\159\152\128\226\128\168", yes = true, no = false, nul = cjson.null,
   obj = { a = 1, b = { 1, "x", { c = cjson.null } } }, arr = { 0.5, "y", { 2 } },
 }
 
@@ -32,7 +32,7 @@ local function first_diff(a, b)
 end
 
 local function open(path, now)
-  now = math.tointeger(now)
+  now = helpers.compat.tointeger(now)
   return pairstore.open(path, { now = function() return now end, durable = false })
 end
 
@@ -108,7 +108,7 @@ for _, backend in ipairs(helpers.backends()) do
     end
 
     local function open_at(where, now)
-      now = math.tointeger(now)
+      now = helpers.compat.tointeger(now)
       return helpers.reopen(where, { now = function() return now end, durable = false })
     end
 
@@ -127,14 +127,14 @@ for _, backend in ipairs(helpers.backends()) do
       it("are Lua integers when integral, exactly, beyond 2^53 too; floats otherwise", function()
         local where = holding(session('"a":1152921504606846977,"b":-9223372036854775808,"c":1e3,"d":0.30000000000000004,"e":1e300,"f":-0'))
         local s = assert(open_at(where, T0):get(SID))
-        assert.are.equal("integer", math.type(s.a))
+        assert.is_true(helpers.is_integer(s.a))
         assert.are.equal(1152921504606846977, s.a)
-        assert.are.equal(math.mininteger, s.b)
-        assert.are.equal("integer", math.type(s.c))
+        assert.are.equal(helpers.compat.mininteger, s.b)
+        assert.is_true(helpers.is_integer(s.c))
         assert.are.equal(1000, s.c)
-        assert.are.equal("float", math.type(s.d))
+        assert.is_false(helpers.is_integer(s.d))
         assert.are.equal(0.1 + 0.2, s.d)
-        assert.are.equal("float", math.type(s.e))
+        assert.is_false(helpers.is_integer(s.e))
         assert.are.equal(0, s.f)
       end)
 
@@ -194,7 +194,7 @@ for _, backend in ipairs(helpers.backends()) do
         local where = holding(session(nil, { operatorContext = '{"channel":"cli","senderId":"ab\\ud83d"}' }))
         local st = open_at(where, T0)
         local s = assert(st:get(SID))
-        assert.are.equal("ab\u{FFFD}", s.operatorContext.senderId)
+        assert.are.equal("ab\239\191\189", s.operatorContext.senderId)
         assert(st:register_failed_code(SID))
         st:close()
         assert.are.equal(as_stored(session(nil, { operatorContext = '{"channel":"cli","senderId":"ab\\ud83d"}',
@@ -208,9 +208,9 @@ for _, backend in ipairs(helpers.backends()) do
         local s = assert(st:create {})
         local cases = {
           { 0.1 + 0.2, "0.30000000000000004" }, { 2.0 ^ 60, "1152921504606846976" },
-          { math.maxinteger, "9223372036854775807" }, { 1e21, "1e+21" }, { 1e20, "100000000000000000000" },
+          { helpers.compat.maxinteger, helpers.compat.has_integers and "9223372036854775807" or "9223372036854774784" }, -- (5.1: a double), { 1e21, "1e+21" }, { 1e20, "100000000000000000000" },
           { 1.5e-7, "1.5e-7" }, { 0.000001, "0.000001" }, { -0.0, "0" }, { 123.456, "123.456" },
-          { 5e-324, "5e-324" }, { 1 / 3, "0.3333333333333333" }, { "\0\31\"\\/\u{7f}", '"\\u0000\\u001f\\"\\\\/\127"' },
+          { 5e-324, "5e-324" }, { 1 / 3, "0.3333333333333333" }, { "\0\31\"\\/\127", '"\\u0000\\u001f\\"\\\\/\127"' },
           { {}, "{}" }, { { 1, { a = true } }, '[1,{"a":true}]' },
         }
         local tail = backend == "file" and '"v":(.*)}]}$' or '"v":(.*)}$'

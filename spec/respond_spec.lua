@@ -412,7 +412,7 @@ for _, backend in ipairs(helpers.backends()) do
           local body = sealed(s, "inner", "chacha20-poly1305")
           local r
           assert(store:update(s.sid, function()
-            r = table.pack(store:respond(s.sid, body, { aead = "chacha20-poly1305" }))
+            r = helpers.compat.pack(store:respond(s.sid, body, { aead = "chacha20-poly1305" }))
           end))
           assert.are.equal(3, r.n)
           assert.is_nil(r[1])

@@ -10,9 +10,9 @@ local q = helpers.sh_quote
 local function waiting_with_signals(pid)
   local f = io.open("/proc/" .. pid .. "/status")
   if not f then return false end
-  local blk = f:read("a"):match("SigBlk:%s*(%x+)")
+  local blk = f:read("*a"):match("SigBlk:%s*(%x+)")
   f:close()
-  return blk ~= nil and (tonumber(blk, 16) & 0x4003) == 0x4003
+  return blk ~= nil and helpers.compat.band(tonumber(blk, 16), 0x4003) == 0x4003
 end
 
 for _, backend in ipairs(helpers.backends()) do
@@ -27,7 +27,7 @@ for _, backend in ipairs(helpers.backends()) do
       end)
       after_each(helpers.cleanup) -- closes st
 
-      -- A child lua5.4 process that runs `code` (with `st` open on the same store) after delay_s and
+      -- A child Lua process that runs `code` (with `st` open on the same store) after delay_s and
       -- then writes the monotonic time (ms) of the change to dir/changed.
       local function change_later(delay_s, code)
         return helpers.spawn_lua(string.format([[
@@ -123,7 +123,7 @@ for _, backend in ipairs(helpers.backends()) do
         end
       end)
 
-      it("without signals, lets lua5.4's Ctrl+C handler interrupt it at once", function()
+      it("without signals, lets the interpreter's Ctrl+C handler interrupt it at once", function()
         local s = assert(st:create {})
         local out = dir .. "/int.out"
         local pid = helpers.spawn_lua(string.format([[
@@ -135,7 +135,7 @@ for _, backend in ipairs(helpers.backends()) do
         ]], helpers.open_expr(where), s.sid), out)
         assert.is_true(helpers.wait_for(function()
           local f = io.open("/proc/" .. pid .. "/wchan")
-          local w = f and f:read("a") or ""
+          local w = f and f:read("*a") or ""
           if f then f:close() end
           return w:find("poll") ~= nil
         end, 20))
@@ -150,7 +150,7 @@ for _, backend in ipairs(helpers.backends()) do
         local ok = helpers.run_lua(string.format([[
           local st = %s
           local function blk()
-            local f = io.open("/proc/self/status"); local t = f:read("a"); f:close()
+            local f = io.open("/proc/self/status"); local t = f:read("*a"); f:close()
             return t:match("SigBlk:%%s*(%%x+)")
           end
           local before = blk()
@@ -177,7 +177,7 @@ for _, backend in ipairs(helpers.backends()) do
 
       if backend == "file" then it("watches the directory of the store's path, a relative one too", function()
         local s = assert(st:create {})
-        local ok, out = helpers.run(string.format("cd %s && %s lua5.4 -e %s", q(where.dir), helpers.LUA_ENV, q([[
+        local ok, out = helpers.run(string.format("cd %s && %s %s -e %s", q(where.dir), helpers.LUA_ENV, helpers.LUA, q([[
           local st = require("pairstore").open("pair-sessions.json")
           local got, msg = st:wait("]] .. s.sid .. [[", { timeout_ms = 50 })
           io.write(tostring(got), " ", tostring(msg))

@@ -2,6 +2,7 @@
 -- Keys, nonces and ciphertexts are base64url without padding.
 
 local core = require "pairstore.core"
+local compat = require "pairstore.compat"
 
 local crypto = {}
 
@@ -69,7 +70,7 @@ function crypto.hkdf_sha256(ikm, salt, info, length)
   check_arg("hkdf_sha256", 1, ikm)
   check_arg("hkdf_sha256", 2, salt)
   check_arg("hkdf_sha256", 3, info)
-  if math.type(length) ~= "integer" or length < 1 or length > 8160 then
+  if not compat.is_integer(length) or length < 1 or length > 8160 then
     error("pairstore.crypto.hkdf_sha256: length must be an integer in 1..8160", 2)
   end
   return (core.crypto_hkdf_sha256(ikm, salt, info, length))

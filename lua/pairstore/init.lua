@@ -5,9 +5,10 @@
 -- outcomes and runtime failures return `nil, message, code`.
 
 local core = require "pairstore.core"
+local compat = require "pairstore.compat"
 
 local type, error, pairs, ipairs, setmetatable = type, error, pairs, ipairs, setmetatable
-local fmt, tointeger = string.format, math.tointeger
+local fmt, tointeger = string.format, compat.tointeger
 
 local pairstore = {
   _VERSION = core._VERSION,
@@ -119,7 +120,7 @@ local function check_options(options, pg)
     if want == "number" and (not tointeger(v) or v < 0) then
       argerror(3, "open", fmt("option %s must be a non-negative integer", k))
     end
-    if k == "store" and (#v == 0 or #v > 200 or not utf8.len(v) or v:find("%c")) then
+    if k == "store" and (#v == 0 or #v > 200 or not compat.utf8.len(v) or v:find("%c")) then
       argerror(3, "open", "option store must be a name of 1 to 200 bytes of printable UTF-8")
     end
     opts[k] = v
@@ -187,10 +188,8 @@ local function sleeper(self)
   return nil
 end
 
-local unpack = table.unpack or _G.unpack
+local unpack, pack = compat.unpack, compat.pack
 local WAIT_BLOCK, WAIT_START, WAIT_CONTINUE = 0, 1, 2
-
-local function pack(...) return { n = select("#", ...), ... } end
 
 -- Runs the core's operation name as one transaction. Waiting cooperatively, a busy lock
 -- comes back as nil, message, "lock_busy", ms: sleep that long, outside the core (the
@@ -362,7 +361,6 @@ end
 
 local WAIT_OPTIONS = { timeout_ms = "number", signals = "boolean", since = "table" }
 local WATCH_RENEW_MS = 30 * 60 * 1000
-local WATCH_MT = { __close = function(h) if h.w then h.w:close() end end }
 
 local function same(a, b, depth)
   if a == b then return true end
@@ -377,28 +375,9 @@ local function same(a, b, depth)
   return true
 end
 
---- Block until the session differs from what it is now: store:wait(sid, { timeout_ms = n,
--- signals = bool }) --> session | nil, "timeout", "timeout" | nil, "signal", "signal", name
--- | nil, message, code (not_found once it is gone, or a store failure). Sleeps until the
--- engine says the session may have changed (inotify on a file's directory; a notification
--- from PostgreSQL), and wakes at the session's expiry; never polls.
-function Store:wait(sid, opts)
-  core_of(self, "wait")
-  check_sid("wait", sid)
-  if opts == nil then opts = {} end
-  if type(opts) ~= "table" then argerror(2, "wait", "opts must be a table") end
-  for k, v in pairs(opts) do
-    local want = WAIT_OPTIONS[k]
-    if not want then argerror(2, "wait", fmt("unknown option %q", tostring(k))) end
-    if type(v) ~= want then argerror(2, "wait", fmt("option %s must be a %s", k, want)) end
-  end
-  local timeout = opts.timeout_ms
-  if timeout ~= nil then
-    timeout = tointeger(timeout)
-    if not timeout or timeout < 0 then argerror(2, "wait", "option timeout_ms must be a non-negative integer") end
-  end
+-- The wait proper, with its watch kept in watch.w (closed by finish_wait).
+local function wait_watching(self, sid, opts, timeout, watch)
   -- Watch first, then read: a change in between is queued, not missed.
-  local watch <close> = setmetatable({}, WATCH_MT)
   local w, wmsg, wcode = self._core:watch(sid)
   watch.w = w
   local first, msg, code = self:get(sid)
@@ -436,6 +415,38 @@ function Store:wait(sid, opts)
     if not same(first, now, 0) then return now end
     if deadline and core.mono_ms() >= deadline then return nil, "timeout", "timeout" end
   end
+end
+
+local function finish_wait(watch, ok, ...)
+  if watch.w then watch.w:close() end
+  if not ok then error((...), 0) end
+  return ...
+end
+
+--- Block until the session differs from what it is now: store:wait(sid, { timeout_ms = n,
+-- signals = bool }) --> session | nil, "timeout", "timeout" | nil, "signal", "signal", name
+-- | nil, message, code (not_found once it is gone, or a store failure). Sleeps until the
+-- engine says the session may have changed (inotify on a file's directory; a notification
+-- from PostgreSQL), and wakes at the session's expiry; never polls.
+function Store:wait(sid, opts)
+  core_of(self, "wait")
+  check_sid("wait", sid)
+  if opts == nil then opts = {} end
+  if type(opts) ~= "table" then argerror(2, "wait", "opts must be a table") end
+  for k, v in pairs(opts) do
+    local want = WAIT_OPTIONS[k]
+    if not want then argerror(2, "wait", fmt("unknown option %q", tostring(k))) end
+    if type(v) ~= want then argerror(2, "wait", fmt("option %s must be a %s", k, want)) end
+  end
+  local timeout = opts.timeout_ms
+  if timeout ~= nil then
+    timeout = tointeger(timeout)
+    if not timeout or timeout < 0 then argerror(2, "wait", "option timeout_ms must be a non-negative integer") end
+  end
+  -- The watch is closed however the wait ends, an error included (what a <close> variable
+  -- would do on 5.4; this runs on 5.1 too).
+  local watch = {}
+  return finish_wait(watch, pcall(wait_watching, self, sid, opts, timeout, watch))
 end
 
 --- Close the store (idempotent). From inside its own mutator or clock it raises.

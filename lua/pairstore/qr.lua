@@ -18,6 +18,7 @@
 -- tools use to keep the code small and phones scan it fine; pass `quiet = 4` to be strict.
 
 local core = require "pairstore.core"
+local compat = require "pairstore.compat"
 
 local qr = {}
 
@@ -57,9 +58,9 @@ end
 
 local HALF = {
   [0] = " ",       -- neither half painted
-  [1] = "\u{2580}", -- ▀ upper half
-  [2] = "\u{2584}", -- ▄ lower half
-  [3] = "\u{2588}", -- █ both
+  [1] = "\226\150\128", -- ▀ upper half
+  [2] = "\226\150\132", -- ▄ lower half
+  [3] = "\226\150\136", -- █ both
 }
 
 local function render_blocks(m, quiet, invert)
@@ -88,7 +89,7 @@ function qr.render(text, opts)
   if opts ~= nil and type(opts) ~= "table" then argerror("render", "options must be a table") end
   opts = opts or {}
   local quiet = opts.quiet == nil and qr.DEFAULT_QUIET or opts.quiet
-  if math.type(quiet) ~= "integer" or quiet < 0 or quiet > 16 then
+  if not compat.is_integer(quiet) or quiet < 0 or quiet > 16 then
     argerror("render", "quiet must be an integer in 0..16")
   end
   local m, msg, code = core.qr_matrix(text)

@@ -42,9 +42,9 @@ local function b64u_len(s)
   local n = #s
   if n > MAX_B64U or n % 4 == 1 or not s:match("^[A-Za-z0-9_%-]*$") then return nil end
   -- Canonical: the bits past the last whole byte must be zero.
-  if n % 4 == 2 and B64U_VALUE[s:byte(n)] & 15 ~= 0 then return nil end
-  if n % 4 == 3 and B64U_VALUE[s:byte(n)] & 3 ~= 0 then return nil end
-  return n * 3 // 4
+  if n % 4 == 2 and B64U_VALUE[s:byte(n)] % 16 ~= 0 then return nil end
+  if n % 4 == 3 and B64U_VALUE[s:byte(n)] % 4 ~= 0 then return nil end
+  return math.floor(n * 3 / 4)
 end
 
 local function shape_ok(sid, body)

@@ -2,7 +2,7 @@
  * test.pgfloor — the PostgreSQL floor of `make bench`: bare libpq calls from Lua, so that the
  * bench can time a round trip (`SELECT 1`) and a committed single-row `UPDATE` through the
  * same client library the engine uses, with nothing of pairstore in between. Test-only: built
- * by `make bench` into build/test/, never installed.
+ * by `make bench` into build/$(LUA)/test/, never installed.
  *   connect(conninfo) -> conn | nil, message
  *   conn:exec(sql) -> first value of the first row (a string), or true | nil, message
  *   conn:prepare(name, sql, nparams) -> true | nil, message
@@ -14,6 +14,7 @@
  */
 #include <lauxlib.h>
 #include <lua.h>
+#include "../../csrc/compat.h" /* the 5.4 API on Lua 5.3, 5.1 and LuaJIT */
 #include <libpq-fe.h>
 #include <string.h>
 

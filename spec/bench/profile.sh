@@ -16,12 +16,12 @@ DURABLE="${DURABLE:-1}"
 OPS=("$@")
 [ ${#OPS[@]} -gt 0 ] || OPS=(get get_changed update create)
 
-[ -f build/pairstore/core.so ] || { echo "profile: run 'make' first" >&2; exit 1; }
+[ -f build/lua5.4/pairstore/core.so ] || { echo "profile: run 'make' first" >&2; exit 1; }
 command -v valgrind >/dev/null && command -v callgrind_annotate >/dev/null ||
   { echo "profile: needs valgrind (apt-get install valgrind)" >&2; exit 1; }
 
 export LUA_PATH="$ROOT/lua/?.lua;$ROOT/lua/?/init.lua;;"
-export LUA_CPATH="$ROOT/build/?.so;$ROOT/build/bench/?.so;;"
+export LUA_CPATH="$ROOT/build/lua5.4/?.so;$ROOT/build/bench/?.so;;"
 mkdir -p build/bench
 gcc -O2 -std=c11 -Wall -Wextra $(pkg-config --cflags lua5.4) -fPIC -shared -o build/bench/benchutil.so \
   csrc/bench/benchutil.c

@@ -13,12 +13,12 @@ LUA="${LUA:-lua5.4}"
 CC="${CC:-gcc}"
 PKG_CONFIG="${PKG_CONFIG:-pkg-config}"
 
-if [ ! -f build/pairstore/core.so ]; then
-  echo "bench: build/pairstore/core.so is missing; run 'make' (or 'make bench') first" >&2
+if [ ! -f build/lua5.4/pairstore/core.so ]; then
+  echo "bench: build/lua5.4/pairstore/core.so is missing; run 'make' (or 'make bench') first" >&2
   exit 1
 fi
-if [ "${BENCH_ONLY:-}" != file ] && [ ! -f build/test/pgfloor.so ]; then
-  echo "bench: build/test/pgfloor.so is missing; run 'make bench'" >&2
+if [ "${BENCH_ONLY:-}" != file ] && [ ! -f build/lua5.4/test/pgfloor.so ]; then
+  echo "bench: build/lua5.4/test/pgfloor.so is missing; run 'make bench'" >&2
   exit 1
 fi
 
@@ -48,7 +48,7 @@ trap 'exit 130' INT TERM
 
 export BENCH_WORKDIR="$WORKDIR" BENCH_ROOT="$ROOT" BENCH_LUA="$LUA"
 export LUA_PATH="$ROOT/lua/?.lua;$ROOT/lua/?/init.lua;$ROOT/spec/bench/?.lua;;"
-export LUA_CPATH="$ROOT/build/?.so;$ROOT/build/bench/?.so;;"
+export LUA_CPATH="$ROOT/build/lua5.4/?.so;$ROOT/build/bench/?.so;;"
 status=0
 if [ "${BENCH_ONLY:-}" != pg ]; then
   "$LUA" spec/bench/bench.lua || status=$?

@@ -38,17 +38,20 @@ end
 
 function H.q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
 
+-- (the exit status through the output: a popen's close gives none on 5.1)
 function H.sh(cmd)
-  local p = io.popen(cmd .. " 2>&1")
-  local out = p:read("a")
-  local ok, _, rc = p:close()
-  return ok == true, out, rc
+  local p = io.popen(cmd .. " 2>&1; echo \"__rc=$?\"")
+  local out = p:read("*a")
+  p:close()
+  local rc = tonumber(out:match("__rc=(%d+)%s*$"))
+  out = out:gsub("__rc=%d+%s*$", "")
+  return rc == 0, out, rc
 end
 
 function H.read(path)
   local f = io.open(path, "rb")
   if not f then return nil end
-  local s = f:read("a")
+  local s = f:read("*a")
   f:close()
   return s
 end
@@ -75,7 +78,7 @@ end
 
 function H.tmpdir(tag)
   local p = io.popen("mktemp -d /tmp/pairstore-" .. (tag or "h") .. ".XXXXXX")
-  local d = p:read("l")
+  local d = p:read("*l")
   p:close()
   return d
 end
@@ -115,7 +118,7 @@ function H.b64u(s)
     local n = a * 65536 + (b or 0) * 256 + (c or 0)
     local k = c and 4 or b and 3 or 2
     for j = 1, k do
-      local v = (n >> (6 * (4 - j))) & 63
+      local v = math.floor(n / 2 ^ (6 * (4 - j))) % 64
       out[#out + 1] = B64:sub(v + 1, v + 1)
     end
   end

@@ -8,7 +8,7 @@ set -u
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
 export LUA_PATH="$ROOT/lua/?.lua;$ROOT/lua/?/init.lua;$ROOT/spec/?.lua;;"
-export LUA_CPATH="$ROOT/build/?.so;;"
+export LUA_CPATH="$ROOT/build/lua5.4/?.so;;"
 passed=0; failed=0
 summaries=()
 part() { # name, env-prefixed command...
@@ -23,7 +23,7 @@ part() { # name, env-prefixed command...
   summaries+=("$name: $(echo "$out" | grep -E '^(fault loop|fallback|coarse|fiu|efbig|strace|secrets):' | tr '\n' ';' | sed 's/;$//') [$((SECONDS - t0)) s]")
 }
 
-for so in build/pairstore/core.so build-fault/pairstore/core.so; do
+for so in build/lua5.4/pairstore/core.so build-fault/pairstore/core.so; do
   [ -f "$so" ] || { echo "$so missing: run make all build-fault/pairstore/core.so"; echo "0 passed, 1 failed"; exit 1; }
 done
 

@@ -20,7 +20,7 @@ set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$ROOT"
 export LUA_PATH="$ROOT/lua/?.lua;$ROOT/lua/?/init.lua;;"
-export LUA_CPATH="$ROOT/build/?.so;;"
+export LUA_CPATH="$ROOT/build/lua5.4/?.so;;"
 LUA=${LUA:-lua5.4}
 PGC="bash $ROOT/spec/support/pgcluster.sh"
 CLIENTS=${HA_CLIENTS:-4}
@@ -30,7 +30,7 @@ AFTER=${HA_AFTER_S:-3}
 LIMIT=90
 
 fail_early() { echo "FAIL ha: $*"; echo "0 passed, 1 failed"; exit 1; }
-[ -f build/pairstore/core.so ] || fail_early "build/pairstore/core.so missing: run make"
+[ -f build/lua5.4/pairstore/core.so ] || fail_early "build/lua5.4/pairstore/core.so missing: run make"
 
 work=$(mktemp -d /tmp/pairstore-ha.XXXXXX)
 primary=$(mktemp -d /tmp/pairstore-ha-p.XXXXXX)

@@ -21,7 +21,7 @@ if [ -z "${PAIRSTORE_TEST_PG:-}" ]; then
   exec bash "$ROOT/spec/support/with-pg.sh" bash "$ROOT/spec/sanitize/run.sh" "$@"
 fi
 export LUA_PATH="$ROOT/lua/?.lua;$ROOT/lua/?/init.lua;$ROOT/spec/?.lua;;"
-export LUA_CPATH="$ROOT/build/?.so;;"
+export LUA_CPATH="$ROOT/build/lua5.4/?.so;;"
 SPECS=${SANITIZE_SPECS:-spec}
 VSPECS=${VALGRIND_SPECS:-$SPECS}
 SKIP=" ${SANITIZE_SKIP:-} "
@@ -76,18 +76,18 @@ if [[ $SKIP != *" asan "* ]]; then
     # A private tree whose build/ holds the instrumented module, so that the lua5.4 children
     # the specs start (through spec/helpers.lua, with ROOT/build) load it too.
     tree=$out/tree
-    rm -rf "$tree"; mkdir -p "$tree/build/pairstore"
+    rm -rf "$tree"; mkdir -p "$tree/build/lua5.4/pairstore"
     for f in lua spec bin examples sql .busted; do [ -e "$ROOT/$f" ] && ln -s "$ROOT/$f" "$tree/$f"; done
     if log=$(clang -g -O1 -std=c11 -D_GNU_SOURCE -fPIC -fvisibility=hidden -fno-omit-frame-pointer \
         -fsanitize=address,undefined -fno-sanitize-recover=undefined -shared-libasan -shared \
         $(pkg-config --cflags lua5.4 libsodium libqrencode libpq 2>/dev/null || echo -I/usr/include/lua5.4 -I/usr/include/postgresql) \
-        -o "$tree/build/pairstore/core.so" csrc/*.c \
+        -o "$tree/build/lua5.4/pairstore/core.so" csrc/*.c \
         $(pkg-config --libs libsodium libqrencode libpq 2>/dev/null || echo -lsodium -lqrencode -lpq) 2>&1); then
-      cp "$tree/build/pairstore/core.so" "$out/pairstore-core-asan.so"
+      cp "$tree/build/lua5.4/pairstore/core.so" "$out/pairstore-core-asan.so"
       # The specs' test-only fork helper, plain (nothing of pairstore in it).
-      mkdir -p "$tree/build/test"
+      mkdir -p "$tree/build/lua5.4/test"
       cc -O2 -std=c11 -D_GNU_SOURCE -fPIC -shared $(pkg-config --cflags lua5.4 2>/dev/null || echo -I/usr/include/lua5.4) \
-        -o "$tree/build/test/forkutil.so" spec/support/forkutil.c
+        -o "$tree/build/lua5.4/test/forkutil.so" spec/support/forkutil.c
       rm -f "$out"/asan.*
       if [ -n "${ASAN_FILTER_OUT+x}" ]; then filters=("--filter-out=$ASAN_FILTER_OUT"); else
         filters=("--filter-out=identity trusted without reading" "--filter-out=a server that cannot be reached as unavailable")
@@ -97,7 +97,7 @@ if [[ $SKIP != *" asan "* ]]; then
       ( cd "$tree" && timeout "$TMO" env LD_PRELOAD="$rt" \
           ASAN_OPTIONS="detect_leaks=1:exitcode=0:log_path=$out/asan:detect_odr_violation=0:strict_string_checks=1:check_initialization_order=1" \
           UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:log_path=$out/asan" \
-          LUA_PATH="$tree/lua/?.lua;$tree/lua/?/init.lua;$tree/spec/?.lua;;" LUA_CPATH="$tree/build/?.so;;" \
+          LUA_PATH="$tree/lua/?.lua;$tree/lua/?/init.lua;$tree/spec/?.lua;;" LUA_CPATH="$tree/build/lua5.4/?.so;;" \
           PAIRSTORE_HOSTILE_BIG_MB=20 \
           lua5.4 /usr/bin/busted --ignore-lua -o utfTerminal "${filters[@]}" $SPECS ) > "$out/asan.busted" 2>&1
       logs=$(ls "$out"/asan.* 2>/dev/null | grep -v -e 'asan.busted$')

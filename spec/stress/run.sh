@@ -9,8 +9,8 @@
 set -u
 cd "$(dirname "$0")/../.."
 export LUA_PATH="$PWD/lua/?.lua;$PWD/lua/?/init.lua;;"
-export LUA_CPATH="$PWD/build/?.so;;"
-[ -f build/pairstore/core.so ] || { echo "build/pairstore/core.so missing: run make"; echo "0 passed, 1 failed"; exit 1; }
+export LUA_CPATH="$PWD/build/lua5.4/?.so;;"
+[ -f build/lua5.4/pairstore/core.so ] || { echo "build/lua5.4/pairstore/core.so missing: run make"; echo "0 passed, 1 failed"; exit 1; }
 passed=0; failed=0
 summaries=()
 part() { # name, command...

@@ -1,10 +1,11 @@
 /*
  * test.forkutil — fork for the specs (a store used across fork, as OpenResty's master and
- * workers do). Test-only: built by `make test` into build/test/, never installed.
+ * workers do). Test-only: built by `make test` into build/$(LUA)/test/, never installed.
  *   fork() -> pid (0 in the child)   wait(pid) -> exit status   _exit(code)   getpid()
  */
 #include <lauxlib.h>
 #include <lua.h>
+#include "../../csrc/compat.h" /* the 5.4 API on Lua 5.3, 5.1 and LuaJIT */
 #include <errno.h>
 #include <string.h>
 #include <sys/wait.h>
