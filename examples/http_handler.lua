@@ -11,7 +11,7 @@
 -- local h = dofile("examples/http_handler.lua"). The server's log is handler.log(message):
 -- io.stderr by default, replace it (examples/nginx sets ngx.log). Run as a script
 -- (lua5.4 examples/http_handler.lua) it runs a self-test against a temp store and exits 0.
--- The handlers parse and run on Lua 5.1 / LuaJIT too (the self-test needs Lua 5.4).
+-- The handlers and the self-test run on Lua 5.1 and LuaJIT too (examples/nginx uses them there).
 
 -- Run as a script from a source tree (after `make`): use the tree's lua/ and build/
 -- (examples/lib). Embedded (nginx has no arg), the host's package paths are used as they are.
