@@ -543,6 +543,11 @@ static int roundtrip(pg_eng *p, const pgq *qs, int n, PGresult **res, int64_t bu
             snprintf(msg, sizeof msg, "a row is locked by another transaction: no lock within "
                      "lock_wait_ms (%d)", p->lock_wait_ms);
             if (p->in_txn && p->hint.nowait) code = "lock_busy";
+          } else if (!strcmp(code, "timeout") && p->in_txn && p->hint.nowait) {
+            /* 57014 in a cooperative wait: the 1 ms lock_timeout that expires as the lock is
+             * granted (the holder committing) is reported as "canceling statement due to
+             * user request", not 55P03. Nothing was done: sleep and try again like 55P03. */
+            code = "lock_busy";
           }
           set_err(p, err, code, "PostgreSQL %s: %s", msg);
         }
