@@ -221,13 +221,21 @@ static int m_now(lua_State *L)
   return run(L, PS_OP_NOW, 1);
 }
 
-/* c:wait_mode(mode): how the next transaction waits for a busy lock (PS_WAIT_*: 0 in the
- * engine, 1 a new cooperative wait, 2 the same cooperative wait again). */
+/* c:wait_mode(mode [, deadline, tries]): how the next transaction waits for a busy lock
+ * (PS_WAIT_*: 0 in the engine, 1 a new cooperative wait, 2 the same cooperative wait again,
+ * with the deadline and tries its last lock_busy answer gave). */
 static int m_wait_mode(lua_State *L)
 {
   ps_store *s = check_store(L, 1);
   lua_Integer mode = luaL_checkinteger(L, 2);
   luaL_argcheck(L, mode >= PS_WAIT_BLOCK && mode <= PS_WAIT_CONTINUE, 2, "unknown wait mode");
+  if (mode == PS_WAIT_CONTINUE) {
+    lua_Integer deadline = luaL_checkinteger(L, 3), tries = luaL_checkinteger(L, 4);
+    luaL_argcheck(L, tries >= 0 && tries < 1000000000, 4, "tries out of range");
+    s->wait_pending = 1;
+    s->wait_deadline = (int64_t)deadline;
+    s->wait_tries = (int)tries;
+  }
   s->wait_mode = (int)mode;
   return 0;
 }

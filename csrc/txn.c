@@ -466,7 +466,12 @@ static int lock_busy(lua_State *L, ps_store *s, ps_err *e)
   if (slice > s->wait_deadline - now) slice = s->wait_deadline - now;
   ps_push_err(L, e);
   lua_pushinteger(L, (lua_Integer)slice);
-  return 4;
+  /* the wait's state goes back to the caller, who hands it to the next attempt
+   * (c:wait_mode(CONTINUE, deadline, tries)): the store may be shared by several waits at
+   * once (nginx's requests in one worker), each with its own deadline */
+  lua_pushinteger(L, (lua_Integer)s->wait_deadline);
+  lua_pushinteger(L, (lua_Integer)s->wait_tries);
+  return 6;
 }
 
 /* The failure of a transaction (nothing done): a busy lock of a cooperative wait is said as

@@ -192,8 +192,9 @@ local unpack, pack = compat.unpack, compat.pack
 local WAIT_BLOCK, WAIT_START, WAIT_CONTINUE = 0, 1, 2
 
 -- Runs the core's operation name as one transaction. Waiting cooperatively, a busy lock
--- comes back as nil, message, "lock_busy", ms: sleep that long, outside the core (the
--- mutators never yield), and run it again, within the deadline its first attempt set.
+-- comes back as nil, message, "lock_busy", ms, deadline, tries: sleep that long, outside
+-- the core (the mutators never yield), and run it again, within the deadline its first
+-- attempt set (kept here, per call: other calls on the same store may wait meanwhile).
 function Store:_txn(name, ...)
   local c = self._core
   local sleep = sleeper(self)
@@ -205,7 +206,7 @@ function Store:_txn(name, ...)
   local r = pack(c[name](c, ...))
   while r[1] == nil and r[3] == "lock_busy" do
     sleep(r[4] / 1000)
-    c:wait_mode(WAIT_CONTINUE)
+    c:wait_mode(WAIT_CONTINUE, r[5], r[6])
     r = pack(c[name](c, ...))
   end
   return unpack(r, 1, r.n)
