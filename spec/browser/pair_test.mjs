@@ -78,7 +78,7 @@ async function newSession(t) {
   const res = await fetch(t.operator, { method: "POST", headers: { "Content-Type": "application/json" }, body: "{}",
     signal: AbortSignal.timeout(STEP_MS) });
   const text = await res.text();
-  eq(res.status, 200, `operator endpoint ${t.operator} status (${text.slice(0, 200)})`);
+  eq(res.status, 201, `operator endpoint ${t.operator} status (${text.slice(0, 200)})`);
   const body = JSON.parse(text);
   assert(/^[0-9a-f]{32}$/.test(body.sid) && /^[0-9]{6}$/.test(body.code) && typeof body.url === "string",
     "operator endpoint answer: " + JSON.stringify(body));
@@ -322,6 +322,22 @@ async function incompleteLink(page, shot, t) {
   eq(await status(t, s.sid), "awaiting_scan", "nothing was sent");
 }
 
+// A browser whose WebCrypto lacks X25519 (simulated: generateKey refuses it) is told so.
+async function noX25519(page, shot, t) {
+  await page.addInitScript(() => {
+    const real = SubtleCrypto.prototype.generateKey;
+    SubtleCrypto.prototype.generateKey = function (alg, ...rest) {
+      if ((alg && alg.name || alg) === "X25519") return Promise.reject(new DOMException("Unrecognized name.", "NotSupportedError"));
+      return real.call(this, alg, ...rest);
+    };
+  });
+  const s = await newSession(t);
+  eq(await open(page, s.open), "false", "the page cannot pair");
+  await shot("no-x25519");
+  assert(/does not support X25519/.test(await page.textContent("#support")), "the page says X25519 is missing");
+  assert(await page.isDisabled("#submit"), "submit is disabled");
+}
+
 // ---- main -------------------------------------------------------------------------------
 
 async function main() {
@@ -344,7 +360,7 @@ async function main() {
     });
     if (!x25519) {
       console.log("      (every other check needs X25519: not run, counted as failed)");
-      failed += 1 + 6 * TARGETS.length;
+      failed += 1 + 7 * TARGETS.length;
       return;
     }
     await check(browser, "known answers: pair.js seals the v2 vectors byte for byte", (page) => knownAnswers(page, TARGETS[0]));
@@ -355,6 +371,7 @@ async function main() {
       await check(browser, `${t.name}: a generated phrase is opened as generated`, (p, s) => generated(p, s, t));
       await check(browser, `${t.name}: a non-ASCII phrase arrives as its UTF-8 bytes`, (p, s) => nonAscii(p, s, t));
       await check(browser, `${t.name}: a link without the key says so`, (p, s) => incompleteLink(p, s, t));
+      await check(browser, `${t.name}: a browser without X25519 is told so`, (p, s) => noX25519(p, s, t));
     }
   } finally {
     await browser.close();
