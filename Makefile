@@ -30,7 +30,7 @@ CORE  = $(BUILD)/pairstore/core.so
 export LUA_PATH  := $(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;;
 export LUA_CPATH := $(CURDIR)/$(BUILD)/?.so;;
 
-.PHONY: all deps test demo install uninstall clean lint test-stress test-fault test-sanitize test-ha fuzz bench
+.PHONY: all deps test demo install uninstall clean lint test-stress test-fault test-sanitize test-ha test-nginx fuzz bench
 
 all: $(CORE)
 
@@ -87,6 +87,14 @@ test-fault: deps all $(FAULT_CORE)
 # Failover on one machine: a primary and a synchronous streaming standby (spec/ha/run.sh).
 test-ha: deps all
 	bash spec/ha/run.sh
+
+# The pairing flow inside a real nginx (examples/nginx: 4 workers, as nobody when root) on
+# both backends (spec/nginx/run.sh starts the PostgreSQL cluster itself): the flow, parallel
+# codes and responses, a killed worker, a lock held by another process, per-request times.
+test-nginx: deps
+	@$(MAKE) --no-print-directory LUA=lua5.4 all
+	@$(MAKE) --no-print-directory LUA=luajit all
+	bash spec/nginx/run.sh
 
 # Under with-pg.sh too (run.sh starts it itself), so valgrind and ASan cover the PostgreSQL backend.
 test-sanitize: deps

@@ -221,6 +221,17 @@ static int m_now(lua_State *L)
   return run(L, PS_OP_NOW, 1);
 }
 
+/* c:wait_mode(mode): how the next transaction waits for a busy lock (PS_WAIT_*: 0 in the
+ * engine, 1 a new cooperative wait, 2 the same cooperative wait again). */
+static int m_wait_mode(lua_State *L)
+{
+  ps_store *s = check_store(L, 1);
+  lua_Integer mode = luaL_checkinteger(L, 2);
+  luaL_argcheck(L, mode >= PS_WAIT_BLOCK && mode <= PS_WAIT_CONTINUE, 2, "unknown wait mode");
+  s->wait_mode = (int)mode;
+  return 0;
+}
+
 static int m_backend(lua_State *L)
 {
   ps_store *s = check_store(L, 1);
@@ -277,10 +288,10 @@ static int opt_int(lua_State *L, int opts, const char *key, int dflt, int lo, in
   return (int)v;
 }
 
-/* The file engine for path (pushed), with its options from opts (max_session_bytes: the
- * store's, read once). */
+/* The file engine for path (pushed), with its options from opts (max_session_bytes and
+ * lock_wait_ms: the store's, read once). */
 static void open_file(lua_State *L, const char *path, size_t len, int opts, int decode,
-                      size_t max_session_bytes)
+                      const ps_store *st)
 {
   ps_file_opts o;
   char *abs;
@@ -293,10 +304,10 @@ static void open_file(lua_State *L, const char *path, size_t len, int opts, int 
     luaL_argcheck(L, *last && strcmp(last, ".") != 0 && strcmp(last, "..") != 0, 1,
                   "path names a directory");
   }
-  o.lock_wait_ms = opt_int(L, opts, "lock_wait_ms", PS_LOCK_WAIT_MS, 0, 3600000);
+  o.lock_wait_ms = st->lock_wait_ms;
   o.lock_stale_ms = opt_int(L, opts, "lock_stale_ms", PS_LOCK_STALE_MS, 1, INT_MAX);
   o.max_file_bytes = (size_t)opt_int(L, opts, "max_file_bytes", (int)PS_MAX_FILE_BYTES, 64, INT_MAX);
-  o.max_session_bytes = max_session_bytes;
+  o.max_session_bytes = st->max_session_bytes;
   lua_getfield(L, opts, "durable");
   o.durable = lua_isnil(L, -1) ? 1 : lua_toboolean(L, -1);
   lua_pop(L, 1);
@@ -316,10 +327,10 @@ static void open_file(lua_State *L, const char *path, size_t len, int opts, int 
   lua_pop(L, 1);
 }
 
-/* The PostgreSQL engine for target (pushed), with its options from opts (max_session_bytes:
- * the store's, read once). */
+/* The PostgreSQL engine for target (pushed), with its options from opts (max_session_bytes and
+ * lock_wait_ms: the store's, read once). */
 static void open_pg(lua_State *L, const char *target, size_t len, int opts, int decode,
-                    size_t max_session_bytes)
+                    const ps_store *st)
 {
   ps_pg_opts o;
   size_t n;
@@ -334,10 +345,10 @@ static void open_pg(lua_State *L, const char *target, size_t len, int opts, int 
       lua_error(L);
     }
   }
-  o.lock_wait_ms = opt_int(L, opts, "lock_wait_ms", PS_LOCK_WAIT_MS, 0, 3600000);
+  o.lock_wait_ms = st->lock_wait_ms;
   o.connect_timeout_ms = opt_int(L, opts, "connect_timeout_ms", 10000, 1, 3600000);
   o.statement_timeout_ms = opt_int(L, opts, "statement_timeout_ms", 30000, 1, 3600000);
-  o.max_session_bytes = max_session_bytes;
+  o.max_session_bytes = st->max_session_bytes;
   lua_getfield(L, opts, "durable");
   o.durable = lua_isnil(L, -1) ? 1 : lua_toboolean(L, -1);
   lua_pop(L, 1);
@@ -360,11 +371,12 @@ static int f_open(lua_State *L)
   s->max_sessions = opt_int(L, 2, "max_sessions", PS_MAX_SESSIONS, 1, INT_MAX);
   s->max_session_bytes =
       (size_t)opt_int(L, 2, "max_session_bytes", PS_MAX_SESSION_BYTES, 256, INT_MAX);
+  s->lock_wait_ms = opt_int(L, 2, "lock_wait_ms", PS_LOCK_WAIT_MS, 0, 3600000);
   lua_getfield(L, lua_upvalueindex(1), "decode"); /* 4 */
   lua_pushvalue(L, 4);
   lua_setiuservalue(L, 3, PS_UV_DECODE);
-  if (ps_pg_is_target(target)) open_pg(L, target, len, 2, 4, s->max_session_bytes);
-  else open_file(L, target, len, 2, 4, s->max_session_bytes);
+  if (ps_pg_is_target(target)) open_pg(L, target, len, 2, 4, s);
+  else open_file(L, target, len, 2, 4, s);
   lua_setiuservalue(L, 3, PS_UV_ENGINE);
   lua_getiuservalue(L, 3, PS_UV_ENGINE);
   s->eng = lua_touserdata(L, -1);
@@ -504,7 +516,7 @@ static const luaL_Reg store_methods[] = {
   { "transition", m_transition }, { "reject", m_reject }, { "register_failed_code", m_failed_code },
   { "verify_code", m_verify }, { "consume", m_consume }, { "respond", m_respond }, { "prune", m_prune },
   { "export", m_export }, { "import", m_import }, { "watch", m_watch }, { "backend", m_backend },
-  { "now", m_now },
+  { "now", m_now }, { "wait_mode", m_wait_mode },
   { "close", m_close }, { "path", m_path }, { NULL, NULL },
 };
 

@@ -502,7 +502,7 @@ static int fe_begin(ps_engine *e, lua_State *L, int eng, int readonly, const ps_
   ps_fengine *s = FE(e);
   (void)L;
   (void)eng;
-  (void)hint;
+  s->f.nowait = hint->nowait;
   if (ps_file_backend.lock(&s->f, err) != 0) return -1;
   s->locked = 1;
   s->loaded = 0;

@@ -25,6 +25,9 @@
 #define PS_PGENGINE_MT "pairstore.pg_engine"
 #define SCHEMA_VERSION 1
 #define NOTIFY_CHANNEL "pairstore"
+/* lock_timeout (ms) of a write that waits cooperatively (ps_hint.nowait): a row lock held
+ * longer gives up, and the caller sleeps instead of the server blocking this thread. */
+#define PS_PG_NOWAIT_MS "1"
 
 /* The schema, version 1 (sql/pairstore.sql is this text; a spec checks it). Run in one
  * transaction (one simple query) on first use when the role may; otherwise by the owner. */
@@ -536,9 +539,11 @@ static int roundtrip(pg_eng *p, const pgq *qs, int n, PGresult **res, int64_t bu
           char msg[1200];
           failed = 1;
           snprintf(msg, sizeof msg, "%s (SQLSTATE %s)", PQresultErrorMessage(r), state ? state : "none");
-          if (!strcmp(code, "timeout") && state && !strcmp(state, "55P03"))
+          if (!strcmp(code, "timeout") && state && !strcmp(state, "55P03")) {
             snprintf(msg, sizeof msg, "a row is locked by another transaction: no lock within "
                      "lock_wait_ms (%d)", p->lock_wait_ms);
+            if (p->in_txn && p->hint.nowait) code = "lock_busy";
+          }
           set_err(p, err, code, "PostgreSQL %s: %s", msg);
         }
         if (i < n) {
@@ -746,6 +751,10 @@ static int first_roundtrip(lua_State *L, pg_eng *p, int eng, int now_known, ps_e
     if (!p->readonly) {
       q[n].q = -1;
       q[n++].sql = "BEGIN";
+      if (p->hint.nowait) { /* a held row lock fails at once: the caller sleeps, then retries */
+        q[n].q = -1;
+        q[n++].sql = "SELECT set_config('lock_timeout', '" PS_PG_NOWAIT_MS "', true)";
+      }
     }
     i_clock = n;
     q[n].q = Q_CLOCK;

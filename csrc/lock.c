@@ -280,7 +280,7 @@ int ps_lock_acquire(ps_file *f, ps_err *e)
   char named[512];
   int64_t deadline = ps_mono_ms() + f->lock_wait_ms;
   int64_t backoff = 1;
-  int fd, rc = -1, waited = 0, parked = 0;
+  int fd, rc = -1, waited = 0, parked = 0, retries = 0;
   pid_t me = getpid();
   struct stat st;
 
@@ -351,16 +351,16 @@ int ps_lock_acquire(ps_file *f, ps_err *e)
     switch (inspect(f, f->ino_fd, &foreign_left, e)) {
     case INSPECT_ERROR:
       goto out;
-    case INSPECT_RETRY:
-      if (ps_mono_ms() < deadline) continue;
+    case INSPECT_RETRY: /* the holder went: try again at once (a few times without waiting) */
+      if (ps_mono_ms() < deadline && (!f->nowait || ++retries < 4)) continue;
       break;
     default:
       break;
     }
     left = deadline - ps_mono_ms();
-    if (left <= 0) {
-      ps_err_set(e, "timeout", "could not acquire lock at %s within %dms", f->lockpath,
-                 f->lock_wait_ms);
+    if (left <= 0 || f->nowait) { /* nowait: the caller waits (and tells the timeout) */
+      ps_err_set(e, f->nowait ? "lock_busy" : "timeout", "could not acquire lock at %s within %dms",
+                 f->lockpath, f->lock_wait_ms);
       goto out;
     }
     if (f->ino_fd >= 0) {

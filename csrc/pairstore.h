@@ -171,6 +171,7 @@ typedef struct ps_file {
   struct stat seen;
   int lock_wait_ms;
   int lock_stale_ms;
+  int nowait;            /* this transaction does not wait for the lock (ps_hint.nowait) */
   int durable;
   size_t max_bytes;
   int swept;             /* orphans swept since this store was opened */
@@ -376,6 +377,10 @@ typedef struct ps_hint {
   const char *sid;       /* the session it will fetch first, or NULL */
   int count_live;        /* it will count the live sessions up to this many (a create), or 0 */
   int list;              /* it will list: 0 no, else PS_LIST_* flags + 4 */
+  /* Do not wait for a lock another holds: fail at once with code "lock_busy" (the message
+   * being the one a timeout would give); the transaction then waits outside the engine, by
+   * the caller's sleep, and runs again (a cooperative wait, see ps_txn_run). */
+  int nowait;
 } ps_hint;
 
 typedef struct ps_engine_methods {
@@ -471,6 +476,14 @@ enum { PS_UV_OPTS = 1, PS_UV_ENGINE, PS_UV_DECODE, PS_UV_COUNT = PS_UV_DECODE };
 typedef struct ps_store {
   ps_engine *eng;        /* NULL: closed */
   int max_sessions;
+  int lock_wait_ms;      /* how long a transaction waits for a lock in all */
+  /* The cooperative wait (PS_WAIT_*): the mode the next transaction runs in (set by the
+   * binding's wait_mode just before it, consumed by it), and the wait in progress: its
+   * deadline (monotonic ms) and how many times it slept. */
+  int wait_mode;
+  int wait_pending;
+  int64_t wait_deadline;
+  int wait_tries;
   size_t max_session_bytes; /* a mutator's result: at most this many values are copied */
   int busy;              /* inside a transaction (its callbacks running): close must wait */
 } ps_store;
@@ -479,6 +492,13 @@ typedef enum {
   PS_OP_GET, PS_OP_LIST, PS_OP_CREATE, PS_OP_UPDATE, PS_OP_TRANSITION, PS_OP_FAILED_CODE,
   PS_OP_VERIFY, PS_OP_CONSUME, PS_OP_RESPOND, PS_OP_PRUNE, PS_OP_EXPORT, PS_OP_IMPORT, PS_OP_NOW,
 } ps_op;
+
+/* How a transaction waits for a lock another holds: in the engine (blocking, bounded by
+ * lock_wait_ms), or not at all, returning nil, message, "lock_busy", ms to sleep before
+ * running it again (PS_WAIT_START: a new wait; PS_WAIT_CONTINUE: the same wait goes on,
+ * within the deadline the first attempt set). */
+enum { PS_WAIT_BLOCK = 0, PS_WAIT_START = 1, PS_WAIT_CONTINUE = 2 };
+#define PS_COOP_SLICE_MS 8 /* the longest sleep between two attempts of a cooperative wait */
 
 /* Runs op on the store at 1 as one transaction; the method's arguments are 2..top. */
 int  ps_txn_run(lua_State *L, ps_op op, int readonly);

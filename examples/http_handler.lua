@@ -6,12 +6,17 @@
 --   handler.respond(store, body, { on_payload = fn })     POST /respond {v,sid,pk_d,nonce,ct}
 --   handler.status(store, { sid = ... })                   GET  /status?sid=
 --
--- Use it from any server: local h = dofile("examples/http_handler.lua"). Run as a script
+-- Use it from any server: require "http_handler" with examples/ on package.path (what
+-- examples/nginx does: one copy of the mapping for both), or
+-- local h = dofile("examples/http_handler.lua"). The server's log is handler.log(message):
+-- io.stderr by default, replace it (examples/nginx sets ngx.log). Run as a script
 -- (lua5.4 examples/http_handler.lua) it runs a self-test against a temp store and exits 0.
+-- The handlers parse and run on Lua 5.1 / LuaJIT too (the self-test needs Lua 5.4).
 
--- Run from a source tree (after `make`): use the tree's lua/ and build/ (examples/lib).
-do
-  local here = (arg and arg[0] or ""):match("^(.*)/[^/]*$") or "."
+-- Run as a script from a source tree (after `make`): use the tree's lua/ and build/
+-- (examples/lib). Embedded (nginx has no arg), the host's package paths are used as they are.
+if type(arg) == "table" and type(arg[0]) == "string" then
+  local here = arg[0]:match("^(.*)/[^/]*$") or "."
   local tree = loadfile(here .. "/lib/source_tree.lua")
   if tree then tree(here .. "/..") end
 end
@@ -20,13 +25,19 @@ local pairstore = require "pairstore"
 
 local handler = {}
 
+--- Where the server's messages go (never to the phone): a function(message).
+function handler.log(msg)
+  io.stderr:write(msg, "\n")
+end
+
 -- A store failure (lock timeout, I/O, ...) is the server's problem, never the phone's; the
 -- message goes to the server log only.
 local function store_failure(msg, code)
-  io.stderr:write("pairstore: ", tostring(msg), "\n")
+  handler.log("pairstore: " .. tostring(msg))
   if code == "timeout" then return 503, { error = "busy" } end
   return 500, { error = "internal" }
 end
+handler.store_failure = store_failure
 
 local function is_sid(v) return type(v) == "string" and #v == 32 and v:match("^[0-9a-f]+$") ~= nil end
 
@@ -77,7 +88,7 @@ function handler.respond(store, body, opts)
   plaintext = nil -- luacheck: ignore (drop our reference to the secret)
   if not ok then
     store:reject(sid)
-    io.stderr:write("pairstore: the gateway could not use the payload: ", tostring(why), "\n")
+    handler.log("pairstore: the gateway could not use the payload: " .. tostring(why))
     return 500, { error = "internal" }
   end
   local done, msg, code = store:transition(sid, "completed")
@@ -179,7 +190,8 @@ local function self_test()
 end
 
 -- Required or loaded with dofile: the handlers. Run as a script: the self-test.
-if arg and arg[0] and arg[0]:match("http_handler%.lua$") and not package.loaded["http_handler"] then
+if ... ~= "http_handler" and type(arg) == "table" and type(arg[0]) == "string"
+  and arg[0]:match("http_handler%.lua$") and not package.loaded["http_handler"] then
   os.exit(self_test() and 0 or 1)
 end
 

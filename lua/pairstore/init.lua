@@ -94,7 +94,7 @@ end
 -- Options -----------------------------------------------------------------------------------
 
 local OPTION_TYPES = {
-  now = "function", on_event = "function", rng = "table", durable = "boolean",
+  now = "function", on_event = "function", rng = "table", durable = "boolean", sleep = "function",
   lock_wait_ms = "number", lock_stale_ms = "number", max_sessions = "number",
   max_file_bytes = "number", max_session_bytes = "number",
   store = "string", connect_timeout_ms = "number", statement_timeout_ms = "number",
@@ -113,7 +113,9 @@ local function check_options(options, pg)
     if not want then argerror(3, "open", fmt("unknown option %q", tostring(k))) end
     if pg and FILE_ONLY[k] then argerror(3, "open", fmt("option %s is for file stores only", k)) end
     if not pg and PG_ONLY[k] then argerror(3, "open", fmt("option %s is for PostgreSQL stores only", k)) end
-    if type(v) ~= want then argerror(3, "open", fmt("option %s must be a %s", k, want)) end
+    if type(v) ~= want and not (k == "sleep" and v == false) then -- (sleep = false: never cooperatively)
+      argerror(3, "open", fmt("option %s must be a %s", k, want))
+    end
     if want == "number" and (not tointeger(v) or v < 0) then
       argerror(3, "open", fmt("option %s must be a non-negative integer", k))
     end
@@ -158,7 +160,56 @@ function pairstore.open(path, options)
   end
   local opts = check_options(options, pg)
   local c = at_caller(pcall(core.open, path, opts))
-  return setmetatable({ _core = c, _rng = opts.rng or {}, _now = opts.now, path = c:path() }, Store)
+  return setmetatable({ _core = c, _rng = opts.rng or {}, _now = opts.now, _sleep = opts.sleep,
+    path = c:path() }, Store)
+end
+
+-- The cooperative lock wait ---------------------------------------------------------------------
+
+-- The nginx phases in which ngx.sleep yields to the event loop.
+local NGX_SLEEP_PHASES = {
+  rewrite = true, server_rewrite = true, access = true, content = true, timer = true,
+  ssl_cert = true, ssl_session_fetch = true, ssl_client_hello = true, preread = true,
+}
+
+-- How an operation waits for a lock another process holds: the sleep option (false: in
+-- the core, blocking), else ngx.sleep where the current nginx phase lets it yield, else in
+-- the core.
+local function sleeper(self)
+  local sleep = self._sleep
+  if sleep ~= nil then return sleep or nil end
+  local ngx = rawget(_G, "ngx")
+  if type(ngx) ~= "table" or type(ngx.sleep) ~= "function" or type(ngx.get_phase) ~= "function" then
+    return nil
+  end
+  local ok, phase = pcall(ngx.get_phase)
+  if ok and NGX_SLEEP_PHASES[phase] then return ngx.sleep end
+  return nil
+end
+
+local unpack = table.unpack or _G.unpack
+local WAIT_BLOCK, WAIT_START, WAIT_CONTINUE = 0, 1, 2
+
+local function pack(...) return { n = select("#", ...), ... } end
+
+-- Runs the core's operation name as one transaction. Waiting cooperatively, a busy lock
+-- comes back as nil, message, "lock_busy", ms: sleep that long, outside the core (the
+-- mutators never yield), and run it again, within the deadline its first attempt set.
+function Store:_txn(name, ...)
+  local c = self._core
+  local sleep = sleeper(self)
+  if not sleep then
+    c:wait_mode(WAIT_BLOCK) -- (a mode left by a call that raised before its transaction)
+    return c[name](c, ...)
+  end
+  c:wait_mode(WAIT_START)
+  local r = pack(c[name](c, ...))
+  while r[1] == nil and r[3] == "lock_busy" do
+    sleep(r[4] / 1000)
+    c:wait_mode(WAIT_CONTINUE)
+    r = pack(c[name](c, ...))
+  end
+  return unpack(r, 1, r.n)
 end
 
 pairstore.Store = Store
@@ -216,57 +267,57 @@ function Store:create(spec)
   if sid then sid = (sid:gsub(".", function(ch) return fmt("%02x", ch:byte()) end)) end
   local sk = hook(self, "secret_key", function(v) return type(v) == "string" and #v == 32 end)
   local code = hook(self, "code", core.is_code)
-  return self._core:create(mode, ctx, core.clamp_ttl(spec.ttl_ms), sid, sk, code)
+  return self:_txn("create", mode, ctx, core.clamp_ttl(spec.ttl_ms), sid, sk, code)
 end
 
 --- The session (terminal ones too) --> session | nil, "not_found"
 function Store:get(sid)
-  local c = core_of(self, "get")
+  core_of(self, "get")
   check_sid("get", sid)
-  return c:get(sid)
+  return self:_txn("get", sid)
 end
 
 --- Run fn(copy) under the lock; its result replaces the session (nothing: the edited copy;
 -- false: remove it) --> stored session | false | nil, message, code
 function Store:update(sid, fn)
-  local c = core_of(self, "update")
+  core_of(self, "update")
   check_sid("update", sid)
   if type(fn) ~= "function" then argerror(2, "update", "fn must be a function") end
-  return c:update(sid, fn)
+  return self:_txn("update", sid, fn)
 end
 
 function Store:transition(sid, status)
-  local c = core_of(self, "transition")
+  core_of(self, "transition")
   check_sid("transition", sid)
   if not core.is_known_status(status) then argerror(2, "transition", fmt("unknown status %q", tostring(status))) end
-  return c:transition(sid, status)
+  return self:_txn("transition", sid, status)
 end
 
 function Store:register_failed_code(sid)
-  local c = core_of(self, "register_failed_code")
+  core_of(self, "register_failed_code")
   check_sid("register_failed_code", sid)
-  return c:register_failed_code(sid)
+  return self:_txn("register_failed_code", sid)
 end
 
 function Store:verify_code(sid, code)
-  local c = core_of(self, "verify_code")
+  core_of(self, "verify_code")
   check_sid("verify_code", sid)
   if type(code) ~= "string" and type(code) ~= "number" then
     argerror(2, "verify_code", "code must be a string")
   end
-  return c:verify_code(sid, tostring(code))
+  return self:_txn("verify_code", sid, tostring(code))
 end
 
 function Store:consume(sid)
-  local c = core_of(self, "consume")
+  core_of(self, "consume")
   check_sid("consume", sid)
-  return c:consume(sid)
+  return self:_txn("consume", sid)
 end
 
 function Store:reject(sid)
-  local c = core_of(self, "reject")
+  core_of(self, "reject")
   check_sid("reject", sid)
-  return c:reject(sid)
+  return self:_txn("reject", sid)
 end
 
 --- "file" or "postgresql".
@@ -274,28 +325,32 @@ function Store:backend() return core_of(self, "backend"):backend() end
 
 --- The JSON text of every session exactly as stored, in list_all's order --> texts | nil,
 -- message, code
-function Store:export() return core_of(self, "export"):export() end
+function Store:export()
+  core_of(self, "export")
+  return self:_txn("export")
+end
 
 --- Adds the sessions (JSON texts, as export gives them) whose sids the store lacks, in one
 -- transaction; a sid held with the same text counts as the same, with another fails it all
 -- (code "conflict") --> added, same | nil, message, code
 function Store:import(texts)
-  local c = core_of(self, "import")
+  core_of(self, "import")
   if type(texts) ~= "table" then argerror(2, "import", "texts must be an array of strings") end
   for i = 1, #texts do
     if type(texts[i]) ~= "string" then argerror(2, "import", "texts must be an array of strings") end
   end
-  return c:import(texts)
+  return self:_txn("import", texts)
 end
 
-function Store:list_active() return core_of(self, "list_active"):list(true) end
-function Store:list_all() return core_of(self, "list_all"):list(false) end
-function Store:prune() return core_of(self, "prune"):prune() end
+function Store:list_active() core_of(self, "list_active"); return self:_txn("list", true) end
+function Store:list_all() core_of(self, "list_all"); return self:_txn("list", false) end
+function Store:prune() core_of(self, "prune"); return self:_txn("prune") end
 
 --- The store's clock in integer ms: the `now` option, else the database server's for a
 -- PostgreSQL store, else the wall clock --> ms | nil, message, code
 function Store:now()
-  return core_of(self, "now"):now()
+  core_of(self, "now")
+  return self:_txn("now")
 end
 
 --- The phone's response: one locked transaction (see pairstore.respond).

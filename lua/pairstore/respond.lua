@@ -73,7 +73,6 @@ return function(store, sid, body, opts)
   if not shape_ok(sid, body) then return fail("bad_request") end
 
   -- consume's rule (rules.c) and the decryption, in C under the store's lock
-  local c = type(store) == "table" and rawget(store, "_core")
-  if not c then argerror("store must be a pairstore store") end
-  return c:respond(sid, body.pk_d, body.nonce, body.ct, aead)
+  if type(store) ~= "table" or not rawget(store, "_core") then argerror("store must be a pairstore store") end
+  return store:_txn("respond", sid, body.pk_d, body.nonce, body.ct, aead)
 end

@@ -1,0 +1,166 @@
+-- pairing_gateway.lua: the pairing flow's HTTP endpoints inside nginx (ngx_http_lua on
+-- LuaJIT), over examples/http_handler.lua: the same handlers and the same status codes as
+-- the reference gateway, one copy for both. nginx.conf (beside it) wires it up:
+--
+--   init_by_lua_block     require("pairing_gateway").init { target = ..., payload_dir = ... }
+--   content_by_lua_block  require("pairing_gateway").start()     GET  /pair/start?sid=&c=
+--                         require("pairing_gateway").respond()   POST /pair/respond
+--                         require("pairing_gateway").status()    GET  /pair/status?sid=
+--                         require("pairing_gateway").new()       POST /pair/new (operator side)
+--
+-- The store is opened once, in the master (init_by_lua); the workers fork from it and each
+-- one gets its own lock handle or database connection on its first operation (pairstore
+-- notices the fork). A lock held by another process is waited for with ngx.sleep, so the
+-- worker goes on serving other requests meanwhile; a PostgreSQL round trip itself (libpq,
+-- not a cosocket) does block the worker for its duration.
+
+local pairstore = require "pairstore"
+local handler = require "http_handler"
+local cjson = require("cjson.safe").new()
+
+local ngx = ngx
+local gateway = {}
+
+local store -- opened by init, used by every worker
+local conf = {}
+
+-- The demo sink for the payload: stands for "the gateway imports the mnemonic". With a
+-- payload directory configured, the plaintext is written to DIR/<sid>, mode 0600, created
+-- exclusively (a sid is consumed once). LuaJIT's FFI gives open(2) with a mode.
+local ffi = require "ffi"
+local bit = require "bit"
+for _, decl in ipairs {
+  "int open(const char *path, int flags, ...);",
+  "long write(int fd, const void *buf, unsigned long n);",
+  "int fsync(int fd);",
+  "int close(int fd);",
+  "char *strerror(int errnum);",
+} do
+  pcall(ffi.cdef, decl) -- (already declared by another module: that declaration serves)
+end
+local O_WRONLY, O_CREAT, O_EXCL, O_CLOEXEC = 1, 64, 128, 524288 -- Linux
+
+local function errstr() return ffi.string(ffi.C.strerror(ffi.errno())) end
+
+local function save_payload(plaintext, session)
+  local path = conf.payload_dir .. "/" .. session.sid
+  local fd = ffi.C.open(path, bit.bor(O_WRONLY, O_CREAT, O_EXCL, O_CLOEXEC), ffi.new("int", 384)) -- 0600
+  if fd < 0 then return nil, "open " .. path .. ": " .. errstr() end
+  local at, ok, why = 0, true, nil
+  while at < #plaintext do
+    local n = tonumber(ffi.C.write(fd, ffi.cast("const char *", plaintext) + at, #plaintext - at))
+    if n < 0 then
+      if ffi.errno() ~= 4 then ok, why = nil, "write " .. path .. ": " .. errstr(); break end -- EINTR: again
+    else
+      at = at + n
+    end
+  end
+  if ok and ffi.C.fsync(fd) ~= 0 then ok, why = nil, "fsync " .. path .. ": " .. errstr() end
+  ffi.C.close(fd)
+  return ok, why
+end
+
+--- Called once from init_by_lua_block. opts: target (a file path or a PostgreSQL target,
+-- required), payload_dir (the demo sink; nil: none), base_url (of the phone page; nil: this
+-- server's /pair as the request names it), aead ("aes-256-gcm", what the browser's WebCrypto
+-- does), lock_wait_ms, store (a PostgreSQL store name).
+function gateway.init(opts)
+  assert(type(opts) == "table", "pairing_gateway.init: opts must be a table")
+  assert(type(opts.target) == "string" and opts.target ~= "",
+    "pairing_gateway.init: no store target (set PAIRSTORE_TARGET: a file path or a PostgreSQL target)")
+  conf = {
+    target = opts.target,
+    payload_dir = opts.payload_dir ~= "" and opts.payload_dir or nil,
+    base_url = opts.base_url ~= "" and opts.base_url or nil,
+    aead = opts.aead or "aes-256-gcm",
+  }
+  local o = { lock_wait_ms = opts.lock_wait_ms and tonumber(opts.lock_wait_ms) or nil }
+  if opts.store and pairstore.is_pg_target(opts.target) then o.store = opts.store end
+  store = pairstore.open(conf.target, o) -- touches nothing yet: each worker connects itself
+  handler.log = function(msg) ngx.log(ngx.ERR, msg) end
+end
+
+--- The store (for a site's own handlers beside these).
+function gateway.store() return store end
+
+-- The answer: JSON (nginx.conf adds Cache-Control: no-store to every answer).
+local function reply(status, body)
+  ngx.status = status
+  ngx.header["Content-Type"] = "application/json"
+  ngx.print(cjson.encode(body), "\n")
+end
+
+-- Runs fn for the request: wrong method 405, an error raised in Lua 500 (logged).
+local function serve(method, fn)
+  if ngx.req.get_method() ~= method then
+    ngx.header["Allow"] = method
+    return reply(405, { error = "method_not_allowed" })
+  end
+  local ok, err = xpcall(fn, debug.traceback)
+  if not ok then
+    ngx.log(ngx.ERR, "pairing_gateway: ", tostring(err))
+    if not ngx.headers_sent then return reply(500, { error = "internal" }) end
+  end
+end
+
+-- A query argument given once (repeated or without a value: nil, which the handlers refuse).
+local function args()
+  local a = ngx.req.get_uri_args(8)
+  local q = {}
+  for k, v in pairs(a) do
+    if type(v) == "string" then q[k] = v end
+  end
+  return q
+end
+
+function gateway.start()
+  serve("GET", function() reply(handler.start(store, args())) end)
+end
+
+function gateway.status()
+  serve("GET", function() reply(handler.status(store, args())) end)
+end
+
+function gateway.respond()
+  serve("POST", function()
+    ngx.req.read_body()
+    local data = ngx.req.get_body_data()
+    if not data then
+      -- larger than client_body_buffer_size (nginx put it in a file) or empty
+      if ngx.req.get_body_file() then return reply(413, { error = "bad_request" }) end
+      return reply(400, { error = "bad_request" })
+    end
+    local body = cjson.decode(data) -- nil for text that is not JSON: 400 below
+    reply(handler.respond(store, body, {
+      aead = conf.aead,
+      on_payload = conf.payload_dir and save_payload or nil,
+    }))
+  end)
+end
+
+-- The operator side (nginx.conf lets only loopback in): a new session for the demo and the
+-- tests. Query: mode (generate | import), ttl_ms. Answers 201 { sid, code, url,
+-- expires_at_ms }: the code is shown to the operator, the url goes into the QR code.
+function gateway.new()
+  serve("POST", function()
+    local q = args()
+    local mode = q.mode or "generate"
+    if mode ~= "generate" and mode ~= "import" then return reply(400, { error = "bad_request" }) end
+    local ttl = q.ttl_ms and tonumber(q.ttl_ms)
+    if q.ttl_ms and not ttl then return reply(400, { error = "bad_request" }) end
+    local s, msg, code = store:create { mode = mode, operator = { channel = "web" }, ttl_ms = ttl }
+    if not s then
+      if code == "limit" then return reply(429, { error = "limit" }) end
+      return reply(handler.store_failure(msg, code))
+    end
+    local base = conf.base_url
+    if not base then
+      local host = ngx.var.http_host or (ngx.var.server_addr .. ":" .. ngx.var.server_port)
+      base = ngx.var.scheme .. "://" .. host .. "/pair"
+    end
+    reply(201, { sid = s.sid, code = s.secondaryCode, url = pairstore.pairing_url(base, s),
+      expires_at_ms = s.expiresAtMs })
+  end)
+end
+
+return gateway
