@@ -286,11 +286,17 @@ async function generated(page, shot, t) {
   const s = await newSession(t);
   await open(page, s.open);
   await page.fill("#code", s.code);
-  await page.click("#generate");
-  const words = await page.inputValue("#payload");
-  assert(/^[a-z]+( [a-z]+){11}$/.test(words), "Generate gives 12 words: " + words);
-  await page.click("#generate");
-  assert(await page.inputValue("#payload") !== words, "Generate gives new words each time");
+  const seen = new Set();
+  let words = null;
+  for (let i = 0; i < 20; i++) { // 240 words: an empty or missing list entry would show
+    await page.click("#generate");
+    const w = await page.inputValue("#payload");
+    assert(/^[a-z]+( [a-z]+){11}$/.test(w), "Generate gives 12 words: " + JSON.stringify(w));
+    assert(w !== words, "Generate gives new words each time");
+    words = w;
+    for (const x of w.split(" ")) seen.add(x);
+  }
+  assert(seen.size > 40 && seen.size <= 64, `words drawn from the 64 of the list (${seen.size} distinct seen)`);
   const phrase = await page.inputValue("#payload");
   await shot("generated");
   const r = await submit(page);

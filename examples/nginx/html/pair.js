@@ -137,8 +137,9 @@
     "canyon cedar cherry cobalt comet coral crystal dawn delta desert dolphin ember falcon fern " +
     "fjord forest galaxy garnet glacier granite harbor hazel heron island ivory jade jasmine " +
     "juniper kettle lagoon lantern lemon lotus maple meadow meteor nectar oasis ocean olive " +
-    "orbit otter pebble pepper quartz raven river saffron"
+    "orbit otter pebble pepper quartz raven river saffron sequoia willow"
   ).split(" ");
+  if (WORDS.length !== 64 || new Set(WORDS).size !== 64) throw new Error("pair.js: the word list must hold 64 distinct words");
 
   const MESSAGES = {
     bad_code: "The code is the 6 digits shown by the gateway.",
