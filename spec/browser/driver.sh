@@ -9,7 +9,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 export HOME=$NGX_WORK/home TMPDIR=$NGX_WORK/tmp SHOT_DIR=$NGX_WORK/shots KEEP_DIR=${KEEP_DIR:-/tmp}
 mkdir -p "$HOME" "$TMPDIR" "$SHOT_DIR"
 base=http://127.0.0.1:$NGX_PORT
-PAIR_TARGETS=$(printf '[{"name":"%s","base":"%s","operator":"%s/pair/new","payload_dir":"%s"}]' \
-  "$BACKEND" "$base" "$base" "$PAIRSTORE_PAYLOAD_DIR")
+PAIR_TARGETS=$(printf '[{"name":"%s","base":"%s","operator":"%s/pair/new","payload_dir":"%s","access_log":"%s"}]' \
+  "$BACKEND" "$base" "$base" "$PAIRSTORE_PAYLOAD_DIR" "$NGX_PREFIX/access.log")
 export PAIR_TARGETS VECTORS=$TREE/spec/fixtures/pairing-vectors.json
 exec node "$here/pair_test.mjs"

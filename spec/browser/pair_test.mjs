@@ -2,8 +2,9 @@
 // by playwright-core. Run by spec/browser/run.sh, which starts the nginx example and passes:
 //   PAIR_TARGETS   JSON [{ name, base, operator, payload_dir }, ...]: one per backend; base is
 //                  the page's origin (http://127.0.0.1:PORT), operator the URL that creates a
-//                  session (POST, answers {sid, code, url}), payload_dir where the gateway's
-//                  on_payload writes the opened plaintext (DIR/<sid>)
+//                  session (POST, answers 201 {sid, code, url}), payload_dir where the
+//                  gateway's on_payload writes the opened plaintext (DIR/<sid>), access_log
+//                  (optional) nginx's access log
 //   SHOT_DIR       where the screenshots of each step go (run.sh removes it afterwards)
 //   KEEP_DIR       where the last screenshot of a failed check is kept
 //   VECTORS        spec/fixtures/pairing-vectors.json
@@ -85,6 +86,7 @@ async function newSession(t) {
   const u = new URL(body.url);
   eq(u.searchParams.get("sid"), body.sid, "sid in the pairing URL");
   assert(/^pk=[A-Za-z0-9_-]{43}$/.test(u.hash.slice(1)), "the pairing URL's fragment is #pk=<43 characters>: " + u.hash);
+  (t.keys_seen = t.keys_seen || []).push(u.hash.slice(4));
   // The page is opened on the test server whatever host the URL was made for.
   body.open = t.base + u.pathname + u.search + u.hash;
   return body;
@@ -344,6 +346,19 @@ async function noX25519(page, shot, t) {
   assert(await page.isDisabled("#submit"), "submit is disabled");
 }
 
+// The gateway's key travels only in the fragment: no request the page made carried it.
+async function keyNeverSent(page, shot, t) {
+  const log = fs.readFileSync(t.access_log, "utf8");
+  const pageLoads = log.split("\n").filter((l) => /"GET \/pair\?sid=[0-9a-f]{32} /.test(l));
+  assert(pageLoads.length >= 5, `the access log shows the page loads (${pageLoads.length})`);
+  const keys = new Set();
+  for (const x of [...VECTORS.keypairs.map((k) => k.pk_b64u), ...VECTORS.cases.map((c) => c.pk_gateway_b64u)]) keys.add(x);
+  for (const k of t.keys_seen) keys.add(k);
+  assert(keys.size > 5, "gateway keys to look for");
+  for (const k of keys) assert(!log.includes(k), "a gateway public key is in the access log: " + k);
+  assert(!/[?&]pk=/.test(log), "a pk= query parameter is in the access log");
+}
+
 // ---- main -------------------------------------------------------------------------------
 
 async function main() {
@@ -366,7 +381,7 @@ async function main() {
     });
     if (!x25519) {
       console.log("      (every other check needs X25519: not run, counted as failed)");
-      failed += 1 + 7 * TARGETS.length;
+      failed += 1 + TARGETS.reduce((n, t) => n + (t.access_log ? 8 : 7), 0);
       return;
     }
     await check(browser, "known answers: pair.js seals the v2 vectors byte for byte", (page) => knownAnswers(page, TARGETS[0]));
@@ -378,6 +393,7 @@ async function main() {
       await check(browser, `${t.name}: a non-ASCII phrase arrives as its UTF-8 bytes`, (p, s) => nonAscii(p, s, t));
       await check(browser, `${t.name}: a link without the key says so`, (p, s) => incompleteLink(p, s, t));
       await check(browser, `${t.name}: a browser without X25519 is told so`, (p, s) => noX25519(p, s, t));
+      if (t.access_log) await check(browser, `${t.name}: no request carried the gateway's key`, (p, s) => keyNeverSent(p, s, t));
     }
   } finally {
     await browser.close();

@@ -40,6 +40,7 @@ cd "$tree" || fail "no $tree"
 backends=${1:-file pg}
 out=$(mktemp /tmp/pairstore-browser-out.XXXXXX)
 trap 'rm -f "$out"' EXIT
+trap 'echo "test-browser: interrupted"; exit 130' INT TERM # (after the running backend has cleaned up)
 runs=0
 for b in $backends; do
   case $b in
