@@ -16,9 +16,10 @@ export CHROMIUM=${CHROMIUM:-/usr/bin/chromium}
 if [ ! -x "$CHROMIUM" ]; then
   if [ "$(id -u)" -eq 0 ] && [ "$CHROMIUM" = /usr/bin/chromium ]; then
     echo "test-browser: installing Debian's chromium"
-    DEBIAN_FRONTEND=noninteractive apt-get update -qq &&
-      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null ||
+    if ! { DEBIAN_FRONTEND=noninteractive apt-get update -qq &&
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; }; then
       fail "apt-get install chromium failed"
+    fi
   else
     fail "$CHROMIUM not found: sudo apt-get install -y chromium (or set CHROMIUM)"
   fi
