@@ -42,6 +42,7 @@ async function check(browser, name, fn) {
   page.setDefaultTimeout(STEP_MS);
   const errors = [];
   page.on("pageerror", (e) => errors.push(e.message));
+  page.on("console", (m) => { if (/Content Security Policy/i.test(m.text())) errors.push(m.text()); });
   let last = null, n = 0;
   const slug = name.replace(/[^A-Za-z0-9]+/g, "-").replace(/^-|-$/g, "").toLowerCase();
   const shot = async (step) => {
@@ -378,6 +379,7 @@ async function main() {
       x25519 = await page.evaluate(() => globalThis.PairCrypto.supportsX25519());
       assert(x25519, `this Chromium (${browser.version()}) lacks X25519 in WebCrypto: the page cannot pair, and says so`);
       eq(await page.getAttribute("#support", "data-ok"), "true", "the page can pair");
+      eq(await page.evaluate(() => getComputedStyle(document.body).maxWidth), "544px", "pair.css is applied (body max-width 34rem)");
     });
     if (!x25519) {
       console.log("      (every other check needs X25519: not run, counted as failed)");
