@@ -19,7 +19,7 @@ local BACKEND = env("BACKEND")
 local TARGET = env("PAIRSTORE_TARGET")
 local PAYLOADS = env("PAIRSTORE_PAYLOAD_DIR")
 local TREE = env("TREE")
-local HOLD_MS = tonumber(os.getenv("HOLD_MS") or "1500")
+local HOLD_MS = tonumber(os.getenv("HOLD_MS") or "2000")
 local BASE = "http://127.0.0.1:" .. PORT
 
 local passed, failed = 0, 0
@@ -210,7 +210,7 @@ local function holder(sid, hold_ms)
     if core.mono_ms() > deadline then error("the holder did not get the lock: " .. (read(dir .. "/out") or "")) end
     sleep(0.01)
   end
-  local h = { dir = dir, held = tonumber(read(dir .. "/held")) }
+  local h = { dir = dir, held = tonumber(read(dir .. "/held")), held_wall = tonumber(sh("date +%s%3N")) }
   function h.wait()
     local d = core.mono_ms() + 30000
     while not read(dir .. "/released") and core.mono_ms() < d do sleep(0.02) end
@@ -336,7 +336,6 @@ local function check_lock_hold()
   -- worker with a request waiting on the lock.
   local urls = {}
   for i = 1, 8 do urls[i] = waiting_url end
-  local launched = core.mono_ms()
   local collectors, waiting = {}, 0
   local busy
   repeat
@@ -361,7 +360,7 @@ local function check_lock_hold()
       if busy[worker] then by_busy = by_busy + 1 end
       if c ~= 200 and c ~= 400 then bad = bad + 1 end
     end
-    sleep(0.03)
+    sleep(0.01)
   end
   local released = h.wait()
   wait_for(function()
@@ -369,14 +368,23 @@ local function check_lock_hold()
     for _, c in ipairs(collectors) do n = n + select(2, c.collect():gsub("\n", "")) end
     return n >= waiting
   end, 20)
-  -- each request's end, from its batch's start: none may come before the release
-  local rs, first_end = {}, math.huge
+  local rs = {}
   for _, c in ipairs(collectors) do
-    for _, r in ipairs(results(c.collect())) do
-      rs[#rs + 1] = r
-      first_end = math.min(first_end, c.at + r.ms)
+    for _, r in ipairs(results(c.collect())) do rs[#rs + 1] = r end
+  end
+  -- when each waiting request ended, by nginx's access log ($msec, the wall clock): none
+  -- before the holder was about to let go (its wall clock, taken still holding the lock)
+  local releasing = tonumber(read(h.dir .. "/releasing_wall") or "") or math.huge
+  local waiter = BACKEND == "file" and '"GET /pair/status" 200 ' or '"GET /pair/start" 200 '
+  local ends = {}
+  for line in (read(PREFIX .. "/access.log") or ""):gmatch("[^\n]+") do
+    if line:find(waiter, 1, true) then
+      local secs = tonumber(line:match(" ([%d.]+) worker="))
+      if secs and secs * 1000 > h.held_wall then ends[#ends + 1] = secs * 1000 end
     end
   end
+  table.sort(ends)
+  local first_end = ends[1] or 0
   local t, workers = tally(rs)
   local st = stats(probes)
   local held_for = released and (released - h.held) or -1
@@ -384,15 +392,16 @@ local function check_lock_hold()
     held_for, st.n, table.concat(probe_urls, " and "), st.median, st.max, slowest))
   note(fmt("%d requests needing the lock, held by %d of 4 workers: %s; workers %s; probes by workers %s",
     waiting, count(busy), show(t), show(workers), show(probe_workers)))
-  check(st.n >= 5 and bad == 0, "probes answered during the hold", st.n .. " probes, " .. bad .. " bad")
+  check(st.n >= 3 and bad == 0, "probes answered during the hold", st.n .. " probes, " .. bad .. " bad")
   check(st.max < HOLD_MS / 4, fmt("probe latency far below the hold: max %.1f ms < %d ms / 4", st.max, HOLD_MS))
   check(by_busy >= 3, "probes answered by workers that had a request waiting on the lock meanwhile",
     fmt("%d of %d probes; %d of 4 workers had one", by_busy, st.n, count(busy)))
   local want = BACKEND == "file" and "200 awaiting_scan" or "200 device_connected"
   check(#rs == waiting and t[want] == waiting, "the waiting requests complete after the release: " .. want, show(t))
-  check(first_end >= h.held + HOLD_MS - 100, "... and none before it: they waited for the lock",
-    fmt("first answer %.0f ms after the first launch, the lock left after %d ms", first_end - launched,
-      h.held + HOLD_MS - launched))
+  -- (nginx's $msec is its cached clock, updated when the event loop wakes: on a loaded
+  -- machine it may lag by tens of ms; a request that did not wait would end a hold earlier)
+  check(#ends == waiting and first_end >= releasing - 100, "... and none before the holder let go (access log)",
+    fmt("%d logged; the first %.0f ms after the holder's last moment with the lock", #ends, first_end - releasing))
 end
 
 -- A worker SIGKILLed while its request waits on a lock another process holds.
