@@ -45,7 +45,7 @@ export PAIRSTORE_TEST_LUA := $(LUA_NAME)
 # The heavy runs (stress, fault, sanitize, ha, bench, fuzz) are for Lua 5.4 only.
 only54 = $(if $(filter lua5.4,$(LUA_NAME)),,$(error make $@ runs on lua5.4 only (LUA=$(LUA))))
 
-.PHONY: all deps test demo install uninstall clean lint test-stress test-fault test-sanitize test-ha test-nginx fuzz bench
+.PHONY: all deps test demo install uninstall clean lint test-stress test-fault test-sanitize test-ha test-nginx test-browser fuzz bench
 
 all: $(CORE)
 
@@ -113,6 +113,15 @@ test-nginx: deps
 	@$(MAKE) --no-print-directory LUA=lua5.4 all
 	@$(MAKE) --no-print-directory LUA=luajit all
 	bash spec/nginx/run.sh
+
+# The phone page (examples/nginx/html) in Debian's headless Chromium, driven by playwright-core
+# (spec/browser/package-lock.json, npm ci when missing, no browser download), against the
+# nginx example as test-nginx starts it, on both backends: the page's crypto against the
+# known-answer vectors, then pairing, wrong codes, "already used"; screenshots of each step.
+test-browser: deps
+	@$(MAKE) --no-print-directory LUA=lua5.4 all
+	@$(MAKE) --no-print-directory LUA=luajit all
+	bash spec/browser/run.sh
 
 # Under with-pg.sh too (run.sh starts it itself), so valgrind and ASan cover the PostgreSQL backend.
 test-sanitize: deps

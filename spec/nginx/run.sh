@@ -128,10 +128,14 @@ if [ -z "$started" ]; then
 fi
 echo "nginx $(nginx -v 2>&1 | sed 's/.*\///') on 127.0.0.1:$port, master $master, workers: $(cat "/proc/$master/task/$master/children"), backend $backend${run_as:+ (workers as nobody)}"
 
+# NGX_DRIVER: another driver (a bash script) run the same way against the same server
+# (spec/browser/run.sh: the phone page in Chromium).
+drv=(lua5.4 "$here/driver.lua")
+[ -n "${NGX_DRIVER:-}" ] && drv=(bash "$NGX_DRIVER")
 "${run_as[@]}" env NGX_PORT="$port" NGX_PREFIX="$prefix" NGX_WORK="$prefix/work" NGX_MASTER_PID="$master" \
   BACKEND="$backend" PAIRSTORE_TARGET="$target" PAIRSTORE_PAYLOAD_DIR="$prefix/payloads" TREE="$tree" \
   LUA_PATH="$tree/lua/?.lua;$tree/lua/?/init.lua;;" LUA_CPATH="$cdir54/?.so;;" \
-  timeout 300 lua5.4 "$here/driver.lua" &
+  timeout 300 "${drv[@]}" &
 driver=$! # (in the background: an interruption runs the traps at once, not after the driver)
 wait "$driver"
 rc=$?
