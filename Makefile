@@ -109,7 +109,8 @@ test-ha: deps all
 # The pairing flow inside a real nginx (examples/nginx: 4 workers, as nobody when root) on
 # both backends (spec/nginx/run.sh starts the PostgreSQL cluster itself): the flow, parallel
 # codes and responses, a killed worker, a lock held by another process, per-request times.
-test-nginx: deps
+test-nginx:
+	@bash .ci/deps $(LUA_NAME) nginx
 	@$(MAKE) --no-print-directory LUA=lua5.4 all
 	@$(MAKE) --no-print-directory LUA=luajit all
 	bash spec/nginx/run.sh
@@ -118,7 +119,8 @@ test-nginx: deps
 # (spec/browser/package-lock.json, npm ci when missing, no browser download), against the
 # nginx example as test-nginx starts it, on both backends: the page's crypto against the
 # known-answer vectors, then pairing, wrong codes, "already used"; screenshots of each step.
-test-browser: deps
+test-browser:
+	@bash .ci/deps $(LUA_NAME) nginx browser
 	@$(MAKE) --no-print-directory LUA=lua5.4 all
 	@$(MAKE) --no-print-directory LUA=luajit all
 	bash spec/browser/run.sh

@@ -81,19 +81,23 @@ if [ "$(id -u)" -eq 0 ]; then
   [ "$backend" = pg ] && chmod 0711 "$PAIRSTORE_TEST_PGDIR"
 fi
 
-if [ "$backend" = pg ]; then target=$PAIRSTORE_TEST_PG; else target=$prefix/store/pair-sessions.json; fi
+# A tree the workers' user cannot read (a clone under /root, say): they and the driver use
+# a copy of it in the prefix (without .git and the other builds), removed with it.
+if [ ${#run_as[@]} -gt 0 ] && ! "${run_as[@]}" test -r "$tree/lua/pairstore/init.lua" 2>/dev/null; then
+  mkdir "$prefix/tree"
+  tar -C "$tree" --exclude=./.git --exclude='./build-*' -cf - . | tar -C "$prefix/tree" -xf - ||
+    { echo "run.sh: cannot copy $tree into $prefix/tree"; echo "0 passed, 1 failed"; exit 1; }
+  chmod -R a+rX "$prefix/tree"
+  case $jitcore in "$tree"/*) jitcore=$prefix/tree${jitcore#"$tree"} ;; esac
+  case ${NGX_DRIVER:-} in "$tree"/*) NGX_DRIVER=$prefix/tree${NGX_DRIVER#"$tree"} ;; esac
+  jitdir=$(dirname "$(dirname "$jitcore")")
+  cdir54=$prefix/tree${cdir54#"$tree"}
+  echo "($tree is not readable by nobody: using a copy in $prefix/tree)"
+  tree=$prefix/tree
+  here=$tree/spec/nginx
+fi
 
-# A placeholder page only while examples/nginx/html/pair.html does not exist (never committed).
-html=$tree/examples/nginx/html
-placeholder=
-if [ ! -f "$html/pair.html" ]; then
-  mkdir -p "$html"
-  printf '<!doctype html>\n<html><head><title>pair</title></head><body>placeholder</body></html>\n' > "$html/pair.html"
-  placeholder=$html/pair.html
-fi
-if [ -n "$placeholder" ]; then
-  trap 'rm -f "$placeholder"; rmdir "$html" 2>/dev/null; cleanup' EXIT
-fi
+if [ "$backend" = pg ]; then target=$PAIRSTORE_TEST_PG; else target=$prefix/store/pair-sessions.json; fi
 
 free_port() {
   local p
