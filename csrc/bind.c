@@ -232,7 +232,6 @@ static int m_wait_mode(lua_State *L)
   if (mode == PS_WAIT_CONTINUE) {
     lua_Integer deadline = luaL_checkinteger(L, 3), tries = luaL_checkinteger(L, 4);
     luaL_argcheck(L, tries >= 0 && tries < 1000000000, 4, "tries out of range");
-    s->wait_pending = 1;
     s->wait_deadline = (int64_t)deadline;
     s->wait_tries = (int)tries;
   }

@@ -543,7 +543,8 @@ static int roundtrip(pg_eng *p, const pgq *qs, int n, PGresult **res, int64_t bu
             snprintf(msg, sizeof msg, "a row is locked by another transaction: no lock within "
                      "lock_wait_ms (%d)", p->lock_wait_ms);
             if (p->in_txn && p->hint.nowait) code = "lock_busy";
-          } else if (!strcmp(code, "timeout") && p->in_txn && p->hint.nowait) {
+          } else if (!strcmp(code, "timeout") && p->in_txn && p->hint.nowait &&
+                     strstr(PQresultErrorMessage(r), "due to user request")) {
             /* 57014 in a cooperative wait: the 1 ms lock_timeout that expires as the lock is
              * granted (the holder committing) is reported as "canceling statement due to
              * user request", not 55P03. Nothing was done: sleep and try again like 55P03. */
@@ -737,9 +738,9 @@ static int pe_begin(ps_engine *e, lua_State *L, int eng, int readonly, const ps_
  * done in it is opened again once (the server restarted, or failed over, meanwhile). */
 static int first_roundtrip(lua_State *L, pg_eng *p, int eng, int now_known, ps_err *err)
 {
-  pgq q[6];
-  PGresult *res[6] = { 0 };
-  char now_s[24], limit_s[24];
+  pgq q[7];
+  PGresult *res[7] = { 0 };
+  char now_s[24], limit_s[24], lock_ms[24];
   int n = 0, i_clock = -1, i_count = -1, i_fetch = -1, i_read = -1, attempt, rc = -1;
   int64_t budget = p->stmt_ms;
 
@@ -780,6 +781,15 @@ static int first_roundtrip(lua_State *L, pg_eng *p, int eng, int now_known, ps_e
       q[n].v[0] = p->store;
       q[n++].v[1] = p->hint.sid;
       budget += p->lock_wait_ms;
+    }
+    if (p->hint.nowait && !p->readonly) {
+      /* the row locks are taken: what the rest of the transaction may wait for (the notify
+       * queue's lock at COMMIT, an index entry another transaction inserts) is waited for
+       * in the server again, as without the cooperative wait */
+      snprintf(lock_ms, sizeof lock_ms, "%d", p->lock_wait_ms);
+      q[n].q = -1;
+      q[n].sql = "SELECT set_config('lock_timeout', $1, true)";
+      q[n++].v[0] = lock_ms;
     }
   }
   for (attempt = 0; attempt < 2; attempt++) {

@@ -479,11 +479,10 @@ typedef struct ps_store {
   ps_engine *eng;        /* NULL: closed */
   int max_sessions;
   int lock_wait_ms;      /* how long a transaction waits for a lock in all */
-  /* The cooperative wait (PS_WAIT_*): the mode the next transaction runs in (set by the
-   * binding's wait_mode just before it, consumed by it), and the wait in progress: its
-   * deadline (monotonic ms) and how many times it slept. */
+  /* How the next transaction waits for a busy lock (PS_WAIT_*), set by the binding's
+   * wait_mode just before it and taken (reset) by it; with PS_WAIT_CONTINUE, the wait's
+   * deadline (monotonic ms) and how many times it slept, as its last attempt gave them. */
   int wait_mode;
-  int wait_pending;
   int64_t wait_deadline;
   int wait_tries;
   size_t max_session_bytes; /* a mutator's result: at most this many values are copied */

@@ -444,57 +444,62 @@ void ps_txn_init(lua_State *L)
   lua_pop(L, 1);
 }
 
+/* A cooperative wait: its deadline (set when its first attempt starts, lock_wait_ms on)
+ * and how many times it slept. Taken from the store when a transaction starts, so that
+ * nothing run meanwhile on the same store (an on_event callback, another request of an
+ * nginx worker) changes it: the caller keeps it between attempts. */
+typedef struct ps_wait {
+  int coop;
+  int64_t deadline;
+  int tries;
+} ps_wait;
+
 /* A transaction found a lock held and, waiting cooperatively, did not wait for it: unless
- * the wait's deadline (set by its first attempt, lock_wait_ms on) has passed, which is the
- * timeout the engine would have given, pushes nil, message, "lock_busy", the ms to sleep
- * before the next attempt (1, 2, 4 ... up to PS_COOP_SLICE_MS, and not past the deadline). */
-static int lock_busy(lua_State *L, ps_store *s, ps_err *e)
+ * the deadline has passed, which is the timeout the engine would have given, pushes nil,
+ * message, "lock_busy", the ms to sleep before the next attempt (1, 2, 4, then
+ * PS_COOP_SLICE_MS, never past the deadline), the deadline and the tries: the caller hands
+ * the last two to the next attempt (c:wait_mode(CONTINUE, deadline, tries)). */
+static int lock_busy(lua_State *L, ps_wait *w, ps_err *e)
 {
   int64_t now = ps_mono_ms(), slice;
-  if (!s->wait_pending) {
-    s->wait_pending = 1;
-    s->wait_deadline = now + s->lock_wait_ms;
-    s->wait_tries = 0;
-  }
-  if (now >= s->wait_deadline) {
-    s->wait_pending = 0;
+  if (now >= w->deadline) {
     e->code = "timeout";
     return ps_push_err(L, e);
   }
-  slice = s->wait_tries < 3 ? (int64_t)1 << s->wait_tries : PS_COOP_SLICE_MS;
-  s->wait_tries++;
-  if (slice > s->wait_deadline - now) slice = s->wait_deadline - now;
+  slice = w->tries < 3 ? (int64_t)1 << w->tries : PS_COOP_SLICE_MS;
+  w->tries++;
+  if (slice > w->deadline - now) slice = w->deadline - now;
   ps_push_err(L, e);
   lua_pushinteger(L, (lua_Integer)slice);
-  /* the wait's state goes back to the caller, who hands it to the next attempt
-   * (c:wait_mode(CONTINUE, deadline, tries)): the store may be shared by several waits at
-   * once (nginx's requests in one worker), each with its own deadline */
-  lua_pushinteger(L, (lua_Integer)s->wait_deadline);
-  lua_pushinteger(L, (lua_Integer)s->wait_tries);
+  lua_pushinteger(L, (lua_Integer)w->deadline);
+  lua_pushinteger(L, (lua_Integer)w->tries);
   return 6;
 }
 
 /* The failure of a transaction (nothing done): a busy lock of a cooperative wait is said as
- * such, anything else ends the wait. */
-static int txn_failed(lua_State *L, ps_store *s, const ps_hint *hint, ps_err *e)
+ * such; anything else is returned as it is. */
+static int txn_failed(lua_State *L, ps_wait *w, ps_err *e)
 {
-  if (hint->nowait && e->code && !strcmp(e->code, "lock_busy")) return lock_busy(L, s, e);
-  s->wait_pending = 0;
-  if (e->code && !strcmp(e->code, "lock_busy")) e->code = "timeout"; /* cannot be */
+  int busy = e->code && !strcmp(e->code, "lock_busy");
+  if (busy && w->coop) return lock_busy(L, w, e);
+  if (busy) e->code = "timeout"; /* cannot be: only a cooperative wait asks for it */
   return ps_push_err(L, e);
 }
 
 int ps_txn_run(lua_State *L, ps_op op, int readonly)
 {
   ps_store *s = luaL_checkudata(L, 1, PS_STORE_MT);
-  int nargs = lua_gettop(L), i, status, base, eng, key, mode;
+  int nargs = lua_gettop(L), i, status, base, eng, key;
   ps_txn t;
   ps_hint hint;
+  ps_wait w;
 
   if (!s->eng) return luaL_error(L, "pairstore: store is closed");
-  mode = s->wait_mode; /* for this transaction only */
+  /* The wait mode is for this transaction only. */
+  w.coop = s->wait_mode != PS_WAIT_BLOCK;
+  w.deadline = s->wait_mode == PS_WAIT_CONTINUE ? s->wait_deadline : ps_mono_ms() + s->lock_wait_ms;
+  w.tries = s->wait_mode == PS_WAIT_CONTINUE ? s->wait_tries : 0;
   s->wait_mode = PS_WAIT_BLOCK;
-  if (mode != PS_WAIT_CONTINUE) s->wait_pending = 0;
   memset(&t, 0, sizeof t);
   t.s = s;
   t.e = s->eng;
@@ -513,7 +518,7 @@ int ps_txn_run(lua_State *L, ps_op op, int readonly)
   }
   /* What the transaction will ask the engine for first, and whether it may wait. */
   memset(&hint, 0, sizeof hint);
-  hint.nowait = mode != PS_WAIT_BLOCK;
+  hint.nowait = w.coop;
   switch (op) {
   case PS_OP_CREATE:
     if (lua_isstring(L, 5)) snprintf(t.sid, sizeof t.sid, "%s", lua_tostring(L, 5));
@@ -528,7 +533,7 @@ int ps_txn_run(lua_State *L, ps_op op, int readonly)
   }
   if (t.m->begin(t.e, L, eng, readonly, &hint, &t.err) != 0) {
     deliver_events(L, &t, 1);
-    return txn_failed(L, s, &hint, &t.err);
+    return txn_failed(L, &w, &t.err);
   }
   held_set(L, key, 1);
   s->busy = 1;
@@ -545,8 +550,7 @@ int ps_txn_run(lua_State *L, ps_op op, int readonly)
   s->busy = 0;
   if (status != LUA_OK) return lua_error(L); /* out of memory or a bug: lock already released */
   deliver_events(L, &t, 1);
-  if (t.failed) return txn_failed(L, s, &hint, &t.err);
-  s->wait_pending = 0;
+  if (t.failed) return txn_failed(L, &w, &t.err);
   if (t.outcome) {
     lua_settop(L, base);
     lua_pushnil(L);

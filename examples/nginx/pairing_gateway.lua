@@ -61,17 +61,20 @@ local function save_payload(plaintext, session)
 end
 
 --- Called once from init_by_lua_block. opts: target (a file path or a PostgreSQL target,
--- required), payload_dir (the demo sink; nil: none), base_url (of the phone page; nil: this
--- server's /pair as the request names it), aead ("aes-256-gcm", what the browser's WebCrypto
+-- required), payload_dir (the demo sink; nil: none), base_url (the phone page's public URL,
+-- required: the operator's server is not the public one, and a Host header is the
+-- client's word), aead ("aes-256-gcm", what the browser's WebCrypto
 -- does), lock_wait_ms, store (a PostgreSQL store name).
 function gateway.init(opts)
   assert(type(opts) == "table", "pairing_gateway.init: opts must be a table")
   assert(type(opts.target) == "string" and opts.target ~= "",
     "pairing_gateway.init: no store target (set PAIRSTORE_TARGET: a file path or a PostgreSQL target)")
+  assert(type(opts.base_url) == "string" and opts.base_url:match("^https?://[^/?#]+"),
+    "pairing_gateway.init: no base URL of the phone page (set PAIRSTORE_BASE_URL: https://HOST/pair)")
   conf = {
     target = opts.target,
     payload_dir = opts.payload_dir ~= "" and opts.payload_dir or nil,
-    base_url = opts.base_url ~= "" and opts.base_url or nil,
+    base_url = opts.base_url,
     aead = opts.aead or "aes-256-gcm",
   }
   local o = { lock_wait_ms = opts.lock_wait_ms and tonumber(opts.lock_wait_ms) or nil }
@@ -153,12 +156,7 @@ function gateway.new()
       if code == "limit" then return reply(429, { error = "limit" }) end
       return reply(handler.store_failure(msg, code))
     end
-    local base = conf.base_url
-    if not base then
-      local host = ngx.var.http_host or (ngx.var.server_addr .. ":" .. ngx.var.server_port)
-      base = ngx.var.scheme .. "://" .. host .. "/pair"
-    end
-    reply(201, { sid = s.sid, code = s.secondaryCode, url = pairstore.pairing_url(base, s),
+    reply(201, { sid = s.sid, code = s.secondaryCode, url = pairstore.pairing_url(conf.base_url, s),
       expires_at_ms = s.expiresAtMs })
   end)
 end

@@ -111,11 +111,14 @@ free_port() {
 started=
 for _ in 1 2 3; do
   port=$(free_port) || break
+  oport=$(free_port) || break
+  [ "$oport" = "$port" ] && continue
   sed -e "s|@USER@|$user_line|; s|@PREFIX@|$prefix|g; s|@LISTEN@|127.0.0.1:$port|; s|@TREE@|$tree|g" \
+    -e "s|@OPERATOR_LISTEN@|127.0.0.1:$oport|" \
     -e "s|$tree/build/luajit/?.so|$jitdir/?.so|" \
     "$tree/examples/nginx/nginx.conf" > "$prefix/nginx.conf"
   rm -f "$prefix/nginx.pid"
-  if PAIRSTORE_TARGET=$target PAIRSTORE_PAYLOAD_DIR=$prefix/payloads \
+  if PAIRSTORE_TARGET=$target PAIRSTORE_PAYLOAD_DIR=$prefix/payloads PAIRSTORE_BASE_URL=http://127.0.0.1:$port/pair \
     timeout 20 nginx -p "$prefix" -c "$prefix/nginx.conf" 2> "$prefix/start.err"; then
     for _ in $(seq 50); do [ -s "$prefix/nginx.pid" ] && break; sleep 0.1; done
     master=$(cat "$prefix/nginx.pid" 2>/dev/null || true)
@@ -136,7 +139,7 @@ echo "nginx $(nginx -v 2>&1 | sed 's/.*\///') on 127.0.0.1:$port, master $master
 # (spec/browser/run.sh: the phone page in Chromium).
 drv=(lua5.4 "$here/driver.lua")
 [ -n "${NGX_DRIVER:-}" ] && drv=(bash "$NGX_DRIVER")
-"${run_as[@]}" env NGX_PORT="$port" NGX_PREFIX="$prefix" NGX_WORK="$prefix/work" NGX_MASTER_PID="$master" \
+"${run_as[@]}" env NGX_PORT="$port" NGX_OPERATOR_PORT="$oport" NGX_PREFIX="$prefix" NGX_WORK="$prefix/work" NGX_MASTER_PID="$master" \
   BACKEND="$backend" PAIRSTORE_TARGET="$target" PAIRSTORE_PAYLOAD_DIR="$prefix/payloads" TREE="$tree" \
   LUA_PATH="$tree/lua/?.lua;$tree/lua/?/init.lua;;" LUA_CPATH="$cdir54/?.so;;" \
   timeout 300 "${drv[@]}" &
