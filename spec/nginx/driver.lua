@@ -23,7 +23,7 @@ local HOLD_MS = tonumber(os.getenv("HOLD_MS") or "2000")
 local BASE = "http://127.0.0.1:" .. PORT
 -- The operator's server (POST /pair/new), apart from the public one.
 local OPERATOR = "http://127.0.0.1:" .. env("NGX_OPERATOR_PORT")
-local function url(path) return (path == "/pair/new" and OPERATOR or BASE) .. path end
+local function url_of(path) return (path == "/pair/new" and OPERATOR or BASE) .. path end
 
 local passed, failed = 0, 0
 local function check(ok, what, detail)
@@ -96,7 +96,7 @@ local function http(method, path, opts)
     data = " -H 'Content-Type: application/json' --data-binary @" .. q(bf)
   end
   local line = sh(fmt("curl -s --max-time %d -X %s%s %s -o %s -w %s %s 2>&1", opts.max_time or 20, method, data,
-    opts.curl or "", q(out), q(WOUT), q(url(path))))
+    opts.curl or "", q(out), q(WOUT), q(url_of(path))))
   local code, secs, worker = line:match("^(%d+) ([%d.]+) (%d*)")
   local raw = read(out) or ""
   os.remove(out)
@@ -109,7 +109,7 @@ local function parallel(method, urls, opts)
   local cfg, outs = {}, {}
   for i, u in ipairs(urls) do
     outs[i] = tmpname("par")
-    cfg[#cfg + 1] = fmt("url = %q\noutput = %q\n", url(u), outs[i])
+    cfg[#cfg + 1] = fmt("url = %q\noutput = %q\n", url_of(u), outs[i])
   end
   local cf = tmpname("cfg")
   write(cf, table.concat(cfg))
@@ -462,7 +462,7 @@ end
 -- Per-request time through nginx, one keep-alive connection, one request at a time.
 local function sequential(urls, method)
   local cfg = {}
-  for _, u in ipairs(urls) do cfg[#cfg + 1] = fmt("url = %q\noutput = \"/dev/null\"\n", url(u)) end
+  for _, u in ipairs(urls) do cfg[#cfg + 1] = fmt("url = %q\noutput = \"/dev/null\"\n", url_of(u)) end
   local cf = tmpname("seq")
   write(cf, table.concat(cfg))
   local out = sh(fmt("curl -s --max-time 120 -X %s -w '%%{http_code} %%{time_total}\\n' -K %s", method or "GET", q(cf)))
