@@ -46,7 +46,7 @@ end
 --- floor(a / b) for integers a, b (b > 0), exact below 2^53.
 function M.idiv(a, b) return floor(a / b) end
 
---- Bit operations on non-negative integers below 2^53.
+--- a & b for non-negative integers below 2^53.
 function M.band(a, b)
   local r, bit = 0, 1
   while a > 0 and b > 0 do
@@ -55,18 +55,6 @@ function M.band(a, b)
   end
   return r
 end
-
-function M.bor(a, b)
-  local r, bit = 0, 1
-  while a > 0 or b > 0 do
-    if a % 2 == 1 or b % 2 == 1 then r = r + bit end
-    a, b, bit = floor(a / 2), floor(b / 2), bit * 2
-  end
-  return r
-end
-
-function M.lshift(a, n) return a * 2 ^ n end
-function M.rshift(a, n) return floor(a / 2 ^ n) end
 
 --- os.execute's result as 5.2+ gives it: true|nil, "exit"|"signal", code.
 function M.execute(cmd)

@@ -85,16 +85,19 @@ end
 -- -w: status, seconds, worker, then the body's file
 local WOUT = "%{http_code} %{time_total} %header{x-pairstore-worker} %{filename_effective}\\n" -- (curl expands the \\n)
 
+-- curl's arguments that send body (a JSON text, from a file), or "" for none.
+local function body_args(body)
+  if not body then return "" end
+  local bf = tmpname("req")
+  write(bf, body)
+  return " -H 'Content-Type: application/json' --data-binary @" .. q(bf)
+end
+
 -- One request: status, body (decoded JSON, or the raw text), ms, worker pid, raw text.
 local function http(method, path, opts)
   opts = opts or {}
   local out = tmpname("body")
-  local data = ""
-  if opts.body then
-    local bf = tmpname("req")
-    write(bf, opts.body)
-    data = " -H 'Content-Type: application/json' --data-binary @" .. q(bf)
-  end
+  local data = body_args(opts.body)
   local line = sh(fmt("curl -s --max-time %d -X %s%s %s -o %s -w %s %s 2>&1", opts.max_time or 20, method, data,
     opts.curl or "", q(out), q(WOUT), q(url_of(path))))
   local code, secs, worker = line:match("^(%d+) ([%d.]+) (%d*)")
@@ -113,12 +116,7 @@ local function parallel(method, urls, opts)
   end
   local cf = tmpname("cfg")
   write(cf, table.concat(cfg))
-  local data = ""
-  if opts.body then
-    local bf = tmpname("req")
-    write(bf, opts.body)
-    data = " -H 'Content-Type: application/json' --data-binary @" .. q(bf)
-  end
+  local data = body_args(opts.body)
   local cmd = fmt("curl -s --no-progress-meter --max-time %d --parallel --parallel-immediate --parallel-max %d -X %s%s -w %s -K %s",
     opts.max_time or 30, opts.max or 50, method, data, q(WOUT), q(cf))
   if opts.background then
