@@ -1222,18 +1222,20 @@ static int h_link(lua_State *L)
   return 1;
 }
 
-/* h:state() -> idle (no transaction open on the server), connected, the ms (monotonic) a
- * worker thread finished a round trip nobody took yet (or false), connect_failed */
+/* h:state() -> busy (a worker thread runs its round trip: nothing else is told), the ms
+ * (monotonic) a worker thread finished a round trip nobody took yet (or false),
+ * connect_failed (the last round trip could not connect) */
 static int h_state(lua_State *L)
 {
   pg_eng *p = check_handle(L);
-  pg_link *k = p->k;
-  lua_pushboolean(L, !p->in_txn && pg_link_idle(k));
-  lua_pushboolean(L, k->conn && PQstatus(k->conn) == CONNECTION_OK);
-  if (k->done && k->res) lua_pushinteger(L, (lua_Integer)k->done_ms);
+  int64_t done_ms;
+  int connect_failed;
+  int st = pg_link_state(p->k, &done_ms, &connect_failed);
+  lua_pushboolean(L, st == 2);
+  if (st == 1) lua_pushinteger(L, (lua_Integer)done_ms);
   else lua_pushboolean(L, 0);
-  lua_pushboolean(L, k->connect_failed);
-  return 4;
+  lua_pushboolean(L, st != 2 && connect_failed);
+  return 3;
 }
 
 /* h:reset(): ends whatever transaction it was in (a caller that raised, or went away):

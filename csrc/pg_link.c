@@ -188,6 +188,17 @@ void pg_link_free(pg_link *k)
   link_release_memory(k);
 }
 
+int pg_link_state(pg_link *k, int64_t *done_ms, int *connect_failed)
+{
+  int st;
+  pthread_mutex_lock(&links_mu);
+  st = k->busy ? 2 : k->done && k->res ? 1 : 0;
+  *done_ms = k->done_ms;
+  *connect_failed = k->connect_failed;
+  pthread_mutex_unlock(&links_mu);
+  return st;
+}
+
 int pg_link_idle(pg_link *k)
 {
   return !k->conn || PQstatus(k->conn) != CONNECTION_OK ||
