@@ -61,6 +61,9 @@ function pairstore.clamp_ttl(ms)
   return core.clamp_ttl(ms)
 end
 
+--- The monotonic clock in ms (for deadlines; not a time of day).
+function pairstore.mono_ms() return core.mono_ms() end
+
 --- Conventional path of the sessions file under base_dir.
 function pairstore.default_path(base_dir)
   if type(base_dir) ~= "string" or base_dir == "" then
