@@ -680,8 +680,14 @@ static int perform(unsigned id)
       pgq rb = { Q_SQL, "ROLLBACK", { 0 } };
       PGresult *r = NULL;
       ps_err e2;
+      char state[6];
+      int lost = k->lost, cancel = k->cancel;
+      memcpy(state, k->state, sizeof state); /* (what the round trip said, not the rollback) */
       if (pg_roundtrip(k, &rb, 1, &r, k->stmt_ms, 1, &e2) != 0) pg_link_drop(k);
       PQclear(r);
+      memcpy(k->state, state, sizeof state);
+      k->lost = lost;
+      k->cancel = cancel;
     }
   }
   k->done = 1;
