@@ -102,12 +102,12 @@ local OPTION_TYPES = {
   lock_wait_ms = "number", lock_stale_ms = "number", max_sessions = "number",
   max_file_bytes = "number", max_session_bytes = "number",
   store = "string", connect_timeout_ms = "number", statement_timeout_ms = "number",
-  pool_size = "number", pool_backlog = "number", thread_pool = "string",
+  pool_size = "number", pool_backlog = "number", thread_pool = "string", listen_target = "string",
 }
 -- Options that only one kind of store takes.
 local FILE_ONLY = { lock_stale_ms = true, max_file_bytes = true }
 local PG_ONLY = { store = true, connect_timeout_ms = true, statement_timeout_ms = true,
-  pool_size = true, pool_backlog = true, thread_pool = true }
+  pool_size = true, pool_backlog = true, thread_pool = true, listen_target = true }
 -- Options that may be false: sleep (never cooperatively), thread_pool (never on a thread).
 local MAY_BE_FALSE = { sleep = true, thread_pool = true }
 local RNG_HOOKS = { sid = true, secret_key = true, code = true }
