@@ -155,7 +155,11 @@ typedef struct pg_eng {
   char *conninfo;        /* as libpq takes it (a URI, or key=value after "pg:") */
   char *display;         /* the target without its password, and the store's name */
   char *store;
-  char *password;        /* the target's, to keep out of messages (NULL: none given) */
+  /* A user and a database name that the display does not show (they may hold a password):
+   * a server message naming either is not shown either. NULL: shown, or none given. */
+  char *hidden_user, *hidden_db;
+  int64_t until;         /* the next transaction or watch ends by then (monotonic ms; 0: no bound) */
+  int64_t bound;         /* the running one's (0: none) */
   int lock_wait_ms, connect_ms, stmt_ms, durable;
   size_t max_session_bytes;
   PGconn *conn;
@@ -205,18 +209,26 @@ int ps_pg_is_target(const char *t)
   return !strncmp(t, "postgresql://", 13) || !strncmp(t, "postgres://", 11) || !strncmp(t, "pg:", 3);
 }
 
-/* Replaces every occurrence of the password in msg by "***". */
-static void scrub(const pg_eng *p, char *msg)
+/* What a message may say of a target is its display form (make_display): the password is
+ * never in it, and neither is a user or database name the display hides. Nothing is searched
+ * for and replaced: libpq's messages that would echo the target are not quoted (a target it
+ * cannot parse), the server's errors while connecting come as their SQLSTATE only
+ * (connect_failed), and a server message that names a hidden user or database is not quoted
+ * (set_err). */
+
+/* Whether a user or database name is shown: not when it could be (or hold) a password, a
+ * URI or a conninfo. */
+static int user_shown(const char *user)
 {
-  size_t n;
-  char *at;
-  if (!p->password || !(n = strlen(p->password))) return;
-  while ((at = strstr(msg, p->password)) != NULL) {
-    memmove(at + 3, at + n, strlen(at + n) + 1);
-    memcpy(at, "***", 3);
-  }
+  return !strchr(user, ':') && !strchr(user, '@') && !strchr(user, '=');
 }
 
+static int db_shown(const char *db)
+{
+  return !strstr(db, "://") && !strchr(db, '=') && !strchr(db, '@');
+}
+
+/* err = code, fmt (with the display, then detail: libpq's or the server's text) */
 static void set_err(pg_eng *p, ps_err *err, const char *code, const char *fmt, const char *detail)
     __attribute__((format(printf, 4, 0)));
 static void set_err(pg_eng *p, ps_err *err, const char *code, const char *fmt, const char *detail)
@@ -228,8 +240,10 @@ static void set_err(pg_eng *p, ps_err *err, const char *code, const char *fmt, c
   while (n && (d[n - 1] == '\n' || d[n - 1] == ' ')) d[--n] = '\0';
   for (c = d; *c; c++) /* libpq's lines, as one */
     if (*c == '\n' || *c == '\t') *c = ' ';
+  if ((p->hidden_user && strstr(d, p->hidden_user)) || (p->hidden_db && strstr(d, p->hidden_db)))
+    snprintf(d, sizeof d, "[the server's message is not shown: it names the user or database "
+             "that the target's display hides]");
   ps_err_set(err, code, fmt, p->display, d);
-  scrub(p, err->msg);
 }
 
 static void add_event(pg_eng *p, const char *name, const char *detail)
@@ -239,8 +253,7 @@ static void add_event(pg_eng *p, const char *name, const char *detail)
   ev = &p->events[p->nevents++];
   memset(ev, 0, sizeof *ev);
   snprintf(ev->name, sizeof ev->name, "%s", name);
-  snprintf(ev->detail, sizeof ev->detail, "%s", detail);
-  scrub(p, ev->detail);
+  snprintf(ev->detail, sizeof ev->detail, "%s", detail); /* (our own text: a sid, what is wrong) */
 }
 
 /* ---- the connection --------------------------------------------------------------------------- */
@@ -380,7 +393,62 @@ static void quiet(void *arg, const char *msg)
   (void)msg;
 }
 
-/* Connects (if not connected) within connect_timeout_ms; 0, or -1 with err set. */
+static const char *code_of(const char *state, int *drop);
+
+/* What the server said when it refused a connection, by SQLSTATE (its own text may name the
+ * user or the database, which the display may hide). */
+static const char *refusal(const char *state)
+{
+  static const char *const why[][2] = {
+    { "28P01", "password authentication failed" },
+    { "28000", "the server does not accept this role (no such role, or no pg_hba.conf entry "
+               "lets it in)" },
+    { "3D000", "the database does not exist" },
+    { "42501", "permission denied: this role may not connect to the database" },
+    { "53300", "too many connections" },
+    { "57P03", "the server is starting up, shutting down or in recovery" },
+  };
+  size_t i;
+  for (i = 0; i < sizeof why / sizeof why[0]; i++)
+    if (!strcmp(state, why[i][0])) return why[i][1];
+  return "the server refused the connection";
+}
+
+/* A failed connection attempt: err from libpq's message, in which libpq's own text (hosts,
+ * ports, sockets: what the display shows) stays and each server error, which comes as
+ * "SEVERITY:  SQLSTATE" only (PQERRORS_SQLSTATE), is said in our words; the code is the last
+ * SQLSTATE's (authentication: denied; no database: schema), else unavailable (denied when
+ * the server wants a password and none was given). */
+static void connect_failed(pg_eng *p, ps_err *err)
+{
+  const char *m = PQerrorMessage(p->conn), *code;
+  char d[2048], state[6] = "";
+  size_t n = 0;
+  int drop;
+  d[0] = '\0';
+  while (*m && n < sizeof d - 1) {
+    const char *sev = NULL;
+    if (!strncmp(m, "FATAL:  ", 8) || !strncmp(m, "ERROR:  ", 8) || !strncmp(m, "PANIC:  ", 8))
+      sev = m + 8;
+    if (sev && strspn(sev, "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ") == 5 &&
+        (sev[5] == '\n' || sev[5] == '\0')) {
+      memcpy(state, sev, 5);
+      state[5] = '\0';
+      n += (size_t)snprintf(d + n, sizeof d - n, "%s (SQLSTATE %s)", refusal(state), state);
+      if (n >= sizeof d) n = sizeof d - 1;
+      m = sev + 5;
+      continue;
+    }
+    d[n++] = *m++;
+    d[n] = '\0';
+  }
+  code = state[0] ? code_of(state, &drop) : PQconnectionNeedsPassword(p->conn) ? "denied" : "unavailable";
+  if (!strcmp(code, "timeout") || !strcmp(code, "busy")) code = "unavailable";
+  set_err(p, err, code, "PostgreSQL %s: cannot connect: %s", d);
+}
+
+/* Connects (if not connected) within connect_timeout_ms (and the bound, if any); 0, or -1
+ * with err set. */
 static int connect_db(pg_eng *p, ps_err *err)
 {
   PostgresPollingStatusType st = PGRES_POLLING_WRITING;
@@ -397,29 +465,36 @@ static int connect_db(pg_eng *p, ps_err *err)
   p->pid = getpid();
   p->gen++;
   PQsetNoticeProcessor(p->conn, quiet, NULL);
+  PQsetErrorVerbosity(p->conn, PQERRORS_SQLSTATE); /* the server's refusal: no names */
   deadline = ps_mono_ms() + p->connect_ms;
+  if (p->bound && p->bound < deadline) deadline = p->bound;
   if (PQstatus(p->conn) == CONNECTION_BAD) st = PGRES_POLLING_FAILED;
   while (st != PGRES_POLLING_OK) {
     int w;
     if (st == PGRES_POLLING_FAILED) {
-      set_err(p, err, "unavailable", "PostgreSQL %s: cannot connect: %s", PQerrorMessage(p->conn));
+      connect_failed(p, err);
       drop_conn(p);
       return -1;
     }
     w = wait_sock(p->conn, st == PGRES_POLLING_READING ? POLLIN : POLLOUT, deadline);
     if (w == 0) {
-      ps_err_set(err, "timeout", "PostgreSQL %s: no connection within connect_timeout_ms (%d)",
-                 p->display, p->connect_ms);
+      if (p->bound && deadline == p->bound)
+        ps_err_set(err, "timeout", "PostgreSQL %s: no connection by the caller's deadline",
+                   p->display);
+      else
+        ps_err_set(err, "timeout", "PostgreSQL %s: no connection within connect_timeout_ms (%d)",
+                   p->display, p->connect_ms);
       drop_conn(p);
       return -1;
     }
     if (w < 0) {
-      set_err(p, err, "unavailable", "PostgreSQL %s: cannot connect: %s", PQerrorMessage(p->conn));
+      connect_failed(p, err);
       drop_conn(p);
       return -1;
     }
     st = PQconnectPoll(p->conn);
   }
+  PQsetErrorVerbosity(p->conn, PQERRORS_DEFAULT);
   if (PQsetnonblocking(p->conn, 1) != 0 || setup(p, err) != 0) {
     if (!err->code) set_err(p, err, "unavailable", "PostgreSQL %s: %s", PQerrorMessage(p->conn));
     drop_conn(p);
@@ -440,8 +515,11 @@ static const char *code_of(const char *state, int *drop)
     return "unavailable";
   }
   if (!strcmp(state, "40001") || !strcmp(state, "40P01")) return "busy";
-  if (!strcmp(state, "42501")) return "denied";
-  if (!strcmp(state, "42P01") || !strcmp(state, "42703")) return "schema";
+  /* authentication (28xxx: a wrong password, no such role, no pg_hba.conf entry), a missing
+   * privilege (42501: CONNECT too) */
+  if (!strncmp(state, "28", 2) || !strcmp(state, "42501")) return "denied";
+  /* the tables, or the database itself (3D000), are missing: the owner must make them */
+  if (!strcmp(state, "42P01") || !strcmp(state, "42703") || !strcmp(state, "3D000")) return "schema";
   return "database";
 }
 
@@ -454,6 +532,10 @@ static int roundtrip(pg_eng *p, const pgq *qs, int n, PGresult **res, int64_t bu
 {
   int64_t deadline = ps_mono_ms() + budget;
   int i, failed = 0, drop = 0, pipeline;
+  if (p->bound && p->bound < deadline) { /* the caller's deadline comes first */
+    deadline = p->bound;
+    budget = deadline - ps_mono_ms();
+  }
   PGconn *c;
 
   p->lost = 0;
@@ -575,8 +657,11 @@ collected:
 
 timed_out:
   p->lost = 1;
-  ps_err_set(err, "timeout", "PostgreSQL %s: no answer within %lld ms (statement_timeout_ms = %d)",
-             p->display, (long long)budget, p->stmt_ms);
+  if (p->bound && deadline == p->bound)
+    ps_err_set(err, "timeout", "PostgreSQL %s: no answer by the caller's deadline", p->display);
+  else
+    ps_err_set(err, "timeout", "PostgreSQL %s: no answer within %lld ms (statement_timeout_ms = %d)",
+               p->display, (long long)budget, p->stmt_ms);
   drop_conn(p);
   return -1;
 lost:
@@ -650,6 +735,14 @@ static void take_row(lua_State *L, pg_eng *p, int eng, const char *sid, PGresult
   lua_getiuservalue(L, eng, UV_DECODE);
   why = ps_record_decode(L, -1, body, (size_t)PQgetlength(r, i, c0), &tmp);
   ps_buf_free(&tmp);
+  if (!why) { /* a text that names another session (a hand edit, a wrong restore) is not sid's */
+    size_t n;
+    const char *own = ps_get_str(L, -1, "sid", &n);
+    if (!own || strlen(sid) != n || memcmp(own, sid, n) != 0) {
+      lua_pop(L, 1);
+      why = "its text names another sid";
+    }
+  }
   if (why) {
     lua_pop(L, 1);
     snprintf(detail, sizeof detail, "session %.32s in the database is not a valid session (%s): "
@@ -696,6 +789,12 @@ static void reset_txn(lua_State *L, pg_eng *p, int eng)
   }
   p->in_txn = p->began = p->rt1 = p->have_now = p->have_live = p->removed = 0;
   p->next_prune = INT64_MAX;
+  p->bound = 0;
+}
+
+void ps_pg_until(ps_engine *e, int64_t deadline)
+{
+  PE(e)->until = deadline;
 }
 
 static const char *pe_display(ps_engine *e)
@@ -721,6 +820,8 @@ static int pe_begin(ps_engine *e, lua_State *L, int eng, int readonly, const ps_
   pg_eng *p = PE(e);
   (void)err;
   reset_txn(L, p, eng);
+  p->bound = p->until; /* for this transaction only */
+  p->until = 0;
   p->in_txn = 1;
   p->readonly = readonly;
   p->hint = *hint;
@@ -1364,7 +1465,10 @@ static int pe_watch(ps_engine *e, lua_State *L, int eng, const char *sid, ps_err
   w->p = p;
   snprintf(w->payload, sizeof w->payload, "%s%s", sid, p->store);
   p->watchers++;
+  p->bound = p->until; /* for this call only */
+  p->until = 0;
   if (connect_db(p, err) != 0) {
+    p->bound = 0;
     p->watchers--;
     free(w);
     return -1;
@@ -1383,7 +1487,9 @@ static int pe_watch(ps_engine *e, lua_State *L, int eng, const char *sid, ps_err
     q[n].v[0] = p->store;
     q[n].v[1] = sid;
     q[n++].v[2] = PS_PG_WAIT_HORIZON;
-    if (roundtrip(p, q, n, r, p->stmt_ms + p->lock_wait_ms, 0, err) != 0) {
+    int rc = roundtrip(p, q, n, r, p->stmt_ms + p->lock_wait_ms, 0, err);
+    p->bound = 0;
+    if (rc != 0) {
       clear_all(r, n);
       p->watchers--;
       free(w);
@@ -1403,13 +1509,15 @@ static void pe_close(ps_engine *e)
 {
   pg_eng *p = PE(e);
   drop_conn(p);
-  if (p->password) sodium_memzero(p->password, strlen(p->password));
+  if (p->hidden_user) sodium_memzero(p->hidden_user, strlen(p->hidden_user));
+  if (p->hidden_db) sodium_memzero(p->hidden_db, strlen(p->hidden_db));
   if (p->conninfo) sodium_memzero(p->conninfo, strlen(p->conninfo));
   free(p->conninfo);
   free(p->display);
   free(p->store);
-  free(p->password);
-  p->conninfo = p->display = p->store = p->password = NULL;
+  free(p->hidden_user);
+  free(p->hidden_db);
+  p->conninfo = p->display = p->store = p->hidden_user = p->hidden_db = NULL;
 }
 
 static const ps_engine_methods pg_methods = {
@@ -1425,14 +1533,38 @@ static int pe_gc(lua_State *L)
   return 0;
 }
 
-/* The display name: postgresql://user@host:port/dbname (store NAME), from what libpq reads
- * in the target; never the password. */
+/* Appends the hosts of a target as a URI shows them: each with its own port (or the one port
+ * given for all), an IPv6 literal in brackets: "a:7001,[::1]:7002". */
+static void add_hosts(ps_buf *b, const char *hosts, const char *ports)
+{
+  const char *h = hosts, *pt = ports;
+  int one_port = !strchr(ports, ',');
+  for (;;) {
+    size_t hl = strcspn(h, ","), pl = strcspn(pt, ",");
+    int v6 = memchr(h, ':', hl) != NULL;
+    if (h != hosts) ps_buf_lit(b, ",");
+    if (v6) ps_buf_lit(b, "[");
+    ps_buf_add(b, h, hl);
+    if (v6) ps_buf_lit(b, "]");
+    if (pl) {
+      ps_buf_lit(b, ":");
+      ps_buf_add(b, pt, pl);
+    }
+    if (!h[hl]) break;
+    h += hl + 1;
+    if (!one_port) pt += pl + (pt[pl] == ','); /* host i's port is the i-th */
+  }
+}
+
+/* The display name: postgresql://user@host:port,host:port/dbname (store NAME), from what
+ * libpq reads in the target; never the password, nor a user or database name that could be
+ * one (user_shown, db_shown). What every message and store.path names the store by. */
 static char *make_display(PQconninfoOption *opts, const char *store)
 {
   const char *user = "", *host = "", *port = "", *db = "";
   PQconninfoOption *o;
+  ps_buf b = { 0 };
   char *out;
-  size_t n;
   for (o = opts; o && o->keyword; o++) {
     if (!o->val) continue;
     if (!strcmp(o->keyword, "user")) user = o->val;
@@ -1442,16 +1574,67 @@ static char *make_display(PQconninfoOption *opts, const char *store)
     else if (!strcmp(o->keyword, "dbname")) db = o->val;
   }
   if (strspn(port, ",") == strlen(port)) port = ""; /* a multi-host target's empty ports */
-  /* A dbname that is itself a URI or a conninfo (libpq does not expand it here, but it
-   * may hold a password): not shown. Nor a user name that could be one. */
-  if (strstr(db, "://") || strchr(db, '=') || strchr(db, '@')) db = "[dbname not shown]";
-  if (strchr(user, ':') || strchr(user, '@') || strchr(user, '=')) user = "[user not shown]";
-  n = strlen(user) + strlen(host) + strlen(port) + strlen(db) + strlen(store) + 64;
-  out = malloc(n);
-  if (out)
-    snprintf(out, n, "postgresql://%s%s%s%s%s/%s (store %s)", user, *user ? "@" : "", host,
-             *port ? ":" : "", port, db, store);
+  if (!db_shown(db)) db = "[dbname not shown]";
+  if (!user_shown(user)) user = "[user not shown]";
+  ps_buf_lit(&b, "postgresql://");
+  if (*user) {
+    ps_buf_add(&b, user, strlen(user));
+    ps_buf_lit(&b, "@");
+  }
+  add_hosts(&b, host, port);
+  ps_buf_lit(&b, "/");
+  ps_buf_add(&b, db, strlen(db));
+  ps_buf_lit(&b, " (store ");
+  ps_buf_add(&b, store, strlen(store));
+  ps_buf_lit(&b, ")");
+  out = b.oom ? NULL : strndup(b.p, b.len);
+  ps_buf_free(&b);
   return out;
+}
+
+/* Why libpq cannot parse a target, in words that quote none of it (its own message may echo
+ * the target, a password or a hidden name with it). */
+static const char *parse_error(const char *libpq)
+{
+  static const char *const why[][2] = {
+    { "missing \"=\" after", "a keyword without \"=\" in the conninfo" },
+    { "unterminated quoted string", "an unterminated quoted value in the conninfo" },
+    { "invalid connection option", "an unknown connection option" },
+    { "end of string reached when looking for matching \"]\"", "an IPv6 host without its \"]\"" },
+    { "IPv6 host address may not be empty", "an empty IPv6 host" },
+    { "unexpected character", "an unexpected character in the URI" },
+    { "extra key/value separator", "a URI query parameter with two \"=\"" },
+    { "missing key/value separator", "a URI query parameter without \"=\"" },
+    { "invalid URI query parameter", "an unknown URI query parameter" },
+    { "invalid percent-encoded token", "an invalid percent-encoded token" },
+    { "forbidden value %00", "a percent-encoded NUL (%00)" },
+    { "out of memory", "out of memory" },
+  };
+  size_t i;
+  for (i = 0; libpq && i < sizeof why / sizeof why[0]; i++)
+    if (!strncmp(libpq, why[i][0], strlen(why[i][0]))) return why[i][1];
+  return "libpq cannot parse it";
+}
+
+/* Pushes the display form of a PostgreSQL target (nil, why: libpq cannot parse it). */
+int ps_pg_push_display(lua_State *L, const char *target, const char *store)
+{
+  char *errmsg = NULL, *d;
+  PQconninfoOption *opts = PQconninfoParse(!strncmp(target, "pg:", 3) ? target + 3 : target, &errmsg), *x;
+  if (!opts) {
+    lua_pushnil(L);
+    lua_pushfstring(L, "invalid PostgreSQL target: %s (the target is not shown)", parse_error(errmsg));
+    PQfreemem(errmsg);
+    return 2;
+  }
+  d = make_display(opts, store);
+  for (x = opts; x->keyword; x++)
+    if (x->val) sodium_memzero(x->val, strlen(x->val));
+  PQconninfoFree(opts);
+  if (!d) return luaL_error(L, "pairstore: out of memory");
+  lua_pushstring(L, d);
+  free(d);
+  return 1;
 }
 
 ps_engine *ps_pg_engine_new(lua_State *L, const char *target, const ps_pg_opts *o, int decode)
@@ -1473,18 +1656,19 @@ ps_engine *ps_pg_engine_new(lua_State *L, const char *target, const ps_pg_opts *
   lua_setmetatable(L, -2);
   opts = PQconninfoParse(conninfo, &errmsg);
   if (!opts) {
-    /* libpq's message may quote the target: shown only when it can hold no password */
-    int safe = errmsg && !strchr(target, '@') && !strcasestr(target, "password");
-    lua_pushfstring(L, "pairstore.open: invalid PostgreSQL target%s%s", safe ? ": " : "",
-                    safe ? errmsg : " (libpq cannot parse it)");
+    lua_pushfstring(L, "pairstore.open: invalid PostgreSQL target: %s (the target is not shown)",
+                    parse_error(errmsg));
     PQfreemem(errmsg);
     lua_error(L);
   }
   p->conninfo = strdup(conninfo);
   p->store = strdup(o->store);
   p->display = make_display(opts, o->store);
-  for (x = opts; x->keyword; x++)
-    if (!strcmp(x->keyword, "password") && x->val && *x->val) p->password = strdup(x->val);
+  for (x = opts; x->keyword; x++) {
+    if (!x->val) continue;
+    if (!strcmp(x->keyword, "user") && !user_shown(x->val)) p->hidden_user = strdup(x->val);
+    if (!strcmp(x->keyword, "dbname") && !db_shown(x->val)) p->hidden_db = strdup(x->val);
+  }
   for (x = opts; x->keyword; x++)
     if (x->val) sodium_memzero(x->val, strlen(x->val));
   PQconninfoFree(opts);

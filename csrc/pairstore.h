@@ -461,8 +461,15 @@ typedef struct ps_pg_opts {
 } ps_pg_opts;
 /* Whether target names a PostgreSQL database (postgresql://, postgres://, pg:conninfo). */
 int ps_pg_is_target(const char *target);
+/* Pushes the form in which a PostgreSQL target is shown (store.path: no password, no user or
+ * database name that may hold one; multi-host as in a URI), or nil and why libpq cannot
+ * parse it (quoting nothing of it). */
+int ps_pg_push_display(lua_State *L, const char *target, const char *store);
 /* Pushes a PostgreSQL engine for target (nothing connects yet) and returns it. */
 ps_engine *ps_pg_engine_new(lua_State *L, const char *target, const ps_pg_opts *o, int decode);
+/* The next transaction or watch of this PostgreSQL engine connects and gets its answers by
+ * deadline (monotonic ms; 0: only its own timeouts), or fails with code "timeout". */
+void ps_pg_until(ps_engine *e, int64_t deadline);
 /* Test hooks: cut the connection after sending the next n COMMITs; round trips so far. */
 void ps_pg_fault_cut_commits(int n);
 long ps_pg_roundtrips(void);

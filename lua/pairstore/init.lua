@@ -146,6 +146,19 @@ function pairstore.is_pg_target(target)
   return type(target) == "string" and core.is_pg_target(target)
 end
 
+--- How pairstore names a target in store.path and in every message: a PostgreSQL target as
+-- postgresql://USER@HOST:PORT,.../DB (store NAME), without its password, nor a user or
+-- database name that may hold one; nil and why when libpq cannot parse it (quoting nothing
+-- of it). A file path as given. The one way a target is shown (the CLI's too).
+function pairstore.display_target(target, store_name)
+  if type(target) ~= "string" then argerror(2, "display_target", "target must be a string, got " .. type(target)) end
+  if store_name ~= nil and type(store_name) ~= "string" then
+    argerror(2, "display_target", "store_name must be a string or nil, got " .. type(store_name))
+  end
+  if not core.is_pg_target(target) then return target end
+  return core.pg_display(target, store_name)
+end
+
 --- The DDL of the PostgreSQL schema (what sql/pairstore.sql holds).
 function pairstore.pg_schema_sql() return core.pg_schema_sql() end
 
@@ -162,7 +175,7 @@ function pairstore.open(path, options)
   local opts = check_options(options, pg)
   local c = at_caller(pcall(core.open, path, opts))
   return setmetatable({ _core = c, _rng = opts.rng or {}, _now = opts.now, _sleep = opts.sleep,
-    path = c:path() }, Store)
+    _lock_wait_ms = opts.lock_wait_ms or pairstore.LOCK_WAIT_MS, path = c:path() }, Store)
 end
 
 -- The cooperative lock wait ---------------------------------------------------------------------
@@ -209,6 +222,30 @@ function Store:_txn(name, ...)
     c:wait_mode(WAIT_CONTINUE, r[5], r[6])
     r = pack(c[name](c, ...))
   end
+  return unpack(r, 1, r.n)
+end
+
+-- Runs the core's operation name (or the watch, name "watch") so that it ends by the
+-- monotonic ms deadline, or soon after (DEADLINE_SLACK_MS: one look, even at a deadline
+-- already passed): a lock another process holds is waited for cooperatively until then (by
+-- the sleep option, ngx.sleep, else blocking sleeps), and a PostgreSQL server's connect and
+-- statement timeouts are cut short by it. What store:wait runs.
+local DEADLINE_SLACK_MS = 20
+function Store:_txn_by(deadline, name, ...)
+  local c = self._core
+  local sleep = sleeper(self) or core.sleep
+  local bound = math.max(deadline, core.mono_ms() + DEADLINE_SLACK_MS)
+  c:deadline(bound)
+  if name == "watch" then return c:watch(...) end
+  c:wait_mode(WAIT_CONTINUE, math.min(deadline, core.mono_ms() + self._lock_wait_ms), 0)
+  local r = pack(c[name](c, ...))
+  while r[1] == nil and r[3] == "lock_busy" do
+    sleep(r[4] / 1000)
+    c:deadline(bound)
+    c:wait_mode(WAIT_CONTINUE, r[5], r[6])
+    r = pack(c[name](c, ...))
+  end
+  c:wait_mode(WAIT_BLOCK) -- (now, which runs no transaction on a file store, leaves it)
   return unpack(r, 1, r.n)
 end
 
@@ -376,25 +413,36 @@ local function same(a, b, depth)
   return true
 end
 
--- The wait proper, with its watch kept in watch.w (closed by finish_wait).
+-- The wait proper, with its watch kept in watch.w (closed by finish_wait). With a timeout,
+-- every store call in it ends by the wait's deadline (Store:_txn_by).
 local function wait_watching(self, sid, opts, timeout, watch)
+  local deadline = timeout and core.mono_ms() + timeout
+  local function by_deadline(r, msg, code, ...)
+    -- what the wait's deadline cut short (a lock, a connection, an answer) is its timeout
+    if r == nil and code == "timeout" and core.mono_ms() >= deadline then return nil, "timeout", "timeout" end
+    return r, msg, code, ...
+  end
+  local function call(name, ...)
+    if deadline then return by_deadline(self:_txn_by(deadline, name, ...)) end
+    if name == "watch" then return self._core:watch(...) end
+    return self:_txn(name, ...)
+  end
   -- Watch first, then read: a change in between is queued, not missed.
-  local w, wmsg, wcode = self._core:watch(sid)
+  local w, wmsg, wcode = call("watch", sid)
   watch.w = w
-  local first, msg, code = self:get(sid)
+  local first, msg, code = call("get", sid)
   if not first then return nil, msg, code end
   if not w then return nil, wmsg, wcode end
   -- since: the state the caller last saw; a change made before this call returns at once
   -- (a loop of waits then misses none).
   if opts.since and not same(opts.since, first, 0) then return first end
-  local deadline = timeout and core.mono_ms() + timeout
   -- A watch lasts an hour at most (a PostgreSQL store announces the wait for that long):
   -- a longer wait watches again.
   local renew_at = core.mono_ms() + WATCH_RENEW_MS
   while true do
     if core.mono_ms() >= renew_at then
       w:close()
-      w, wmsg, wcode = self._core:watch(sid)
+      w, wmsg, wcode = call("watch", sid)
       watch.w = w
       if not w then return nil, wmsg, wcode end
       renew_at = core.mono_ms() + WATCH_RENEW_MS
@@ -404,14 +452,15 @@ local function wait_watching(self, sid, opts, timeout, watch)
     if not left or left > renew_at - core.mono_ms() then left = math.max(0, renew_at - core.mono_ms()) end
     -- A session changes by itself when pruning is due for it (it expires, or its retention
     -- ends): the next read after that moment shows it.
-    local t, tmsg, tcode = self:now()
+    local t, tmsg, tcode
+    if self._now or not deadline then t, tmsg, tcode = self:now() else t, tmsg, tcode = call("now") end
     if not t then return nil, tmsg, tcode end
     local due = core.next_prune(first) - t + 1
     if due > 0 and (not left or due < left) then left = due end
     local ev, emsg, ecode = w:wait(left, opts.signals)
     if not ev then return nil, emsg, ecode end
     if ev ~= "change" and ev ~= "timeout" then return nil, "signal", "signal", ev end
-    local now, nmsg, ncode = self:get(sid)
+    local now, nmsg, ncode = call("get", sid)
     if not now then return nil, nmsg, ncode end
     if not same(first, now, 0) then return now end
     if deadline and core.mono_ms() >= deadline then return nil, "timeout", "timeout" end
