@@ -381,8 +381,10 @@ static int f_open(lua_State *L)
   size_t len;
   const char *target = luaL_checklstring(L, 1, &len);
   ps_store *s;
+  char why[512];
 
   luaL_checktype(L, 2, LUA_TTABLE);
+  if (ps_target_refused(target, why, sizeof why)) return luaL_error(L, "pairstore.open: %s", why);
   s = lua_newuserdatauv(L, sizeof *s, PS_UV_COUNT); /* 3 */
   memset(s, 0, sizeof *s);
   luaL_setmetatable(L, PS_STORE_MT); /* before any resource is acquired */
@@ -517,6 +519,17 @@ static int f_is_pg_target(lua_State *L)
   return 1;
 }
 
+/* target_refused(target) -> why a target is refused (a URI of a scheme pairstore does not
+ * support), or nil */
+static int f_target_refused(lua_State *L)
+{
+  char why[512];
+  const char *r = ps_target_refused(luaL_checkstring(L, 1), why, sizeof why);
+  if (r) lua_pushstring(L, r);
+  else lua_pushnil(L);
+  return 1;
+}
+
 /* pg_display(target [, store]) -> how messages and store.path show the target | nil, why */
 static int f_pg_display(lua_State *L)
 {
@@ -552,6 +565,7 @@ static const luaL_Reg module_funcs[] = {
   { "is_known_status", f_is_known_status }, { "is_known_mode", f_is_known_mode },
   { "test_hooks", ps_test_hooks }, { "is_pg_target", f_is_pg_target },
   { "pg_schema_sql", f_pg_schema_sql }, { "pg_display", f_pg_display },
+  { "target_refused", f_target_refused },
   { NULL, NULL },
 };
 

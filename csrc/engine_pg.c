@@ -10,6 +10,7 @@
  */
 #include "pairstore.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <limits.h>
 #include <poll.h>
@@ -204,9 +205,40 @@ long ps_pg_roundtrips(void)
 
 /* ---- targets and messages --------------------------------------------------------------------- */
 
+/* The length of t's URI scheme when t looks like a URI (RFC 3986: ALPHA *( ALPHA / DIGIT /
+ * "+" / "-" / "." ), then ":/"), else 0. */
+static size_t uri_scheme(const char *t)
+{
+  size_t n = 0;
+  if (!((*t >= 'a' && *t <= 'z') || (*t >= 'A' && *t <= 'Z'))) return 0;
+  n = strspn(t, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+-.");
+  return t[n] == ':' && t[n + 1] == '/' ? n : 0;
+}
+
+/* The scheme of a PostgreSQL URI, in any case (RFC 3986: schemes are case-insensitive):
+ * the length of "postgresql://" or "postgres://" that t starts with, else 0. */
+static size_t pg_uri_prefix(const char *t)
+{
+  if (!strncasecmp(t, "postgresql://", 13)) return 13;
+  if (!strncasecmp(t, "postgres://", 11)) return 11;
+  return 0;
+}
+
 int ps_pg_is_target(const char *t)
 {
-  return !strncmp(t, "postgresql://", 13) || !strncmp(t, "postgres://", 11) || !strncmp(t, "pg:", 3);
+  return pg_uri_prefix(t) > 0 || !strncmp(t, "pg:", 3);
+}
+
+const char *ps_target_refused(const char *t, char *why, size_t n)
+{
+  size_t len = uri_scheme(t);
+  if (!len || ps_pg_is_target(t)) return NULL;
+  /* the scheme only: the rest may hold a password */
+  snprintf(why, n, "the target looks like a URI (scheme \"%.*s\" followed by \":/\") but is not "
+           "one pairstore supports (postgresql://, postgres://; pg:CONNINFO); nothing was "
+           "created (a file whose path starts that way: write it as ./%.*s:/...)",
+           len > 40 ? 40 : (int)len, t, len > 40 ? 40 : (int)len, t);
+  return why;
 }
 
 /* What a message may say of a target is its display form (make_display): the password is
@@ -1616,11 +1648,25 @@ static const char *parse_error(const char *libpq)
   return "libpq cannot parse it";
 }
 
+/* What libpq is given for a PostgreSQL target (malloc'd; NULL: out of memory): a URI with
+ * its scheme in lower case (libpq knows no other), a conninfo without "pg:". */
+static char *conninfo_of(const char *target)
+{
+  char *c = strdup(!strncmp(target, "pg:", 3) ? target + 3 : target);
+  size_t i;
+  for (i = 0; c && i < pg_uri_prefix(c); i++) c[i] = (char)tolower((unsigned char)c[i]);
+  return c;
+}
+
 /* Pushes the display form of a PostgreSQL target (nil, why: libpq cannot parse it). */
 int ps_pg_push_display(lua_State *L, const char *target, const char *store)
 {
-  char *errmsg = NULL, *d;
-  PQconninfoOption *opts = PQconninfoParse(!strncmp(target, "pg:", 3) ? target + 3 : target, &errmsg), *x;
+  char *errmsg = NULL, *d, *conninfo = conninfo_of(target);
+  PQconninfoOption *opts, *x;
+  if (!conninfo) return luaL_error(L, "pairstore: out of memory");
+  opts = PQconninfoParse(conninfo, &errmsg);
+  sodium_memzero(conninfo, strlen(conninfo));
+  free(conninfo);
   if (!opts) {
     lua_pushnil(L);
     lua_pushfstring(L, "invalid PostgreSQL target: %s (the target is not shown)", parse_error(errmsg));
@@ -1642,7 +1688,6 @@ ps_engine *ps_pg_engine_new(lua_State *L, const char *target, const ps_pg_opts *
   pg_eng *p;
   PQconninfoOption *opts, *x;
   char *errmsg = NULL;
-  const char *conninfo = !strncmp(target, "pg:", 3) ? target + 3 : target;
   int i;
 
   decode = lua_absindex(L, decode);
@@ -1654,14 +1699,15 @@ ps_engine *ps_pg_engine_new(lua_State *L, const char *target, const ps_pg_opts *
     lua_setfield(L, -2, "__gc");
   }
   lua_setmetatable(L, -2);
-  opts = PQconninfoParse(conninfo, &errmsg);
+  p->conninfo = conninfo_of(target);
+  if (!p->conninfo) luaL_error(L, "pairstore.open: out of memory");
+  opts = PQconninfoParse(p->conninfo, &errmsg);
   if (!opts) {
     lua_pushfstring(L, "pairstore.open: invalid PostgreSQL target: %s (the target is not shown)",
                     parse_error(errmsg));
     PQfreemem(errmsg);
     lua_error(L);
   }
-  p->conninfo = strdup(conninfo);
   p->store = strdup(o->store);
   p->display = make_display(opts, o->store);
   for (x = opts; x->keyword; x++) {

@@ -459,8 +459,12 @@ typedef struct ps_pg_opts {
   int lock_wait_ms, connect_timeout_ms, statement_timeout_ms, durable;
   size_t max_session_bytes;
 } ps_pg_opts;
-/* Whether target names a PostgreSQL database (postgresql://, postgres://, pg:conninfo). */
+/* Whether target names a PostgreSQL database (postgresql://, postgres:// in any case,
+ * pg:conninfo). */
 int ps_pg_is_target(const char *target);
+/* Why target is refused (written into why, returned), or NULL: it looks like a URI (a scheme
+ * followed by ":/") of a scheme pairstore does not support, so it is no file path either. */
+const char *ps_target_refused(const char *target, char *why, size_t n);
 /* Pushes the form in which a PostgreSQL target is shown (store.path: no password, no user or
  * database name that may hold one; multi-host as in a URI), or nil and why libpq cannot
  * parse it (quoting nothing of it). */

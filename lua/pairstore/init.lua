@@ -140,8 +140,9 @@ local Store = {}
 Store.__index = Store
 Store.__name = "pairstore.store"
 
---- Whether target names a PostgreSQL database (postgresql://..., postgres://..., pg:conninfo)
--- rather than a file.
+--- Whether target names a PostgreSQL database (postgresql://..., postgres://... with the
+-- scheme in any case, pg:conninfo) rather than a file. (A target that looks like a URI of
+-- another scheme, "scheme:/...", is neither: open refuses it.)
 function pairstore.is_pg_target(target)
   return type(target) == "string" and core.is_pg_target(target)
 end
@@ -167,6 +168,8 @@ function pairstore.pg_schema_sql() return core.pg_schema_sql() end
 function pairstore.open(path, options)
   if type(path) ~= "string" or path == "" then argerror(2, "open", "path must be a non-empty string") end
   if path:find("\0", 1, true) then argerror(2, "open", "path must not contain a NUL byte") end
+  local refused = core.target_refused(path)
+  if refused then argerror(2, "open", refused) end
   local pg = core.is_pg_target(path)
   local last = path:match("[^/]*$")
   if not pg and (last == "" or last == "." or last == "..") then
