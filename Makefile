@@ -31,8 +31,8 @@ PS_CFLAGS   = -std=c11 -D_GNU_SOURCE -fPIC -fvisibility=hidden \
 PS_LDFLAGS  = -shared
 PS_LIBS     = $(shell $(PKG_CONFIG) --libs libsodium libqrencode libpq 2>/dev/null || echo -lsodium -lqrencode -lpq)
 
-SRCS  = $(wildcard csrc/*.c)
-HDRS  = $(wildcard csrc/*.h)
+SRCS  = $(wildcard csrc/*.c csrc/engine/file/*.c)
+HDRS  = $(wildcard csrc/*.h csrc/engine/file/*.h)
 BUILD = build/$(LUA_NAME)
 CORE  = $(BUILD)/pairstore/core.so
 
@@ -45,7 +45,7 @@ export PAIRSTORE_TEST_LUA := $(LUA_NAME)
 # The heavy runs (stress, fault, sanitize, ha, bench, fuzz) are for Lua 5.4 only.
 only54 = $(if $(filter lua5.4,$(LUA_NAME)),,$(error make $@ runs on lua5.4 only (LUA=$(LUA))))
 
-.PHONY: all deps test demo install uninstall clean lint test-stress test-fault test-sanitize test-ha test-nginx test-browser fuzz bench
+.PHONY: all deps test check-layering demo install uninstall clean lint test-stress test-fault test-sanitize test-ha test-nginx test-browser fuzz bench
 
 all: $(CORE)
 
@@ -72,10 +72,21 @@ $(PGFLOOR): spec/bench/pgfloor.c csrc/compat.h Makefile
 	$(CC) $(CFLAGS) -std=c11 -D_GNU_SOURCE -fPIC -Wall -Wextra $(WERROR) $(shell $(PKG_CONFIG) --cflags $(LUA_PC) libpq) \
 	  $(LDFLAGS) -shared -o $@ $< $(shell $(PKG_CONFIG) --libs libpq 2>/dev/null || echo -lpq)
 
+# No two C files use each other, nor any longer cycle: which file defines and which uses each
+# ps_ symbol, from nm over one object per source (spec/support/layering.lua).
+LAYER_OBJS = $(patsubst %.c,$(BUILD)/layering/%.o,$(SRCS))
+
+$(BUILD)/layering/%.o: %.c $(HDRS) Makefile
+	@mkdir -p $(dir $@)
+	@$(CC) -O0 $(PS_CFLAGS) -DPS_TEST -DPS_FAULT_INJECTION -c -o $@ $<
+
+check-layering: $(LAYER_OBJS)
+	$(LUA_NAME) spec/support/layering.lua $(BUILD)/layering $(LAYER_OBJS)
+
 # The suite runs against both backends: with-pg.sh starts a private PostgreSQL cluster (unix
 # socket in a temp dir) for it and removes it afterwards, also on failure.
 test: deps
-	@$(MAKE) --no-print-directory all $(FORKUTIL)
+	@$(MAKE) --no-print-directory all $(FORKUTIL) check-layering
 	bash spec/support/with-pg.sh busted --lua=$(LUA_NAME) spec
 
 demo: deps

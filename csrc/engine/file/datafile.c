@@ -1,11 +1,10 @@
 /*
- * file.c — the file backend: the store's directory resolved by the kernel and used through
- * *at calls, bounded reads that never follow a symlink or block on a FIFO, atomic durable
- * replacement (temp O_EXCL -> write -> fsync -> close -> fence -> rename -> fsync dir) that
- * keeps the replaced file's owner and group, quarantine of corrupt files that are plausibly
- * ours, mkdir -p with 0700, and the orphan sweep.
+ * datafile.c — the sessions file: the store's directory resolved by the kernel and used
+ * through *at calls; bounded reads; atomic durable replacement (temp O_EXCL, write, fsync,
+ * close, the caller's fence, rename, fsync of the directory) keeping the owner and group;
+ * quarantine of corrupt files that are plausibly ours; the pin; the orphan sweep.
  */
-#include "pairstore.h"
+#include "internal.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -17,170 +16,15 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <sodium.h>
 
-int ps_write_all(int fd, const char *p, size_t n)
-{
-  while (n > 0) {
-    ssize_t w = ps_write(fd, p, n);
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      return -1;
-    }
-    if (w == 0) { errno = EIO; return -1; }
-    p += w;
-    n -= (size_t)w;
-  }
-  return 0;
-}
-
-int ps_open_regular(int dirfd, const char *name, const char *path, const char *what,
-                    struct stat *st, ps_err *e)
+int ps_file_locate(ps_file *f, int *fdp, struct stat *st, ps_err *e)
 {
   int fd;
-  do {
-    fd = ps_openat(dirfd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0);
-  } while (fd < 0 && errno == EINTR);
-  if (fd < 0) {
-    int saved = errno;
-    if (saved == ELOOP)
-      ps_err_set(e, "io", "%s %s: is a symbolic link; refusing to follow it (ELOOP)", what, path);
-    else if (saved != ENOENT)
-      ps_err_sys(e, saved, what, path);
-    errno = saved;
-    return -1;
-  }
-  if (ps_fstat(fd, st) != 0) {
-    ps_err_sys(e, errno, what, path);
-    close(fd);
-    errno = EIO;
-    return -1;
-  }
-  if (!S_ISREG(st->st_mode)) {
-    ps_err_set(e, "io", "%s %s: not a regular file; refusing to use it", what, path);
-    close(fd);
-    errno = EINVAL;
-    return -1;
-  }
-  return fd;
-}
 
-void ps_file_event(ps_file *f, const char *name, const char *detail, const char *path,
-                   long count, long age_ms, long pid)
-{
-  ps_event *ev;
-  if (f->nevents >= PS_MAX_EVENTS) return;
-  ev = &f->events[f->nevents++];
-  snprintf(ev->name, sizeof ev->name, "%s", name);
-  snprintf(ev->detail, sizeof ev->detail, "%s", detail ? detail : "");
-  snprintf(ev->path, sizeof ev->path, "%s", path ? path : "");
-  ev->count = count;
-  ev->age_ms = age_ms;
-  ev->pid = pid;
-}
-
-/* chmod 0700 of the directory just made as name in parent, never through a symlink put in its
- * place: through an O_PATH handle of it (by /proc, as fchmodat(AT_SYMLINK_NOFOLLOW) does), or
- * by name relative to parent when there is no /proc. Returns the handle, or -1. */
-static int own_new_level(int parent, const char *name)
-{
-  char proc[64];
-  int fd = ps_openat(parent, name, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC, 0);
-  if (fd < 0) return -1;
-  snprintf(proc, sizeof proc, "/proc/self/fd/%d", fd);
-  if (ps_chmod(proc, 0700) == 0) return fd;
-  if (errno == ENOENT && access("/proc/self/fd", F_OK) != 0 && fchmodat(parent, name, 0700, 0) == 0)
-    return fd;
-  {
-    int saved = errno;
-    close(fd);
-    errno = saved;
-  }
-  return -1;
-}
-
-int ps_mkdir_p(const char *dir, ps_err *e)
-{
-  char buf[4096];
-  size_t n = strlen(dir);
-  char *p;
-  int fd;
-
-  if (n == 0 || n >= sizeof buf || dir[0] != '/') {
-    ps_err_set(e, "io", "directory path too long");
-    return -1;
-  }
-  memcpy(buf, dir, n + 1);
-  fd = ps_open("/", O_PATH | O_DIRECTORY | O_CLOEXEC, 0);
-  if (fd < 0) {
-    ps_err_sys(e, errno, "open directory", "/");
-    return -1;
-  }
-  /* Level by level, each relative to the one before: a symlink or ".." in the path means
-   * what it means to the kernel; each new level is made 0700 whatever the umask (0277 would
-   * make it unusable). */
-  for (p = buf; *p;) {
-    char *name, save;
-    int next;
-    while (*p == '/') p++;
-    if (!*p) break;
-    name = p;
-    while (*p && *p != '/') p++;
-    save = *p;
-    *p = '\0';
-    if (ps_mkdirat(fd, name, 0700) == 0) {
-      next = own_new_level(fd, name);
-      if (next < 0) {
-        int saved = errno;
-        unlinkat(fd, name, AT_REMOVEDIR); /* never leave a level the next call would keep as is */
-        ps_err_sys(e, saved, "chmod", buf);
-        close(fd);
-        return -1;
-      }
-    } else if (errno != EEXIST) {
-      ps_err_sys(e, errno, "mkdir", buf);
-      close(fd);
-      return -1;
-    } else {
-      next = ps_openat(fd, name, O_PATH | O_DIRECTORY | O_CLOEXEC, 0);
-      if (next < 0) {
-        int saved = errno;
-        if (saved == ENOTDIR) ps_err_set(e, "io", "mkdir %s: not a directory (ENOTDIR)", buf);
-        else ps_err_sys(e, saved, "open directory", buf);
-        close(fd);
-        return -1;
-      }
-    }
-    close(fd);
-    fd = next;
-    *p = save;
-  }
-  return fd;
-}
-
-/* Let go of the directory the store worked in until now (the path names another one): its
- * parked sentinel is removed, the pinned inode let go. Best effort: both are only spares. */
-static void dir_leave(ps_file *f)
-{
-  ps_lock_unpark(f);
-  ps_file_unpin(f);
-  if (f->dirfd >= 0) close(f->dirfd);
-  f->dirfd = -1;
-}
-
-/* Each transaction: what does the path name now? The directory part is resolved by the
- * kernel (symlinks and ".." followed; the directory made when missing), the store moves to
- * whatever directory that is, and it is known by that directory's device and inode plus the
- * file name. Nothing moves while a transaction of this store runs (a call from its mutator). */
-static int file_resolve(ps_file *f, ps_err *e)
-{
-  struct stat st;
-  int fd;
-
-  if (f->lock.fd >= 0) return 0;
+  if (f->lock.fd >= 0) return 0; /* nothing moves inside a transaction (a nested call) */
   if (f->dirfd >= 0) {
-    if (ps_stat(f->dir, &st) == 0) {
-      if (st.st_dev == f->dir_dev && st.st_ino == f->dir_ino) return 0;
+    if (ps_stat(f->dir, st) == 0) {
+      if (st->st_dev == f->dir_dev && st->st_ino == f->dir_ino) return 0;
     } else if (errno != ENOENT) {
       ps_err_sys(e, errno, "open directory", f->dir);
       return -1;
@@ -194,39 +38,27 @@ static int file_resolve(ps_file *f, ps_err *e)
     ps_err_sys(e, errno, "open directory", f->dir);
     return -1;
   }
-  if (ps_fstat(fd, &st) != 0) {
+  if (ps_fstat(fd, st) != 0) {
     ps_err_sys(e, errno, "open directory", f->dir);
     close(fd);
     return -1;
   }
-  if (f->dirfd >= 0) {
-    if (st.st_dev == f->dir_dev && st.st_ino == f->dir_ino) {
-      close(fd);
-      return 0;
-    }
-    dir_leave(f);
+  if (f->dirfd >= 0 && st->st_dev == f->dir_dev && st->st_ino == f->dir_ino) {
+    close(fd);
+    return 0;
   }
-  f->dirfd = fd;
-  f->dir_dev = st.st_dev;
-  f->dir_ino = st.st_ino;
-  f->swept = 0;
-  f->seen_valid = 0;
-  snprintf(f->key, sizeof f->key, "%ju:%ju", (uintmax_t)st.st_dev, (uintmax_t)st.st_ino);
-  return 0;
+  *fdp = fd;
+  return 1;
 }
 
-int ps_dir_check(ps_file *f, ps_err *e)
+void ps_file_enter(ps_file *f, int fd, const struct stat *st)
 {
-  struct stat st;
-  if (ps_stat(f->dir, &st) == 0) {
-    if (st.st_dev == f->dir_dev && st.st_ino == f->dir_ino) return 0;
-  } else if (errno != ENOENT && errno != ENOTDIR) {
-    ps_err_sys(e, errno, "check directory", f->dir);
-    return -1;
-  }
-  ps_err_set(e, "compromised",
-             "directory %s was replaced or moved during the transaction; nothing written", f->dir);
-  return -1;
+  f->dirfd = fd;
+  f->dir_dev = st->st_dev;
+  f->dir_ino = st->st_ino;
+  f->swept = 0;
+  f->seen_valid = 0;
+  snprintf(f->key, sizeof f->key, "%ju:%ju", (uintmax_t)st->st_dev, (uintmax_t)st->st_ino);
 }
 
 static int same_ident(const ps_ident *a, const ps_ident *b)
@@ -271,15 +103,14 @@ static void pin(ps_file *f, int fd, const struct stat *st)
   f->pin_ino = st->st_ino;
 }
 
-static void file_unlock(ps_file *f)
+void ps_file_drop_stale(ps_file *f)
 {
-  ps_lock_release(f);
   if (f->stale_fd >= 0) close(f->stale_fd);
   f->stale_fd = -1;
 }
 
-static int file_load(ps_file *f, ps_buf *into, const ps_ident *known, int *toobig, ps_ident *id,
-                     ps_err *e)
+int ps_file_load(ps_file *f, ps_buf *into, const ps_ident *known, int *toobig, ps_ident *id,
+                 ps_err *e)
 {
   struct stat st;
   size_t want;
@@ -365,8 +196,8 @@ static const char *not_ours(const ps_file *f, char *buf, size_t n)
   return buf;
 }
 
-static int file_quarantine(ps_file *f, int64_t now_ms, const char *why, int looks_ours, char *moved_to, size_t n,
-                           ps_err *e)
+int ps_file_quarantine(ps_file *f, int64_t now_ms, const char *why, int looks_ours,
+                       char *moved_to, size_t n, ps_err *e)
 {
   char name[512], reason[128];
   struct stat st;
@@ -419,17 +250,6 @@ static int fsync_dir(ps_file *f, int fd, ps_err *e)
   return rc;
 }
 
-/* The file being replaced belongs to another user or group (root working on a service's
- * store): the new one gets the same owner and group, else the service is locked out of it. */
-int ps_dir_owner(ps_file *f, uid_t *uid, gid_t *gid)
-{
-  struct stat ds;
-  if (geteuid() != 0 || fstat(f->dirfd, &ds) != 0 || ds.st_uid == 0) return 0;
-  *uid = ds.st_uid;
-  *gid = ds.st_gid;
-  return 1;
-}
-
 static int keep_owner(ps_file *f, int fd, ps_err *e)
 {
   struct stat st;
@@ -453,7 +273,8 @@ static int keep_owner(ps_file *f, int fd, ps_err *e)
   return 0;
 }
 
-static int file_commit(ps_file *f, const char *buf, size_t len, ps_ident *id, ps_err *e)
+int ps_file_commit(ps_file *f, const char *buf, size_t len, ps_fence_fn fence, ps_ident *id,
+                   ps_err *e)
 {
   char tmp[512], rnd[17];
   struct stat st;
@@ -498,7 +319,7 @@ static int file_commit(ps_file *f, const char *buf, size_t len, ps_ident *id, ps
     ps_err_sys(e, errno, "open directory", f->dir);
     goto fail;
   }
-  if (ps_lock_fence(f, e) != 0) goto fail;
+  if (fence(f, e) != 0) goto fail;
   if (ps_renameat(f->dirfd, tmp, f->base) != 0) {
     ps_err_sys(e, errno, "rename temp file onto", f->path);
     goto fail;
@@ -527,9 +348,7 @@ fail:
   return -1;
 }
 
-/* Remove temp, break, candidate and parked lock files that killed processes left behind. Runs only
- * while holding the lock, when no honest writer can be in the middle of one. */
-void ps_sweep_orphans(ps_file *f)
+void ps_file_sweep_orphans(ps_file *f)
 {
   char tprefix[512], bprefix[512], nprefix[512], iprefix[512];
   size_t tl, bl, nl, il;
@@ -578,17 +397,3 @@ void ps_sweep_orphans(ps_file *f)
   if (removed) ps_file_event(f, "orphans_swept", "temporary files of killed writers removed",
                              f->dir, removed, 0, 0);
 }
-
-static int file_lock(ps_file *f, ps_err *e)
-{
-  if (ps_lock_acquire(f, e) != 0) return -1;
-  if (!f->swept) {
-    ps_sweep_orphans(f);
-    f->swept = 1;
-  }
-  return 0;
-}
-
-const ps_backend ps_file_backend = {
-  "file", file_resolve, file_lock, file_unlock, file_load, file_quarantine, file_commit,
-};

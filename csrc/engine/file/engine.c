@@ -1,14 +1,16 @@
 /*
- * engine_file.c — the file engine: the whole sessions document behind the engine interface
- * (load with the raw-text scanner and the parsed cache, the sid index and live count, commit
- * as one atomic write), over file.c's files and lock.c's lock.
+ * engine.c — the file engine: the whole sessions document behind the engine interface (load
+ * with the raw-text scanner and the parsed cache, the sid index and live count, commit as one
+ * atomic write). It takes the lock (lock.c) around each transaction and hands the commit of
+ * the file (datafile.c) the lock's fence.
  */
-#include "pairstore.h"
+#include "internal.h"
 
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define PS_FENGINE_MT "pairstore.file_engine"
 
@@ -228,8 +230,8 @@ static int quarantine(ps_fengine *s, const char *why, ps_err *err)
                "a writing operation moves it aside)", s->f.path, why);
     return -1;
   }
-  if (ps_file_backend.quarantine(&s->f, ps_wall_ms(), why, begins_like_ours(&s->cache), moved,
-                                sizeof moved, err) != 0)
+  if (ps_file_quarantine(&s->f, ps_wall_ms(), why, begins_like_ours(&s->cache), moved,
+                         sizeof moved, err) != 0)
     return -1;
   snprintf(detail, sizeof detail, "corrupt sessions file moved aside: %s", why);
   ps_file_event(&s->f, "corrupt", detail, moved, 0, 0, 0);
@@ -279,7 +281,7 @@ static int load(lua_State *L, ps_fengine *s, int eng, ps_err *err)
   char reason[256];
   ps_jscan *sc = &s->scan; /* kept and reused: nothing to free on any way out */
 
-  rc = ps_file_backend.load(&s->f, &s->rbuf, s->cache_valid ? &s->cache_id : NULL, &toobig, &id, err);
+  rc = ps_file_load(&s->f, &s->rbuf, s->cache_valid ? &s->cache_id : NULL, &toobig, &id, err);
   if (rc == PS_LOAD_ERROR) return -1;
   if (rc == PS_LOAD_ABSENT) {
     cache_drop(s);
@@ -454,7 +456,7 @@ static int commit(lua_State *L, ps_fengine *s, int eng, int arr, ps_err *err)
                wb->len, s->f.max_bytes);
     return -1;
   }
-  if (ps_file_backend.commit(&s->f, wb->p, wb->len, &id, err) != 0) return -1;
+  if (ps_file_commit(&s->f, wb->p, wb->len, ps_lock_fence, &id, err) != 0) return -1;
   /* What we wrote is what the file now holds. */
   ps_buf_swap(&s->cache, wb);
   s->cache_id = id;
@@ -479,6 +481,44 @@ static int sessions(lua_State *L, ps_fengine *s, int eng, ps_err *err)
   return 0;
 }
 
+/* ---- the lock around the file ------------------------------------------------------------ */
+
+/* Each transaction: what does the path name now? The store moves to whatever directory the
+ * kernel resolves it to (made when missing); in the one it leaves, its parked sentinel is
+ * removed and its pin let go (both are only spares). */
+static int resolve(ps_file *f, ps_err *e)
+{
+  struct stat st;
+  int fd, rc = ps_file_locate(f, &fd, &st, e);
+  if (rc <= 0) return rc;
+  if (f->dirfd >= 0) {
+    ps_lock_unpark(f);
+    ps_file_unpin(f);
+    close(f->dirfd);
+  }
+  ps_file_enter(f, fd, &st);
+  return 0;
+}
+
+/* Takes the lock (and sweeps what killed writers left, once per directory). 0, -1, or
+ * PS_LOCK_NO_ACCESS. */
+static int lock(ps_file *f, ps_err *e)
+{
+  int rc = ps_lock_acquire(f, e);
+  if (rc != 0) return rc;
+  if (!f->swept) {
+    ps_file_sweep_orphans(f);
+    f->swept = 1;
+  }
+  return 0;
+}
+
+static void unlock(ps_file *f)
+{
+  ps_lock_release(f);
+  ps_file_drop_stale(f);
+}
+
 static const char *fe_display(ps_engine *e)
 {
   return FE(e)->f.path;
@@ -489,7 +529,7 @@ static int fe_locate(ps_engine *e, lua_State *L, int eng, ps_err *err)
   ps_fengine *s = FE(e);
   (void)eng;
   s->f.nevents = 0;
-  if (ps_file_backend.resolve(&s->f, err) != 0) return -1;
+  if (resolve(&s->f, err) != 0) return -1;
   /* the store's identity as the kernel sees it: its directory's device and inode plus the
    * file name, whatever spelling of the path opened it */
   lua_pushfstring(L, "%s/%s", s->f.key, s->f.base);
@@ -503,7 +543,7 @@ static int fe_begin(ps_engine *e, lua_State *L, int eng, int readonly, const ps_
   (void)L;
   (void)eng;
   s->f.nowait = hint->nowait;
-  if (ps_file_backend.lock(&s->f, err) != 0) return -1;
+  if (lock(&s->f, err) != 0) return -1;
   s->locked = 1;
   s->loaded = 0;
   s->readonly = readonly;
@@ -787,7 +827,7 @@ static int fe_end(ps_engine *e, lua_State *L, int eng, int how, ps_err *err)
     if (committed || (rc == 0 && s->cacheable && !s->dirty)) s->cache_valid = 1;
   }
   if (how != PS_END_COMMIT || rc != 0) s->cache_valid = 0;
-  ps_file_backend.unlock(&s->f);
+  unlock(&s->f);
   s->locked = 0;
   s->loaded = 0;
   if (!s->cache_valid) {
@@ -823,6 +863,8 @@ static void fe_close(ps_engine *e)
   if (!s->f.path) return;
   ps_lock_close(&s->f);
   ps_file_unpin(&s->f);
+  if (s->f.dirfd >= 0) close(s->f.dirfd);
+  s->f.dirfd = -1;
   buffers_free(s);
   free(s->f.path);
   free(s->f.lockpath);
@@ -882,6 +924,7 @@ ps_engine *ps_file_engine_new(lua_State *L, const char *path, const ps_file_opts
   memset(s, 0, sizeof *s);
   s->base.m = &file_methods;
   ps_lock_init(&s->f);
+  s->f.dirfd = -1;
   s->f.pin_fd = s->f.stale_fd = -1;
   if (luaL_newmetatable(L, PS_FENGINE_MT)) { /* before any resource is acquired */
     lua_pushcfunction(L, fe_gc);
