@@ -531,7 +531,10 @@ static const luaL_Reg module_funcs[] = {
   { "redact", f_redact }, { "json_encode", f_json_encode }, { "now_ms", f_now_ms }, { "is_terminal", f_is_terminal }, { "clamp_ttl", f_clamp_ttl },
   { "next_prune", f_next_prune }, { "is_sid", f_is_sid }, { "is_code", f_is_code },
   { "is_known_status", f_is_known_status }, { "is_known_mode", f_is_known_mode },
-  { "test_hooks", ps_test_hooks }, { "is_pg_target", f_is_pg_target },
+#ifdef PS_TEST
+  { "test_hooks", ps_test_hooks },
+#endif
+  { "is_pg_target", f_is_pg_target },
   { "pg_schema_sql", f_pg_schema_sql },
   { NULL, NULL },
 };

@@ -317,9 +317,11 @@ ps_engine *ps_file_engine_new(lua_State *L, const char *path, const ps_file_opts
 /* Tidies an absolute path in place (no empty or "." components); 0, or -1 when it does not
  * name a file. */
 int ps_file_normalize_path(char *p);
-/* For tests: whether the file engine's sid index and live count agree with its sessions
- * (true, "indexed" | "not indexed", or false, what disagrees). */
+#ifdef PS_TEST
+/* Whether the file engine's sid index and live count agree with its sessions (true,
+ * "indexed" | "not indexed", or false, what disagrees). */
 int ps_file_engine_selfcheck(lua_State *L, int eng);
+#endif
 
 /* The PostgreSQL engine (engine_pg.c). */
 typedef struct ps_pg_opts {
@@ -331,9 +333,11 @@ typedef struct ps_pg_opts {
 int ps_pg_is_target(const char *target);
 /* Pushes a PostgreSQL engine for target (nothing connects yet) and returns it. */
 ps_engine *ps_pg_engine_new(lua_State *L, const char *target, const ps_pg_opts *o, int decode);
+#ifdef PS_TEST
 /* Test hooks: cut the connection after sending the next n COMMITs; round trips so far. */
 void ps_pg_fault_cut_commits(int n);
 long ps_pg_roundtrips(void);
+#endif
 /* The schema's DDL (what sql/pairstore.sql holds). */
 extern const char ps_pg_schema_sql[];
 
@@ -376,9 +380,13 @@ int  ps_call_user(lua_State *L, int nargs, int nres);
 void ps_txn_init(lua_State *L); /* the registry table of stores this state holds locked */
 
 /* ---- test-only hooks (testhooks.c) --------------------------------------------------------- */
-/* test_hooks() -> a new table of the hooks the specs use (fault injection, errno names, the
- * file engine's self-check); nothing of it is in the module table itself. */
+/* Only in the test build (-DPS_TEST, as SQLite's SQLITE_TEST): core.test_hooks() -> a new
+ * table of the hooks the specs use (fault injection, errno names, the file engine's
+ * self-check, the PostgreSQL engine's commit cut and round-trip count). What make all,
+ * make install and the rockspec build has none of them. */
+#ifdef PS_TEST
 int  ps_test_hooks(lua_State *L);
+#endif
 
 /* ---- raw JSON (json.c) ------------------------------------------------------------------- */
 

@@ -44,6 +44,25 @@ describe("pairstore constants", function()
     store:close()
     helpers.cleanup()
   end)
+
+  it("ships no test hooks: the build make all installs has no core.test_hooks, nor its code", function()
+    local so = ("%s/build/%s/pairstore/core.so"):format(helpers.ROOT, helpers.LUA)
+    assert.is_true(helpers.exists(so), so .. " (make all builds it)")
+    local ok, out = helpers.run(("cd / && env LUA_PATH=%s LUA_CPATH=%s %s -e %s"):format(
+      helpers.sh_quote(helpers.ROOT .. "/lua/?.lua;" .. helpers.ROOT .. "/lua/?/init.lua;;"),
+      helpers.sh_quote(helpers.ROOT .. "/build/" .. helpers.LUA .. "/?.so;;"), helpers.LUA,
+      helpers.sh_quote([[
+        local core = require "pairstore.core"
+        assert(package.searchpath("pairstore.core", package.cpath):find("/build/[^/]+/pairstore/core%.so$"))
+        assert(not package.searchpath("pairstore.core", package.cpath):find("%-test/"))
+        print("test_hooks " .. type(core.test_hooks) .. " " .. type(require("pairstore").open))
+      ]])))
+    assert.is_true(ok, out)
+    assert.matches("test_hooks nil function", out)
+    -- nor the hooks' code or names in the library
+    local _, strings = helpers.run("strings " .. helpers.sh_quote(so) .. " | grep -c -E 'test_hooks|pg_cut_commits|selfcheck|fault_state'")
+    assert.are.equal("0", strings:match("%d+"))
+  end)
 end)
 
 describe("pairstore.clamp_ttl()", function()

@@ -964,6 +964,7 @@ ps_engine *ps_file_engine_new(lua_State *L, const char *path, const ps_file_opts
   return &s->base;
 }
 
+#ifdef PS_TEST
 int ps_file_engine_selfcheck(lua_State *L, int eng)
 {
   ps_fengine *s = luaL_testudata(L, eng, PS_FENGINE_MT);
@@ -1027,4 +1028,4 @@ int ps_file_engine_selfcheck(lua_State *L, int eng)
   lua_pushliteral(L, "indexed");
   return 2;
 }
-
+#endif
