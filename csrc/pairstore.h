@@ -408,6 +408,8 @@ typedef struct ps_jscan {
  * elements of its top-level "sessions" array. NULL, or what is wrong. */
 const char *ps_json_scan(const char *p, size_t n, ps_jscan *sc);
 void        ps_json_scan_free(ps_jscan *sc);
+/* Whether s is well-formed UTF-8 (no overlong forms, surrogates, or code points past U+10FFFF). */
+int         ps_utf8_valid(const unsigned char *s, size_t n);
 /* Rewrites every lone surrogate escape of a valid text as \ufffd (same length), in place. */
 void        ps_json_sanitize(char *p, size_t n);
 /* Pushes the exact value of a number token: an integer when it is one within int64, else a

@@ -183,6 +183,33 @@ describe("pairstore.core (the C layer) checks its own arguments", function()
     assert.has_error(function() store:create("generate", op, 300000, nil, nil, "12345") end)
     assert.is_table(store:create("generate", op, 300000, nil, ("k"):rep(32), "123456"))
   end)
+
+  it("holds the rules the Lua layer relies on: the sid check, the operator field limit, store names", function()
+    local core = require "pairstore.core"
+    local store = core.open(helpers.tmpdir() .. "/pair-sessions.json", { durable = false })
+    -- the sid check and its messages (the Lua layer raises them at its caller's level)
+    local ok, err = pcall(store.get, store, 42)
+    assert.is_false(ok)
+    assert.are.equal("pairstore.get: sid must be a string, got number", err)
+    ok, err = pcall(store.consume, store, "0123456789ABCDEF0123456789abcdef")
+    assert.is_false(ok)
+    assert.are.equal('pairstore.consume: sid must be 32 lowercase hex characters, got "0123456789ABCDEF0123456789abcdef"', err)
+    assert.is_nil(core.sid_error("get", ("ab"):rep(16)))
+    assert.are.equal("pairstore.wait: sid must be a string, got nil", core.sid_error("wait", nil))
+    -- each operator field is bounded here too, not only in the Lua layer
+    local v, msg, code = store:create("generate", { channel = "cli", senderId = ("s"):rep(257) }, 300000)
+    assert.is_nil(v)
+    assert.are.equal("limit", code)
+    assert.are.equal("operator.senderId is 257 bytes, above the limit of 256", msg)
+    assert.is_table(store:create("generate", { channel = ("c"):rep(256) }, 300000))
+    -- a PostgreSQL store's name (nothing connects at open)
+    for _, bad in ipairs { "", ("n"):rep(201), "a\0b", "tab\there", "\127", "\255\254", "\237\160\128" } do
+      ok, err = pcall(core.open, "postgresql://nobody@/db?host=/nonexistent", { store = bad })
+      assert.is_false(ok, ("%q"):format(bad))
+      assert.are.equal("pairstore.open: option store must be a name of 1 to 200 bytes of printable UTF-8", err)
+    end
+    assert.is_true((pcall(core.open, "postgresql://nobody@/db?host=/nonexistent", { store = "ünï " .. ("n"):rep(190) })))
+  end)
 end)
 
 -- What open checks is the same on both backends; each refuses the other's own options.
