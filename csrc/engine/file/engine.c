@@ -46,6 +46,7 @@ typedef struct ps_fengine {
   int locked;            /* the lock is held */
   int loaded;            /* the transaction's array is in UV_SESSIONS */
   int readonly;          /* get/list: write back only when pruning deleted something */
+  int snapshot;          /* a read without the lock, which this user cannot make: writes nothing */
   int dirty;             /* in-memory sessions differ from the file */
   int cacheable;         /* the loaded sessions are exactly the file's (nothing dropped) */
   int from_cache;        /* the sessions were reused, not parsed */
@@ -540,10 +541,16 @@ static int fe_begin(ps_engine *e, lua_State *L, int eng, int readonly, const ps_
                     ps_err *err)
 {
   ps_fengine *s = FE(e);
+  int rc;
   (void)L;
   (void)eng;
   s->f.nowait = hint->nowait;
-  if (lock(&s->f, err) != 0) return -1;
+  rc = lock(&s->f, err);
+  /* A read where this user cannot make the sentinel (a read-only file system, a directory it
+   * may not write) reads without the lock: writers replace the file by rename, so the one
+   * file it opens is a whole, consistent snapshot. It then writes nothing back. */
+  s->snapshot = rc == PS_LOCK_NO_ACCESS && readonly;
+  if (rc != 0 && !s->snapshot) return -1;
   s->locked = 1;
   s->loaded = 0;
   s->readonly = readonly;
@@ -818,7 +825,7 @@ static int fe_end(ps_engine *e, lua_State *L, int eng, int how, ps_err *err)
   if (!s->locked) return 0;
   if (how == PS_END_COMMIT && s->loaded) {
     lua_getiuservalue(L, eng, UV_SESSIONS);
-    if (s->readonly ? s->removed > 0 : s->dirty) {
+    if (!s->snapshot && (s->readonly ? s->removed > 0 : s->dirty)) {
       rc = commit(L, s, eng, lua_gettop(L), err);
       committed = rc == 0;
     }
