@@ -109,31 +109,62 @@ void ps_file_drop_stale(ps_file *f)
   f->stale_fd = -1;
 }
 
+/* Whether the path still names the inode we pin (no other file can carry its number) with
+ * the size and timestamps known describes: the file we wrote last, not read again. Only
+ * where changes after a stat get their own ctime (else a rewrite in place could match). */
+static int same_as_pinned(ps_file *f, const ps_ident *known, ps_ident *id)
+{
+  struct stat st;
+  if (!f->fine_ctime || !known || !known->valid || f->pin_fd < 0 || known->dev != f->pin_dev ||
+      known->ino != f->pin_ino || fstatat(f->dirfd, f->base, &st, AT_SYMLINK_NOFOLLOW) != 0 ||
+      !S_ISREG(st.st_mode))
+    return 0;
+  set_ident(id, &st);
+  if (!same_ident(id, known)) {
+    id->valid = 0; /* changed in place, or lstat saw something else: read it */
+    return 0;
+  }
+  f->seen = st;
+  f->seen_valid = 1;
+  return 1;
+}
+
+/* Reads want bytes of fd into `into` (fewer if the file ends first). 0, or -1 with e set. */
+static int read_all(ps_file *f, int fd, size_t want, ps_buf *into, ps_err *e)
+{
+  ps_buf_reserve(into, want);
+  if (into->oom) {
+    ps_err_set(e, "io", "read %s: out of memory (ENOMEM)", f->path);
+    return -1;
+  }
+  while (into->len < want) {
+    ssize_t r = ps_read(fd, into->p + into->len, want - into->len);
+    if (r < 0) {
+      int saved = errno;
+      if (saved == EINTR) continue;
+      into->len = 0;
+      ps_err_sys(e, saved, "read", f->path);
+      return -1;
+    }
+    if (r == 0) break;
+    into->len += (size_t)r;
+  }
+  into->p[into->len] = '\0';
+  return 0;
+}
+
 int ps_file_load(ps_file *f, ps_buf *into, const ps_ident *known, int *toobig, ps_ident *id,
                  ps_err *e)
 {
   struct stat st;
-  size_t want;
-  int fd;
+  int fd, rc;
 
   into->len = 0;
   into->oom = 0;
   *toobig = 0;
   id->valid = 0;
   f->seen_valid = 0;
-  if (f->fine_ctime && known && known->valid && f->pin_fd >= 0 && known->dev == f->pin_dev &&
-      known->ino == f->pin_ino && fstatat(f->dirfd, f->base, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
-      S_ISREG(st.st_mode)) {
-    /* The path still names the inode we hold open: no other file can carry its number. If
-     * it also has the size and timestamps we know, it is the file we wrote last. */
-    set_ident(id, &st);
-    if (same_ident(id, known)) {
-      f->seen = st;
-      f->seen_valid = 1;
-      return PS_LOAD_SAME;
-    }
-    id->valid = 0; /* changed in place, or lstat saw something else: read it */
-  }
+  if (same_as_pinned(f, known, id)) return PS_LOAD_SAME;
   fd = ps_open_regular(f->dirfd, f->base, f->path, "open", &st, e);
   if (fd < 0) return errno == ENOENT ? PS_LOAD_ABSENT : PS_LOAD_ERROR;
   set_ident(id, &st);
@@ -150,29 +181,10 @@ int ps_file_load(ps_file *f, ps_buf *into, const ps_ident *known, int *toobig, p
     *toobig = 1;
     return PS_LOAD_OK;
   }
-  want = (size_t)st.st_size;
-  ps_buf_reserve(into, want);
-  if (into->oom) {
-    close(fd);
-    ps_err_set(e, "io", "read %s: out of memory (ENOMEM)", f->path);
-    return PS_LOAD_ERROR;
-  }
-  while (into->len < want) {
-    ssize_t r = ps_read(fd, into->p + into->len, want - into->len);
-    if (r < 0) {
-      int saved = errno;
-      if (saved == EINTR) continue;
-      close(fd);
-      into->len = 0;
-      ps_err_sys(e, saved, "read", f->path);
-      return PS_LOAD_ERROR;
-    }
-    if (r == 0) break;
-    into->len += (size_t)r;
-  }
+  rc = read_all(f, fd, (size_t)st.st_size, into, e);
   close(fd);
+  if (rc != 0) return PS_LOAD_ERROR;
   if (f->pin_fd >= 0 && (st.st_dev != f->pin_dev || st.st_ino != f->pin_ino)) pin_retire(f);
-  into->p[into->len] = '\0';
   return PS_LOAD_OK;
 }
 
@@ -273,6 +285,56 @@ static int keep_owner(ps_file *f, int fd, ps_err *e)
   return 0;
 }
 
+/* The write, made just after a stat (before), changed the ctime by less than any coarse
+ * clock tick (>= 1 ms) and not by 0: this file system stamps changes after a stat finely. */
+static void probe_fine_ctime(ps_file *f, int fd, const struct stat *before)
+{
+  struct stat after;
+  int64_t d;
+  if (fstat(fd, &after) != 0) return;
+  d = ((int64_t)after.st_ctim.tv_sec - before->st_ctim.tv_sec) * 1000000000 +
+      (after.st_ctim.tv_nsec - before->st_ctim.tv_nsec);
+  if (d > 0 && d < 500000) f->fine_ctime = 1;
+}
+
+/* Fills the new temp file fd with buf: mode 0600, the replaced file's owner, fsync'ed when
+ * durable, then closed; st: its identity. 0, or -1 with e set; fd is closed either way. */
+static int fill_temp(ps_file *f, int fd, const char *buf, size_t len, struct stat *st, ps_err *e)
+{
+  const char *failed;
+  int probe;
+  if (ps_fchmod(fd, 0600) != 0) { failed = "chmod temp file for"; goto fail; }
+  if (keep_owner(f, fd, e) != 0) { close(fd); return -1; }
+  probe = !f->fine_ctime && !ps_fault_coarse_ctime() && fstat(fd, st) == 0;
+  if (ps_write_all(fd, buf, len) != 0) { failed = "write temp file for"; goto fail; }
+  if (probe) probe_fine_ctime(f, fd, st);
+  if (f->durable && ps_fsync(fd) != 0) { failed = "fsync temp file for"; goto fail; }
+  if (ps_fstat(fd, st) != 0) { failed = "stat temp file for"; goto fail; }
+  if (ps_close(fd) != 0 && errno != EINTR) {
+    ps_err_sys(e, errno, "close temp file for", f->path);
+    return -1;
+  }
+  return 0;
+fail:
+  ps_err_sys(e, errno, failed, f->path);
+  close(fd);
+  return -1;
+}
+
+/* The temp file (st) is the file now: pin it by keep (an O_PATH handle, or -1), and take the
+ * identity the path shows (rename bumps the ctime on most file systems; without the pin, the
+ * one from before the rename, which only makes the next load read it). */
+static void pin_published(ps_file *f, int keep, struct stat *st)
+{
+  struct stat now;
+  if (keep < 0) return;
+  if (fstat(keep, &now) == 0 && now.st_dev == st->st_dev && now.st_ino == st->st_ino &&
+      now.st_size == st->st_size && now.st_mtim.tv_sec == st->st_mtim.tv_sec &&
+      now.st_mtim.tv_nsec == st->st_mtim.tv_nsec)
+    *st = now; /* (a write into it since our fstat would have moved the mtime) */
+  pin(f, keep, st);
+}
+
 int ps_file_commit(ps_file *f, const char *buf, size_t len, ps_fence_fn fence, ps_ident *id,
                    ps_err *e)
 {
@@ -290,28 +352,7 @@ int ps_file_commit(ps_file *f, const char *buf, size_t len, ps_fence_fn fence, p
     ps_err_sys(e, errno, "create temp file for", f->path);
     return -1;
   }
-  if (ps_fchmod(fd, 0600) != 0) { ps_err_sys(e, errno, "chmod temp file for", f->path); goto fail; }
-  if (keep_owner(f, fd, e) != 0) goto fail;
-  if (!f->fine_ctime && (ps_fault_coarse_ctime() || fstat(fd, &st) != 0)) st.st_ctim.tv_sec = -1;
-  if (ps_write_all(fd, buf, len) != 0) { ps_err_sys(e, errno, "write temp file for", f->path); goto fail; }
-  if (!f->fine_ctime && st.st_ctim.tv_sec >= 0) {
-    /* The write, made just after a stat, changed the ctime by less than any coarse clock
-     * tick (>= 1 ms) and not by 0: this file system stamps changes after a stat finely. */
-    struct stat after;
-    if (fstat(fd, &after) == 0) {
-      int64_t d = ((int64_t)after.st_ctim.tv_sec - st.st_ctim.tv_sec) * 1000000000 +
-                  (after.st_ctim.tv_nsec - st.st_ctim.tv_nsec);
-      if (d > 0 && d < 500000) f->fine_ctime = 1;
-    }
-  }
-  if (f->durable && ps_fsync(fd) != 0) { ps_err_sys(e, errno, "fsync temp file for", f->path); goto fail; }
-  if (ps_fstat(fd, &st) != 0) { ps_err_sys(e, errno, "stat temp file for", f->path); goto fail; }
-  if (ps_close(fd) != 0 && errno != EINTR) {
-    fd = -1;
-    ps_err_sys(e, errno, "close temp file for", f->path);
-    goto fail;
-  }
-  fd = -1;
+  if (fill_temp(f, fd, buf, len, &st, e) != 0) goto fail;
   /* An O_PATH handle (it can neither read nor write) to pin the inode once it is the file;
    * without one (EMFILE, ...) the next load just reads the file again. */
   keep = openat(f->dirfd, tmp, O_PATH | O_NOFOLLOW | O_CLOEXEC);
@@ -324,16 +365,7 @@ int ps_file_commit(ps_file *f, const char *buf, size_t len, ps_fence_fn fence, p
     ps_err_sys(e, errno, "rename temp file onto", f->path);
     goto fail;
   }
-  /* The identity the path now shows: rename bumps the ctime on most file systems. Without
-   * the pin, the one from before the rename (it only forces the next load to read). */
-  if (keep >= 0) {
-    struct stat now;
-    if (fstat(keep, &now) == 0 && now.st_dev == st.st_dev && now.st_ino == st.st_ino &&
-        now.st_size == st.st_size && now.st_mtim.tv_sec == st.st_mtim.tv_sec &&
-        now.st_mtim.tv_nsec == st.st_mtim.tv_nsec)
-      st = now; /* (a write into it since our fstat would have moved the mtime) */
-    pin(f, keep, &st);
-  }
+  pin_published(f, keep, &st);
   set_ident(id, &st);
   if (f->durable && fsync_dir(f, dfd, e) != 0) {
     id->valid = 0; /* published, but not known to be durable: report it */
@@ -341,7 +373,6 @@ int ps_file_commit(ps_file *f, const char *buf, size_t len, ps_fence_fn fence, p
   }
   return 0;
 fail:
-  if (fd >= 0) close(fd);
   if (dfd >= 0) close(dfd);
   if (keep >= 0) close(keep);
   unlinkat(f->dirfd, tmp, 0);

@@ -271,16 +271,12 @@ static int corrupt(lua_State *L, ps_fengine *s, const char *why, ps_err *err)
   return 0;
 }
 
-/* Pushes the array of valid sessions (possibly empty) and returns 0, or returns -1. Each session's
- * text is kept exactly as the file holds it (found by ps_json_scan); cjson decodes. */
-static int load(lua_State *L, ps_fengine *s, int eng, ps_err *err)
+/* Reads the file. 0: done, the sessions pushed (none: the file is absent; the cached ones: it
+ * is the one last read or written); 1: new bytes in s->cache to parse; -1 with err set. */
+static int read_file(lua_State *L, ps_fengine *s, int eng, ps_err *err)
 {
-  int toobig = 0, rc, doc, arr, texts;
+  int toobig = 0, rc;
   ps_ident id;
-  const char *why = NULL, *text;
-  lua_Integer n, i, kept = 0;
-  char reason[256];
-  ps_jscan *sc = &s->scan; /* kept and reused: nothing to free on any way out */
 
   rc = ps_file_load(&s->f, &s->rbuf, s->cache_valid ? &s->cache_id : NULL, &toobig, &id, err);
   if (rc == PS_LOAD_ERROR) return -1;
@@ -307,18 +303,27 @@ static int load(lua_State *L, ps_fengine *s, int eng, ps_err *err)
   }
   ps_buf_swap(&s->cache, &s->rbuf); /* these bytes are the file's now */
   s->cache_id = id;
-  why = ps_json_scan(s->cache.p, s->cache.len, sc);
-  if (why) {
-    snprintf(reason, sizeof reason, "invalid JSON (%s)", why);
-    return corrupt(L, s, reason, err);
+  return 1;
+}
+
+/* Decodes s->cache (delimited by ps_json_scan into s->scan) and checks its shape. Pushes the
+ * document and returns 0, or returns why it is corrupt (in reason; nothing pushed), or fails
+ * (-1, a newer format version: err set). */
+static int decode_doc(lua_State *L, ps_fengine *s, int eng, char *reason, size_t n, ps_err *err)
+{
+  const char *why, *text = s->cache.p;
+  int rc;
+
+  if ((why = ps_json_scan(s->cache.p, s->cache.len, &s->scan)) != NULL) {
+    snprintf(reason, n, "invalid JSON (%s)", why);
+    return 1;
   }
-  text = s->cache.p;
-  if (sc->lone) {
+  if (s->scan.lone) {
     /* cjson refuses lone surrogate escapes (JSON.parse takes them): it decodes a copy that
      * reads them as U+FFFD; the file's text, kept, still has them */
     s->rbuf.len = 0;
     ps_buf_add(&s->rbuf, s->cache.p, s->cache.len);
-    if (s->rbuf.oom) { luaL_error(L, "pairstore: out of memory"); }
+    if (s->rbuf.oom) luaL_error(L, "pairstore: out of memory");
     ps_json_sanitize(s->rbuf.p, s->rbuf.len);
     text = s->rbuf.p;
   }
@@ -332,33 +337,35 @@ static int load(lua_State *L, ps_fengine *s, int eng, ps_err *err)
      * meanwhile (out of memory, an "interrupted!" from a SIGINT hook) is not about the
      * file: let it propagate (the lock is released on the way out). */
     if (rc != LUA_ERRRUN || !msg || !ps_is_json_verdict(msg)) lua_error(L);
-    snprintf(reason, sizeof reason, "invalid JSON (%s)", msg);
+    snprintf(reason, n, "invalid JSON (%s)", msg);
     lua_pop(L, 1);
-    return corrupt(L, s, reason, err);
+    return 1;
   }
-  doc = lua_gettop(L);
-  if (other_version(L, s, doc, err)) return -1;
-  if (!shape_ok(L, doc, &why)) {
+  if (other_version(L, s, lua_gettop(L), err)) return -1;
+  if (!shape_ok(L, -1, &why)) {
+    snprintf(reason, n, "%s", why);
     lua_pop(L, 1);
-    return corrupt(L, s, why, err);
+    return 1;
   }
-  lua_getfield(L, doc, "sessions");
-  arr = lua_gettop(L);
-  n = (lua_Integer)lua_rawlen(L, arr);
-  if ((size_t)n != sc->nspans) { /* cannot be: both read the same array */
-    lua_pop(L, 2);
-    return corrupt(L, s, "the sessions array could not be delimited", err);
-  }
+  return 0;
+}
+
+/* Keeps the valid sessions of the array at arr, in place, each with its text as the file
+ * holds it (texts[session], from the spans ps_json_scan found). Returns how many it dropped. */
+static lua_Integer keep_valid(lua_State *L, ps_fengine *s, int eng, int arr)
+{
+  const ps_jscan *sc = &s->scan;
+  lua_Integer n = (lua_Integer)lua_rawlen(L, arr), i, kept = 0;
+  int texts;
+
   lua_getiuservalue(L, eng, UV_TEXTS);
   texts = lua_gettop(L);
   lua_getiuservalue(L, eng, UV_DECODE);
   for (i = 1; i <= n; i++) {
     const ps_jspan *sp = &sc->spans[i - 1];
     lua_rawgeti(L, arr, i);
-    if (sp->bigint &&
-        ps_json_fixup(L, texts + 1, s->cache.p + sp->off, sp->len, -1, 0) != 0) {
+    if (sp->bigint && ps_json_fixup(L, texts + 1, s->cache.p + sp->off, sp->len, -1, 0) != 0)
       luaL_error(L, "pairstore: out of memory");
-    }
     if (ps_validate_session(L, -1, 1) == NULL) { /* shape_ok checked its values */
       lua_pushvalue(L, -1);
       lua_pushlstring(L, s->cache.p + sp->off, sp->len);
@@ -373,9 +380,30 @@ static int load(lua_State *L, ps_fengine *s, int eng, ps_err *err)
     lua_pushnil(L);
     lua_rawseti(L, arr, i);
   }
-  if (kept < n) {
+  return n - kept;
+}
+
+/* Pushes the array of valid sessions (possibly empty) and returns 0, or returns -1. Each
+ * session's text is kept exactly as the file holds it; cjson decodes. */
+static int load(lua_State *L, ps_fengine *s, int eng, ps_err *err)
+{
+  char reason[256];
+  lua_Integer dropped;
+  int rc, doc;
+
+  if ((rc = read_file(L, s, eng, err)) <= 0) return rc;
+  if ((rc = decode_doc(L, s, eng, reason, sizeof reason, err)) != 0)
+    return rc < 0 ? -1 : corrupt(L, s, reason, err);
+  doc = lua_gettop(L);
+  lua_getfield(L, doc, "sessions");
+  if ((size_t)lua_rawlen(L, -1) != s->scan.nspans) { /* cannot be: both read the same array */
+    lua_pop(L, 2);
+    return corrupt(L, s, "the sessions array could not be delimited", err);
+  }
+  dropped = keep_valid(L, s, eng, doc + 1);
+  if (dropped > 0) {
     ps_file_event(&s->f, "invalid_dropped", "invalid session entries were dropped", s->f.path,
-                  (long)(n - kept), 0, 0);
+                  (long)dropped, 0, 0);
     s->dirty = 1;
   } else {
     s->cacheable = 1;
@@ -396,10 +424,12 @@ static int session_text(lua_State *L, int sess, int dec, const char *base, size_
   return 0;
 }
 
-static int commit(lua_State *L, ps_fengine *s, int eng, int arr, ps_err *err)
+/* Writes the document of the sessions of the array at arr into s->wbuf: each session's text
+ * as the file holds it, or for one changed or new since, its text now (then kept as its
+ * text). 0, or -1 with err set. */
+static int encode_doc(lua_State *L, ps_fengine *s, int eng, int arr, ps_err *err)
 {
   ps_buf *wb = &s->wbuf;
-  ps_ident id;
   lua_Integer n = (lua_Integer)lua_rawlen(L, arr), i;
   int texts, bases, dec, top = lua_gettop(L);
   ps_buf one = { 0 };
@@ -451,6 +481,17 @@ static int commit(lua_State *L, ps_fengine *s, int eng, int arr, ps_err *err)
     ps_err_set(err, "io", "encode: out of memory (ENOMEM)");
     return -1;
   }
+  return 0;
+}
+
+/* Writes the sessions of the array at arr as the file (the lock's fence checked before the
+ * rename). 0, or -1 with err set. */
+static int commit(lua_State *L, ps_fengine *s, int eng, int arr, ps_err *err)
+{
+  ps_buf *wb = &s->wbuf;
+  ps_ident id;
+
+  if (encode_doc(L, s, eng, arr, err) != 0) return -1;
   if (wb->len > s->f.max_bytes) {
     ps_err_set(err, "limit",
                "the sessions file would be %zu bytes, above max_file_bytes (%zu): nothing was written",
