@@ -32,10 +32,12 @@ build = {
   modules = {
     ["pairstore.core"] = {
       sources = {
-        "csrc/bind.c", "csrc/crypto.c", "csrc/engine_file.c", "csrc/engine_pg.c", "csrc/err.c",
-        "csrc/file.c", "csrc/json.c", "csrc/lock.c", "csrc/qr.c", "csrc/rand.c",
-        "csrc/record.c", "csrc/rules.c", "csrc/sys.c", "csrc/testhooks.c", "csrc/txn.c",
-        "csrc/wait.c",
+        -- every C file but csrc/testhooks.c (the test build's, -DPS_TEST)
+        "csrc/base64url.c", "csrc/bind.c", "csrc/buf.c", "csrc/clock.c", "csrc/crypto.c",
+        "csrc/engine_pg.c", "csrc/err.c", "csrc/json.c", "csrc/qr.c", "csrc/rand.c",
+        "csrc/record.c", "csrc/rules.c", "csrc/sys.c", "csrc/txn.c", "csrc/wait.c",
+        "csrc/engine/file/datafile.c", "csrc/engine/file/engine.c", "csrc/engine/file/fs.c",
+        "csrc/engine/file/lock.c",
       },
       defines = { "_GNU_SOURCE" },
       libraries = { "sodium", "qrencode", "pq" },

@@ -26,50 +26,6 @@
  * longer gives up, and the caller sleeps instead of the server blocking this thread. */
 #define PS_PG_NOWAIT_MS "1"
 
-/* The schema, version 1 (sql/pairstore.sql is this text; a spec checks it). Run in one
- * transaction (one simple query) on first use when the role may; otherwise by the owner. */
-const char ps_pg_schema_sql[] =
-  "-- pairstore schema, version 1: the sessions of every store in this database.\n"
-  "-- pairstore creates it on first use when its role may; otherwise run this file once as\n"
-  "-- the schema's owner and grant the application role SELECT, INSERT, UPDATE, DELETE on\n"
-  "-- the three tables.\n"
-  "CREATE TABLE pairstore_schema (\n"
-  "  version integer NOT NULL\n"
-  ");\n"
-  "INSERT INTO pairstore_schema (version) VALUES (1);\n"
-  "\n"
-  "-- One row per store: a create locks it (SELECT ... FOR UPDATE), so that creates of one\n"
-  "-- store are serialised and never pass max_sessions.\n"
-  "CREATE TABLE pairstore_stores (\n"
-  "  store text PRIMARY KEY\n"
-  ");\n"
-  "\n"
-  "-- One row per session. body is the session's JSON text exactly as pairstore wrote it (or\n"
-  "-- as the file it was migrated from held it): text, not jsonb, so that key order, number\n"
-  "-- text and unknown members survive byte for byte. The other columns are derived from it\n"
-  "-- when it is written: status and live (not terminal), createdAtMs, lastStatusChangeAtMs,\n"
-  "-- expiresAtMs, and prune_at, the time after which pruning changes the row (its expiry\n"
-  "-- while live, the end of its retention once terminal). Pruning may mark a live row\n"
-  "-- expired (status, live, changed_at, prune_at) without rewriting body: a reader applies\n"
-  "-- the expiry to body itself. txn is the token of the transaction that last wrote it.\n"
-  "-- waited_until: someone waits for a change of this session (store:wait) until then, so\n"
-  "-- a change sends a notification (NOTIFY serialises commits: only when it is awaited).\n"
-  "CREATE TABLE pairstore_sessions (\n"
-  "  store      text NOT NULL REFERENCES pairstore_stores (store),\n"
-  "  sid        text NOT NULL,\n"
-  "  status     text NOT NULL,\n"
-  "  live       boolean NOT NULL,\n"
-  "  created_at double precision NOT NULL,\n"
-  "  changed_at double precision NOT NULL,\n"
-  "  expires_at double precision NOT NULL,\n"
-  "  prune_at   bigint NOT NULL,\n"
-  "  txn        text NOT NULL,\n"
-  "  body       text NOT NULL,\n"
-  "  waited_until bigint NOT NULL DEFAULT 0,\n"
-  "  PRIMARY KEY (store, sid)\n"
-  ");\n"
-  "CREATE INDEX pairstore_sessions_prune ON pairstore_sessions (store, live, prune_at);\n"
-  "CREATE INDEX pairstore_sessions_created ON pairstore_sessions (store, created_at);\n";
 
 /* User values: cjson's decode; the transaction's sessions (sid -> table, the engine's own);
  * their texts as stored (sid -> string); the rows the store holds (sid -> txn token: the
@@ -119,8 +75,9 @@ typedef struct pg_eng {
 
 #define PE(e) ((pg_eng *)(void *)(e))
 
-/* ---- fault hook for the tests (test_hooks) ----------------------------------------------------- */
+/* ---- fault hook for the tests (test_hooks; the test build only) -------------------------------- */
 
+#ifdef PS_TEST
 /* The next n commits send COMMIT and then lose the connection before its answer. */
 static int cut_commits;
 
@@ -128,6 +85,7 @@ void ps_pg_fault_cut_commits(int n)
 {
   cut_commits = n;
 }
+#endif
 
 /* ---- targets and messages --------------------------------------------------------------------- */
 
@@ -180,11 +138,6 @@ static void add_event(pg_eng *p, const char *name, const char *detail)
 }
 
 /* ---- round trips ---------------------------------------------------------------------------------- */
-
-int ps_is_pending(const ps_err *e)
-{
-  return e->code && !strcmp(e->code, "io_pending");
-}
 
 /* Waiting cooperatively (ps_hint.nowait), a row lock held by another transaction gives up
  * at once (55P03); so does the 1 ms lock_timeout that expires as the lock is granted (the
@@ -1034,9 +987,15 @@ static int end_commit(lua_State *L, pg_eng *p, int eng, ps_err *err)
   }
   memset(&key, 0, sizeof key);
   n = commit_statements(L, p, eng, pend, q, cs, &key);
+#ifdef PS_TEST
   cut = !p->deferred && cut_commits > 0 && npend > 0;
+#else
+  cut = 0;
+#endif
   if (cut) {
+#ifdef PS_TEST
     cut_commits--;
+#endif
     cut_commit(p, q, n);
     p->lost = 1;
     rc = -1;
