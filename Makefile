@@ -29,7 +29,8 @@ PS_CFLAGS   = -std=c11 -D_GNU_SOURCE -fPIC -fvisibility=hidden \
               -Wall -Wextra -Wshadow -Wmissing-prototypes -Wstrict-prototypes -pedantic $(WERROR) \
               $(shell $(PKG_CONFIG) --cflags $(LUA_PC) libsodium libqrencode libpq 2>/dev/null)
 PS_LDFLAGS  = -shared
-PS_LIBS     = $(shell $(PKG_CONFIG) --libs libsodium libqrencode libpq 2>/dev/null || echo -lsodium -lqrencode -lpq)
+# libpq is loaded when a PostgreSQL target is first opened (csrc/pq.c): its headers only here.
+PS_LIBS     = $(shell $(PKG_CONFIG) --libs libsodium libqrencode 2>/dev/null || echo -lsodium -lqrencode) -ldl -lpthread
 
 # What ships (make all, make install, the rockspec): every C file but the test hooks.
 TEST_SRCS = csrc/testhooks.c

@@ -1452,8 +1452,11 @@ static char *conninfo_of(const char *target)
 /* Pushes the display form of a PostgreSQL target (nil, why: libpq cannot parse it). */
 int ps_pg_push_display(lua_State *L, const char *target, const char *store)
 {
-  char *errmsg = NULL, *d, *conninfo = conninfo_of(target);
+  char *errmsg = NULL, *d, *conninfo;
   PQconninfoOption *opts, *x;
+  const char *why;
+  if (ps_pq_load(&why) != 0) return luaL_error(L, "pairstore: %s", why);
+  conninfo = conninfo_of(target);
   if (!conninfo) return luaL_error(L, "pairstore: out of memory");
   opts = PQconninfoParse(conninfo, &errmsg);
   sodium_memzero(conninfo, strlen(conninfo));
@@ -1516,7 +1519,10 @@ static pg_link *link_for(lua_State *L, const char *target, const ps_pg_opts *o, 
 
 ps_engine *ps_pg_engine_new(lua_State *L, const char *target, const ps_pg_opts *o, int decode)
 {
-  pg_eng *p = new_engine(L, decode);
+  pg_eng *p;
+  const char *why;
+  if (ps_pq_load(&why) != 0) luaL_error(L, "pairstore.open: %s", why);
+  p = new_engine(L, decode);
   p->k = link_for(L, target, o, "target");
   if (o->listen_target) p->lk = link_for(L, o->listen_target, o, "listen_target");
   p->max_session_bytes = o->max_session_bytes;
