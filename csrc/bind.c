@@ -329,6 +329,15 @@ static int m_deadline(lua_State *L)
   return 0;
 }
 
+/* c:idle(): lets go of what the store keeps between transactions (a parked lock sentinel, a
+ * connection): a process about to fork workers (nginx's master in init_by_lua) keeps none. */
+static int m_idle(lua_State *L)
+{
+  ps_store *s = check_store(L, 1);
+  if (!s->busy && s->eng->m->idle) s->eng->m->idle(s->eng);
+  return 0;
+}
+
 static int m_backend(lua_State *L)
 {
   ps_store *s = check_store(L, 1);
@@ -662,7 +671,7 @@ static const luaL_Reg store_methods[] = {
   { "verify_code", m_verify }, { "consume", m_consume }, { "respond", m_respond }, { "prune", m_prune },
   { "export", m_export }, { "import", m_import }, { "watch", m_watch }, { "backend", m_backend },
   { "now", m_now }, { "wait_mode", m_wait_mode }, { "deadline", m_deadline },
-  { "use_engine", m_use_engine }, { "pg_handle", m_pg_handle }, { "announce", m_announce },
+  { "use_engine", m_use_engine }, { "idle", m_idle }, { "pg_handle", m_pg_handle }, { "announce", m_announce },
   { "close", m_close }, { "path", m_path }, { NULL, NULL },
 };
 

@@ -1220,6 +1220,13 @@ static void pe_close(ps_engine *e)
   p->k = p->lk = NULL;
 }
 
+static void pe_idle(ps_engine *e)
+{
+  pg_eng *p = PE(e);
+  if (p->k && !p->in_txn) pg_link_drop(p->k);
+  if (p->lk && p->watchers == 0) pg_link_drop(p->lk);
+}
+
 static int pe_gc(lua_State *L)
 {
   pg_eng *p = luaL_checkudata(L, 1, PS_PGENGINE_MT);
@@ -1230,7 +1237,7 @@ static int pe_gc(lua_State *L)
 static const ps_engine_methods pg_methods = {
   PS_ENGINE_VERSION, "postgresql", pe_display, pe_locate, pe_begin, pe_clock, pe_fetch, pe_put,
   pe_remove, pe_count_live, pe_list, pe_text, pe_prune_due, pe_end, pe_event, pe_events_clear,
-  pe_watch, pe_close, pe_announce,
+  pe_watch, pe_close, pe_announce, pe_idle,
 };
 
 /* ---- deferred engines: an nginx worker's links ------------------------------------------------ */

@@ -306,6 +306,9 @@ typedef struct ps_engine_methods {
   /* Says that someone waits for a change of the session sid (inside a transaction of its
    * own, PS_OP_ANNOUNCE), for an engine whose waits are watched elsewhere. May be NULL. */
   int  (*announce)(ps_engine *e, lua_State *L, int eng, const char *sid, ps_err *err);
+  /* Lets go of what it keeps between transactions for speed (a parked lock sentinel, a
+   * connection): what a process that is about to fork workers calls. May be NULL. */
+  void (*idle)(ps_engine *e);
 } ps_engine_methods;
 
 /* A transaction that stopped where a round trip was due (code "io_pending": a deferred

@@ -905,6 +905,12 @@ static int fe_watch(ps_engine *e, lua_State *L, int eng, const char *sid, ps_err
   return ps_watch_file(L, FE(e)->f.dir, FE(e)->f.base, err);
 }
 
+static void fe_idle(ps_engine *e)
+{
+  ps_fengine *s = FE(e);
+  if (s->f.path) ps_lock_unpark(&s->f);
+}
+
 static void fe_close(ps_engine *e)
 {
   ps_fengine *s = FE(e);
@@ -923,7 +929,7 @@ static void fe_close(ps_engine *e)
 static const ps_engine_methods file_methods = {
   PS_ENGINE_VERSION, "file", fe_display, fe_locate, fe_begin, NULL, fe_fetch, fe_put, fe_remove,
   fe_count_live, fe_list, fe_text, fe_prune_due, fe_end, fe_event, fe_events_clear, fe_watch,
-  fe_close, NULL,
+  fe_close, NULL, fe_idle,
 };
 
 /* ---- making one ---------------------------------------------------------------------------- */

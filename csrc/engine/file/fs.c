@@ -81,7 +81,20 @@ static int own_new_level(int parent, const char *name)
   int fd = ps_openat(parent, name, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC, 0);
   if (fd < 0) return -1;
   snprintf(proc, sizeof proc, "/proc/self/fd/%d", fd);
-  if (ps_chmod(proc, 0700) == 0) return fd;
+  if (ps_chmod(proc, 0700) == 0) {
+    /* As root under a directory another user owns (a service's), the new level is that
+     * user's, as the file and the sentinel are: nginx's master in init_by_lua makes a
+     * directory its workers (nobody, www-data) then use. */
+    struct stat ps;
+    if (geteuid() == 0 && fstat(parent, &ps) == 0 && ps.st_uid != 0 &&
+        chown(proc, ps.st_uid, ps.st_gid) != 0) {
+      int saved = errno;
+      close(fd);
+      errno = saved;
+      return -1;
+    }
+    return fd;
+  }
   if (errno == ENOENT && access("/proc/self/fd", F_OK) != 0 && fchmodat(parent, name, 0700, 0) == 0)
     return fd;
   {
@@ -126,7 +139,7 @@ int ps_mkdir_p(const char *dir, ps_err *e)
       if (next < 0) {
         int saved = errno;
         unlinkat(fd, name, AT_REMOVEDIR); /* never leave a level the next call would keep as is */
-        ps_err_sys(e, saved, "chmod", buf);
+        ps_err_sys(e, saved, "chmod or chown of the new directory", buf);
         close(fd);
         return -1;
       }
