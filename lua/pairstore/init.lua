@@ -233,6 +233,14 @@ local NGX_BLOCKING_PHASES = {
 
 local blocking_sleep = core.sleep
 
+-- Whether this runs in nginx's init_by_lua (the master, before it forks the workers).
+local function in_nginx_init()
+  local ngx = rawget(_G, "ngx")
+  if type(ngx) ~= "table" or type(ngx.get_phase) ~= "function" then return false end
+  local ok, phase = pcall(ngx.get_phase)
+  return ok and phase == "init"
+end
+
 -- How an operation waits for a lock another process holds: the sleep option (false: in
 -- the core, blocking), else ngx.sleep where the current nginx phase lets it yield, else in
 -- the core. Second result: in an nginx phase that cannot yield, the bound of the wait (ms).
@@ -294,7 +302,11 @@ function Store:_txn(name, ...)
   if d then return d:run(name, ...) end
   if not sleep then
     c:wait_mode(WAIT_BLOCK) -- (a mode left by a call that raised before its transaction)
-    return c[name](c, ...)
+    if not in_nginx_init() then return c[name](c, ...) end
+    -- nginx's master, about to fork its workers: nothing kept for them to inherit
+    local r = pack(c[name](c, ...))
+    c:idle()
+    return unpack(r, 1, r.n)
   end
   if bound then c:wait_mode(WAIT_CONTINUE, core.mono_ms() + bound, 0) else c:wait_mode(WAIT_START) end
   local r = pack(c[name](c, ...))
