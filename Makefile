@@ -15,6 +15,13 @@ endif
 # The Lua version whose module paths and C API the runtime has, and its pkg-config package.
 LUA_VERSION = $(if $(filter luajit,$(LUA_NAME)),5.1,$(patsubst lua%,%,$(LUA_NAME)))
 LUA_PC      = $(if $(filter luajit,$(LUA_NAME)),luajit,lua$(LUA_VERSION))
+# PG=0: no PostgreSQL (neither libpq's headers nor the engine); QR=0: no QR codes (no
+# libqrencode). A small gateway image that uses only files needs neither. Such a build goes
+# into a directory of its own (build/<runtime>-nopg-noqr).
+PG ?= 1
+QR ?= 1
+NOPG = $(filter 0,$(PG))
+NOQR = $(filter 0,$(QR))
 PREFIX     ?= /usr/local
 DESTDIR    ?=
 LUA_CMOD   ?= $(PREFIX)/lib/lua/$(LUA_VERSION)
@@ -27,16 +34,19 @@ CFLAGS     ?= -O2 -g
 WERROR     ?=
 PS_CFLAGS   = -std=c11 -D_GNU_SOURCE -fPIC -fvisibility=hidden \
               -Wall -Wextra -Wshadow -Wmissing-prototypes -Wstrict-prototypes -pedantic $(WERROR) \
-              $(shell $(PKG_CONFIG) --cflags $(LUA_PC) libsodium libqrencode libpq 2>/dev/null)
+              $(shell $(PKG_CONFIG) --cflags $(LUA_PC) libsodium $(if $(NOQR),,libqrencode) $(if $(NOPG),,libpq) 2>/dev/null)
 PS_LDFLAGS  = -shared
 # libpq is loaded when a PostgreSQL target is first opened (csrc/pq.c): its headers only here.
-PS_LIBS     = $(shell $(PKG_CONFIG) --libs libsodium libqrencode 2>/dev/null || echo -lsodium -lqrencode) -ldl -lpthread
+PS_LIBS     = $(shell $(PKG_CONFIG) --libs libsodium $(if $(NOQR),,libqrencode) 2>/dev/null || echo -lsodium $(if $(NOQR),,-lqrencode)) -ldl -lpthread
 
 # What ships (make all, make install, the rockspec): every C file but the test hooks.
 TEST_SRCS = csrc/testhooks.c
-SRCS  = $(filter-out $(TEST_SRCS),$(wildcard csrc/*.c csrc/engine/file/*.c))
+PG_SRCS   = csrc/engine_pg.c csrc/pg_link.c csrc/pq.c
+QR_SRCS   = csrc/qr.c
+SRCS  = $(filter-out $(TEST_SRCS) csrc/pg_none.c csrc/qr_none.c $(if $(NOPG),$(PG_SRCS)) $(if $(NOQR),$(QR_SRCS)),\
+          $(wildcard csrc/*.c csrc/engine/file/*.c)) $(if $(NOPG),csrc/pg_none.c) $(if $(NOQR),csrc/qr_none.c)
 HDRS  = $(wildcard csrc/*.h csrc/engine/file/*.h)
-BUILD = build/$(LUA_NAME)
+BUILD = build/$(LUA_NAME)$(if $(NOPG),-nopg)$(if $(NOQR),-noqr)
 CORE  = $(BUILD)/pairstore/core.so
 # The test build (as SQLite's SQLITE_TEST): -DPS_TEST and testhooks.c, so core.test_hooks()
 # exists; make test and the heavy runs that use the hooks load it, never what ships.

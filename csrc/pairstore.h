@@ -361,8 +361,10 @@ typedef struct ps_pg_opts {
   size_t max_session_bytes;
 } ps_pg_opts;
 /* Whether target names a PostgreSQL database (postgresql://, postgres:// in any case,
- * pg:conninfo). */
+ * pg:conninfo) (target.c). */
 int ps_pg_is_target(const char *target);
+/* The length of "postgresql://" or "postgres://" (in any case) target starts with, else 0. */
+size_t ps_pg_uri_prefix(const char *target);
 /* Why target is refused (written into why, returned), or NULL: it looks like a URI (a scheme
  * followed by ":/") of a scheme pairstore does not support, so it is no file path either. */
 const char *ps_target_refused(const char *target, char *why, size_t n);
