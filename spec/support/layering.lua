@@ -2,6 +2,7 @@
 -- object per source file), and whether any files use each other, directly or around a longer
 -- cycle. Prints the file graph, then "N passed, N failed".
 --   lua spec/support/layering.lua OBJDIR OBJ...   (OBJDIR/<source>.o for each source)
+--   LAYERING_SYMBOLS=1 also lists each symbol with its file and its users.
 local objdir = assert(arg[1], "usage: layering.lua OBJDIR OBJ...")
 local defines, uses, files = {}, {}, {}
 for i = 2, #arg do
@@ -47,6 +48,18 @@ for _, f in ipairs(files) do
   for d in pairs(deps[f]) do list[#list + 1] = d end
   table.sort(list)
   print(string.format("%-30s uses %s", f, #list > 0 and table.concat(list, " ") or "-"))
+end
+
+-- LAYERING_SYMBOLS=1: each symbol, the file that defines it and the files that use it.
+if os.getenv("LAYERING_SYMBOLS") == "1" then
+  local names = {}
+  for name in pairs(defines) do names[#names + 1] = name end
+  table.sort(names)
+  for _, name in ipairs(names) do
+    local users = {}
+    for _, f in ipairs(files) do if uses[f][name] then users[#users + 1] = f end end
+    print(string.format("%-32s %-28s <- %s", name, defines[name], table.concat(users, " ")))
+  end
 end
 
 -- Pairs first (the plainest report), then any longer cycle (depth-first search).
