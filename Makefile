@@ -141,9 +141,12 @@ bench: deps all $(PGFLOOR)
 	bash spec/bench/run.sh
 
 install: $(CORE)
-	install -d $(DESTDIR)$(LUA_CMOD)/pairstore $(DESTDIR)$(LUA_LMOD)/pairstore $(DESTDIR)$(BINDIR)
+	install -d $(DESTDIR)$(LUA_CMOD)/pairstore $(DESTDIR)$(LUA_LMOD)/pairstore \
+	  $(DESTDIR)$(LUA_LMOD)/pairstore/cli/commands $(DESTDIR)$(BINDIR)
 	install -m 0755 $(CORE) $(DESTDIR)$(LUA_CMOD)/pairstore/core.so
 	install -m 0644 lua/pairstore/*.lua $(DESTDIR)$(LUA_LMOD)/pairstore/
+	install -m 0644 lua/pairstore/cli/*.lua $(DESTDIR)$(LUA_LMOD)/pairstore/cli/
+	install -m 0644 lua/pairstore/cli/commands/*.lua $(DESTDIR)$(LUA_LMOD)/pairstore/cli/commands/
 	sed '1s|.*|#!/usr/bin/env $(LUA_NAME)|' bin/pairstore > $(DESTDIR)$(BINDIR)/pairstore.tmp
 	chmod 0755 $(DESTDIR)$(BINDIR)/pairstore.tmp && mv -f $(DESTDIR)$(BINDIR)/pairstore.tmp $(DESTDIR)$(BINDIR)/pairstore
 

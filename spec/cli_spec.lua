@@ -21,23 +21,10 @@ local function unhex(s)
   return (s:gsub("%x%x", function(h) return string.char(tonumber(h, 16)) end))
 end
 
--- The test cluster's target (spec/support/with-pg.sh); its absence fails every spec that needs it.
-local PG_TARGET = os.getenv("PAIRSTORE_TEST_PG")
-local function pg_target()
-  return assert(PG_TARGET ~= nil and PG_TARGET ~= "" and PG_TARGET,
-    "PAIRSTORE_TEST_PG is not set: run the suite with `make test` (spec/support/with-pg.sh starts PostgreSQL)")
-end
-
--- A store name no other test (nor an earlier run) uses.
-local names_made = 0
-local function unique_name(prefix)
-  names_made = names_made + 1
-  local f = assert(io.open("/dev/urandom", "rb"))
-  local rnd = f:read(6)
-  f:close()
-  return string.format("%s-%d-%d-%s", prefix, os.time(), names_made,
-    (rnd:gsub(".", function(c) return string.format("%02x", c:byte()) end)))
-end
+-- The test database's target and store names: the shared helpers' (without
+-- $PAIRSTORE_TEST_PG, which `make test` sets, the PostgreSQL specs fail; they never skip).
+local pg_target = helpers.pg_target
+local unique_name = helpers.store_name
 
 local function lines(s)
   local t = {}
@@ -46,29 +33,32 @@ local function lines(s)
   return t
 end
 
-for _, backend in ipairs { "file", "postgresql" } do
+for _, backend in ipairs(helpers.backends()) do
 local PG = backend == "postgresql"
 
 describe("bin/pairstore (" .. backend .. " store)", function()
   local dir, file
   local pg_name -- the PostgreSQL store's name
   local keys, codes -- every secret key and code seen in the store during the test
-  local opened -- stores opened by the test, closed after it (each holds a connection)
+  local where -- the test's store (helpers.open_store)
   local collector -- the store collect() reads
 
   -- The arguments that name the test's store.
+  local function target_argv()
+    if PG then return { "--store", where.target, "--store-name", where.store } end
+    return { "--file", where.path }
+  end
   local function target_args()
-    if PG then return "--store " .. q(pg_target()) .. " --store-name " .. q(pg_name) end
-    return "--file " .. q(file)
+    local argv = target_argv()
+    for i = 1, #argv do argv[i] = q(argv[i]) end
+    return table.concat(argv, " ")
   end
 
+  -- Another store object on the test's store (closed by helpers.cleanup).
   local function store(extra)
     local o = { durable = false }
-    if PG then o.store = pg_name end
     for k, v in pairs(extra or {}) do o[k] = v end
-    local st = pairstore.open(PG and pg_target() or file, o)
-    opened[#opened + 1] = st
-    return st
+    return helpers.reopen(where, o)
   end
 
   local function collect()
@@ -130,16 +120,14 @@ describe("bin/pairstore (" .. backend .. " store)", function()
   end
 
   before_each(function()
-    dir = helpers.tmpdir()
+    local _
+    _, where = helpers.open_store(backend, { durable = false })
+    dir = where.dir or helpers.tmpdir()
     file = dir .. "/pair-sessions.json"
-    keys, codes, opened, collector = {}, {}, {}, nil
-    if PG then
-      pg_target()
-      pg_name = unique_name("cli")
-    end
+    pg_name = where.store
+    keys, codes, collector = {}, {}, nil
   end)
   after_each(function()
-    for _, st in ipairs(opened) do st:close() end
     helpers.cleanup()
   end)
 
@@ -855,15 +843,21 @@ describe("bin/pairstore (" .. backend .. " store)", function()
 
   if not PG then -- (a file's own behaviour)
   describe("corrupt", function()
-    it("lists the quarantined files with size, mode and age, and says they hold secrets", function()
+    it("lists the quarantined files with size, mode and age (the file's mtime), and says they hold secrets", function()
+      -- the age is the file's: a name is only a name (this one says 2023, the file is new; a
+      -- hand-named .corrupt-1 is 5 hours old)
       helpers.write(file .. ".corrupt-1700000000000", "{not json")
+      helpers.write(file .. ".corrupt-1", "x")
       helpers.write(dir .. "/unrelated.corrupt-1", "x")
       os.execute("chmod 644 " .. q(file .. ".corrupt-1700000000000"))
+      os.execute("chmod 600 " .. q(file .. ".corrupt-1"))
+      os.execute("touch -d @" .. (os.time() - 5 * 3600) .. " " .. q(file .. ".corrupt-1"))
       local rc, out, err = cli("corrupt")
       assert.are.equal(0, rc)
       assert.are.equal("", err)
       assert.matches("private keys and codes", out, 1, true)
-      assert.matches("pair%-sessions%.json%.corrupt%-1700000000000%s+9%s+0644%s+%d+h%d%dm%d%ds%s+readable by others", out)
+      assert.matches("\npair%-sessions%.json%.corrupt%-1%s+1%s+0600%s+5h00m%d%ds\n", out)
+      assert.matches("\npair%-sessions%.json%.corrupt%-1700000000000%s+9%s+0644%s+%ds%s+readable by others\n", out)
       assert.is_nil(out:find("unrelated", 1, true))
       rc, out = cli("corrupt", { nofile = true, env = "PAIRSTORE_FILE=" .. q(dir .. "/none.json") })
       assert.are.equal(0, rc)
@@ -1069,6 +1063,89 @@ describe("bin/pairstore (" .. backend .. " store)", function()
         end
       end)
     end
+  end)
+
+  -- The same commands called in-process (pairstore.cli.run), with buffers for stdout and stderr.
+  describe("pairstore.cli.run (in-process)", function()
+    local cli_mod = require "pairstore.cli"
+
+    -- A stream that keeps what is written; fail: the error a write gives (message, errno).
+    local function sink(fail)
+      local b = { parts = {} }
+      function b.write(self, ...)
+        if fail then return nil, fail[1], fail[2] end
+        for i = 1, select("#", ...) do self.parts[#self.parts + 1] = tostring((select(i, ...))) end
+        return self
+      end
+      function b.flush(self)
+        if fail then return nil, fail[1], fail[2] end
+        return self
+      end
+      function b.text(self) return table.concat(self.parts) end
+      return b
+    end
+
+    -- Runs argv (after the test's store arguments unless opts.bare); returns rc, stdout, stderr.
+    local function run(argv, opts)
+      opts = opts or {}
+      local full = opts.bare and {} or target_argv()
+      for _, a in ipairs(argv) do full[#full + 1] = a end
+      local o, e = opts.stdout or sink(), sink()
+      local rc = cli_mod.run(full, { stdout = o, stderr = e, getenv = opts.env or { PAIRSTORE_URL = BASE_URL } })
+      return rc, o.text and o:text() or "", e:text()
+    end
+
+    it("list, show and reject give the exit codes and output the executable gives", function()
+      local rc, out, err = run { "list" }
+      assert.are.same({ 0, "no active sessions (use --all to see ended ones)\n", "" }, { rc, out, err })
+      local a = assert(store():create { operator = { channel = "cli" } })
+      rc, out, err = run { "list" }
+      assert.are.equal(0, rc)
+      assert.are.equal("", err)
+      assert.matches("^SID +STATUS +MODE +CHANNEL +CREATED +EXPIRES IN +ATTEMPTS\n" .. a.sid:sub(1, 8) .. "  awaiting_scan  generate  cli ", out)
+      rc, out = run { "show", a.sid:sub(1, 6) }
+      assert.are.equal(0, rc)
+      assert.matches("\nskGatewayB64: +%[redacted%]\n", out)
+      assert.is_nil(out:find(a.skGatewayB64, 1, true))
+      rc, out = run { "reject", a.sid }
+      assert.are.same({ 0, "rejected " .. a.sid .. "\n" }, { rc, out })
+      assert.are.equal("rejected", store():get(a.sid).status)
+      rc, out, err = run { "show", ("0"):rep(32) }
+      assert.are.same({ 2, "", "pairstore: no session matches " .. ("0"):rep(32) .. "\n" }, { rc, out, err })
+    end)
+
+    it("a usage error is one line on stderr and exit code 2; --help goes to stdout", function()
+      local rc, out, err = run({ "bogus" }, { bare = true })
+      assert.are.same({ 2, "", "pairstore: unknown command 'bogus' (see `pairstore --help`)\n" }, { rc, out, err })
+      rc, out, err = run({ "--help" }, { bare = true })
+      assert.are.equal(0, rc)
+      assert.are.equal("", err)
+      for _, name in ipairs(require("pairstore.cli.commands").NAMES) do
+        assert.matches("\n   " .. name .. " ", out, 1, true)
+      end
+    end)
+
+    it("output that cannot be written is exit code 2; a closed pipe ends a read quietly", function()
+      assert(store():create {})
+      local rc, _, err = run({ "list" }, { stdout = sink { "No space left on device", 28 } })
+      assert.are.same({ 2, "pairstore: cannot write the output: No space left on device\n" }, { rc, err })
+      rc, _, err = run({ "list" }, { stdout = sink { "Broken pipe", 32 } })
+      assert.are.same({ 0, "" }, { rc, err })
+      -- create cannot tell whether its code was seen: the session is rejected
+      rc, _, err = run({ "create" }, { stdout = sink { "Broken pipe", 32 } })
+      assert.are.equal(2, rc)
+      local sid = err:match("session (%x+) rejected")
+      assert.are.equal("rejected", store():get(sid).status)
+    end)
+
+    it("a library error is escaped on stderr like any outside text", function()
+      helpers.write(dir .. "/notadir", "")
+      local rc, out, err = run({ "--store", dir .. "/notadir/\27]0;owned\7\27[2J\r/x.json", "list" }, { bare = true })
+      assert.are.equal(2, rc)
+      assert.are.equal("", out)
+      assert.is_nil(err:find("[\0-\9\11-\31]"), err)
+      assert.matches("^pairstore: cannot list the sessions: [^\n]*notadir/\\e%]0;owned\\x07\\e%[2J\\r: Not a directory[^\n]*\n$", err)
+    end)
   end)
 end)
 end
