@@ -1343,3 +1343,62 @@ describe("pairstore migrate", function()
     assert.matches("\n0 sessions: 0 added, 0 same\n$", out)
   end)
 end)
+
+-- Outside text on the operator's terminal ----------------------------------------------------
+
+describe("bin/pairstore: outside text reaches stderr only escaped", function()
+  after_each(helpers.cleanup)
+
+  -- What a terminal would act on: C0 controls (but the line's end), DEL, C1 controls (UTF-8
+  -- and raw), bidi embeddings, overrides and isolates, and bytes that are not UTF-8.
+  local function assert_inert(text)
+    assert.is_nil(text:gsub("\n$", ""):find("[%z\1-\31\127]"), "a control character: " .. text)
+    assert.is_nil(text:find("\194[\128-\159]"), "a C1 control: " .. text)
+    assert.is_nil(text:find("\226\128[\170-\174]"), "a bidi override: " .. text)
+    assert.is_nil(text:find("\226\129[\166-\169]"), "a bidi isolate: " .. text)
+    assert.is_not_nil(helpers.compat.utf8.len(text), "not UTF-8: " .. text)
+  end
+
+  local function hex(s)
+    return (s:gsub(".", function(c) return string.format("%02x", c:byte()) end))
+  end
+
+  it("a PostgreSQL server's error message (ESC ] 0 ; ... BEL, ESC [ 2J, CR, C1, bidi, bad UTF-8)", function()
+    local dir = helpers.tmpdir()
+    local message = 'role "gw\27]0;owned\7\27[2J\rx\194\155y\226\128\174z\226\129\168w\255" does not exist'
+    local p = io.popen("node " .. q(helpers.ROOT .. "/spec/support/fake_pg.mjs") .. " " .. q(dir) .. " " .. hex(message)
+      .. " >/dev/null 2>&1 & echo $!")
+    local pid = tonumber(p:read("*l"))
+    p:close()
+    finally(function() helpers.kill(pid, "TERM") end)
+    assert(helpers.wait_file(dir .. "/ready", nil, 20), "the fake server did not start")
+    local target = "postgresql:///pairstore?host=" .. dir .. "&user=gw"
+    for _, args in ipairs { "--store " .. q(target) .. " list", "--store " .. q(target) .. " create --url https://gw.example/p",
+      "migrate " .. q(target) .. " " .. q(dir .. "/to.json") } do
+      local _, out, err, rc = helpers.run_split(LUA .. " " .. args .. " </dev/null")
+      assert.are.equal(2, rc, args)
+      assert.are.equal("", out, args)
+      assert_inert(err)
+      assert.matches('role "gw\\e]0;owned\\x07\\e[2J\\rx\\u{009b}y\\u{202e}z\\u{2068}w\\xff" does not exist', err, 1, true)
+    end
+  end)
+
+  it("a file path in an event (a corrupt file moved aside) and in an error", function()
+    local dir = helpers.tmpdir() .. "/\27[2Jd\r\226\128\174"
+    assert(helpers.run("mkdir " .. q(dir)))
+    local file = dir .. "/s.json"
+    helpers.write(file, "{not json")
+    os.execute("chmod 600 " .. q(file))
+    local _, out, err, rc = helpers.run_split(LUA .. " --file " .. q(file) .. " prune </dev/null")
+    assert.are.equal(0, rc)
+    assert.are.equal("pruned 0 sessions\n", out)
+    assert_inert(err)
+    assert.matches("moved aside to [^\n]*/\\e%[2Jd\\r\\u{202e}/s%.json%.corrupt%-%d+ %(it holds secrets", err)
+    helpers.write(dir .. "/f", "")
+    _, out, err, rc = helpers.run_split(LUA .. " --file " .. q(dir .. "/f/s.json") .. " list </dev/null")
+    assert.are.equal(2, rc)
+    assert.are.equal("", out)
+    assert_inert(err)
+    assert.matches("/\\e[2Jd\\r\\u{202e}/f", err, 1, true)
+  end)
+end)
