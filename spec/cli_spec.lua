@@ -766,6 +766,37 @@ describe("bin/pairstore (" .. backend .. " store)", function()
     end)
   end)
 
+  describe("a reader that stops early (a closed pipe)", function()
+    -- More rows than a pipe holds: `head -1` has gone long before the last is written.
+    local function many_sessions(n)
+      local now = require("pairstore.core").now_ms()
+      local texts = {}
+      for i = 1, n do
+        texts[i] = helpers.session_text { sid = string.format('"%032x"', i), createdAtMs = tostring(now),
+          expiresAtMs = tostring(now + 900000), lastStatusChangeAtMs = tostring(now) }
+      end
+      assert.are.equal(n, (assert(store():import(texts))))
+    end
+
+    it("ends list quietly with exit code 0 once its output began", function()
+      many_sessions(2000)
+      local outf, errf = dir .. "/head.out", dir .. "/list.err"
+      local script = "PAIRSTORE_URL=" .. BASE_URL .. " " .. LUA .. " " .. target_args() .. " list 2>" .. q(errf)
+        .. " | head -1 >" .. q(outf) .. "; echo \"rc=${PIPESTATUS[0]}\""
+      local _, res = helpers.run("bash -c " .. q(script))
+      assert.are.equal("rc=0\n", res)
+      assert.are.equal("", helpers.read(errf))
+      assert.matches("^SID +STATUS +MODE +CHANNEL +CREATED +EXPIRES IN +ATTEMPTS\n$", helpers.read(outf))
+      -- and the JSON, one long line
+      script = "PAIRSTORE_URL=" .. BASE_URL .. " " .. LUA .. " " .. target_args() .. " list --json 2>" .. q(errf)
+        .. " | head -c 100 >" .. q(outf) .. "; echo \"rc=${PIPESTATUS[0]}\""
+      _, res = helpers.run("bash -c " .. q(script))
+      assert.are.equal("rc=0\n", res)
+      assert.are.equal("", helpers.read(errf))
+      assert.are.equal(100, #helpers.read(outf))
+    end)
+  end)
+
   describe("output that cannot be written", function()
     it("makes create exit 2 and reject the session whose code it could not show", function()
       local rc, _, err = cli("create >/dev/full")
@@ -1334,6 +1365,17 @@ describe("pairstore migrate", function()
       .. " nothing was copied %[%a+%]\n$", err)
     assert.are.same({}, assert(pg():export()))
     assert.are.equal(#texts, #assert(fstore(f1):export()))
+  end)
+
+  it("names FROM or TO when a target cannot be parsed, and creates nothing", function()
+    local bad = "postgresql://gw@[::1/ps"
+    local rc, out, err = run("migrate " .. q(bad) .. " " .. q(dir .. "/to.json"))
+    assert.are.same({ 2, "" }, { rc, out })
+    assert.matches("^pairstore: FROM: [^\n]*invalid PostgreSQL target", err)
+    rc, out, err = run("migrate " .. q(dir .. "/from.json") .. " " .. q(bad))
+    assert.are.same({ 2, "" }, { rc, out })
+    assert.matches("^pairstore: TO: [^\n]*invalid PostgreSQL target", err)
+    assert.are.same({}, helpers.ls(dir))
   end)
 
   it("says so when FROM holds no sessions", function()
