@@ -807,6 +807,33 @@ describe("bin/pairstore (" .. backend .. " store)", function()
       assert.are.equal(1, #store():list_all())
     end)
 
+    it("is not missed when stdio reports a write as done (line-buffered stdout, a file size limit)", function()
+      -- stdbuf -oL makes stdout line-buffered, as a terminal is; ulimit -f lets the first KiB
+      -- through, then each write fails with EFBIG. glibc then reports the failed write of a
+      -- whole line as done and drops its buffer, after which a flush succeeds: only the
+      -- stream's error flag remembers.
+      local function limited(args)
+        local outf = dir .. "/out"
+        local script = "trap '' XFSZ; ulimit -f 1; PAIRSTORE_URL=" .. BASE_URL .. " " .. helpers.LUA_ENV
+          .. " exec stdbuf -oL timeout 60 " .. helpers.LUA .. " " .. q(BIN) .. " " .. target_args() .. " " .. args
+          .. " >" .. q(outf) .. " </dev/null"
+        local _, out, err, rc = helpers.run_split("bash -c " .. q(script))
+        assert.are.equal("", out)
+        return rc, err, helpers.read(outf)
+      end
+      local rc, err = limited("create")
+      assert.are.equal(2, rc)
+      local sid = assert(err:match("^pairstore: cannot write the output %([^)]+%): session (%x+) rejected"), err)
+      assert.are.equal("rejected", store():get(sid).status)
+      local st = store()
+      for _ = 1, 30 do assert(st:create {}) end
+      local text
+      rc, err, text = limited("list")
+      assert.are.equal(2, rc)
+      assert.matches("^pairstore: cannot write the output: [^\n]+\n$", err)
+      assert.is_true(#text <= 1024)
+    end)
+
     it("makes every command exit 2", function()
       local a = assert(store():create {})
       local b = assert(store():create {})

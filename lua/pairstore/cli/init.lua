@@ -223,6 +223,9 @@ function M.main(argv)
   end
   -- A write to a closed pipe fails (and is reported) instead of killing the process silently.
   core._ignore_sigpipe()
+  -- Fully buffered whatever stdout is (the commands flush where the operator must see
+  -- something): a line-buffered stream reports a write whose flush failed as done.
+  io.stdout:setvbuf("full")
   local rc, ctx = run(argv or {}, { check_stream = function()
     if core._stdout_error() then return nil, "an earlier write failed", 5 end
     return true
