@@ -642,6 +642,35 @@ describe("bin/pairstore (" .. backend .. " store)", function()
       assert.are.equal(1, exit_code())
     end)
 
+    if PG then
+      it("create --wait rides out a server that is down for a moment, then sees the session complete", function()
+        local function ctl(a) return helpers.run(helpers.PGCLUSTER .. " ctl " .. q(helpers.pg_dir()) .. " " .. a) end
+        finally(function()
+          if not ctl("status >/dev/null") then assert(ctl("start -w -t 60")) end
+        end)
+        start("create --wait")
+        local text = assert(output_has("\nstatus: awaiting_scan"))
+        local sid = text:match("sid:%s+(%x+)")
+        local code = text:match("code:%s+(%d+)")
+        assert(ctl("stop -m fast -w -t 60"))
+        assert(helpers.wait_file(err, function(c) return c:find("trying again", 1, true) ~= nil end, 20),
+          "no note of the outage")
+        helpers.sleep(1.5)
+        assert.is_false(helpers.exists(rcfile), "create --wait gave up while the session could still complete")
+        assert(ctl("start -w -t 60"))
+        local st = store()
+        local s = assert(helpers.wait_for(function() return st:verify_code(sid, code) end, 20))
+        local box = assert(crypto.seal { pk_gateway = s.pkGatewayB64, sid = sid, plaintext = "w1 w2", aead = AEAD })
+        assert.are.equal("w1 w2", (st:respond(sid, { v = 1, sid = sid, pk_d = box.pk_d, nonce = box.nonce, ct = box.ct }, { aead = AEAD })))
+        assert(st:transition(sid, "completed"))
+        assert.are.equal(0, exit_code())
+        assert.matches("\nstatus: completed\n$", helpers.read(out))
+        local e = helpers.read(err)
+        assert.matches("^pairstore: note: cannot read " .. sid .. ": [^\n]+%[unavailable%]; trying again while the session"
+          .. " can still complete\npairstore: note: the store answers again\n$", e)
+      end)
+    end
+
     it("watch exits 1 when the session vanishes", function()
       local a = assert(store():create {})
       start("watch " .. a.sid)
