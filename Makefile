@@ -74,9 +74,11 @@ $(PGFLOOR): spec/bench/pgfloor.c csrc/compat.h Makefile
 
 # The suite runs against both backends: with-pg.sh starts a private PostgreSQL cluster (unix
 # socket in a temp dir) for it and removes it afterwards, also on failure.
+# make test SPEC=spec/cli_spec.lua (one spec or several, with LUA=... as ever) runs just those.
+SPEC ?= spec
 test: deps
 	@$(MAKE) --no-print-directory all $(FORKUTIL)
-	bash spec/support/with-pg.sh busted --lua=$(LUA_NAME) spec
+	bash spec/support/with-pg.sh busted --lua=$(LUA_NAME) $(SPEC)
 
 demo: deps
 	@$(MAKE) --no-print-directory all
