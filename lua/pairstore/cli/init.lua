@@ -155,7 +155,7 @@ local function settle(ctx, rc)
   local policy = ctx.command and ctx.command.broken_pipe or 0
   if ctx.w:broken_pipe() and policy ~= "error" then
     ctx.quiet = true
-    return rc ~= 0 and rc or policy
+    return policy ~= 0 and policy or rc
   end
   ctx.w:warn("pairstore: cannot write the output: ", tostring(err))
   return 2
