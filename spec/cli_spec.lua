@@ -1500,3 +1500,26 @@ describe("bin/pairstore: outside text reaches stderr only escaped", function()
     assert.matches("/\\e[2Jd\\r\\u{202e}/f", err, 1, true)
   end)
 end)
+
+describe("pairstore.cli.output.visible", function()
+  local visible = require("pairstore.cli.output").visible
+
+  it("escapes every C0 and C1 control, DEL, bidi embedding, override and isolate, and bad UTF-8", function()
+    for b = 0, 31 do
+      local v = visible(string.char(b))
+      assert.matches("^\\", v)
+      assert.is_nil(v:find("[%z\1-\31]"), b)
+    end
+    assert.are.equal("\\e]0;t\\x07\\e[2J\\r\\n\\t\\x7f", visible("\27]0;t\7\27[2J\r\n\t\127"))
+    for cp = 0x80, 0x9f do
+      assert.are.equal(string.format("\\u{%04x}", cp), visible(helpers.compat.utf8.char(cp)))
+    end
+    for _, cp in ipairs { 0x202a, 0x202b, 0x202c, 0x202d, 0x202e, 0x2066, 0x2067, 0x2068, 0x2069, 0x200e, 0x200f, 0x061c } do
+      assert.are.equal(string.format("\\u{%04x}", cp), visible(helpers.compat.utf8.char(cp)))
+    end
+    -- bytes that are not UTF-8: stray continuation, truncated sequence, overlong, surrogate
+    assert.are.equal("a\\x80b\\xe2\\x82c\\xc0\\xafd\\xed\\xa0\\x80", visible("a\128b\226\130c\192\175d\237\160\128"))
+    -- printable text stays as it is; a backslash is doubled so that no escape is ambiguous
+    assert.are.equal("café ✓ 日本 \\\\e", visible("café ✓ 日本 \\e"))
+  end)
+end)
