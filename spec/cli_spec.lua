@@ -642,6 +642,19 @@ describe("bin/pairstore (" .. backend .. " store)", function()
       assert.are.equal(1, exit_code())
     end)
 
+    if not PG then
+      it("create --wait tries to reject its session before it gives up on an error", function()
+        start("create --wait")
+        local text = assert(output_has("\nstatus: awaiting_scan"))
+        local sid = text:match("sid:%s+(%x+)")
+        -- the sessions file replaced by a FIFO: every read and write of the store fails (io)
+        assert(helpers.run("mkfifo " .. q(dir .. "/fifo") .. " && mv " .. q(dir .. "/fifo") .. " " .. q(file)))
+        assert.are.equal(2, exit_code())
+        assert.matches("^pairstore: cannot read " .. sid .. ": [^\n]+; could not reject " .. sid .. ": [^\n]+\n$",
+          helpers.read(err))
+      end)
+    end
+
     if PG then
       it("create --wait rides out a server that is down for a moment, then sees the session complete", function()
         local function ctl(a) return helpers.run(helpers.PGCLUSTER .. " ctl " .. q(helpers.pg_dir()) .. " " .. a) end
