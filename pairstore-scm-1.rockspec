@@ -33,7 +33,7 @@ build = {
     ["pairstore.core"] = {
       sources = {
         "csrc/bind.c", "csrc/crypto.c", "csrc/engine_file.c", "csrc/engine_pg.c", "csrc/err.c",
-        "csrc/file.c", "csrc/json.c", "csrc/lock.c", "csrc/qr.c", "csrc/rand.c",
+        "csrc/file.c", "csrc/json.c", "csrc/lock.c", "csrc/pg_link.c", "csrc/qr.c", "csrc/rand.c",
         "csrc/record.c", "csrc/rules.c", "csrc/sys.c", "csrc/testhooks.c", "csrc/txn.c",
         "csrc/wait.c",
       },
@@ -47,6 +47,8 @@ build = {
     ["pairstore.respond"] = "lua/pairstore/respond.lua",
     ["pairstore.qr"] = "lua/pairstore/qr.lua",
     ["pairstore.compat"] = "lua/pairstore/compat.lua",
+    ["pairstore.deferred"] = "lua/pairstore/deferred.lua",
+    ["pairstore.thread"] = "lua/pairstore/thread.lua",
     ["pairstore.cli"] = "lua/pairstore/cli/init.lua",
     ["pairstore.cli.output"] = "lua/pairstore/cli/output.lua",
     ["pairstore.cli.targets"] = "lua/pairstore/cli/targets.lua",

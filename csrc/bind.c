@@ -239,6 +239,50 @@ static int m_wait_mode(lua_State *L)
   return 0;
 }
 
+/* c:use_engine(h): the next transaction runs on h, a deferred engine of this store
+ * (c:pg_handle), instead of the store's own. */
+static int m_use_engine(lua_State *L)
+{
+  check_store(L, 1);
+  luaL_argcheck(L, ps_pg_is_engine(L, 2), 2, "expected a handle from store:pg_handle()");
+  lua_settop(L, 2);
+  lua_setiuservalue(L, 1, PS_UV_NEXT);
+  return 0;
+}
+
+/* c:pg_handle([listen]) -> a deferred engine (its own connection, opened when first used)
+ * for this PostgreSQL store: its round trips run where the caller says (pg_perform). */
+static int m_pg_handle(lua_State *L)
+{
+  ps_store *s = check_store(L, 1);
+  int listen = lua_toboolean(L, 2);
+  lua_getiuservalue(L, 1, PS_UV_ENGINE);
+  luaL_argcheck(L, ps_pg_is_engine(L, -1), 1, "not a PostgreSQL store");
+  lua_getiuservalue(L, 1, PS_UV_DECODE);
+  ps_pg_engine_clone(L, s->eng, -1, listen);
+  return 1;
+}
+
+/* c:announce(sid) -> true | nil, message, code: says that someone waits for the session's
+ * change (a store whose waits are watched elsewhere; see store:wait in nginx). */
+static int m_announce(lua_State *L)
+{
+  check_sid(L, 2);
+  lua_settop(L, 2);
+  return run(L, PS_OP_ANNOUNCE, 1);
+}
+
+/* c:deadline(ms): the next transaction or watch connects and gets its answers by this
+ * monotonic ms (PostgreSQL; a file store's lock wait is bounded by wait_mode's deadline). */
+static int m_deadline(lua_State *L)
+{
+  ps_store *s = check_store(L, 1);
+  lua_Integer deadline = luaL_checkinteger(L, 2);
+  luaL_argcheck(L, deadline > 0, 2, "deadline must be positive");
+  if (!strcmp(s->eng->m->name, "postgresql")) ps_pg_until(s->eng, (int64_t)deadline);
+  return 0;
+}
+
 static int m_backend(lua_State *L)
 {
   ps_store *s = check_store(L, 1);
@@ -352,6 +396,13 @@ static void open_pg(lua_State *L, const char *target, size_t len, int opts, int 
       lua_error(L);
     }
   }
+  lua_getfield(L, opts, "listen_target");
+  o.listen_target = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+  if (o.listen_target && !ps_pg_is_target(o.listen_target)) {
+    lua_pushliteral(L, "pairstore.open: option listen_target must be a PostgreSQL target");
+    lua_error(L);
+  }
+  lua_pop(L, 1); /* (the options table keeps the string) */
   o.lock_wait_ms = st->lock_wait_ms;
   o.connect_timeout_ms = opt_int(L, opts, "connect_timeout_ms", 10000, 1, 3600000);
   o.statement_timeout_ms = opt_int(L, opts, "statement_timeout_ms", 30000, 1, 3600000);
@@ -370,8 +421,10 @@ static int f_open(lua_State *L)
   size_t len;
   const char *target = luaL_checklstring(L, 1, &len);
   ps_store *s;
+  char why[512];
 
   luaL_checktype(L, 2, LUA_TTABLE);
+  if (ps_target_refused(target, why, sizeof why)) return luaL_error(L, "pairstore.open: %s", why);
   s = lua_newuserdatauv(L, sizeof *s, PS_UV_COUNT); /* 3 */
   memset(s, 0, sizeof *s);
   luaL_setmetatable(L, PS_STORE_MT); /* before any resource is acquired */
@@ -506,6 +559,25 @@ static int f_is_pg_target(lua_State *L)
   return 1;
 }
 
+/* target_refused(target) -> why a target is refused (a URI of a scheme pairstore does not
+ * support), or nil */
+static int f_target_refused(lua_State *L)
+{
+  char why[512];
+  const char *r = ps_target_refused(luaL_checkstring(L, 1), why, sizeof why);
+  if (r) lua_pushstring(L, r);
+  else lua_pushnil(L);
+  return 1;
+}
+
+/* pg_display(target [, store]) -> how messages and store.path show the target | nil, why */
+static int f_pg_display(lua_State *L)
+{
+  const char *target = luaL_checkstring(L, 1), *store = luaL_optstring(L, 2, "default");
+  luaL_argcheck(L, ps_pg_is_target(target), 1, "not a PostgreSQL target");
+  return ps_pg_push_display(L, target, store);
+}
+
 static int f_pg_schema_sql(lua_State *L)
 {
   lua_pushstring(L, ps_pg_schema_sql);
@@ -523,7 +595,8 @@ static const luaL_Reg store_methods[] = {
   { "transition", m_transition }, { "reject", m_reject }, { "register_failed_code", m_failed_code },
   { "verify_code", m_verify }, { "consume", m_consume }, { "respond", m_respond }, { "prune", m_prune },
   { "export", m_export }, { "import", m_import }, { "watch", m_watch }, { "backend", m_backend },
-  { "now", m_now }, { "wait_mode", m_wait_mode },
+  { "now", m_now }, { "wait_mode", m_wait_mode }, { "deadline", m_deadline },
+  { "use_engine", m_use_engine }, { "pg_handle", m_pg_handle }, { "announce", m_announce },
   { "close", m_close }, { "path", m_path }, { NULL, NULL },
 };
 
@@ -532,7 +605,8 @@ static const luaL_Reg module_funcs[] = {
   { "next_prune", f_next_prune }, { "is_sid", f_is_sid }, { "is_code", f_is_code },
   { "is_known_status", f_is_known_status }, { "is_known_mode", f_is_known_mode },
   { "test_hooks", ps_test_hooks }, { "is_pg_target", f_is_pg_target },
-  { "pg_schema_sql", f_pg_schema_sql },
+  { "pg_schema_sql", f_pg_schema_sql }, { "pg_display", f_pg_display },
+  { "target_refused", f_target_refused },
   { NULL, NULL },
 };
 
@@ -592,6 +666,7 @@ __attribute__((visibility("default"))) int luaopen_pairstore_core(lua_State *L)
   ps_crypto_register(L);
   ps_qr_register(L);
   ps_wait_register(L);
+  ps_pg_register(L);
   set_int(L, "FILE_VERSION", PS_FILE_VERSION);
   set_int(L, "DEFAULT_TTL_MS", PS_DEFAULT_TTL_MS);
   set_int(L, "MIN_TTL_MS", PS_MIN_TTL_MS);
