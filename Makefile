@@ -106,10 +106,12 @@ check-layering: $(LAYER_OBJS)
 
 # The suite runs against both backends: with-pg.sh starts a private PostgreSQL cluster (unix
 # socket in a temp dir) for it and removes it afterwards, also on failure.
+# make test SPEC=spec/cli_spec.lua (one spec or several, with LUA=... as ever) runs just those.
+SPEC ?= spec
 test: export LUA_CPATH := $(CURDIR)/$(TBUILD)/?.so;;
 test: deps
 	@$(MAKE) --no-print-directory all $(TCORE) $(FORKUTIL) check-layering
-	bash spec/support/with-pg.sh busted --lua=$(LUA_NAME) spec
+	bash spec/support/with-pg.sh busted --lua=$(LUA_NAME) $(SPEC)
 
 demo: deps
 	@$(MAKE) --no-print-directory all
@@ -174,9 +176,12 @@ bench: deps all $(PGFLOOR)
 	bash spec/bench/run.sh
 
 install: $(CORE)
-	install -d $(DESTDIR)$(LUA_CMOD)/pairstore $(DESTDIR)$(LUA_LMOD)/pairstore $(DESTDIR)$(BINDIR)
+	install -d $(DESTDIR)$(LUA_CMOD)/pairstore $(DESTDIR)$(LUA_LMOD)/pairstore \
+	  $(DESTDIR)$(LUA_LMOD)/pairstore/cli/commands $(DESTDIR)$(BINDIR)
 	install -m 0755 $(CORE) $(DESTDIR)$(LUA_CMOD)/pairstore/core.so
 	install -m 0644 lua/pairstore/*.lua $(DESTDIR)$(LUA_LMOD)/pairstore/
+	install -m 0644 lua/pairstore/cli/*.lua $(DESTDIR)$(LUA_LMOD)/pairstore/cli/
+	install -m 0644 lua/pairstore/cli/commands/*.lua $(DESTDIR)$(LUA_LMOD)/pairstore/cli/commands/
 	sed '1s|.*|#!/usr/bin/env $(LUA_NAME)|' bin/pairstore > $(DESTDIR)$(BINDIR)/pairstore.tmp
 	chmod 0755 $(DESTDIR)$(BINDIR)/pairstore.tmp && mv -f $(DESTDIR)$(BINDIR)/pairstore.tmp $(DESTDIR)$(BINDIR)/pairstore
 
