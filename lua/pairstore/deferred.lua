@@ -20,6 +20,7 @@ local BACKOFF_MIN_MS, BACKOFF_MAX_MS = 250, 5000
 local ABANDONED_MS = 1000   -- a finished round trip nobody took for this long: its caller is gone
 local JANITOR_S = 0.5
 local LISTEN_MS = 1000      -- one wait of the listening link (a worker thread is held for it)
+local BUSY_MAX_MS = 50      -- the longest sleep between two attempts at a row another holds
 
 local M = {}
 local Pool = {}
@@ -168,7 +169,10 @@ local function drive(self, h, name, ...)
       c:use_engine(h)
       r = pack(c[name](c, ...))
     elseif r[1] == nil and r[3] == "lock_busy" then
-      self.env.sleep(r[4] / 1000)
+      -- each attempt is two round trips on a worker thread and a server transaction: back off
+      -- further than the core's slices (1, 2, 4, 8 ms), up to BUSY_MAX_MS, within the deadline
+      local ms = math.min(math.max(r[4], 2 ^ math.min(r[6], 6)), BUSY_MAX_MS, math.max(r[5] - self.env.now(), 0))
+      self.env.sleep(ms / 1000)
       if self.closed then return pack(closed()) end
       c:wait_mode(WAIT_CONTINUE, r[5], r[6])
       c:use_engine(h)
