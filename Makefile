@@ -111,7 +111,7 @@ test-ha: deps all
 # codes and responses, a killed worker, a lock held by another process, per-request times.
 test-nginx:
 	@bash .ci/deps $(LUA_NAME) nginx
-	@$(MAKE) --no-print-directory LUA=lua5.4 all
+	@$(MAKE) --no-print-directory LUA=lua5.4 all build/lua5.4/test/forkutil.so
 	@$(MAKE) --no-print-directory LUA=luajit all
 	bash spec/nginx/run.sh
 

@@ -2,13 +2,18 @@
  * test.forkutil — fork for the specs (a store used across fork, as OpenResty's master and
  * workers do). Test-only: built by `make test` into build/$(LUA)/test/, never installed.
  *   fork() -> pid (0 in the child)   wait(pid) -> exit status   _exit(code)   getpid()
+ *   listen_blackhole([port]) -> fd, port   close(fd)   wall_ms()  (spec/nginx/outage.lua)
  */
 #include <lauxlib.h>
 #include <lua.h>
 #include "../../csrc/compat.h" /* the 5.4 API on Lua 5.3, 5.1 and LuaJIT */
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 static int f_fork(lua_State *L)
@@ -41,10 +46,54 @@ static int f_getpid(lua_State *L)
   return 1;
 }
 
+/* A loopback TCP listener that never answers (a black-holed database for spec/nginx/outage.lua):
+ * bound to 127.0.0.1:port (0: any free port), a backlog of SOMAXCONN, never accept()ed, so the
+ * kernel completes every handshake and the client waits for a first byte that never comes.
+ * Returns fd, port; the socket lives until close(fd) or the process exits. */
+static int f_listen_blackhole(lua_State *L)
+{
+  struct sockaddr_in a;
+  socklen_t len = sizeof a;
+  int one = 1, fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return luaL_error(L, "socket: %s", strerror(errno));
+  memset(&a, 0, sizeof a);
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_port = htons((unsigned short)luaL_optinteger(L, 1, 0));
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  if (bind(fd, (struct sockaddr *)&a, sizeof a) != 0 || listen(fd, SOMAXCONN) != 0 ||
+      getsockname(fd, (struct sockaddr *)&a, &len) != 0) {
+    int e = errno;
+    close(fd);
+    lua_pushnil(L);
+    lua_pushstring(L, strerror(e));
+    return 2;
+  }
+  lua_pushinteger(L, fd);
+  lua_pushinteger(L, ntohs(a.sin_port));
+  return 2;
+}
+
+static int f_close(lua_State *L)
+{
+  lua_pushboolean(L, close((int)luaL_checkinteger(L, 1)) == 0);
+  return 1;
+}
+
+/* The wall clock in ms (what nginx logs as $msec, times 1000). */
+static int f_wall_ms(lua_State *L)
+{
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  lua_pushnumber(L, (lua_Number)ts.tv_sec * 1000.0 + (lua_Number)ts.tv_nsec / 1e6);
+  return 1;
+}
+
 int luaopen_test_forkutil(lua_State *L)
 {
   static const luaL_Reg fns[] = {
     { "fork", f_fork }, { "wait", f_wait }, { "_exit", f_exit }, { "getpid", f_getpid },
+    { "listen_blackhole", f_listen_blackhole }, { "close", f_close }, { "wall_ms", f_wall_ms },
     { NULL, NULL },
   };
   luaL_newlib(L, fns);
