@@ -221,6 +221,14 @@ local function listen_loop(self)
   self.listener = false
 end
 
+-- The listening loop of pool, as a function of its own: made here, in a function that
+-- returns at once, so that the pool is a closed upvalue. (Made in Pool:watch, the closure
+-- would share its `self`, an open upvalue on the stack of a request that may be aborted
+-- while it waits below: ngx_lua clears that stack, and the loop found self nil.)
+local function loop_of(pool)
+  return function() listen_loop(pool) end
+end
+
 local Watch = {}
 Watch.__index = Watch
 
@@ -264,7 +272,7 @@ function Pool:watch(sid, store, deadline)
   if not self.listener then
     self.listener = true
     self.ready = self.ready or self.env.semaphore()
-    local ok, err = self.env.spawn(function() listen_loop(self) end)
+    local ok, err = self.env.spawn(loop_of(self))
     if not ok then
       self.listener = false
       w:close()
