@@ -13,7 +13,9 @@ local env = function(k) return (assert(os.getenv(k), "spec/nginx: " .. k .. " is
 
 local PORT = env("NGX_PORT")
 local PREFIX = env("NGX_PREFIX")
-local WORK = env("NGX_WORK")
+-- (a directory of this script's own in NGX_WORK: the scripts run one after the other)
+local WORK = (io.popen("mktemp -d " .. env("NGX_WORK") .. "/run.XXXXXX"):read("l"))
+assert(WORK, "spec/nginx: cannot make a directory in NGX_WORK")
 local MASTER = tonumber(env("NGX_MASTER_PID"))
 local BACKEND = env("BACKEND")
 local TARGET = env("PAIRSTORE_TARGET")
@@ -117,7 +119,7 @@ local function parallel(method, urls, opts)
   local cf = tmpname("cfg")
   write(cf, table.concat(cfg))
   local data = body_args(opts.body)
-  local cmd = fmt("curl -s --no-progress-meter --max-time %d --parallel --parallel-immediate --parallel-max %d -X %s%s -w %s -K %s",
+  local cmd = fmt("curl -s --no-progress-meter --max-time %g --parallel --parallel-immediate --parallel-max %d -X %s%s -w %s -K %s",
     opts.max_time or 30, opts.max or 50, method, data, q(WOUT), q(cf))
   if opts.background then
     -- started now, collected later with the returned function

@@ -140,28 +140,40 @@ local function launch(method, urls, opts)
 end
 
 -- Probes of what must never wait on the database: the static page and a Lua route that
--- answers without the store (the handler's own 400), one new connection each (so that every
--- worker gets some), 50 a second (curl --rate, 8 at most at once: a probe that waits delays
--- no other) until stopped: :stop() -> { code, ms, worker } list.
+-- answers without the store (the handler's own 400), each from a curl of its own, one probe
+-- after the other (the next one starts when the last one ended, 25 a second at most: curl
+-- --rate), one new connection each (so that every worker gets some), until stopped:
+-- :stop() -> { code, ms, worker, exit (curl's exit code), at (the probe's start, ms after
+-- the first, about) } list.
 local function probes(sid)
   local dir = tmpname("probe")
   assert(os.execute("mkdir " .. q(dir)))
-  local cfg, urls = {}, { H.BASE .. "/pair?sid=" .. sid, H.BASE .. "/pair/status?sid=nothex" }
-  for i = 1, 3000 do cfg[#cfg + 1] = fmt("url = %q\noutput = \"/dev/null\"\n", urls[i % 2 + 1]) end
-  write(dir .. "/cfg", table.concat(cfg))
-  -- (stdbuf: each -w line written as it comes, so that stopping curl loses none)
-  write(dir .. "/run.sh", fmt("echo $$ > %s/pid\nexec timeout 120 stdbuf -oL curl -s --no-progress-meter --parallel --parallel-max 8 "
-    .. "--rate 50/s --max-time 10 -H 'Connection: close' -w '%%{http_code} %%{time_total} %%header{x-pairstore-worker}\\n' "
-    .. "-K %s > %s/out 2>/dev/null\n", q(dir), q(dir .. "/cfg"), q(dir)))
-  os.execute(fmt("bash %s > /dev/null 2>&1 &", q(dir .. "/run.sh")))
+  local run = { "echo $$ > " .. q(dir .. "/pid"), "trap 'kill $(jobs -p) 2>/dev/null; exit 0' TERM" }
+  for k, url in ipairs { H.BASE .. "/pair?sid=" .. sid, H.BASE .. "/pair/status?sid=nothex" } do
+    local cfg = {}
+    for _ = 1, 1500 do cfg[#cfg + 1] = fmt("url = %q\noutput = \"/dev/null\"\n", url) end
+    write(fmt("%s/cfg%d", dir, k), table.concat(cfg))
+    -- (stdbuf: each -w line written as it comes, so that stopping curl loses none)
+    run[#run + 1] = fmt("stdbuf -oL curl -s --no-progress-meter --rate 25/s --max-time 10 -H 'Connection: close' "
+      .. "-w '%%{http_code} %%{time_total} %%{exitcode} %%header{x-pairstore-worker}\\n' -K %s > %s 2>/dev/null &",
+      q(fmt("%s/cfg%d", dir, k)), q(fmt("%s/out%d", dir, k)))
+  end
+  run[#run + 1] = "wait"
+  write(dir .. "/run.sh", table.concat(run, "\n") .. "\n")
+  os.execute(fmt("timeout 120 bash %s > /dev/null 2>&1 &", q(dir .. "/run.sh")))
   local p = {}
   function p.stop()
     local pid = wait_for(function() return tonumber(read(dir .. "/pid") or "") end, 5)
     if pid then os.execute(fmt("kill -TERM %d 2>/dev/null", pid)) end
     sleep(0.1)
     local r = {}
-    for code, secs, worker in (read(dir .. "/out") or ""):gmatch("(%d+) ([%d.]+) (%d*)\n") do
-      r[#r + 1] = { code = tonumber(code), ms = tonumber(secs) * 1000, worker = tonumber(worker) }
+    for k = 1, 2 do
+      local i = 0
+      for code, secs, exit, worker in (read(fmt("%s/out%d", dir, k)) or ""):gmatch("(%d+) ([%d.]+) (%d+) (%d*)\n") do
+        i = i + 1
+        r[#r + 1] = { code = tonumber(code), ms = tonumber(secs) * 1000, worker = tonumber(worker), exit = tonumber(exit),
+          at = i * 40 }
+      end
     end
     return r
   end
@@ -169,15 +181,20 @@ local function probes(sid)
 end
 
 local function probe_report(what, rs)
-  local ms, bad, by = {}, 0, {}
+  local ms, bad, by, slowest, failures = {}, 0, {}, nil, {}
   for _, r in ipairs(rs) do
     ms[#ms + 1] = r.ms
-    if r.code ~= 200 and r.code ~= 400 then bad = bad + 1 end
+    if r.code ~= 200 and r.code ~= 400 then
+      bad = bad + 1
+      failures[#failures + 1] = fmt("%d (curl exit %d) after %.0f ms", r.code, r.exit, r.ms)
+    end
     if r.worker then by[r.worker] = (by[r.worker] or 0) + 1 end
+    if not slowest or r.ms > slowest.ms then slowest = r end
   end
   local st = H.stats(ms)
-  note(fmt("%s: %d probes of the page and a Lua route: median %.1f ms, p99 %.1f ms, max %.1f ms; by workers %s",
-    what, st.n, st.median, st.p99, st.max, show(by)))
+  note(fmt("%s: %d probes of the page and a Lua route: median %.1f ms, p99 %.1f ms, max %.1f ms (worker %s, about %.1f s in); by workers %s",
+    what, st.n, st.median, st.p99, st.max, slowest and tostring(slowest.worker) or "-", slowest and slowest.at / 1000 or 0, show(by)))
+  if #failures > 0 then note("probes that failed: " .. table.concat(failures, "; ", 1, math.min(5, #failures))) end
   check(st.n >= 20 and bad == 0, fmt("%s (%s): the page and a route without the store answered throughout", what, W),
     fmt("%d probes, %d not 200/400", st.n, bad))
   check(st.max < PAGE_BOUND_MS, fmt("%s (%s): the page's max latency %.1f ms < %d ms", what, W, st.max, PAGE_BOUND_MS))

@@ -76,6 +76,8 @@ cleanup() {
   if [ -n "$tailer" ]; then kill -TERM "$tailer" 2>/dev/null; wait "$tailer" 2>/dev/null; fi
   thaw
   stop_nginx
+  # NGX_KEEP_LOGS=DIR: nginx's logs and the scripts' outputs copied there first
+  [ -n "${NGX_KEEP_LOGS:-}" ] && mkdir -p "$NGX_KEEP_LOGS" && cp "$prefix"/*.log "$prefix"/*.out "$NGX_KEEP_LOGS"/ 2>/dev/null
   rm -rf "$prefix"
 }
 trap cleanup EXIT
