@@ -220,7 +220,7 @@ if [ "$backend" = pg ] && [ "${NGX_OUTAGE:-1}" != 0 ]; then
   if want frozen1; then
     stop_nginx
     if start_nginx "$target" 1 "1 worker"; then
-      run_checks outage-1 "$target" -- env OUTAGE=frozen lua5.4 "$here/outage.lua"
+      run_checks outage-1 "$target" -- env OUTAGE=frozen-cold lua5.4 "$here/outage.lua"
     else total_f=$((total_f + 1)); fi
   fi
   for w in 4 1; do
