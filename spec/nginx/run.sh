@@ -5,8 +5,14 @@
 # port, 4 workers under a master, the workers as nobody:nogroup when run as root (the temp
 # dir, the store's directory, the payload directory and the PostgreSQL socket are made
 # reachable by that user), error_log in the prefix; spec/nginx/driver.lua runs the checks
-# over HTTP, bounded in time. nginx is stopped and everything removed at the end, also on
-# failure or interruption. Ends with "N passed, N failed"; exits non-zero on any failure.
+# over HTTP, bounded in time. On PostgreSQL, spec/nginx/outage.lua then runs as the caller
+# (it SIGSTOPs the server's processes and reads pg_stat_activity): on the same nginx, on one
+# with 1 worker, and on nginx with 4 and 1 workers against a listener that never answers
+# (NGX_OUTAGE=0: not at all; NGX_OUTAGE=aborts,longpoll,frozen,frozen1,blackhole4,blackhole1:
+# those). Each script's closing line shows as "NAME: N passed, N failed" and counts into the
+# run's own. nginx is stopped, the server's processes continued and everything removed at the
+# end, also on failure or interruption (NGX_KEEP_LOGS=DIR: the logs copied there first). Ends
+# with "N passed, N failed"; exits non-zero on any failure.
 # Needs the LuaJIT build of the core (make LUA=luajit) and the Lua 5.4 one (the driver).
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
