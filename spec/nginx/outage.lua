@@ -5,11 +5,12 @@
 -- phases (a comma-separated list):
 --   frozen     every server process SIGSTOPped while pairing requests are pending on every
 --              worker: the page keeps answering in ms, the pending requests answer 503 by
---              their deadline, a probe whose client went away keeps no breaker open, and after
---              SIGCONT the next requests succeed (nginx not restarted)
+--              their deadline, and after SIGCONT the next requests succeed (nginx not
+--              restarted); frozen-cold: the same on an nginx that never connected (run.sh's
+--              1 worker), where a probe whose client went away must keep no breaker open
 --   blackhole  the target is a loopback listener that never answers (NGX_BLACKHOLE_PORT,
---              opened here, before any request): the page answers in ms, pending requests 503
---              at the connect timeout, then the breaker answers 503 fast
+--              held by run.sh): the page answers in ms, pending requests 503 at the connect
+--              timeout, then the breaker answers 503 fast
 --   aborts     100 requests whose clients go away at random moments, a worker SIGKILLed
 --              meanwhile: no connection left idle in a transaction, no row lock, connections
 --              within the pool bounds
@@ -22,7 +23,6 @@
 package.path = (arg[0]:match("^(.*)/[^/]*$") or ".") .. "/?.lua;" .. package.path
 local H = require "common"
 local core = require "pairstore.core"
-local fu = require "test.forkutil"
 
 local fmt, check, note, q, read, write, sh, sleep = H.fmt, H.check, H.note, H.q, H.read, H.write, H.sh, H.sleep
 local http, parallel, tally, show, count = H.http, H.parallel, H.tally, H.show, H.count
@@ -364,8 +364,11 @@ end
 
 local function phase_blackhole()
   local port = tonumber(H.env("NGX_BLACKHOLE_PORT"))
-  local fd, got = fu.listen_blackhole(port)
-  if not check(fd ~= nil, fmt("black hole (%s): a listener on 127.0.0.1:%d that never answers", W, port), tostring(got)) then return end
+  -- (run.sh holds it: a connection is made, and no byte ever comes)
+  local rc = select(3, os.execute(fmt("timeout 0.5 bash -c 'exec 3<>/dev/tcp/127.0.0.1/%d && cat <&3' 2>/dev/null", port)))
+  if not check(rc == 124, fmt("black hole (%s): 127.0.0.1:%d accepts and never answers", W, port), "exit " .. tostring(rc)) then
+    return
+  end
   local elog = log_size("error.log")
   local before = H.workers_of_master()
   local ok, err = xpcall(function()
@@ -401,7 +404,6 @@ local function phase_blackhole()
     sleep(0.5)
     probe_report("black hole", p.stop())
   end, debug.traceback)
-  fu.close(fd)
   if not ok then error(err, 0) end
   check(same_set(before, H.workers_of_master()), fmt("black hole (%s): the same workers throughout", W))
   local bad_lines = crashes(errors_since(elog))
@@ -515,7 +517,7 @@ local function phase_aborts()
 end
 
 local function phase_longpoll()
-  local alog = log_size("access.log")
+  local alog, elog = log_size("access.log"), log_size("error.log")
   local sessions = {}
   for i = 1, 20 do sessions[i] = new_session() end
   local urls = {}
@@ -601,6 +603,9 @@ local function phase_longpoll()
   local bound = NWORKERS * (POOL_SIZE + 1)
   note(fmt("afterwards: %d connections (%s), %d listening", a.total, show(a.states), a.listen))
   check(a.ok and a.total <= bound and a.listen <= NWORKERS, fmt("long poll: connections within the pool bounds (%d <= %d)", a.total, bound))
+  local bad_lines = crashes(errors_since(elog))
+  for k = 1, math.min(5, #bad_lines) do note("error.log: " .. bad_lines[k]) end
+  check(#bad_lines == 0, "long poll: error.log: no crash, no Lua error", #bad_lines .. " lines")
 end
 
 local phases = {

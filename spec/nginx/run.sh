@@ -51,6 +51,7 @@ prefix=$(mktemp -d /tmp/pairstore-nginx.XXXXXX)
 master=
 driver=
 tailer=
+blackhole=
 # shellcheck disable=SC2317  # (called by the trap)
 stop_nginx() {
   [ -n "$master" ] || return 0
@@ -80,6 +81,7 @@ thaw() {
 cleanup() {
   if [ -n "$driver" ]; then kill -TERM "$driver" 2>/dev/null; wait "$driver" 2>/dev/null; fi
   if [ -n "$tailer" ]; then kill -TERM "$tailer" 2>/dev/null; wait "$tailer" 2>/dev/null; fi
+  if [ -n "$blackhole" ]; then kill -TERM "$blackhole" 2>/dev/null; wait "$blackhole" 2>/dev/null; fi
   thaw
   stop_nginx
   # NGX_KEEP_LOGS=DIR: nginx's logs and the scripts' outputs copied there first
@@ -229,10 +231,20 @@ if [ "$backend" = pg ] && [ "${NGX_OUTAGE:-1}" != 0 ]; then
       run_checks outage-1 "$target" -- env OUTAGE=frozen-cold lua5.4 "$here/outage.lua"
     else total_f=$((total_f + 1)); fi
   fi
+  # the black hole: a loopback port that accepts and never answers (forkutil), held by a
+  # process of its own until the end
+  if want blackhole4 || want blackhole1; then
+    LUA_CPATH="$cdir54/?.so;;" lua5.4 -e 'local f = require "test.forkutil"
+      local fd, port = assert(f.listen_blackhole(0))
+      io.write(port, "\n"); io.stdout:flush(); f.pause()' > "$prefix/blackhole.port" &
+    blackhole=$!
+    for _ in $(seq 50); do [ -s "$prefix/blackhole.port" ] && break; sleep 0.1; done
+    bh=$(cat "$prefix/blackhole.port")
+  fi
   for w in 4 1; do
     want "blackhole$w" || continue
     stop_nginx
-    bh=$(free_port) || { total_f=$((total_f + 1)); continue; }
+    [ -n "${bh:-}" ] || { echo "run.sh: no black hole"; total_f=$((total_f + 1)); continue; }
     bht="postgresql://pairstore@127.0.0.1:$bh/pairstore"
     if start_nginx "$bht" "$w" "$w worker(s), the database black-holed (127.0.0.1:$bh)"; then
       run_checks "blackhole-$w" "$bht" -- env OUTAGE=blackhole NGX_BLACKHOLE_PORT="$bh" lua5.4 "$here/outage.lua"

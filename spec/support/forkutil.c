@@ -2,7 +2,7 @@
  * test.forkutil — fork for the specs (a store used across fork, as OpenResty's master and
  * workers do). Test-only: built by `make test` into build/$(LUA)/test/, never installed.
  *   fork() -> pid (0 in the child)   wait(pid) -> exit status   _exit(code)   getpid()
- *   listen_blackhole([port]) -> fd, port   close(fd)   wall_ms()  (spec/nginx/outage.lua)
+ *   listen_blackhole([port]) -> fd, port   pause()  (spec/nginx/run.sh: a database that never answers)
  */
 #include <lauxlib.h>
 #include <lua.h>
@@ -13,7 +13,6 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 static int f_fork(lua_State *L)
@@ -49,7 +48,7 @@ static int f_getpid(lua_State *L)
 /* A loopback TCP listener that never answers (a black-holed database for spec/nginx/outage.lua):
  * bound to 127.0.0.1:port (0: any free port), a backlog of SOMAXCONN, never accept()ed, so the
  * kernel completes every handshake and the client waits for a first byte that never comes.
- * Returns fd, port; the socket lives until close(fd) or the process exits. */
+ * Returns fd, port; the socket lives as long as the process. */
 static int f_listen_blackhole(lua_State *L)
 {
   struct sockaddr_in a;
@@ -74,26 +73,19 @@ static int f_listen_blackhole(lua_State *L)
   return 2;
 }
 
-static int f_close(lua_State *L)
+/* Waits for a signal (the black hole's process: SIGTERM ends it). */
+static int f_pause(lua_State *L)
 {
-  lua_pushboolean(L, close((int)luaL_checkinteger(L, 1)) == 0);
-  return 1;
-}
-
-/* The wall clock in ms (what nginx logs as $msec, times 1000). */
-static int f_wall_ms(lua_State *L)
-{
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  lua_pushnumber(L, (lua_Number)ts.tv_sec * 1000.0 + (lua_Number)ts.tv_nsec / 1e6);
-  return 1;
+  (void)L;
+  pause();
+  return 0;
 }
 
 int luaopen_test_forkutil(lua_State *L)
 {
   static const luaL_Reg fns[] = {
     { "fork", f_fork }, { "wait", f_wait }, { "_exit", f_exit }, { "getpid", f_getpid },
-    { "listen_blackhole", f_listen_blackhole }, { "close", f_close }, { "wall_ms", f_wall_ms },
+    { "listen_blackhole", f_listen_blackhole }, { "pause", f_pause },
     { NULL, NULL },
   };
   luaL_newlib(L, fns);
