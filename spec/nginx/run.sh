@@ -208,7 +208,7 @@ if ! start_nginx "$target" "${NGX_WORKERS:-4}"; then echo "0 passed, 1 failed"; 
 # NGX_DRIVER: another driver (a bash script) run the same way against the same server
 # (spec/browser/run.sh: the phone page in Chromium); its own closing line is the run's.
 if [ -n "${NGX_DRIVER:-}" ]; then
-  run_checks browser "$target" "${run_as[@]}" -- bash "$NGX_DRIVER"
+  run_checks driver "$target" "${run_as[@]}" -- bash "$NGX_DRIVER"
   echo "$total_p passed, $total_f failed"
   [ "$total_f" -eq 0 ]
   exit
