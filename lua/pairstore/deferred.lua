@@ -36,7 +36,7 @@ function M.new(c, env, o)
     c = c, env = env, size = o.size, backlog = o.backlog, wait_ms = o.wait_ms,
     lease_ms = o.lease_ms,
     idle = {}, n = 0, leased = {}, waiting = 0, sema = nil,
-    down_until = nil, down_msg = nil, backoff = BACKOFF_MIN_MS, probing = false,
+    down_until = nil, down_msg = nil, backoff = BACKOFF_MIN_MS, probing = false, probe_h = nil,
     watchers = {}, nwatch = 0, listening = nil, listen_h = nil, listener = false,
     ready = nil, ready_waiting = 0,
     janitor = false,
@@ -76,6 +76,7 @@ local function start_janitor(self)
       local busy, done_ms = h:state()
       if not busy and ((done_ms and now - done_ms > ABANDONED_MS) or now > lease) then
         self.leased[h] = nil
+        if self.probe_h == h then self.probing, self.probe_h = false, nil end -- (next caller probes)
         h:reset()
         self.idle[#self.idle + 1] = h
         if self.waiting > 0 then self.sema:post(1) end
@@ -86,12 +87,18 @@ end
 
 -- A link for one operation, within deadline (monotonic ms) --> h | nil, message, code
 function Pool:acquire(deadline)
-  local now = self.env.now()
-  if self.down_until then
-    if now < self.down_until or self.probing then return unavailable(self) end
-    self.probing = true -- this caller tries; the others keep failing fast meanwhile
-  end
+  local probe = false
   while true do
+    -- (again after each wait: a breaker that opened meanwhile answers the waiters at once)
+    local now = self.env.now()
+    if self.down_until and not probe then
+      if now < self.down_until or (self.probing and now < self.probing) then return unavailable(self) end
+      -- this caller tries; the others keep failing fast meanwhile, until its outcome is
+      -- known (note), its link is taken back (the janitor: a caller that went away never
+      -- says), or lease_ms at most (it went away before it had a link)
+      self.probing = now + self.lease_ms
+      probe = true
+    end
     local h = table.remove(self.idle)
     if not h and self.n < self.size then
       h = self.c:pg_handle()
@@ -99,17 +106,18 @@ function Pool:acquire(deadline)
     end
     if h then
       self.leased[h] = self.env.now() + self.lease_ms
+      if probe then self.probe_h = h end
       start_janitor(self)
       return h
     end
     if self.waiting >= self.backlog then
-      if self.probing then self.probing = false end
+      if probe then self.probing = false end
       return nil, fmt("too many operations wait for a PostgreSQL connection (pool_size %d, "
         .. "pool_backlog %d)", self.size, self.backlog), "timeout"
     end
     local left = deadline - self.env.now()
     if left <= 0 then
-      if self.probing then self.probing = false end
+      if probe then self.probing = false end
       return nil, fmt("no PostgreSQL connection free within lock_wait_ms (%d; pool_size %d)",
         self.wait_ms, self.size), "timeout"
     end
@@ -143,7 +151,7 @@ local function note(self, h, r)
   elseif not connect_failed then
     self.down_until, self.down_msg, self.backoff = nil, nil, BACKOFF_MIN_MS
   end
-  self.probing = false
+  self.probing, self.probe_h = false, nil
 end
 
 local function thread_failed(err)
@@ -186,8 +194,9 @@ end
 
 local function finish(self, h, ok, r)
   if not ok then
-    self.probing = false
-    self.c:use_engine(nil)
+    -- (no c:use_engine(nil): the core takes no nil there, and that raise hid r and kept h
+    -- leased; the engine handed over is the next transaction's, which drive always names)
+    self.probing, self.probe_h = false, nil
     self:release(h, true)
     error(r, 0)
   end
@@ -245,6 +254,14 @@ local function listen_loop(self)
   self.listener = false
 end
 
+-- The listening loop of pool, as a function of its own: made here, in a function that
+-- returns at once, so that the pool is a closed upvalue. (Made in Pool:watch, the closure
+-- would share its `self`, an open upvalue on the stack of a request that may be aborted
+-- while it waits below: ngx_lua clears that stack, and the loop found self nil.)
+local function loop_of(pool)
+  return function() listen_loop(pool) end
+end
+
 local Watch = {}
 Watch.__index = Watch
 
@@ -288,7 +305,7 @@ function Pool:watch(sid, store, deadline)
   if not self.listener then
     self.listener = true
     self.ready = self.ready or self.env.semaphore()
-    local ok, err = self.env.spawn(function() listen_loop(self) end)
+    local ok, err = self.env.spawn(loop_of(self))
     if not ok then
       self.listener = false
       w:close()
