@@ -33,6 +33,14 @@ local function argerror(level, fn, msg)
   error(fmt("pairstore.%s: %s", fn, msg), level + 1)
 end
 
+-- The one rule for argument types, everywhere in the API: an argument of another type than
+-- the one documented raises, nil included unless it is optional, and nothing is coerced (a
+-- number is no string, a numeric string no number). (Contents that come from outside, the
+-- code the phone typed or its response, are then checked as data: bad_code, bad_request.)
+local function check_type(fn, what, v, want)
+  if type(v) ~= want then argerror(3, fn, fmt("%s must be a %s, got %s", what, want, type(v))) end
+end
+
 -- A sid is exactly 32 lowercase hex characters (a NUL or anything after it is not ignored).
 local function check_sid(fn, sid)
   if type(sid) ~= "string" then argerror(3, fn, "sid must be a string, got " .. type(sid)) end
@@ -76,7 +84,7 @@ function pairstore.redact(session)
 end
 
 function pairstore.is_terminal(status)
-  if type(status) ~= "string" then argerror(2, "is_terminal", "status must be a string") end
+  check_type("is_terminal", "status", status, "string")
   return core.is_terminal(status)
 end
 
@@ -105,6 +113,15 @@ local FILE_ONLY = { lock_stale_ms = true, max_file_bytes = true }
 local PG_ONLY = { store = true, connect_timeout_ms = true, statement_timeout_ms = true }
 local RNG_HOOKS = { sid = true, secret_key = true, code = true }
 
+-- A count of ms, sessions or bytes: a non-negative integer; raises naming what is wrong, at
+-- the level argerror's `level` names (counted from check_count).
+local function check_count(level, fn, what, v)
+  if v ~= v then argerror(level, fn, what .. " must be a non-negative integer, got NaN") end
+  if v < 0 then argerror(level, fn, fmt("%s must not be negative, got %s", what, tostring(v))) end
+  if v ~= math.floor(v) then argerror(level, fn, fmt("%s must be an integer, got %s", what, tostring(v))) end
+  if not tointeger(v) then argerror(level, fn, fmt("%s is too large: %s", what, tostring(v))) end
+end
+
 local function check_options(options, pg)
   if options == nil then return {} end
   if type(options) ~= "table" then argerror(3, "open", "options must be a table") end
@@ -117,9 +134,7 @@ local function check_options(options, pg)
     if type(v) ~= want and not (k == "sleep" and v == false) then -- (sleep = false: never cooperatively)
       argerror(3, "open", fmt("option %s must be a %s", k, want))
     end
-    if want == "number" and (not tointeger(v) or v < 0) then
-      argerror(3, "open", fmt("option %s must be a non-negative integer", k))
-    end
+    if want == "number" then check_count(4, "open", "option " .. k, v) end
     if k == "store" and (#v == 0 or #v > 200 or not compat.utf8.len(v) or v:find("%c")) then
       argerror(3, "open", "option store must be a name of 1 to 200 bytes of printable UTF-8")
     end
@@ -276,6 +291,7 @@ function Store:create(spec)
     if not CREATE_KEYS[k] then argerror(2, "create", fmt("unknown field %q (mode, operator, ttl_ms)", tostring(k))) end
   end
   local mode = spec.mode == nil and "generate" or spec.mode
+  check_type("create", "mode", mode, "string")
   if not core.is_known_mode(mode) then argerror(2, "create", fmt("unknown mode %q", tostring(mode))) end
   local op = spec.operator == nil and { channel = "unknown" } or spec.operator
   if type(op) ~= "table" then argerror(2, "create", "operator must be a table") end
@@ -329,6 +345,7 @@ end
 function Store:transition(sid, status)
   core_of(self, "transition")
   check_sid("transition", sid)
+  check_type("transition", "status", status, "string")
   if not core.is_known_status(status) then argerror(2, "transition", fmt("unknown status %q", tostring(status))) end
   return self:_txn("transition", sid, status)
 end
@@ -342,10 +359,8 @@ end
 function Store:verify_code(sid, code)
   core_of(self, "verify_code")
   check_sid("verify_code", sid)
-  if type(code) ~= "string" and type(code) ~= "number" then
-    argerror(2, "verify_code", "code must be a string")
-  end
-  return self:_txn("verify_code", sid, tostring(code))
+  check_type("verify_code", "code", code, "string")
+  return self:_txn("verify_code", sid, code)
 end
 
 function Store:consume(sid)
@@ -493,8 +508,8 @@ function Store:wait(sid, opts)
   end
   local timeout = opts.timeout_ms
   if timeout ~= nil then
+    check_count(3, "wait", "option timeout_ms", timeout)
     timeout = tointeger(timeout)
-    if not timeout or timeout < 0 then argerror(2, "wait", "option timeout_ms must be a non-negative integer") end
   end
   -- The watch is closed however the wait ends, an error included (what a <close> variable
   -- would do on 5.4; this runs on 5.1 too).
