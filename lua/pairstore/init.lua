@@ -167,12 +167,46 @@ end
 -- database name that may hold one; nil and why when libpq cannot parse it (quoting nothing
 -- of it). A file path as given. The one way a target is shown (the CLI's too).
 function pairstore.display_target(target, store_name)
-  if type(target) ~= "string" then argerror(2, "display_target", "target must be a string, got " .. type(target)) end
-  if store_name ~= nil and type(store_name) ~= "string" then
-    argerror(2, "display_target", "store_name must be a string or nil, got " .. type(store_name))
-  end
+  check_type("display_target", "target", target, "string")
+  if store_name ~= nil then check_type("display_target", "store_name", store_name, "string") end
+  local refused = core.target_refused(target)
+  if refused then return nil, refused end
   if not core.is_pg_target(target) then return target end
   return core.pg_display(target, store_name)
+end
+
+--- text with every occurrence of each of targets (texts given as targets: command-line
+-- arguments, variables) replaced by its display form (one that libpq cannot parse, or that
+-- open refuses, by its scheme and "[target not shown]"), in one pass: what is put in is
+-- never looked at again, and text that is none of them is never altered. For a text that
+-- echoes what the caller typed (a usage error); pairstore's own messages need none of it.
+function pairstore.hide_targets(text, targets)
+  check_type("hide_targets", "text", text, "string")
+  check_type("hide_targets", "targets", targets, "table")
+  local subs = {}
+  for i = 1, #targets do
+    local t = targets[i]
+    check_type("hide_targets", "targets[" .. i .. "]", t, "string")
+    local shown = pairstore.display_target(t)
+    if not shown then shown = (t:match("^[%a][%w+.-]*:") or "") .. "[target not shown]" end
+    if shown ~= t and t ~= "" then subs[#subs + 1] = { t, shown } end
+  end
+  table.sort(subs, function(a, b) return #a[1] > #b[1] end) -- the longest first
+  if #subs == 0 then return text end
+  local out, i = {}, 1
+  while i <= #text do
+    local at, hit = nil, nil
+    for _, sub in ipairs(subs) do
+      local a = text:find(sub[1], i, true)
+      if a and (not at or a < at) then at, hit = a, sub end
+    end
+    if not at then break end
+    out[#out + 1] = text:sub(i, at - 1)
+    out[#out + 1] = hit[2]
+    i = at + #hit[1]
+  end
+  out[#out + 1] = text:sub(i)
+  return table.concat(out)
 end
 
 --- The DDL of the PostgreSQL schema (what sql/pairstore.sql holds).
