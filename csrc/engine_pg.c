@@ -160,7 +160,7 @@ typedef struct pg_eng {
    * a server message naming either is not shown either. NULL: shown, or none given. */
   char *hidden_user, *hidden_db;
   int64_t until;         /* the next transaction or watch ends by then (monotonic ms; 0: no bound) */
-  int64_t bound;         /* the running one's (0: none) */
+  int64_t bound;         /* the running one's (0: none); taken from until as each starts */
   int lock_wait_ms, connect_ms, stmt_ms, durable;
   size_t max_session_bytes;
   PGconn *conn;
@@ -821,7 +821,6 @@ static void reset_txn(lua_State *L, pg_eng *p, int eng)
   }
   p->in_txn = p->began = p->rt1 = p->have_now = p->have_live = p->removed = 0;
   p->next_prune = INT64_MAX;
-  p->bound = 0;
 }
 
 void ps_pg_until(ps_engine *e, int64_t deadline)
@@ -839,6 +838,10 @@ static int pe_locate(ps_engine *e, lua_State *L, int eng, ps_err *err)
   (void)eng;
   (void)err;
   PE(e)->nevents = 0;
+  /* every transaction starts here: the caller's deadline is this one's, or none (a call
+   * from inside a running one fails as reentrant, and leaves that one's alone) */
+  if (!PE(e)->in_txn) PE(e)->bound = PE(e)->until;
+  PE(e)->until = 0;
   /* the same database may be named in many ways: the target and store name identify it
    * well enough for the reentrancy check (a mutator using another spelling of the target
    * waits for the row lock, bounded by lock_wait_ms, instead of failing fast) */
@@ -852,8 +855,6 @@ static int pe_begin(ps_engine *e, lua_State *L, int eng, int readonly, const ps_
   pg_eng *p = PE(e);
   (void)err;
   reset_txn(L, p, eng);
-  p->bound = p->until; /* for this transaction only */
-  p->until = 0;
   p->in_txn = 1;
   p->readonly = readonly;
   p->hint = *hint;
