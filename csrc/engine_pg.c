@@ -1491,6 +1491,7 @@ static int pe_watch(ps_engine *e, lua_State *L, int eng, const char *sid, ps_err
 {
   pg_eng *p = PE(e);
   pg_watch *w = malloc(sizeof *w);
+  int64_t txn_bound = p->bound; /* (a running transaction's, given back) */
   if (!w) {
     ps_err_set(err, "io", "watch: out of memory (ENOMEM)");
     return -1;
@@ -1501,7 +1502,7 @@ static int pe_watch(ps_engine *e, lua_State *L, int eng, const char *sid, ps_err
   p->bound = p->until; /* for this call only */
   p->until = 0;
   if (connect_db(p, err) != 0) {
-    p->bound = 0;
+    p->bound = txn_bound;
     p->watchers--;
     free(w);
     return -1;
@@ -1510,7 +1511,7 @@ static int pe_watch(ps_engine *e, lua_State *L, int eng, const char *sid, ps_err
     /* listen first, then say so on the row: a change after that is notified */
     pgq q[2];
     PGresult *r[2] = { NULL, NULL };
-    int n = 0;
+    int n = 0, rc;
     memset(q, 0, sizeof q);
     if (!p->listening) {
       q[n].q = -1;
@@ -1520,8 +1521,8 @@ static int pe_watch(ps_engine *e, lua_State *L, int eng, const char *sid, ps_err
     q[n].v[0] = p->store;
     q[n].v[1] = sid;
     q[n++].v[2] = PS_PG_WAIT_HORIZON;
-    int rc = roundtrip(p, q, n, r, p->stmt_ms + p->lock_wait_ms, 0, err);
-    p->bound = 0;
+    rc = roundtrip(p, q, n, r, p->stmt_ms + p->lock_wait_ms, 0, err);
+    p->bound = txn_bound;
     if (rc != 0) {
       clear_all(r, n);
       p->watchers--;
