@@ -9,13 +9,13 @@
 #include "pairstore.h"
 
 #include <errno.h>
+#include <time.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <poll.h>
 #include <signal.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 #include <sys/inotify.h>
 #include <sys/signalfd.h>

@@ -41,12 +41,11 @@ local function check_type(fn, what, v, want)
   if type(v) ~= want then argerror(3, fn, fmt("%s must be a %s, got %s", what, want, type(v))) end
 end
 
--- A sid is exactly 32 lowercase hex characters (a NUL or anything after it is not ignored).
+-- A sid argument, as the core checks it (core.sid_error: its one check and message), raised
+-- at the level of whoever called the public function.
 local function check_sid(fn, sid)
-  if type(sid) ~= "string" then argerror(3, fn, "sid must be a string, got " .. type(sid)) end
-  if not core.is_sid(sid) then
-    argerror(3, fn, fmt("sid must be 32 lowercase hex characters, got %q", sid:sub(1, 40)))
-  end
+  local msg = core.sid_error(fn, sid)
+  if msg then error(msg, 3) end
 end
 
 -- The C store of a method's self (a method called with '.' instead of ':' raises clearly).
@@ -68,6 +67,15 @@ end
 function pairstore.clamp_ttl(ms)
   return core.clamp_ttl(ms)
 end
+
+--- Whether v is a sid as every method takes it (32 lowercase hex characters): for request
+-- input, which every method would refuse by raising.
+function pairstore.is_sid(v)
+  return type(v) == "string" and core.is_sid(v)
+end
+
+--- The monotonic clock in ms (for deadlines; not a time of day).
+function pairstore.mono_ms() return core.mono_ms() end
 
 --- Conventional path of the sessions file under base_dir.
 function pairstore.default_path(base_dir)
@@ -107,10 +115,15 @@ local OPTION_TYPES = {
   lock_wait_ms = "number", lock_stale_ms = "number", max_sessions = "number",
   max_file_bytes = "number", max_session_bytes = "number",
   store = "string", connect_timeout_ms = "number", statement_timeout_ms = "number",
+  pool_size = "number", pool_backlog = "number", thread_pool = "string", listen_target = "string",
+  blocking_wait_ms = "number",
 }
 -- Options that only one kind of store takes.
 local FILE_ONLY = { lock_stale_ms = true, max_file_bytes = true }
-local PG_ONLY = { store = true, connect_timeout_ms = true, statement_timeout_ms = true }
+local PG_ONLY = { store = true, connect_timeout_ms = true, statement_timeout_ms = true,
+  pool_size = true, pool_backlog = true, thread_pool = true, listen_target = true }
+-- Options that may be false: sleep (never cooperatively), thread_pool (never on a thread).
+local MAY_BE_FALSE = { sleep = true, thread_pool = true }
 local RNG_HOOKS = { sid = true, secret_key = true, code = true }
 
 -- A count of ms, sessions or bytes: a non-negative integer; raises naming what is wrong, at
@@ -131,12 +144,15 @@ local function check_options(options, pg)
     if not want then argerror(3, "open", fmt("unknown option %q", tostring(k))) end
     if pg and FILE_ONLY[k] then argerror(3, "open", fmt("option %s is for file stores only", k)) end
     if not pg and PG_ONLY[k] then argerror(3, "open", fmt("option %s is for PostgreSQL stores only", k)) end
-    if type(v) ~= want and not (k == "sleep" and v == false) then -- (sleep = false: never cooperatively)
+    if type(v) ~= want and not (MAY_BE_FALSE[k] and v == false) then
       argerror(3, "open", fmt("option %s must be a %s", k, want))
     end
     if want == "number" then check_count(4, "open", "option " .. k, v) end
-    if k == "store" and (#v == 0 or #v > 200 or not compat.utf8.len(v) or v:find("%c")) then
-      argerror(3, "open", "option store must be a name of 1 to 200 bytes of printable UTF-8")
+    if (k == "pool_size" or k == "pool_backlog") and (v < 1 or v > 10000) then
+      argerror(3, "open", fmt("option %s must be an integer in [1, 10000]", k))
+    end
+    if k == "thread_pool" and v and (#v == 0 or #v > 64 or v:find("[^%w_%-]")) then
+      argerror(3, "open", "option thread_pool must be an nginx thread pool name (letters, digits, _ and -)")
     end
     opts[k] = v
   end
@@ -212,6 +228,15 @@ end
 --- The DDL of the PostgreSQL schema (what sql/pairstore.sql holds).
 function pairstore.pg_schema_sql() return core.pg_schema_sql() end
 
+--- Whether target and options would open a store, without raising (for a plugin's schema
+-- check) --> true | nil, message
+function pairstore.check_options(target, options)
+  if type(target) ~= "string" or target == "" then return nil, "target must be a non-empty string" end
+  local ok, err = pcall(check_options, options, core.is_pg_target(target))
+  if not ok then return nil, (tostring(err):gsub("^[^:]*:%d+: ", "")) end
+  return true
+end
+
 --- Open the store at target: a file path, or a PostgreSQL target (nothing is read, locked or
 -- connected until the first operation).
 function pairstore.open(path, options)
@@ -226,7 +251,16 @@ function pairstore.open(path, options)
   end
   local opts = check_options(options, pg)
   local c = at_caller(pcall(core.open, path, opts))
+  local pgopts = pg and {
+    thread_pool = opts.thread_pool == nil and "pairstore" or opts.thread_pool,
+    size = opts.pool_size or 16, backlog = opts.pool_backlog or 256,
+    wait_ms = opts.lock_wait_ms or core.LOCK_WAIT_MS,
+    lease_ms = (opts.lock_wait_ms or core.LOCK_WAIT_MS) + (opts.connect_timeout_ms or 10000)
+      + 3 * (opts.statement_timeout_ms or 30000) + 5000,
+    store = opts.store or "default",
+  }
   return setmetatable({ _core = c, _rng = opts.rng or {}, _now = opts.now, _sleep = opts.sleep,
+    _pg = pgopts, _blocking_wait_ms = math.min(opts.blocking_wait_ms or 100, opts.lock_wait_ms or core.LOCK_WAIT_MS),
     _lock_wait_ms = opts.lock_wait_ms or pairstore.LOCK_WAIT_MS, path = c:path() }, Store)
 end
 
@@ -238,9 +272,27 @@ local NGX_SLEEP_PHASES = {
   ssl_cert = true, ssl_session_fetch = true, ssl_client_hello = true, preread = true,
 }
 
+-- The nginx phases of a worker that cannot yield: a lock is waited for there with the
+-- worker blocked, so only briefly (blocking_wait_ms); run the work from ngx.timer.at(0, fn)
+-- to wait longer. (init, in the master, serves nothing yet: it waits as plain Lua does.)
+local NGX_BLOCKING_PHASES = {
+  init_worker = true, set = true, log = true, header_filter = true, body_filter = true,
+  balancer = true, ssl_session_store = true, exit_worker = true,
+}
+
+local blocking_sleep = core.sleep
+
+-- Whether this runs in nginx's init_by_lua (the master, before it forks the workers).
+local function in_nginx_init()
+  local ngx = rawget(_G, "ngx")
+  if type(ngx) ~= "table" or type(ngx.get_phase) ~= "function" then return false end
+  local ok, phase = pcall(ngx.get_phase)
+  return ok and phase == "init"
+end
+
 -- How an operation waits for a lock another process holds: the sleep option (false: in
 -- the core, blocking), else ngx.sleep where the current nginx phase lets it yield, else in
--- the core.
+-- the core. Second result: in an nginx phase that cannot yield, the bound of the wait (ms).
 local function sleeper(self)
   local sleep = self._sleep
   if sleep ~= nil then return sleep or nil end
@@ -250,11 +302,43 @@ local function sleeper(self)
   end
   local ok, phase = pcall(ngx.get_phase)
   if ok and NGX_SLEEP_PHASES[phase] then return ngx.sleep end
+  if ok and NGX_BLOCKING_PHASES[phase] then return blocking_sleep, self._blocking_wait_ms end
   return nil
 end
 
 local unpack, pack = compat.unpack, compat.pack
 local WAIT_BLOCK, WAIT_START, WAIT_CONTINUE = 0, 1, 2
+
+-- Inside nginx, where the phase can yield, a PostgreSQL store's round trips run on a worker
+-- thread of nginx's thread pool (ngx.run_worker_thread) while the request yields: the
+-- worker's pool of links (pairstore.deferred), made in each worker on first use.
+local function deferred(self, sleep)
+  local d = self._deferred
+  if d ~= nil then return d end
+  local pg = self._pg
+  local ngx = rawget(_G, "ngx")
+  if not pg or not pg.thread_pool or sleep ~= (ngx and ngx.sleep)
+     or type(ngx.run_worker_thread) ~= "function" then
+    return nil
+  end
+  local semaphore = require "ngx.semaphore"
+  local pool = pg.thread_pool
+  d = require("pairstore.deferred").new(self._core, {
+    run = function(fname, ...) return ngx.run_worker_thread(pool, "pairstore.thread", fname, ...) end,
+    sleep = ngx.sleep,
+    now = core.mono_ms,
+    semaphore = function() return semaphore.new(0) end,
+    every = function(s, fn)
+      return ngx.timer.every(s, function(premature) if not premature then fn() end end)
+    end,
+    spawn = function(fn)
+      return ngx.timer.at(0, function(premature) if not premature then fn() end end)
+    end,
+    exiting = ngx.worker.exiting,
+  }, pg)
+  self._deferred = d
+  return d
+end
 
 -- Runs the core's operation name as one transaction. Waiting cooperatively, a busy lock
 -- comes back as nil, message, "lock_busy", ms, deadline, tries: sleep that long, outside
@@ -262,15 +346,22 @@ local WAIT_BLOCK, WAIT_START, WAIT_CONTINUE = 0, 1, 2
 -- attempt set (kept here, per call: other calls on the same store may wait meanwhile).
 function Store:_txn(name, ...)
   local c = self._core
-  local sleep = sleeper(self)
+  local sleep, bound = sleeper(self)
+  local d = sleep and not bound and deferred(self, sleep)
+  if d then return d:run(name, ...) end
   if not sleep then
     c:wait_mode(WAIT_BLOCK) -- (a mode left by a call that raised before its transaction)
-    return c[name](c, ...)
+    if not in_nginx_init() then return c[name](c, ...) end
+    -- nginx's master, about to fork its workers: nothing kept for them to inherit
+    local r = pack(c[name](c, ...))
+    c:idle()
+    return unpack(r, 1, r.n)
   end
-  c:wait_mode(WAIT_START)
+  if bound then c:wait_mode(WAIT_CONTINUE, core.mono_ms() + bound, 0) else c:wait_mode(WAIT_START) end
   local r = pack(c[name](c, ...))
   while r[1] == nil and r[3] == "lock_busy" do
     sleep(r[4] / 1000)
+    if self._closed then return nil, "the store was closed while this call waited", "closed" end
     c:wait_mode(WAIT_CONTINUE, r[5], r[6])
     r = pack(c[name](c, ...))
   end
@@ -342,12 +433,7 @@ function Store:create(spec)
     local v = op[k]
     if v ~= nil then
       if type(v) ~= "string" then argerror(2, "create", "operator." .. k .. " must be a string") end
-      -- What callers hand in is bounded, so that one session cannot crowd out the others.
-      if #v > pairstore.MAX_FIELD_BYTES then
-        local msg = fmt("operator.%s is %d bytes, above the limit of %d", k, #v, pairstore.MAX_FIELD_BYTES)
-        return nil, msg, "limit"
-      end
-      ctx[k] = v
+      ctx[k] = v -- (the core bounds its length: nil, message, "limit")
     end
   end
   if spec.ttl_ms ~= nil and type(spec.ttl_ms) ~= "number" then
@@ -465,18 +551,57 @@ local function same(a, b, depth)
   return true
 end
 
+-- A watch that waits cooperatively: its descriptor looked at every POLL_S, sleeping in
+-- between (inside nginx, on a file store: the request yields; a change is seen within
+-- POLL_S, at the cost of one wake-up per POLL_S per waiting request).
+local POLL_S = 0.05
+local Polled = {}
+Polled.__index = Polled
+
+function Polled:wait(ms, signals)
+  local deadline = ms and core.mono_ms() + ms
+  while true do
+    local ev, msg, code = self.w:wait(0, signals)
+    if ev ~= "timeout" then return ev, msg, code end
+    local left = deadline and deadline - core.mono_ms()
+    if left and left <= 0 then return "timeout" end
+    self.sleep(left and math.min(POLL_S, left / 1000) or POLL_S)
+  end
+end
+
+function Polled:close() return self.w:close() end
+
+-- A watcher of the session sid, made by deadline if given --> w | nil, message, code.
+-- Inside nginx where the phase can yield: a PostgreSQL store's from the worker's listening
+-- link, a file store's polled.
+local function watcher(self, sid, deadline)
+  local sleep = sleeper(self)
+  local d = sleep and deferred(self, sleep)
+  if d then
+    return d:watch(sid, self._pg.store, deadline or core.mono_ms() + WATCH_RENEW_MS)
+  end
+  local w, msg, code
+  if deadline then w, msg, code = self:_txn_by(deadline, "watch", sid)
+  else w, msg, code = self._core:watch(sid) end
+  if w and sleep then return setmetatable({ w = w, sleep = sleep }, Polled) end
+  return w, msg, code
+end
+
 -- The wait proper, with its watch kept in watch.w (closed by finish_wait). With a timeout,
--- every store call in it ends by the wait's deadline (Store:_txn_by).
+-- every store call in it ends by the wait's deadline (Store:_txn_by; inside nginx on
+-- PostgreSQL, by the store's own timeouts: its round trips run on worker threads).
 local function wait_watching(self, sid, opts, timeout, watch)
   local deadline = timeout and core.mono_ms() + timeout
   local function by_deadline(r, msg, code, ...)
     -- what the wait's deadline cut short (a lock, a connection, an answer) is its timeout
-    if r == nil and code == "timeout" and core.mono_ms() >= deadline then return nil, "timeout", "timeout" end
+    if r == nil and code == "timeout" and deadline and core.mono_ms() >= deadline then return nil, "timeout", "timeout" end
     return r, msg, code, ...
   end
+  local sleep = sleeper(self)
+  local nginx_pg = sleep and deferred(self, sleep)
   local function call(name, ...)
-    if deadline then return by_deadline(self:_txn_by(deadline, name, ...)) end
-    if name == "watch" then return self._core:watch(...) end
+    if name == "watch" then return by_deadline(watcher(self, sid, deadline)) end
+    if deadline and not nginx_pg then return by_deadline(self:_txn_by(deadline, name, ...)) end
     return self:_txn(name, ...)
   end
   -- Watch first, then read: a change in between is queued, not missed.
@@ -510,6 +635,7 @@ local function wait_watching(self, sid, opts, timeout, watch)
     local due = core.next_prune(first) - t + 1
     if due > 0 and (not left or due < left) then left = due end
     local ev, emsg, ecode = w:wait(left, opts.signals)
+    if self._closed then return nil, "the store was closed while this call waited", "closed" end
     if not ev then return nil, emsg, ecode end
     if ev ~= "change" and ev ~= "timeout" then return nil, "signal", "signal", ev end
     local now, nmsg, ncode = call("get", sid)
@@ -556,6 +682,7 @@ function Store:close()
   local c = core_of(self, "close")
   at_caller(pcall(c.close, c))
   self._closed = true
+  if self._deferred then self._deferred:close() end
 end
 Store.__close = Store.close
 
