@@ -195,9 +195,14 @@ static inline int ps_integral(lua_Number d)
   return d == floor(d) && d >= -0x1p63 && d < 0x1p63;
 }
 
+/* -0.0 is no integer (as on 5.4, where it is a float): the store makes it the integer 0, so
+ * that whoever reads it back sees the same 0 as the one who stored it. */
 static inline int ps_lua_isinteger(lua_State *L, int idx)
 {
-  return lua_type(L, idx) == LUA_TNUMBER && ps_integral(lua_tonumber(L, idx));
+  lua_Number d;
+  if (lua_type(L, idx) != LUA_TNUMBER) return 0;
+  d = lua_tonumber(L, idx);
+  return ps_integral(d) && !(d == 0 && signbit(d));
 }
 #define lua_isinteger ps_lua_isinteger
 

@@ -49,6 +49,7 @@ typedef struct pg_eng {
   pg_link *k;            /* the connection and how to reach it */
   pg_link *lk;           /* where waits LISTEN (the listen_target option), or NULL: k */
   int64_t until;         /* the next transaction or watch ends by then (monotonic ms; 0: no bound) */
+  int64_t armed;         /* until, as the call starting now took it (pe_locate) */
   int deferred;          /* round trips run elsewhere (a worker thread): see the file's head */
   size_t max_session_bytes;
   int watchers;
@@ -359,13 +360,13 @@ static int pe_locate(ps_engine *e, lua_State *L, int eng, ps_err *err)
 {
   (void)eng;
   (void)err;
+  /* every transaction starts here: the caller's deadline is this call's, or none (one that
+   * fails before it begins, as reentrant, leaves none behind for a later one) */
+  PE(e)->armed = PE(e)->until;
+  PE(e)->until = 0;
   /* the same database may be named in many ways: the target and store name identify it
    * well enough for the reentrancy check (a mutator using another spelling of the target
    * waits for the row lock, bounded by lock_wait_ms, instead of failing fast) */
-  /* every transaction starts here: the caller's deadline is this one's, or none (a call
-   * from inside a running one fails as reentrant, and leaves that one's alone) */
-  if (!PE(e)->in_txn) PE(e)->k->bound = PE(e)->deferred ? 0 : PE(e)->until;
-  PE(e)->until = 0;
   lua_pushfstring(L, "pg\n%s\n%s", PE(e)->k->conninfo, PE(e)->k->store);
   return 0;
 }
@@ -380,10 +381,10 @@ static int pe_begin(ps_engine *e, lua_State *L, int eng, int readonly, const ps_
     reset_rows(L, p, eng);
     p->seq = 0;
   } else {
-    int64_t bound = p->k->bound; /* (this transaction's, taken by pe_locate) */
     finish(L, p, eng);
-    p->k->bound = bound;
     if (!readonly) ps_random_hex(p->token, 16);
+    p->k->bound = p->deferred ? 0 : p->armed; /* for this transaction only */
+    p->armed = 0;
   }
   p->in_txn = 1;
   p->readonly = readonly;
@@ -1132,7 +1133,7 @@ static int pe_watch(ps_engine *e, lua_State *L, int eng, const char *sid, ps_err
   pg_eng *p = PE(e);
   pg_watch *w;
   pg_link *wl;
-  int64_t txn_bound;
+  int64_t kb, wb;
   if (p->deferred) {
     ps_err_set(err, "invalid", "PostgreSQL %s: a deferred engine does not watch", p->k->display);
     return -1;
@@ -1147,7 +1148,8 @@ static int pe_watch(ps_engine *e, lua_State *L, int eng, const char *sid, ps_err
   p->watchers++;
   wl = listen_link(p);
   wl->listen = 1;
-  txn_bound = p->k->bound; /* (a running transaction's, given back) */
+  kb = p->k->bound; /* (a running transaction's, given back) */
+  wb = wl->bound;
   wl->bound = p->k->bound = p->until; /* for this call only */
   p->until = 0;
   /* listen first, then say so on the row: a change after that is notified */
@@ -1160,16 +1162,16 @@ static int pe_watch(ps_engine *e, lua_State *L, int eng, const char *sid, ps_err
     if (rc != 0) goto failed;
   }
   if (announce(p, sid, wl == p->k && !wl->listening, err) != 0) goto failed;
-  wl->bound = 0;
-  p->k->bound = txn_bound;
+  wl->bound = wb;
+  p->k->bound = kb;
   wl->listening = 1;
   w->gen = wl->gen;
   ps_watcher_push(L, &pg_source, w, eng, p->k->display);
   return 0;
 
 failed:
-  wl->bound = 0;
-  p->k->bound = txn_bound;
+  wl->bound = wb;
+  p->k->bound = kb;
   if (--p->watchers == 0) wl->listen = 0;
   free(w);
   return -1;

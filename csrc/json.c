@@ -560,6 +560,20 @@ static const ps_jorder *child_order(const ps_jorder *order, const char *k, size_
   return NULL;
 }
 
+/* Whether the table at idx has a string key. */
+static int has_string_key(lua_State *L, int idx)
+{
+  lua_pushnil(L);
+  while (lua_next(L, idx) != 0) {
+    lua_pop(L, 1);
+    if (lua_type(L, -1) == LUA_TSTRING) {
+      lua_pop(L, 1);
+      return 1;
+    }
+  }
+  return 0;
+}
+
 /* Appends the members of the table at idx that raw (an object's text, or NULL) does not
  * have: known keys in their order, then the others sorted by bytes. */
 static int put_new_members(ps_enc *x, int idx, const char *raw, size_t rawn,
@@ -593,7 +607,8 @@ static int put_new_members(ps_enc *x, int idx, const char *raw, size_t rawn,
     lua_pop(L, 1);
     if (lua_type(L, -1) != LUA_TSTRING) {
       lua_pop(L, 1);
-      x->why = "a table mixes string and other keys";
+      x->why = has_string_key(L, idx) ? "a table mixes string and integer keys"
+                                      : "a table's integer keys are not 1..n (an array with holes)";
       rc = -1;
       break;
     }

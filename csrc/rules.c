@@ -163,28 +163,60 @@ static int normalize_num(lua_State *L, int idx, const char *key)
   return ok;
 }
 
-/* Every number finite, every key a string or a sequence index, depth bounded. Integral
- * numbers nested in tables become Lua integers (cjson decodes every number as a float), so a
- * value reads the same whether it was just stored or read back from the file. */
-int ps_check_value(lua_State *L, int idx, int depth)
+/* Every number finite, every key a string or a sequence index, depth bounded, no cycle:
+ * NULL, or what is wrong, in words. Integral numbers nested in tables become Lua integers
+ * (cjson decodes every number as a float; -0 becomes 0), so a value reads the same whether
+ * it was just stored or read back from the file. path: the tables above it (a cycle is told
+ * from deep nesting by finding the table among them). */
+static const char *value_problem(lua_State *L, int idx, int depth, const void **path, int below)
 {
   int t = lua_type(L, idx);
   if (t == LUA_TNUMBER) {
-    if (lua_isinteger(L, idx)) return 1;
-    return isfinite(lua_tonumber(L, idx));
+    if (lua_isinteger(L, idx)) return NULL;
+    return isfinite(lua_tonumber(L, idx)) ? NULL : "a number is NaN or infinite (JSON has neither)";
   }
-  if (t == LUA_TSTRING || t == LUA_TBOOLEAN) return 1;
-  if (t == LUA_TLIGHTUSERDATA) return 1; /* cjson.null */
-  if (t != LUA_TTABLE) return 0;
-  if (depth > PS_MAX_DEPTH) return 0;
+  if (t == LUA_TSTRING || t == LUA_TBOOLEAN) return NULL;
+  if (t == LUA_TLIGHTUSERDATA) return NULL; /* cjson.null */
+  if (t == LUA_TFUNCTION) return "a function is not a JSON value";
+  if (t == LUA_TUSERDATA) return "a userdata is not a JSON value";
+  if (t == LUA_TTHREAD) return "a coroutine is not a JSON value";
+  if (t != LUA_TTABLE) return "a value of this type is not a JSON value";
+  if (depth > PS_MAX_DEPTH) {
+    static const char deeper[] = "tables are nested deeper than 512 levels";
+    static const char cycle[] = "a table contains itself (a cycle)";
+    int i;
+    const void *me = lua_topointer(L, idx);
+    for (i = 0; path && i < PS_MAX_DEPTH + 2 && path[i]; i++)
+      if (path[i] == me) return cycle;
+    if (path && !below) {
+      /* a copy of a cycle (copies stop at this depth) ends in the cycle itself: look below
+       * once more (bounded: the look below looks no further) */
+      const void *sub[PS_MAX_DEPTH + 3];
+      sub[0] = NULL;
+      if (value_problem(L, idx, 0, sub, 1) == cycle) return cycle;
+    }
+    return deeper;
+  }
   idx = lua_absindex(L, idx);
+  if (path && depth >= 0) {
+    path[depth] = lua_topointer(L, idx);
+    path[depth + 1] = NULL;
+  }
   luaL_checkstack(L, 4, "pairstore: nesting");
   lua_pushnil(L);
   while (lua_next(L, idx) != 0) {
     int kt = lua_type(L, -2);
-    if ((kt != LUA_TSTRING && !lua_isinteger(L, -2)) || !ps_check_value(L, -1, depth + 1)) {
+    const char *why = NULL;
+    if (kt == LUA_TNUMBER && !lua_isinteger(L, -2))
+      why = "a table has a key that is a number but not an integer (JSON keys are strings)";
+    else if (kt != LUA_TSTRING && kt != LUA_TNUMBER)
+      why = kt == LUA_TBOOLEAN ? "a table has a boolean key (JSON keys are strings)"
+                               : "a table has a key that is neither a string nor an integer";
+    else
+      why = value_problem(L, -1, depth + 1, path, below);
+    if (why) {
       lua_pop(L, 2);
-      return 0;
+      return why;
     }
     if (lua_type(L, -1) == LUA_TNUMBER && !lua_isinteger(L, -1)) {
       lua_Number d = lua_tonumber(L, -1);
@@ -196,7 +228,12 @@ int ps_check_value(lua_State *L, int idx, int depth)
     }
     lua_pop(L, 1);
   }
-  return 1;
+  return NULL;
+}
+
+int ps_check_value(lua_State *L, int idx, int depth)
+{
+  return value_problem(L, idx, depth, NULL, 0) == NULL;
 }
 
 const char *ps_validate_session(lua_State *L, int idx, int decoded)
@@ -224,7 +261,11 @@ const char *ps_validate_session(lua_State *L, int idx, int decoded)
     return "mode must be generate or import";
   if (!ps_get_str(L, idx, "status", &n)) return "status must be a string";
   if (decoded) return NULL;
-  if (!ps_check_value(L, idx, 0)) return "values must be finite JSON values";
+  {
+    const void *path[PS_MAX_DEPTH + 3];
+    const char *why = value_problem(L, idx, 0, path, 0);
+    if (why) return why;
+  }
   lua_pushnil(L);
   while (lua_next(L, idx) != 0) {
     int kt = lua_type(L, -2);

@@ -177,3 +177,26 @@ describe("PostgreSQL engine: a row whose text names another sid than its key", f
     assert.are.equal("awaiting_scan", assert(s:get(b.sid)).status)
   end)
 end)
+
+describe("PostgreSQL engine: a caller's deadline (c:deadline, what store:wait sets)", function()
+  it("is the next transaction's only, even when that one fails as reentrant", function()
+    local core = require "pairstore.core"
+    local s = open()
+    local x = assert(s:create {})
+    local inner
+    assert(s:update(x.sid, function(t)
+      s._core:deadline(core.mono_ms() + 1)
+      inner = { s:get(x.sid) } -- reentrant: fails before the engine is asked anything
+      t.n = 1
+    end))
+    assert.are.equal("reentrant", inner[3])
+    core.sleep(0.05)
+    assert.are.equal(1, assert(s:get(x.sid)).n) -- the outer commit, and this read, were not cut short
+    s._core:deadline(core.mono_ms() + 1)
+    core.sleep(0.05)
+    local r, msg, code = s:get(x.sid) -- this one is: its deadline has passed
+    assert.is_nil(r)
+    assert.are.equal("timeout", code, msg)
+    assert.is_table(s:get(x.sid)) -- and the next is not
+  end)
+end)

@@ -179,3 +179,23 @@ describe("PostgreSQL: the code of a refused connection", function()
     end
   end)
 end)
+
+describe("pairstore.hide_targets (what the CLI echoes of its arguments)", function()
+  it("replaces each target by its display form in one pass, altering nothing else", function()
+    local hide = pairstore.hide_targets
+    local t1 = "postgresql://gw:t@db1:54329/ps"
+    assert.are.equal("unknown command 'postgresql://gw@db1:54329/ps (store default)' (PostgreSQL, port 54329, gw)",
+      hide("unknown command '" .. t1 .. "' (PostgreSQL, port 54329, gw)", { t1 }))
+    -- a password that the display form holds (*, ***) is not looked for again: no growth, no loop
+    local t2 = "postgresql://u:***@h/a***b"
+    assert.are.equal("x postgresql://u@h/a***b (store default) y", hide("x " .. t2 .. " y", { t2 }))
+    -- unparsable, refused: the scheme only
+    assert.are.equal("a postgresql:[target not shown] b", hide("a postgresql://[::1/db?user=gw:S3cretPW b",
+      { "postgresql://[::1/db?user=gw:S3cretPW" }))
+    assert.are.equal("'postgresql:[target not shown]'", hide("'postgresql:/gw:S3cretPW@db1/ps'", { "postgresql:/gw:S3cretPW@db1/ps" }))
+    -- file paths and texts that are no target are left alone
+    assert.are.equal("list /tmp/x.json --all", hide("list /tmp/x.json --all", { "/tmp/x.json", "--all", "" }))
+    assert.has_error(function() hide(1, {}) end, "pairstore.hide_targets: text must be a string, got number")
+    assert.has_error(function() hide("x", { 1 }) end, "pairstore.hide_targets: targets[1] must be a string, got number")
+  end)
+end)

@@ -33,6 +33,14 @@ local function argerror(level, fn, msg)
   error(fmt("pairstore.%s: %s", fn, msg), level + 1)
 end
 
+-- The one rule for argument types, everywhere in the API: an argument of another type than
+-- the one documented raises, nil included unless it is optional, and nothing is coerced (a
+-- number is no string, a numeric string no number). (Contents that come from outside, the
+-- code the phone typed or its response, are then checked as data: bad_code, bad_request.)
+local function check_type(fn, what, v, want)
+  if type(v) ~= want then argerror(3, fn, fmt("%s must be a %s, got %s", what, want, type(v))) end
+end
+
 -- A sid argument, as the core checks it (core.sid_error: its one check and message), raised
 -- at the level of whoever called the public function.
 local function check_sid(fn, sid)
@@ -84,7 +92,7 @@ function pairstore.redact(session)
 end
 
 function pairstore.is_terminal(status)
-  if type(status) ~= "string" then argerror(2, "is_terminal", "status must be a string") end
+  check_type("is_terminal", "status", status, "string")
   return core.is_terminal(status)
 end
 
@@ -118,6 +126,15 @@ local PG_ONLY = { store = true, connect_timeout_ms = true, statement_timeout_ms 
 local MAY_BE_FALSE = { sleep = true, thread_pool = true }
 local RNG_HOOKS = { sid = true, secret_key = true, code = true }
 
+-- A count of ms, sessions or bytes: a non-negative integer; raises naming what is wrong, at
+-- the level argerror's `level` names (counted from check_count).
+local function check_count(level, fn, what, v)
+  if v ~= v then argerror(level, fn, what .. " must be a non-negative integer, got NaN") end
+  if v < 0 then argerror(level, fn, fmt("%s must not be negative, got %s", what, tostring(v))) end
+  if v ~= math.floor(v) then argerror(level, fn, fmt("%s must be an integer, got %s", what, tostring(v))) end
+  if not tointeger(v) then argerror(level, fn, fmt("%s is too large: %s", what, tostring(v))) end
+end
+
 local function check_options(options, pg)
   if options == nil then return {} end
   if type(options) ~= "table" then argerror(3, "open", "options must be a table") end
@@ -130,9 +147,7 @@ local function check_options(options, pg)
     if type(v) ~= want and not (MAY_BE_FALSE[k] and v == false) then
       argerror(3, "open", fmt("option %s must be a %s", k, want))
     end
-    if want == "number" and (not tointeger(v) or v < 0) then
-      argerror(3, "open", fmt("option %s must be a non-negative integer", k))
-    end
+    if want == "number" then check_count(4, "open", "option " .. k, v) end
     if (k == "pool_size" or k == "pool_backlog") and (v < 1 or v > 10000) then
       argerror(3, "open", fmt("option %s must be an integer in [1, 10000]", k))
     end
@@ -168,12 +183,46 @@ end
 -- database name that may hold one; nil and why when libpq cannot parse it (quoting nothing
 -- of it). A file path as given. The one way a target is shown (the CLI's too).
 function pairstore.display_target(target, store_name)
-  if type(target) ~= "string" then argerror(2, "display_target", "target must be a string, got " .. type(target)) end
-  if store_name ~= nil and type(store_name) ~= "string" then
-    argerror(2, "display_target", "store_name must be a string or nil, got " .. type(store_name))
-  end
+  check_type("display_target", "target", target, "string")
+  if store_name ~= nil then check_type("display_target", "store_name", store_name, "string") end
+  local refused = core.target_refused(target)
+  if refused then return nil, refused end
   if not core.is_pg_target(target) then return target end
   return core.pg_display(target, store_name)
+end
+
+--- text with every occurrence of each of targets (texts given as targets: command-line
+-- arguments, variables) replaced by its display form (one that libpq cannot parse, or that
+-- open refuses, by its scheme and "[target not shown]"), in one pass: what is put in is
+-- never looked at again, and text that is none of them is never altered. For a text that
+-- echoes what the caller typed (a usage error); pairstore's own messages need none of it.
+function pairstore.hide_targets(text, targets)
+  check_type("hide_targets", "text", text, "string")
+  check_type("hide_targets", "targets", targets, "table")
+  local subs = {}
+  for i = 1, #targets do
+    local t = targets[i]
+    check_type("hide_targets", "targets[" .. i .. "]", t, "string")
+    local shown = pairstore.display_target(t)
+    if not shown then shown = (t:match("^[%a][%w+.-]*:") or "") .. "[target not shown]" end
+    if shown ~= t and t ~= "" then subs[#subs + 1] = { t, shown } end
+  end
+  table.sort(subs, function(a, b) return #a[1] > #b[1] end) -- the longest first
+  if #subs == 0 then return text end
+  local out, i = {}, 1
+  while i <= #text do
+    local at, hit = nil, nil
+    for _, sub in ipairs(subs) do
+      local a = text:find(sub[1], i, true)
+      if a and (not at or a < at) then at, hit = a, sub end
+    end
+    if not at then break end
+    out[#out + 1] = text:sub(i, at - 1)
+    out[#out + 1] = hit[2]
+    i = at + #hit[1]
+  end
+  out[#out + 1] = text:sub(i)
+  return table.concat(out)
 end
 
 --- The DDL of the PostgreSQL schema (what sql/pairstore.sql holds).
@@ -367,6 +416,7 @@ function Store:create(spec)
     if not CREATE_KEYS[k] then argerror(2, "create", fmt("unknown field %q (mode, operator, ttl_ms)", tostring(k))) end
   end
   local mode = spec.mode == nil and "generate" or spec.mode
+  check_type("create", "mode", mode, "string")
   if not core.is_known_mode(mode) then argerror(2, "create", fmt("unknown mode %q", tostring(mode))) end
   local op = spec.operator == nil and { channel = "unknown" } or spec.operator
   if type(op) ~= "table" then argerror(2, "create", "operator must be a table") end
@@ -415,6 +465,7 @@ end
 function Store:transition(sid, status)
   core_of(self, "transition")
   check_sid("transition", sid)
+  check_type("transition", "status", status, "string")
   if not core.is_known_status(status) then argerror(2, "transition", fmt("unknown status %q", tostring(status))) end
   return self:_txn("transition", sid, status)
 end
@@ -428,10 +479,8 @@ end
 function Store:verify_code(sid, code)
   core_of(self, "verify_code")
   check_sid("verify_code", sid)
-  if type(code) ~= "string" and type(code) ~= "number" then
-    argerror(2, "verify_code", "code must be a string")
-  end
-  return self:_txn("verify_code", sid, tostring(code))
+  check_type("verify_code", "code", code, "string")
+  return self:_txn("verify_code", sid, code)
 end
 
 function Store:consume(sid)
@@ -619,8 +668,8 @@ function Store:wait(sid, opts)
   end
   local timeout = opts.timeout_ms
   if timeout ~= nil then
+    check_count(3, "wait", "option timeout_ms", timeout)
     timeout = tointeger(timeout)
-    if not timeout or timeout < 0 then argerror(2, "wait", "option timeout_ms must be a non-negative integer") end
   end
   -- The watch is closed however the wait ends, an error included (what a <close> variable
   -- would do on 5.4; this runs on 5.1 too).

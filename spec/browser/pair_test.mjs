@@ -333,6 +333,53 @@ async function incompleteLink(page, shot, t) {
   eq(await status(t, s.sid), "awaiting_scan", "nothing was sent");
 }
 
+// The page opened under another URL that serves it (nginx merges slashes; the html file by
+// its own name): it pairs, and every request it makes goes to its own origin, to the fixed
+// endpoints the server's <meta name="pairstore-api"> names, whatever the address bar says.
+const PAGE_FILES = new Set(["/pair/pair.css", "/pair/pair.js", "/favicon.ico"]);
+const API = new Set(["/pair/start", "/pair/respond"]);
+
+async function servedUnder(page, shot, t, pagePath) {
+  const s = await newSession(t);
+  const u = new URL(s.open);
+  const url = t.base + pagePath + u.search + u.hash;
+  const requests = [];
+  page.on("request", (r) => requests.push(r.url()));
+  eq(await open(page, url), "true", `the page can pair, opened as ${pagePath}`);
+  await page.fill("#code", s.code);
+  await page.fill("#payload", PHRASE);
+  const r = await submit(page);
+  await shot("submitted");
+  eq(r.outcome, "success", `outcome under ${pagePath} (${r.text})`);
+  eq(payloadFile(t, s.sid).toString("utf8"), PHRASE, "the plaintext the gateway opened");
+  const [doc, ...rest] = requests;
+  eq(doc, url.replace(/#.*$/, ""), "the first request is the page itself");
+  for (const q of rest) {
+    const qu = new URL(q);
+    eq(qu.origin, t.base, `the origin of a request the page made (${q})`);
+    assert(PAGE_FILES.has(qu.pathname) || API.has(qu.pathname), `a request to an unexpected path: ${q}`);
+  }
+  const apiCalls = rest.filter((q) => API.has(new URL(q).pathname)).map((q) => new URL(q).pathname);
+  eq(JSON.stringify(apiCalls), JSON.stringify(["/pair/start", "/pair/respond"]), "the API calls the page made");
+}
+
+// Served without its API path (a misconfigured server), the page says so and calls nothing.
+async function noApiPath(page, shot, t) {
+  const s = await newSession(t);
+  await page.route((url) => url.pathname === "/pair", async (route) => {
+    const res = await route.fetch();
+    const html = (await res.text()).replace(/<meta name="pairstore-api"[^>]*>/, "");
+    await route.fulfill({ response: res, body: html });
+  });
+  const requests = [];
+  page.on("request", (r) => requests.push(new URL(r.url()).pathname));
+  eq(await open(page, s.open), "false", "the page cannot pair");
+  await shot("no-api-path");
+  assert(/misconfigured/.test(await page.textContent("#support")), "the page says it is misconfigured");
+  assert(await page.isDisabled("#submit"), "submit is disabled");
+  assert(!requests.some((p) => API.has(p)), "no API call: " + requests.join(" "));
+}
+
 // A browser whose WebCrypto lacks X25519 (simulated: generateKey refuses it) is told so.
 async function noX25519(page, shot, t) {
   await page.addInitScript(() => {
@@ -388,7 +435,7 @@ async function main() {
     });
     if (!x25519) {
       console.log("      (every other check needs X25519: not run, counted as failed)");
-      failed += 1 + TARGETS.reduce((n, t) => n + (t.access_log ? 8 : 7), 0);
+      failed += 1 + TARGETS.reduce((n, t) => n + (t.access_log ? 12 : 11), 0);
       return;
     }
     await check(browser, "known answers: pair.js seals the v2 vectors byte for byte", (page) => knownAnswers(page, TARGETS[0]));
@@ -400,6 +447,11 @@ async function main() {
       await check(browser, `${t.name}: a non-ASCII phrase arrives as its UTF-8 bytes`, (p, s) => nonAscii(p, s, t));
       await check(browser, `${t.name}: a link without the key says so`, (p, s) => incompleteLink(p, s, t));
       await check(browser, `${t.name}: a browser without X25519 is told so`, (p, s) => noX25519(p, s, t));
+      for (const pagePath of ["//pair", "/pair/pair.html", "//pair/pair.html"]) {
+        await check(browser, `${t.name}: opened as ${pagePath}, pairs calling only its own fixed endpoints`,
+          (p, s) => servedUnder(p, s, t, pagePath));
+      }
+      await check(browser, `${t.name}: served without its API path, says so and calls nothing`, (p, s) => noApiPath(p, s, t));
       if (t.access_log) await check(browser, `${t.name}: no request carried the gateway's key`, (p, s) => keyNeverSent(p, s, t));
     }
   } finally {

@@ -1,9 +1,12 @@
 // pair.js: the phone's side of a pairstore pairing, with the browser's own WebCrypto only.
-// The page is opened as <base>?sid=SID#pk=PK (pairstore.pairing_url; the key never reaches a
-// server log). On submit: GET <base>/start?sid=&c= (the code check), then X25519 with a fresh
-// key pair, HKDF-SHA256 (salt = the sid's text, info "totalreclaw-pair-v2", 32 bytes),
-// AES-256-GCM (random 12-byte nonce, additional data = the sid's text), and
-// POST <base>/respond {v: 1, sid, pk_d, nonce, ct}, all binary fields base64url unpadded.
+// The page is opened as <url>?sid=SID#pk=PK (pairstore.pairing_url; the key never reaches a
+// server log), under whatever URL serves it (//pair, /pair/pair.html, ...): its API is where
+// the server says, <meta name="pairstore-api" content="/pair"> (a path on the page's own
+// origin; never derived from the address bar). On submit: GET <api>/start?sid=&c= (the code
+// check), then X25519 with a fresh key pair, HKDF-SHA256 (salt = the sid's text, info
+// "totalreclaw-pair-v2", 32 bytes), AES-256-GCM (random 12-byte nonce, additional data = the
+// sid's text), and POST <api>/respond {v: 1, sid, pk_d, nonce, ct}, all binary fields
+// base64url unpadded.
 // window.PairCrypto exposes the crypto steps for the known-answer test (spec/browser).
 "use strict";
 
@@ -164,7 +167,16 @@
   const $ = (id) => document.getElementById(id);
   const form = $("pair-form"), codeIn = $("code"), payloadIn = $("payload");
   const submitBtn = $("submit"), generateBtn = $("generate"), result = $("result"), support = $("support");
-  const base = location.pathname.replace(/\/+$/, "");
+  // The API's endpoints: fixed URLs on this page's origin, from the server's <meta>; null
+  // when it gives none, or anything but an absolute path ("/x", not "//host" or "x:").
+  const api = (() => {
+    const meta = document.querySelector('meta[name="pairstore-api"]');
+    const path = meta ? meta.getAttribute("content") || "" : "";
+    if (!/^\/(?![\/\\])[^?#\s\\]*$/.test(path)) return null;
+    const at = (name) => new URL(path.replace(/\/+$/, "") + "/" + name, location.origin);
+    const start = at("start"), respond = at("respond");
+    return start.origin === location.origin && respond.origin === location.origin ? { start, respond } : null;
+  })();
   const sid = new URLSearchParams(location.search).get("sid") || "";
   const pk = new URLSearchParams(location.hash.slice(1)).get("pk") || "";
   let busy = false;
@@ -212,7 +224,7 @@
     show("working", "Checking the code…");
     let res;
     try {
-      res = await fetch(base + "/start?sid=" + encodeURIComponent(sid) + "&c=" + encodeURIComponent(code),
+      res = await fetch(api.start.href + "?sid=" + encodeURIComponent(sid) + "&c=" + encodeURIComponent(code),
         { cache: "no-store", headers: { Accept: "application/json" } });
     } catch (e) {
       return fail("network");
@@ -230,7 +242,7 @@
 
     show("working", "Sending…");
     try {
-      res = await fetch(base + "/respond", {
+      res = await fetch(api.respond.href, {
         method: "POST", cache: "no-store",
         headers: { "Content-Type": "application/json", Accept: "application/json" },
         body: JSON.stringify({ v: 1, sid, pk_d: sealed.pk_d, nonce: sealed.nonce, ct: sealed.ct }),
@@ -261,6 +273,9 @@
   // What this page needs before anything is typed.
   (async () => {
     submitBtn.disabled = true;
+    if (!api) {
+      return unusable("This page is misconfigured: the server gives no API path (<meta name=\"pairstore-api\">).");
+    }
     if (!/^[0-9a-f]{32}$/.test(sid) || !b64uDecode(pk, 32)) {
       return unusable("This pairing link is incomplete: it needs ?sid=… and #pk=… as in the QR code. Scan the QR code again.");
     }
