@@ -18,9 +18,9 @@ helpers.REFERENCE_PEER = os.getenv("REFERENCE_PEER") or ROOT .. "/spec/support/r
 helpers.FIXTURES = ROOT .. "/spec/fixtures"
 
 -- The runtime under test (`make test LUA=...` exports it; else the one running the specs):
--- the Lua children run it, against its build (build/lua5.4, build/luajit, ...).
+-- the Lua children run it, against its test build (build/lua5.4-test, build/luajit-test, ...).
 helpers.LUA = os.getenv("PAIRSTORE_TEST_LUA") or compat.runtime
-local LUA_ENV = string.format("LUA_PATH='%s/lua/?.lua;%s/lua/?/init.lua;%s/spec/?.lua;;' LUA_CPATH='%s/build/%s/?.so;;'",
+local LUA_ENV = string.format("LUA_PATH='%s/lua/?.lua;%s/lua/?/init.lua;%s/spec/?.lua;;' LUA_CPATH='%s/build/%s-test/?.so;;'",
   ROOT, ROOT, ROOT, ROOT, helpers.LUA)
 helpers.LUA_ENV = LUA_ENV
 

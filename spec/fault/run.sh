@@ -24,8 +24,8 @@ part() { # name, env-prefixed command...
   summaries+=("$name: $(echo "$out" | grep -E '^(fault loop|fallback|coarse|fiu|efbig|strace|secrets):' | tr '\n' ';' | sed 's/;$//') [$((SECONDS - t0)) s]")
 }
 
-for so in build/lua5.4/pairstore/core.so build-fault/pairstore/core.so; do
-  [ -f "$so" ] || { echo "$so missing: run make all build-fault/pairstore/core.so"; echo "0 passed, 1 failed"; exit 1; }
+for so in build/lua5.4/pairstore/core.so build/lua5.4-test/pairstore/core.so build-fault/pairstore/core.so; do
+  [ -f "$so" ] || { echo "$so missing: run make test-fault"; echo "0 passed, 1 failed"; exit 1; }
 done
 
 # 1. The fault loop on the fault-injection build, under the usual umask and under 0277 (where a
