@@ -54,6 +54,7 @@ describe("pairstore.deferred", function()
   after_each(function()
     if store then store:close() end
     store = nil
+    helpers.cleanup() -- (the temp directories, nothing left in /tmp)
   end)
 
   it("runs every operation with its round trips handed over: a read in one, a write in two", function()
@@ -198,6 +199,7 @@ describe("pairstore.deferred", function()
 end)
 
 describe("for plugin authors", function()
+  after_each(helpers.cleanup)
   it("pairstore.is_sid says what every method takes", function()
     assert.is_true(pairstore.is_sid(("0a"):rep(16)))
     assert.is_false(pairstore.is_sid(("0A"):rep(16)))
