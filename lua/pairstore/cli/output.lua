@@ -184,58 +184,6 @@ end
 -- library keeps them out of store.path and of its messages; this is the CLI's own guard for
 -- everything it writes to stderr.
 
-local function percent_decoded(text)
-  return (text:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
-end
-
---- The passwords a text may carry as a target: a URI's userinfo (scheme://user:PW@...),
--- password=PW in a URI's query, and password=PW or password='P W' in a key=value conninfo,
--- anywhere in it (a URI or a conninfo may hide in a value, such as dbname), and in its
--- percent-decoded form too. Harmless on any other text (nothing is found).
-local function secrets_of(text, found)
-  found = found or {}
-  if type(text) ~= "string" then return found end
-  local function add(v)
-    if not v or v == "" then return end
-    found[#found + 1] = v
-    local decoded = percent_decoded(v)
-    if decoded ~= v then found[#found + 1] = decoded end
-  end
-  local decoded = percent_decoded(text)
-  if decoded ~= text then secrets_of(decoded, found) end
-  for userinfo in text:gmatch("://([^/?#%s'\"]*)@") do
-    add(userinfo:match("^[^:]*:(.*)$"))
-  end
-  local i = 1
-  while true do
-    local _, b = text:find("password%s*=%s*", i)
-    if not b then break end
-    if text:sub(b + 1, b + 1) == "'" then
-      local j, value = b + 2, {}
-      while j <= #text do
-        local ch = text:sub(j, j)
-        if ch == "\\" then
-          value[#value + 1] = text:sub(j + 1, j + 1)
-          j = j + 2
-        elseif ch == "'" then
-          break
-        else
-          value[#value + 1] = ch
-          j = j + 1
-        end
-      end
-      add(table.concat(value))
-      add(text:sub(b + 2, j - 1))
-      i = j + 1
-    else
-      local value = text:match("^[^%s&#]*", b + 1)
-      add(value)
-      i = b + 1 + #value
-    end
-  end
-  return found
-end
-M.secrets_of = secrets_of
 
 -- The writer ---------------------------------------------------------------------------------
 
@@ -250,27 +198,18 @@ function M.writer(stdout, stderr)
   return setmetatable({ stdout = stdout, stderr = stderr, secrets = {} }, Writer)
 end
 
---- Notes the passwords a target (or any argument) carries, so that stderr never shows them.
+--- Notes a text the command was given (an argument, a variable) that may be a target, so
+-- that stderr shows it only in its display form (pairstore.hide_targets: the library's one
+-- way of naming a target; no password is searched for).
 function Writer:note_secrets(text)
-  for _, s in ipairs(secrets_of(text)) do self.secrets[#self.secrets + 1] = s end
-  table.sort(self.secrets, function(a, b) return #a > #b end) -- the longest first
+  if type(text) == "string" and text ~= "" then self.secrets[#self.secrets + 1] = text end
 end
 
---- text with every noted password replaced by [password].
+--- text with every noted target replaced by its display form.
 function Writer:scrub(s)
   s = tostring(s)
-  for _, secret in ipairs(self.secrets) do
-    local parts, i = {}, 1
-    while true do
-      local a, b = s:find(secret, i, true)
-      if not a then break end
-      parts[#parts + 1] = s:sub(i, a - 1) .. "[password]"
-      i = b + 1
-    end
-    parts[#parts + 1] = s:sub(i)
-    s = table.concat(parts)
-  end
-  return s
+  if #self.secrets == 0 then return s end
+  return require("pairstore").hide_targets(s, self.secrets)
 end
 
 --- Writes display-safe pieces (built with visible/display, or the CLI's own text) to stdout.
