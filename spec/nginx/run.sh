@@ -44,25 +44,13 @@ cdir54=$tree/build/lua5.4
 prefix=$(mktemp -d /tmp/pairstore-nginx.XXXXXX)
 master=
 driver=
-# shellcheck disable=SC2317  # (called by the trap)
-stop_nginx() {
-  [ -n "$master" ] || return 0
-  local kids
-  kids=$(cat "/proc/$master/task/$master/children" 2>/dev/null || true)
-  kill -QUIT "$master" 2>/dev/null
-  for _ in $(seq 30); do kill -0 "$master" 2>/dev/null || break; sleep 0.1; done
-  kill -TERM "$master" 2>/dev/null
-  for _ in $(seq 20); do kill -0 "$master" 2>/dev/null || break; sleep 0.1; done
-  # (still there: the master and the workers it had, by their ids)
-  kids="$kids $(cat "/proc/$master/task/$master/children" 2>/dev/null || true)"
-  kill -KILL "$master" 2>/dev/null
-  for k in $kids; do kill -KILL "$k" 2>/dev/null; done
-  master=
-}
+# ngx_start, ngx_stop (render the template into the prefix, start nginx; stop it)
+# shellcheck source=spec/nginx/serve.sh
+source "$here/serve.sh"
 # shellcheck disable=SC2317  # (called by the trap)
 cleanup() {
   if [ -n "$driver" ]; then kill -TERM "$driver" 2>/dev/null; wait "$driver" 2>/dev/null; fi
-  stop_nginx
+  ngx_stop
   rm -rf "$prefix"
 }
 trap cleanup EXIT
@@ -99,38 +87,8 @@ fi
 
 if [ "$backend" = pg ]; then target=$PAIRSTORE_TEST_PG; else target=$prefix/store/pair-sessions.json; fi
 
-free_port() {
-  local p
-  for _ in $(seq 100); do
-    p=$((20000 + RANDOM % 40000))
-    [ -z "$(ss -Htln "sport = :$p" 2>/dev/null)" ] && { echo "$p"; return 0; }
-  done
-  return 1
-}
-
-started=
-for _ in 1 2 3; do
-  port=$(free_port) || break
-  oport=$(free_port) || break
-  [ "$oport" = "$port" ] && continue
-  sed -e "s|@USER@|$user_line|; s|@PREFIX@|$prefix|g; s|@LISTEN@|127.0.0.1:$port|; s|@TREE@|$tree|g" \
-    -e "s|@OPERATOR_LISTEN@|127.0.0.1:$oport|" -e "s|^worker_processes .*|worker_processes ${NGX_WORKERS:-4};|" \
-    -e "s|rate=20r/s|rate=${NGX_RATE:-100000r/s}|" \
-    -e "s|$tree/build/luajit/?.so|$jitdir/?.so|" \
-    "$tree/examples/nginx/nginx.conf" > "$prefix/nginx.conf"
-  rm -f "$prefix/nginx.pid"
-  if PAIRSTORE_TARGET=$target PAIRSTORE_PAYLOAD_DIR=$prefix/payloads PAIRSTORE_BASE_URL=http://127.0.0.1:$port/pair \
-    timeout 20 nginx -p "$prefix" -c "$prefix/nginx.conf" 2> "$prefix/start.err"; then
-    for _ in $(seq 50); do [ -s "$prefix/nginx.pid" ] && break; sleep 0.1; done
-    master=$(cat "$prefix/nginx.pid" 2>/dev/null || true)
-    if [ -n "$master" ] && curl -s --max-time 5 -o /dev/null "http://127.0.0.1:$port/"; then started=1; break; fi
-  fi
-  grep -q "Address already in use" "$prefix/start.err" "$prefix/error.log" 2>/dev/null || break
-  stop_nginx
-done
-if [ -z "$started" ]; then
-  echo "run.sh: nginx did not start:"
-  cat "$prefix/start.err" "$prefix/error.log" 2>/dev/null | tail -n 20
+if ! ngx_start; then
+  echo "run.sh: nginx did not start (above)"
   echo "0 passed, 1 failed"
   exit 1
 fi
