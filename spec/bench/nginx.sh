@@ -46,7 +46,7 @@ jitdir=$tree/build/luajit
 [ -f "$jitdir/pairstore/core.so" ] || { echo "bench nginx: $jitdir/pairstore/core.so missing (make LUA=luajit)" >&2; exit 1; }
 
 if [ "$QUICK" = 1 ]; then ROUNDS=1 T=1 NCREATE=200 NCREATE1=100 PROBE_S=3
-else ROUNDS=3 T=3 NCREATE=800 NCREATE1=400 PROBE_S=6; fi
+else ROUNDS=3 T=3 NCREATE=400 NCREATE1=200 PROBE_S=6; fi
 CLIENTS=8
 PATHS=(nonblocking blocking)
 WORKERS=(1 4)
@@ -63,9 +63,9 @@ cleanup() {
   # the database is never left frozen
   [ ${#frozen[@]} -gt 0 ] && kill -CONT "${frozen[@]}" 2>/dev/null
   frozen=()
-  if [ -f "$prefix/kids" ]; then
-    while read -r pid; do kill -KILL "$pid" 2>/dev/null; done < "$prefix/kids"
-  fi
+  # ab and curl still running (an interrupted run): this shell's own jobs, by pid
+  local j
+  for j in $(jobs -p); do kill -KILL "$j" 2>/dev/null; done
   ngx_stop
   rm -rf "$prefix"
 }
@@ -129,7 +129,6 @@ several() {
     # shellcheck disable=SC2086
     ab_run "$name.$i" "${urls[$((i % ${#urls[@]}))]}" -c 1 ${AB_ARGS:--t $T -n 200000} &
     pids+=($!)
-    echo $! >> "$prefix/kids"
   done
   wait "${pids[@]}"
 }
@@ -196,7 +195,6 @@ freeze() {
   curl -s -o /dev/null --max-time 30 -X POST -w '%{http_code} %{time_total}\n' \
     "http://127.0.0.1:$oport/pair/new" > "$d/pending.create" &
   pend+=($!)
-  echo "${pend[@]}" | tr ' ' '\n' >> "$prefix/kids"
   sleep 0.3
   : > "$d/static"
   while (( ($(date +%s%N) - t0) / 1000000 < PROBE_S * 1000 )); do
