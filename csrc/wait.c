@@ -9,6 +9,7 @@
 #include "pairstore.h"
 
 #include <errno.h>
+#include <time.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -283,12 +284,26 @@ static int f_mono_ms(lua_State *L)
   return 1;
 }
 
+/* sleep(seconds): blocks that long (store:wait's lock wait outside nginx: in slices, so
+ * that it ends by the wait's deadline). */
+static int f_sleep(lua_State *L)
+{
+  lua_Number sec = luaL_checknumber(L, 1);
+  struct timespec ts;
+  if (!(sec > 0)) return 0;
+  if (sec > 3600) sec = 3600;
+  ts.tv_sec = (time_t)sec;
+  ts.tv_nsec = (long)((sec - (lua_Number)ts.tv_sec) * 1e9);
+  while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {}
+  return 0;
+}
+
 static const luaL_Reg watcher_methods[] = {
   { "wait", watcher_wait }, { "close", watcher_close }, { NULL, NULL },
 };
 
 static const luaL_Reg wait_funcs[] = {
-  { "mono_ms", f_mono_ms }, { "_hold_signals", f_hold_signals },
+  { "mono_ms", f_mono_ms }, { "sleep", f_sleep }, { "_hold_signals", f_hold_signals },
   { "_ignore_sigpipe", f_ignore_sigpipe }, { NULL, NULL },
 };
 
