@@ -25,28 +25,48 @@ dependencies = {
 external_dependencies = {
   SODIUM = { header = "sodium.h", library = "sodium" },
   QRENCODE = { header = "qrencode.h", library = "qrencode" },
-  PQ = { header = "postgresql/libpq-fe.h", library = "pq" },
+  -- libpq: its header to build; the library is loaded when a PostgreSQL target is first
+  -- opened (csrc/pq.c), so a process that opens only files never maps it
+  PQ = { header = "postgresql/libpq-fe.h" },
 }
 build = {
   type = "builtin",
   modules = {
     ["pairstore.core"] = {
       sources = {
-        "csrc/bind.c", "csrc/crypto.c", "csrc/engine_file.c", "csrc/engine_pg.c", "csrc/err.c",
-        "csrc/file.c", "csrc/json.c", "csrc/lock.c", "csrc/qr.c", "csrc/rand.c",
-        "csrc/record.c", "csrc/rules.c", "csrc/sys.c", "csrc/testhooks.c", "csrc/txn.c",
-        "csrc/wait.c",
+        -- every C file but csrc/testhooks.c (the test build's, -DPS_TEST)
+        "csrc/base64url.c", "csrc/bind.c", "csrc/buf.c", "csrc/clock.c", "csrc/crypto.c",
+        "csrc/engine_pg.c", "csrc/err.c", "csrc/json.c", "csrc/pg_link.c", "csrc/pq.c", "csrc/qr.c", "csrc/rand.c",
+        "csrc/record.c", "csrc/rules.c", "csrc/sys.c", "csrc/txn.c", "csrc/wait.c",
+        "csrc/engine/file/datafile.c", "csrc/engine/file/engine.c", "csrc/engine/file/fs.c",
+        "csrc/engine/file/lock.c",
       },
       defines = { "_GNU_SOURCE" },
-      libraries = { "sodium", "qrencode", "pq" },
+      libraries = { "sodium", "qrencode", "dl", "pthread" },
       incdirs = { "$(SODIUM_INCDIR)", "$(QRENCODE_INCDIR)", "$(PQ_INCDIR)/postgresql" },
-      libdirs = { "$(SODIUM_LIBDIR)", "$(QRENCODE_LIBDIR)", "$(PQ_LIBDIR)" },
+      libdirs = { "$(SODIUM_LIBDIR)", "$(QRENCODE_LIBDIR)" },
     },
     ["pairstore"] = "lua/pairstore/init.lua",
     ["pairstore.crypto"] = "lua/pairstore/crypto.lua",
     ["pairstore.respond"] = "lua/pairstore/respond.lua",
     ["pairstore.qr"] = "lua/pairstore/qr.lua",
+    ["pairstore.deferred"] = "lua/pairstore/deferred.lua",
+    ["pairstore.thread"] = "lua/pairstore/thread.lua",
     ["pairstore.compat"] = "lua/pairstore/compat.lua",
+    ["pairstore.cli"] = "lua/pairstore/cli/init.lua",
+    ["pairstore.cli.output"] = "lua/pairstore/cli/output.lua",
+    ["pairstore.cli.targets"] = "lua/pairstore/cli/targets.lua",
+    ["pairstore.cli.live"] = "lua/pairstore/cli/live.lua",
+    ["pairstore.cli.commands"] = "lua/pairstore/cli/commands/init.lua",
+    ["pairstore.cli.commands.list"] = "lua/pairstore/cli/commands/list.lua",
+    ["pairstore.cli.commands.show"] = "lua/pairstore/cli/commands/show.lua",
+    ["pairstore.cli.commands.reject"] = "lua/pairstore/cli/commands/reject.lua",
+    ["pairstore.cli.commands.prune"] = "lua/pairstore/cli/commands/prune.lua",
+    ["pairstore.cli.commands.create"] = "lua/pairstore/cli/commands/create.lua",
+    ["pairstore.cli.commands.watch"] = "lua/pairstore/cli/commands/watch.lua",
+    ["pairstore.cli.commands.corrupt"] = "lua/pairstore/cli/commands/corrupt.lua",
+    ["pairstore.cli.commands.schema"] = "lua/pairstore/cli/commands/schema.lua",
+    ["pairstore.cli.commands.migrate"] = "lua/pairstore/cli/commands/migrate.lua",
   },
   install = {
     bin = { pairstore = "bin/pairstore" },
