@@ -132,6 +132,12 @@ for _, mode in ipairs { "transaction", "session" } do
       assert(ok, "pgbouncer did not start: " .. out)
       target = out:match("(postgresql://%S+)")
       assert(target, out)
+      -- The schema made once, before the clients start: several processes making it at
+      -- once on a fresh database is another matter (one could fail with 42710, `type "pairstore_schema"
+      -- already exists`, which the bootstrap did not take for "created meanwhile").
+      local s = pairstore.open(target, { store = helpers.store_name("pgb-setup") })
+      assert(s:list_all())
+      s:close()
     end)
 
     teardown(function()
