@@ -143,10 +143,12 @@ test-ha: deps all
 
 # The pairing flow inside a real nginx (examples/nginx: 4 workers, as nobody when root) on
 # both backends (spec/nginx/run.sh starts the PostgreSQL cluster itself): the flow, parallel
-# codes and responses, a killed worker, a lock held by another process, per-request times.
+# codes and responses, a killed worker, a lock held by another process, per-request times;
+# on PostgreSQL also the database frozen and black-holed, aborted requests and long polls
+# (spec/nginx/outage.lua, with 4 and 1 workers).
 test-nginx:
 	@bash .ci/deps $(LUA_NAME) nginx
-	@$(MAKE) --no-print-directory LUA=lua5.4 all
+	@$(MAKE) --no-print-directory LUA=lua5.4 all build/lua5.4/test/forkutil.so
 	@$(MAKE) --no-print-directory LUA=luajit all
 	bash spec/nginx/run.sh
 

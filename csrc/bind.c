@@ -286,11 +286,12 @@ static int m_wait_mode(lua_State *L)
 }
 
 /* c:use_engine(h): the next transaction runs on h, a deferred engine of this store
- * (c:pg_handle), instead of the store's own. */
+ * (c:pg_handle), instead of the store's own; c:use_engine(nil): on the store's own. */
 static int m_use_engine(lua_State *L)
 {
   check_store(L, 1);
-  luaL_argcheck(L, ps_pg_is_engine(L, 2), 2, "expected a handle from store:pg_handle()");
+  luaL_argcheck(L, lua_isnoneornil(L, 2) || ps_pg_is_engine(L, 2), 2,
+                "expected a handle from store:pg_handle()");
   lua_settop(L, 2);
   lua_setiuservalue(L, 1, PS_UV_NEXT);
   return 0;

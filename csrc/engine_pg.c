@@ -472,14 +472,14 @@ static int first_roundtrip(lua_State *L, pg_eng *p, int eng, int now_known, ps_e
       q[n].v[0] = p->k->store;
       q[n].v[1] = now_known ? now_s : NULL;
       q[n++].v[2] = limit_s;
-      budget += p->k->lock_wait_ms;
+      if (!p->hint.nowait) budget += p->k->lock_wait_ms; /* (a cooperative wait waits outside) */
     }
     if (p->hint.sid && !p->readonly) {
       i_fetch = n;
       q[n].q = Q_FETCH;
       q[n].v[0] = p->k->store;
       q[n++].v[1] = p->hint.sid;
-      budget += p->k->lock_wait_ms;
+      if (!p->hint.nowait) budget += p->k->lock_wait_ms;
     }
     if (p->hint.nowait && !p->readonly) {
       /* the row locks are taken: what the rest of the transaction may wait for (the notify

@@ -18,7 +18,8 @@ local function env_for(log)
     sleep = helpers.sleep,
     exiting = function() return false end,
     semaphore = function()
-      return { wait = function(_, s) helpers.sleep(math.min(s, 0.05)); return false end, post = function() end }
+      return { wait = function(_, s) helpers.sleep(math.min(s, 0.05)); return false end, post = function() end,
+        count = function() return 0 end }
     end,
     every = function(s, fn) timers[#timers + 1] = { s = s, fn = fn } end,
     timers = timers,

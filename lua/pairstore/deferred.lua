@@ -20,6 +20,9 @@ local BACKOFF_MIN_MS, BACKOFF_MAX_MS = 250, 5000
 local ABANDONED_MS = 1000   -- a finished round trip nobody took for this long: its caller is gone
 local JANITOR_S = 0.5
 local LISTEN_MS = 1000      -- one wait of the listening link (a worker thread is held for it)
+local BUSY_MAX_MS = 50      -- the longest sleep between two attempts at a row another holds
+
+local WEAK_KEYS = { __mode = "k" }
 
 local M = {}
 local Pool = {}
@@ -34,10 +37,10 @@ function M.new(c, env, o)
   return setmetatable({
     c = c, env = env, size = o.size, backlog = o.backlog, wait_ms = o.wait_ms,
     lease_ms = o.lease_ms,
-    idle = {}, n = 0, leased = {}, waiting = 0, sema = nil,
-    down_until = nil, down_msg = nil, backoff = BACKOFF_MIN_MS, probing = false,
-    watchers = {}, nwatch = 0, listening = nil, listen_h = nil, listener = false,
-    ready = nil, ready_waiting = 0,
+    idle = {}, n = 0, leased = {}, sema = nil,
+    down_until = nil, down_msg = nil, backoff = BACKOFF_MIN_MS, probing = false, probe_h = nil,
+    watchers = {}, listening = nil, listen_h = nil, listener = false,
+    ready = nil,
     janitor = false,
   }, Pool)
 end
@@ -58,6 +61,14 @@ local function wake(self, payload)
   for w in pairs(set) do w.changed = true; if w.sema then w.sema:post(1) end end
 end
 
+-- How many light threads wait on a semaphore (none yet: 0). Counted by the semaphore itself,
+-- which forgets a waiter whose request was aborted (a count of our own would not).
+local function waiting(sema)
+  if not sema then return 0 end
+  local n = sema:count()
+  return n < 0 and -n or 0
+end
+
 -- Links --------------------------------------------------------------------------------------
 
 local function unavailable(self)
@@ -75,9 +86,10 @@ local function start_janitor(self)
       local busy, done_ms = h:state()
       if not busy and ((done_ms and now - done_ms > ABANDONED_MS) or now > lease) then
         self.leased[h] = nil
+        if self.probe_h == h then self.probing, self.probe_h = false, nil end -- (next caller probes)
         h:reset()
         self.idle[#self.idle + 1] = h
-        if self.waiting > 0 then self.sema:post(1) end
+        if waiting(self.sema) > 0 then self.sema:post(1) end
       end
     end
   end)
@@ -85,12 +97,18 @@ end
 
 -- A link for one operation, within deadline (monotonic ms) --> h | nil, message, code
 function Pool:acquire(deadline)
-  local now = self.env.now()
-  if self.down_until then
-    if now < self.down_until or self.probing then return unavailable(self) end
-    self.probing = true -- this caller tries; the others keep failing fast meanwhile
-  end
+  local probe = false
   while true do
+    -- (again after each wait: a breaker that opened meanwhile answers the waiters at once)
+    local now = self.env.now()
+    if self.down_until and not probe then
+      if now < self.down_until or (self.probing and now < self.probing) then return unavailable(self) end
+      -- this caller tries; the others keep failing fast meanwhile, until its outcome is
+      -- known (note), its link is taken back (the janitor: a caller that went away never
+      -- says), or lease_ms at most (it went away before it had a link)
+      self.probing = now + self.lease_ms
+      probe = true
+    end
     local h = table.remove(self.idle)
     if not h and self.n < self.size then
       h = self.c:pg_handle()
@@ -98,24 +116,23 @@ function Pool:acquire(deadline)
     end
     if h then
       self.leased[h] = self.env.now() + self.lease_ms
+      if probe then self.probe_h = h end
       start_janitor(self)
       return h
     end
-    if self.waiting >= self.backlog then
-      if self.probing then self.probing = false end
+    if waiting(self.sema) >= self.backlog then
+      if probe then self.probing = false end
       return nil, fmt("too many operations wait for a PostgreSQL connection (pool_size %d, "
         .. "pool_backlog %d)", self.size, self.backlog), "timeout"
     end
     local left = deadline - self.env.now()
     if left <= 0 then
-      if self.probing then self.probing = false end
+      if probe then self.probing = false end
       return nil, fmt("no PostgreSQL connection free within lock_wait_ms (%d; pool_size %d)",
         self.wait_ms, self.size), "timeout"
     end
     self.sema = self.sema or self.env.semaphore()
-    self.waiting = self.waiting + 1
     self.sema:wait(left / 1000)
-    self.waiting = self.waiting - 1
     if self.closed then return closed() end
   end
 end
@@ -127,22 +144,29 @@ function Pool:release(h, reset)
   if self.closed then return h:close() end
   if reset then h:reset() end
   self.idle[#self.idle + 1] = h
-  if self.waiting > 0 then self.sema:post(1) end
+  if waiting(self.sema) > 0 then self.sema:post(1) end
 end
 
 -- What a round trip's outcome says of the server: a connection could not be made (the
--- breaker opens, a little longer each time), or it could (it closes).
+-- breaker opens; again after a probe that failed, for twice as long), or the server
+-- answered (it closes). A timeout or a lost connection on a link that was connected says
+-- neither: the next operation connects again, and that tells.
 local function note(self, h, r)
   local _, _, connect_failed = h:state()
-  if connect_failed and r[1] == nil and (r[3] == "unavailable" or r[3] == "timeout") then
+  local failed = r[1] == nil and (r[3] == "unavailable" or r[3] == "timeout")
+  if connect_failed and failed then
+    if self.down_until and self.probe_h == h then -- the probe failed: longer
+      self.backoff = math.min(self.backoff * 2, BACKOFF_MAX_MS)
+    elseif not self.down_until then
+      self.backoff = BACKOFF_MIN_MS
+    end
     self.down_until = self.env.now() + self.backoff
     self.down_ms = self.backoff
     self.down_msg = r[2]
-    self.backoff = math.min(self.backoff * 2, BACKOFF_MAX_MS)
-  elseif not connect_failed then
+  elseif not failed then
     self.down_until, self.down_msg, self.backoff = nil, nil, BACKOFF_MIN_MS
   end
-  self.probing = false
+  if self.probe_h == h then self.probing, self.probe_h = false, nil end
 end
 
 local function thread_failed(err)
@@ -168,7 +192,10 @@ local function drive(self, h, name, ...)
       c:use_engine(h)
       r = pack(c[name](c, ...))
     elseif r[1] == nil and r[3] == "lock_busy" then
-      self.env.sleep(r[4] / 1000)
+      -- each attempt is two round trips on a worker thread and a server transaction: back off
+      -- further than the core's slices (1, 2, 4, 8 ms), up to BUSY_MAX_MS, within the deadline
+      local ms = math.min(math.max(r[4], 2 ^ math.min(r[6], 6)), BUSY_MAX_MS, math.max(r[5] - self.env.now(), 0))
+      self.env.sleep(ms / 1000)
       if self.closed then return pack(closed()) end
       c:wait_mode(WAIT_CONTINUE, r[5], r[6])
       c:use_engine(h)
@@ -182,8 +209,8 @@ end
 
 local function finish(self, h, ok, r)
   if not ok then
-    self.probing = false
-    self.c:use_engine(nil)
+    self.c:use_engine(nil) -- (a call that raised before its transaction took it)
+    if self.probe_h == h then self.probing, self.probe_h = false, nil end
     self:release(h, true)
     error(r, 0)
   end
@@ -198,7 +225,8 @@ function Pool:close()
   for i = #self.idle, 1, -1 do self.idle[i]:close(); self.idle[i] = nil end
   if self.listen_h then self.listen_h:close() end
   wake_all(self)
-  if self.waiting > 0 then self.sema:post(self.waiting) end
+  if waiting(self.sema) > 0 then self.sema:post(waiting(self.sema)) end
+  if waiting(self.ready) > 0 then self.ready:post(waiting(self.ready)) end
 end
 
 --- Runs the core's operation name (its arguments after it) --> what the operation returns
@@ -214,10 +242,19 @@ end
 -- The listening link's loop (a light thread): waits for notifications on a worker thread,
 -- LISTEN_MS at a time, while anyone watches; a new connection wakes every watcher (what
 -- was notified meanwhile is lost: they read again).
+-- Whether anyone still watches (sets emptied by the collector are dropped here).
+local function watched(self)
+  for payload, set in pairs(self.watchers) do
+    if next(set) ~= nil then return true end
+    self.watchers[payload] = nil
+  end
+  return false
+end
+
 local function listen_loop(self)
   local h = self.listen_h
   local first = true
-  while self.nwatch > 0 and not self.env.exiting() do
+  while watched(self) and not self.env.exiting() do
     local ok, payloads, gen = self.env.run("listen", h:link(), first and 0 or LISTEN_MS)
     first = false
     if not ok then
@@ -232,13 +269,21 @@ local function listen_loop(self)
       if gen ~= self.listening then
         self.listening = gen
         wake_all(self)
-        if self.ready_waiting > 0 then self.ready:post(self.ready_waiting) end
+        if waiting(self.ready) > 0 then self.ready:post(waiting(self.ready)) end
       end
       for i = 1, #payloads do wake(self, payloads[i]) end
     end
   end
   self.listening = nil
   self.listener = false
+end
+
+-- The listening loop of pool, as a function of its own: made here, in a function that
+-- returns at once, so that the pool is a closed upvalue. (Made in Pool:watch, the closure
+-- would share its `self`, an open upvalue on the stack of a request that may be aborted
+-- while it waits below: ngx_lua clears that stack, and the loop found self nil.)
+local function loop_of(pool)
+  return function() listen_loop(pool) end
 end
 
 local Watch = {}
@@ -265,7 +310,6 @@ function Watch:close()
     set[self] = nil
     if next(set) == nil then pool.watchers[self.payload] = nil end
   end
-  pool.nwatch = pool.nwatch - 1
 end
 
 --- A watcher of the session sid (store: the store's name) within deadline --> w | nil,
@@ -276,15 +320,15 @@ function Pool:watch(sid, store, deadline)
   end
   local w = setmetatable({ pool = self, payload = sid .. store, sema = self.env.semaphore(),
     changed = false }, Watch)
-  local set = self.watchers[w.payload] or {}
+  -- (a weak set: the watch of a request aborted while it waits goes with its request)
+  local set = self.watchers[w.payload] or setmetatable({}, WEAK_KEYS)
   self.watchers[w.payload] = set
   set[w] = true
-  self.nwatch = self.nwatch + 1
   if not self.listen_h then self.listen_h = self.c:pg_handle(true) end
   if not self.listener then
     self.listener = true
     self.ready = self.ready or self.env.semaphore()
-    local ok, err = self.env.spawn(function() listen_loop(self) end)
+    local ok, err = self.env.spawn(loop_of(self))
     if not ok then
       self.listener = false
       w:close()
@@ -297,9 +341,7 @@ function Pool:watch(sid, store, deadline)
       w:close()
       return nil, "timeout", "timeout"
     end
-    self.ready_waiting = self.ready_waiting + 1
     self.ready:wait(math.min(left, 250) / 1000)
-    self.ready_waiting = self.ready_waiting - 1
   end
   local ok, msg, code = self:run("announce", sid)
   if not ok then

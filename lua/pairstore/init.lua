@@ -204,7 +204,7 @@ function pairstore.open(path, options)
   local c = at_caller(pcall(core.open, path, opts))
   local pgopts = pg and {
     thread_pool = opts.thread_pool == nil and "pairstore" or opts.thread_pool,
-    size = opts.pool_size or 16, backlog = opts.pool_backlog or 256,
+    size = opts.pool_size or 8, backlog = opts.pool_backlog or 256,
     wait_ms = opts.lock_wait_ms or core.LOCK_WAIT_MS,
     lease_ms = (opts.lock_wait_ms or core.LOCK_WAIT_MS) + (opts.connect_timeout_ms or 10000)
       + 3 * (opts.statement_timeout_ms or 30000) + 5000,

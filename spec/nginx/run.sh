@@ -5,8 +5,14 @@
 # port, 4 workers under a master, the workers as nobody:nogroup when run as root (the temp
 # dir, the store's directory, the payload directory and the PostgreSQL socket are made
 # reachable by that user), error_log in the prefix; spec/nginx/driver.lua runs the checks
-# over HTTP, bounded in time. nginx is stopped and everything removed at the end, also on
-# failure or interruption. Ends with "N passed, N failed"; exits non-zero on any failure.
+# over HTTP, bounded in time. On PostgreSQL, spec/nginx/outage.lua then runs as the caller
+# (it SIGSTOPs the server's processes and reads pg_stat_activity): on the same nginx, on one
+# with 1 worker, and on nginx with 4 and 1 workers against a listener that never answers
+# (NGX_OUTAGE=0: not at all; NGX_OUTAGE=aborts,longpoll,frozen,frozen1,blackhole4,blackhole1:
+# those). Each script's closing line shows as "NAME: N passed, N failed" and counts into the
+# run's own. nginx is stopped, the server's processes continued and everything removed at the
+# end, also on failure or interruption (NGX_KEEP_LOGS=DIR: the logs copied there first). Ends
+# with "N passed, N failed"; exits non-zero on any failure.
 # Needs the LuaJIT build of the core (make LUA=luajit) and the Lua 5.4 one (the driver).
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -44,13 +50,42 @@ cdir54=$tree/build/lua5.4
 prefix=$(mktemp -d /tmp/pairstore-nginx.XXXXXX)
 master=
 driver=
-# ngx_start, ngx_stop (render the template into the prefix, start nginx; stop it)
-# shellcheck source=spec/nginx/serve.sh
-source "$here/serve.sh"
+tailer=
+blackhole=
+# shellcheck disable=SC2317  # (called by the trap)
+stop_nginx() {
+  [ -n "$master" ] || return 0
+  local kids
+  kids=$(cat "/proc/$master/task/$master/children" 2>/dev/null || true)
+  kill -QUIT "$master" 2>/dev/null
+  for _ in $(seq 30); do kill -0 "$master" 2>/dev/null || break; sleep 0.1; done
+  kill -TERM "$master" 2>/dev/null
+  for _ in $(seq 20); do kill -0 "$master" 2>/dev/null || break; sleep 0.1; done
+  # (still there: the master and the workers it had, by their ids)
+  kids="$kids $(cat "/proc/$master/task/$master/children" 2>/dev/null || true)"
+  kill -KILL "$master" 2>/dev/null
+  for k in $kids; do kill -KILL "$k" 2>/dev/null; done
+  master=
+}
+# The PostgreSQL server's processes, running again (outage.lua stops them; whatever became of it).
+# shellcheck disable=SC2317  # (called by the trap)
+thaw() {
+  [ "$backend" = pg ] && [ -f "${PAIRSTORE_TEST_PGDIR:-}/data/postmaster.pid" ] || return 0
+  local pm
+  pm=$(head -n 1 "$PAIRSTORE_TEST_PGDIR/data/postmaster.pid" 2>/dev/null) || return 0
+  [ -n "$pm" ] || return 0
+  # shellcheck disable=SC2046  # (the children, one word each)
+  kill -CONT "$pm" $(cat "/proc/$pm/task/$pm/children" 2>/dev/null) 2>/dev/null || true
+}
 # shellcheck disable=SC2317  # (called by the trap)
 cleanup() {
   if [ -n "$driver" ]; then kill -TERM "$driver" 2>/dev/null; wait "$driver" 2>/dev/null; fi
-  ngx_stop
+  if [ -n "$tailer" ]; then kill -TERM "$tailer" 2>/dev/null; wait "$tailer" 2>/dev/null; fi
+  if [ -n "$blackhole" ]; then kill -TERM "$blackhole" 2>/dev/null; wait "$blackhole" 2>/dev/null; fi
+  thaw
+  stop_nginx
+  # NGX_KEEP_LOGS=DIR: nginx's logs and the scripts' outputs copied there first
+  [ -n "${NGX_KEEP_LOGS:-}" ] && mkdir -p "$NGX_KEEP_LOGS" && cp "$prefix"/*.log "$prefix"/*.out "$NGX_KEEP_LOGS"/ 2>/dev/null
   rm -rf "$prefix"
 }
 trap cleanup EXIT
@@ -87,28 +122,134 @@ fi
 
 if [ "$backend" = pg ]; then target=$PAIRSTORE_TEST_PG; else target=$prefix/store/pair-sessions.json; fi
 
-if ! ngx_start; then
-  echo "run.sh: nginx did not start (above)"
-  echo "0 passed, 1 failed"
-  exit 1
-fi
-echo "nginx $(nginx -v 2>&1 | sed 's/.*\///') on 127.0.0.1:$port, master $master, workers: $(cat "/proc/$master/task/$master/children"), backend $backend${run_as:+ (workers as nobody)}"
+free_port() {
+  local p
+  for _ in $(seq 100); do
+    p=$((20000 + RANDOM % 40000))
+    [ -z "$(ss -Htln "sport = :$p" 2>/dev/null)" ] && { echo "$p"; return 0; }
+  done
+  return 1
+}
+
+# start_nginx TARGET WORKERS: nginx from the template on free loopback ports (tried again on
+# another port if the one chosen was taken meanwhile); sets port, oport, master.
+start_nginx() {
+  local tgt=$1 workers=$2 started=
+  for _ in 1 2 3; do
+    port=$(free_port) || break
+    oport=$(free_port) || break
+    [ "$oport" = "$port" ] && continue
+    sed -e "s|@USER@|$user_line|; s|@PREFIX@|$prefix|g; s|@LISTEN@|127.0.0.1:$port|; s|@TREE@|$tree|g" \
+      -e "s|@OPERATOR_LISTEN@|127.0.0.1:$oport|" -e "s|^worker_processes .*|worker_processes $workers;|" \
+      -e "s|rate=20r/s|rate=${NGX_RATE:-100000r/s}|" \
+      -e "s|$tree/build/luajit/?.so|$jitdir/?.so|" \
+      "$tree/examples/nginx/nginx.conf" > "$prefix/nginx.conf"
+    rm -f "$prefix/nginx.pid"
+    if PAIRSTORE_TARGET=$tgt PAIRSTORE_PAYLOAD_DIR=$prefix/payloads PAIRSTORE_BASE_URL=http://127.0.0.1:$port/pair \
+      timeout 20 nginx -p "$prefix" -c "$prefix/nginx.conf" 2> "$prefix/start.err"; then
+      for _ in $(seq 50); do [ -s "$prefix/nginx.pid" ] && break; sleep 0.1; done
+      master=$(cat "$prefix/nginx.pid" 2>/dev/null || true)
+      if [ -n "$master" ] && curl -s --max-time 5 -o /dev/null "http://127.0.0.1:$port/"; then started=1; break; fi
+    fi
+    grep -q "Address already in use" "$prefix/start.err" "$prefix/error.log" 2>/dev/null || break
+    stop_nginx
+  done
+  if [ -z "$started" ]; then
+    echo "run.sh: nginx did not start:"
+    cat "$prefix/start.err" "$prefix/error.log" 2>/dev/null | tail -n 20
+    return 1
+  fi
+  echo "nginx $(nginx -v 2>&1 | sed 's/.*\///') on 127.0.0.1:$port, master $master, workers: $(cat "/proc/$master/task/$master/children"), backend $backend${run_as:+ (workers as nobody)}${3:+, $3}"
+}
+
+# run_checks NAME TARGET USER... -- COMMAND...: runs a check script against the running nginx
+# (in the background: an interruption runs the traps at once, not after it), its output
+# shown as it comes, its closing "N passed, N failed" line counted into the totals (and shown
+# as "NAME: N passed, N failed"); no closing line: one failure.
+total_p=0 total_f=0
+run_checks() {
+  local name=$1 tgt=$2 rc line
+  shift 2
+  local who=()
+  while [ "$1" != -- ]; do who+=("$1"); shift; done
+  shift
+  local out=$prefix/$name.out
+  : > "$out"
+  "${who[@]}" env NGX_PORT="$port" NGX_OPERATOR_PORT="$oport" NGX_PREFIX="$prefix" NGX_WORK="$prefix/work" NGX_MASTER_PID="$master" \
+    BACKEND="$backend" PAIRSTORE_TARGET="$tgt" PAIRSTORE_PAYLOAD_DIR="$prefix/payloads" TREE="$tree" \
+    LUA_PATH="$tree/lua/?.lua;$tree/lua/?/init.lua;;" LUA_CPATH="$cdir54/?.so;;" \
+    timeout 300 "$@" > "$out" 2>&1 &
+  driver=$!
+  tail -n +1 -s 0.2 -f --pid="$driver" "$out" | sed -u -E "s/^([0-9]+ passed, [0-9]+ failed)\$/$name: \\1/" &
+  tailer=$!
+  wait "$driver"
+  rc=$?
+  driver=
+  wait "$tailer"
+  tailer=
+  line=$(grep -E '^[0-9]+ passed, [0-9]+ failed$' "$out" | tail -n 1)
+  if [ -n "$line" ]; then
+    total_p=$((total_p + ${line%% *}))
+    line=${line#* passed, }
+    total_f=$((total_f + ${line%% *}))
+  else
+    total_f=$((total_f + 1))
+  fi
+  if [ $rc -ne 0 ]; then
+    echo "--- error.log (last 30 lines)"
+    tail -n 30 "$prefix/error.log"
+    [ $rc -eq 124 ] && echo "$name timed out"
+  fi
+  return 0
+}
+
+if ! start_nginx "$target" "${NGX_WORKERS:-4}"; then echo "0 passed, 1 failed"; exit 1; fi
 
 # NGX_DRIVER: another driver (a bash script) run the same way against the same server
-# (spec/browser/run.sh: the phone page in Chromium).
-drv=(lua5.4 "$here/driver.lua")
-[ -n "${NGX_DRIVER:-}" ] && drv=(bash "$NGX_DRIVER")
-"${run_as[@]}" env NGX_PORT="$port" NGX_OPERATOR_PORT="$oport" NGX_PREFIX="$prefix" NGX_WORK="$prefix/work" NGX_MASTER_PID="$master" \
-  BACKEND="$backend" PAIRSTORE_TARGET="$target" PAIRSTORE_PAYLOAD_DIR="$prefix/payloads" TREE="$tree" \
-  LUA_PATH="$tree/lua/?.lua;$tree/lua/?/init.lua;;" LUA_CPATH="$cdir54/?.so;;" \
-  timeout 300 "${drv[@]}" &
-driver=$! # (in the background: an interruption runs the traps at once, not after the driver)
-wait "$driver"
-rc=$?
-driver=
-if [ $rc -ne 0 ]; then
-  echo "--- error.log (last 30 lines)"
-  tail -n 30 "$prefix/error.log"
-  [ $rc -eq 124 ] && echo "driver timed out" && echo "0 passed, 1 failed"
+# (spec/browser/run.sh: the phone page in Chromium); its own closing line is the run's.
+if [ -n "${NGX_DRIVER:-}" ]; then
+  run_checks driver "$target" "${run_as[@]}" -- bash "$NGX_DRIVER"
+  echo "$total_p passed, $total_f failed"
+  [ "$total_f" -eq 0 ]
+  exit
 fi
-exit $rc
+
+run_checks driver "$target" "${run_as[@]}" -- lua5.4 "$here/driver.lua"
+
+# PostgreSQL: the database frozen, black-holed, requests aborted, long polls
+# (spec/nginx/outage.lua), as the caller (it signals the server's processes and asks
+# pg_stat_activity through pgcluster.sh): on the same nginx (4 workers), then on nginx with 1
+# worker, then with 4 and 1 workers against a listener that never answers.
+# (NGX_OUTAGE=0: not run; NGX_OUTAGE=a list of phases: only those.)
+if [ "$backend" = pg ] && [ "${NGX_OUTAGE:-1}" != 0 ]; then
+  want() { [ "${NGX_OUTAGE:-1}" = 1 ] || [[ ",$NGX_OUTAGE," == *",$1,"* ]]; }
+  for ph in aborts longpoll frozen; do want $ph && phases="${phases:+$phases,}$ph"; done
+  [ -n "${phases:-}" ] && run_checks outage "$target" -- env OUTAGE="$phases" lua5.4 "$here/outage.lua"
+  if want frozen1; then
+    stop_nginx
+    if start_nginx "$target" 1 "1 worker"; then
+      run_checks outage-1 "$target" -- env OUTAGE=frozen-cold lua5.4 "$here/outage.lua"
+    else total_f=$((total_f + 1)); fi
+  fi
+  # the black hole: a loopback port that accepts and never answers (forkutil), held by a
+  # process of its own until the end
+  if want blackhole4 || want blackhole1; then
+    LUA_CPATH="$cdir54/?.so;;" lua5.4 -e 'local f = require "test.forkutil"
+      local fd, port = assert(f.listen_blackhole(0))
+      io.write(port, "\n"); io.stdout:flush(); f.pause()' > "$prefix/blackhole.port" &
+    blackhole=$!
+    for _ in $(seq 50); do [ -s "$prefix/blackhole.port" ] && break; sleep 0.1; done
+    bh=$(cat "$prefix/blackhole.port")
+  fi
+  for w in 4 1; do
+    want "blackhole$w" || continue
+    stop_nginx
+    [ -n "${bh:-}" ] || { echo "run.sh: no black hole"; total_f=$((total_f + 1)); continue; }
+    bht="postgresql://pairstore@127.0.0.1:$bh/pairstore"
+    if start_nginx "$bht" "$w" "$w worker(s), the database black-holed (127.0.0.1:$bh)"; then
+      run_checks "blackhole-$w" "$bht" -- env OUTAGE=blackhole NGX_BLACKHOLE_PORT="$bh" lua5.4 "$here/outage.lua"
+    else total_f=$((total_f + 1)); fi
+  done
+fi
+echo "$total_p passed, $total_f failed"
+[ "$total_f" -eq 0 ]

@@ -47,7 +47,7 @@ start)
     sed -i '1i local all +pairstore_password scram-sha-256' "$dir/data/pg_hba.conf"
   fi
   printf '%s\n' "listen_addresses = ''" "unix_socket_directories = '$dir'" "cluster_name = '$name'" \
-    "max_connections = 60" "shared_buffers = 64MB" "logging_collector = off" >> "$dir/data/postgresql.conf"
+    "max_connections = 100" "shared_buffers = 64MB" "logging_collector = off" >> "$dir/data/postgresql.conf"
   as_owner "$PGBIN/pg_ctl" -D "$dir/data" -l "$dir/log" -w -t 60 start >/dev/null ||
     { cat "$dir/log" >&2; exit 1; }
   if [ "$name" = primary ]; then
