@@ -62,7 +62,7 @@ export PAIRSTORE_TEST_LUA := $(LUA_NAME)
 # The heavy runs (stress, fault, sanitize, ha, bench, fuzz) are for Lua 5.4 only.
 only54 = $(if $(filter lua5.4,$(LUA_NAME)),,$(error make $@ runs on lua5.4 only (LUA=$(LUA))))
 
-.PHONY: all deps test check-layering demo install uninstall clean lint test-stress test-fault test-sanitize test-ha test-nginx test-browser fuzz bench
+.PHONY: all deps test check-layering demo install uninstall clean lint test-stress test-fault test-sanitize test-ha test-nginx test-browser fuzz bench bench-nginx
 
 all: $(CORE)
 
@@ -172,10 +172,23 @@ fuzz: deps
 	$(only54)
 	bash csrc/fuzz/run.sh
 
-# The PostgreSQL section starts a private cluster of its own (spec/support/with-pg.sh).
+# The PostgreSQL section starts a private cluster of its own (spec/support/with-pg.sh); so
+# does the nginx section (spec/bench/nginx.sh, `make bench-nginx` alone).
 bench: deps all $(PGFLOOR)
 	$(only54)
+	@bash .ci/deps $(LUA_NAME) nginx ab
+	@$(MAKE) --no-print-directory LUA=luajit all
 	bash spec/bench/run.sh
+
+# The nginx example over HTTP (ab) on a PostgreSQL store: the non-blocking path (the thread
+# pool) against the blocking one, 1 and 4 workers; the static page meanwhile and while the
+# database is frozen (issue 18). BENCH_QUICK=1 for a short run.
+bench-nginx:
+	$(only54)
+	@bash .ci/deps $(LUA_NAME) nginx ab
+	@$(MAKE) --no-print-directory LUA=lua5.4 all
+	@$(MAKE) --no-print-directory LUA=luajit all
+	bash spec/support/with-pg.sh bash spec/bench/nginx.sh
 
 install: $(CORE)
 	install -d $(DESTDIR)$(LUA_CMOD)/pairstore $(DESTDIR)$(LUA_LMOD)/pairstore \

@@ -95,6 +95,9 @@ function gateway.init(opts)
     o.statement_timeout_ms = tonumber(opts.statement_timeout_ms) or 5000
     o.pool_size = tonumber(opts.pool_size)
     o.pool_backlog = tonumber(opts.pool_backlog)
+    -- For the benchmark only (make bench-nginx compares the two paths): with
+    -- PAIRSTORE_PG_THREAD_POOL=off each round trip runs on the worker itself, blocking it.
+    if os.getenv("PAIRSTORE_PG_THREAD_POOL") == "off" then o.thread_pool = false end
   end
   store = pairstore.open(conf.target, o) -- touches nothing yet: each worker connects itself
   handler.log = function(msg) ngx.log(ngx.ERR, msg) end

@@ -4,7 +4,8 @@
 # PostgreSQL backend) beside a private cluster started for it (spec/support/with-pg.sh), clean
 # up. BENCH_QUICK=1: short CI mode. BENCH_STRICT=1: failing targets of the file section fail
 # the run. BENCH_DIR: where the temporary directory goes (default /tmp; the figures are those
-# of that file system). BENCH_ONLY=file|pg: one section only.
+# of that file system). BENCH_ONLY=file|pg|nginx: one section only (nginx: spec/bench/nginx.sh,
+# the nginx example over HTTP, `make bench-nginx`).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -17,7 +18,7 @@ if [ ! -f build/lua5.4/pairstore/core.so ]; then
   echo "bench: build/lua5.4/pairstore/core.so is missing; run 'make' (or 'make bench') first" >&2
   exit 1
 fi
-if [ "${BENCH_ONLY:-}" != file ] && [ ! -f build/lua5.4/test/pgfloor.so ]; then
+if { [ -z "${BENCH_ONLY:-}" ] || [ "${BENCH_ONLY:-}" = pg ]; } && [ ! -f build/lua5.4/test/pgfloor.so ]; then
   echo "bench: build/lua5.4/test/pgfloor.so is missing; run 'make bench'" >&2
   exit 1
 fi
@@ -50,12 +51,18 @@ export BENCH_WORKDIR="$WORKDIR" BENCH_ROOT="$ROOT" BENCH_LUA="$LUA"
 export LUA_PATH="$ROOT/lua/?.lua;$ROOT/lua/?/init.lua;$ROOT/spec/bench/?.lua;;"
 export LUA_CPATH="$ROOT/build/lua5.4/?.so;$ROOT/build/bench/?.so;;"
 status=0
-if [ "${BENCH_ONLY:-}" != pg ]; then
+if [ -z "${BENCH_ONLY:-}" ] || [ "${BENCH_ONLY:-}" = file ]; then
   "$LUA" spec/bench/bench.lua || status=$?
 fi
-if [ "${BENCH_ONLY:-}" != file ]; then
+if [ -z "${BENCH_ONLY:-}" ] || [ "${BENCH_ONLY:-}" = pg ]; then
   rc=0
   bash spec/support/with-pg.sh "$LUA" spec/bench/pg.lua || rc=$?
+  [ "$status" -eq 0 ] && status=$rc
+fi
+# The nginx example over HTTP on a PostgreSQL store (issue 18), beside a cluster of its own.
+if [ -z "${BENCH_ONLY:-}" ] || [ "${BENCH_ONLY:-}" = nginx ]; then
+  rc=0
+  bash spec/support/with-pg.sh bash spec/bench/nginx.sh || rc=$?
   [ "$status" -eq 0 ] && status=$rc
 fi
 exit "$status"
