@@ -304,7 +304,8 @@ static int create_schema(pg_link *k, ps_err *err)
     return 0;
   }
   state = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
-  if (state && (!strcmp(state, "42P07") || !strcmp(state, "23505"))) { /* created meanwhile */
+  if (state && (!strcmp(state, "42P07") || !strcmp(state, "23505") || !strcmp(state, "42710"))) {
+    /* created meanwhile (a table, its row, an index or type by another host) */
     PQclear(r);
     return 0;
   }
