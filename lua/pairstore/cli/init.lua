@@ -193,8 +193,12 @@ local function run(argv, opts)
 end
 
 --- Runs one command line (argv: the arguments, as `arg` holds them); returns the exit code.
+-- In-process, the signals a command held (create, watch) are let go again afterwards: the
+-- caller's process, and every child it starts later, would otherwise inherit them blocked.
 function M.run(argv, opts)
-  return (run(argv, opts))
+  local rc = run(argv, opts)
+  core._hold_signals(false)
+  return rc
 end
 
 -- A closed standard descriptor would be handed to the first file the store opens (output
