@@ -565,6 +565,7 @@ static void push_json(lua_State *L)
   json_cfg(L, "decode_max_depth", 0, PS_MAX_DEPTH + 4);
 }
 
+static void ps_stats_register(lua_State *L); /* (at the end) */
 int luaopen_pairstore_core(lua_State *L);
 
 __attribute__((visibility("default"))) int luaopen_pairstore_core(lua_State *L)
@@ -592,6 +593,7 @@ __attribute__((visibility("default"))) int luaopen_pairstore_core(lua_State *L)
   ps_crypto_register(L);
   ps_qr_register(L);
   ps_wait_register(L);
+  ps_stats_register(L);
   set_int(L, "FILE_VERSION", PS_FILE_VERSION);
   set_int(L, "DEFAULT_TTL_MS", PS_DEFAULT_TTL_MS);
   set_int(L, "MIN_TTL_MS", PS_MIN_TTL_MS);
@@ -609,4 +611,245 @@ __attribute__((visibility("default"))) int luaopen_pairstore_core(lua_State *L)
   lua_pushliteral(L, PS_VERSION);
   lua_setfield(L, -2, "_VERSION");
   return 1;
+}
+
+/* ---- for pairstore.metrics and pairstore.stats (issue 21) ----------------------------------
+ * A clock for durations, and the reads of `pairstore stats` that no transaction makes: the
+ * files beside a sessions file, and the PostgreSQL server a target reaches. None of them
+ * takes a lock or changes anything. */
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <time.h>
+
+#include <libpq-fe.h>
+
+/* clock() -> monotonic seconds, a float with ns resolution. */
+static int f_clock(lua_State *L)
+{
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)ts.tv_nsec / 1e9);
+  return 1;
+}
+
+static const char *kind_of(mode_t m)
+{
+  return S_ISREG(m) ? "file" : S_ISDIR(m) ? "directory" : S_ISLNK(m) ? "symlink" : S_ISFIFO(m) ? "fifo" : "other";
+}
+
+static void push_stat(lua_State *L, const struct stat *st)
+{
+  lua_createtable(L, 0, 3);
+  lua_pushstring(L, kind_of(st->st_mode));
+  lua_setfield(L, -2, "kind");
+  lua_pushinteger(L, (lua_Integer)st->st_size);
+  lua_setfield(L, -2, "size");
+  lua_pushinteger(L, (lua_Integer)st->st_mtim.tv_sec * 1000 + st->st_mtim.tv_nsec / 1000000);
+  lua_setfield(L, -2, "mtime_ms");
+}
+
+/* files_beside(path) -> { file = stat?, lock = stat + pid?, corrupt = { count, newest?,
+ * newest_size?, newest_ms? } } | nil, message, "io". Never through a symlink, never
+ * blocking on a FIFO; the sentinel's pid only when it is a regular file holding "<pid>\n". */
+static int f_files_beside(lua_State *L)
+{
+  const char *path = luaL_checkstring(L, 1);
+  char lock[PATH_MAX], dir[PATH_MAX], best[NAME_MAX + 1] = "";
+  const char *slash = strrchr(path, '/'), *base;
+  struct stat st;
+  size_t blen;
+  int n = 0, fd;
+  int64_t best_ms = -1;
+  DIR *d;
+  struct dirent *de;
+  ps_err e;
+
+  if (!slash || snprintf(lock, sizeof lock, "%s.lock", path) >= (int)sizeof lock)
+    return luaL_argerror(L, 1, "an absolute path");
+  snprintf(dir, sizeof dir, "%.*s", slash == path ? 1 : (int)(slash - path), path);
+  base = slash + 1;
+  blen = strlen(base);
+  lua_createtable(L, 0, 3);
+  if (lstat(path, &st) == 0) {
+    push_stat(L, &st);
+    lua_setfield(L, -2, "file");
+  } else if (errno != ENOENT) {
+    ps_err_sys(&e, errno, "lstat", path);
+    return ps_push_err(L, &e);
+  }
+  if (lstat(lock, &st) == 0) {
+    push_stat(L, &st);
+    fd = open(lock, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    if (fd >= 0) {
+      char buf[32];
+      ssize_t r = fstat(fd, &st) == 0 && S_ISREG(st.st_mode) ? read(fd, buf, sizeof buf - 1) : -1;
+      close(fd);
+      if (r > 1 && buf[r - 1] == '\n') {
+        char *end;
+        long pid;
+        buf[r - 1] = '\0';
+        pid = strtol(buf, &end, 10);
+        if (*end == '\0' && buf[0] >= '0' && buf[0] <= '9' && pid > 0) {
+          lua_pushinteger(L, pid);
+          lua_setfield(L, -2, "pid");
+        }
+      }
+    }
+    lua_setfield(L, -2, "lock");
+  } else if (errno != ENOENT) {
+    ps_err_sys(&e, errno, "lstat", lock);
+    return ps_push_err(L, &e);
+  }
+  /* <base>.corrupt-<ms>: how many, and the newest (by the ms the store put in its name). */
+  d = opendir(dir);
+  if (!d) {
+    ps_err_sys(&e, errno, "opendir", dir);
+    return ps_push_err(L, &e);
+  }
+  while ((de = readdir(d)) != NULL) {
+    const char *tail;
+    char *end;
+    long long ms;
+    if (strncmp(de->d_name, base, blen) || strncmp(de->d_name + blen, ".corrupt-", 9)) continue;
+    tail = de->d_name + blen + 9;
+    n++;
+    ms = strtoll(tail, &end, 10);
+    if (end == tail || ms < 0) ms = 0;
+    if (ms > best_ms) {
+      best_ms = ms;
+      snprintf(best, sizeof best, "%s", de->d_name);
+    }
+  }
+  closedir(d);
+  lua_createtable(L, 0, 4);
+  lua_pushinteger(L, n);
+  lua_setfield(L, -2, "count");
+  if (n) {
+    lua_pushstring(L, best);
+    lua_setfield(L, -2, "newest");
+    lua_pushinteger(L, (lua_Integer)best_ms);
+    lua_setfield(L, -2, "newest_ms");
+    if (fstatat(AT_FDCWD, lua_pushfstring(L, "%s/%s", dir, best), &st, AT_SYMLINK_NOFOLLOW) == 0) {
+      lua_pushinteger(L, (lua_Integer)st.st_size);
+      lua_setfield(L, -3, "newest_size");
+    }
+    lua_pop(L, 1);
+  }
+  lua_setfield(L, -2, "corrupt");
+  return 1;
+}
+
+/* The password of a conninfo (NULL: none), so that a message never shows it. */
+static char *pg_password(const char *conninfo)
+{
+  PQconninfoOption *opts = PQconninfoParse(conninfo, NULL), *o;
+  char *pw = NULL;
+  for (o = opts; o && o->keyword; o++)
+    if (!strcmp(o->keyword, "password") && o->val && *o->val) pw = strdup(o->val);
+  PQconninfoFree(opts);
+  return pw;
+}
+
+static int pg_fail(lua_State *L, PGconn *c, char *pw, const char *what)
+{
+  char msg[1024], *p;
+  snprintf(msg, sizeof msg, "PostgreSQL: %s: %s", what, c ? PQerrorMessage(c) : "out of memory");
+  for (p = msg; *p; p++)
+    if (*p == '\n' || *p == '\t') *p = ' ';
+  while (p > msg && p[-1] == ' ') *--p = '\0';
+  if (pw) { /* never the password, wherever libpq quoted it */
+    size_t n = strlen(pw);
+    while ((p = strstr(msg, pw)) != NULL) memset(p, '*', n);
+    sodium_memzero(pw, n);
+    free(pw);
+  }
+  if (c) PQfinish(c);
+  lua_pushnil(L);
+  lua_pushstring(L, msg);
+  lua_pushstring(L, "unavailable");
+  return 3;
+}
+
+/* One statement, bounded by the deadline (a server that stops answering: NULL). */
+static PGresult *pg_ask(PGconn *c, const char *sql, const char *param, int64_t deadline)
+{
+  PGresult *r, *last = NULL;
+  if (!PQsendQueryParams(c, sql, param ? 1 : 0, NULL, param ? &param : NULL, NULL, NULL, 0)) return NULL;
+  for (;;) {
+    while (PQisBusy(c)) {
+      struct pollfd pfd = { PQsocket(c), POLLIN, 0 };
+      int64_t left = deadline - ps_mono_ms();
+      if (left <= 0 || poll(&pfd, 1, (int)left) < 0 || !PQconsumeInput(c)) {
+        PQclear(last);
+        return NULL;
+      }
+    }
+    r = PQgetResult(c);
+    if (!r) return last;
+    PQclear(last);
+    last = r;
+  }
+}
+
+/* pg_server(target, timeout_ms, store) -> { host, port, primary, version, rows? } | nil,
+ * message, "unavailable": a connection of its own (closed before returning), within
+ * timeout_ms. rows: the store's rows in pairstore_sessions (absent when the table is). */
+static int f_pg_server(lua_State *L)
+{
+  const char *target = luaL_checkstring(L, 1);
+  lua_Integer ms = luaL_checkinteger(L, 2);
+  const char *store = luaL_checkstring(L, 3);
+  const char *conninfo = !strncmp(target, "pg:", 3) ? target + 3 : target;
+  const char *keys[] = { "dbname", "connect_timeout", NULL }, *vals[3];
+  char secs[32];
+  int64_t deadline = ps_mono_ms() + ms;
+  char *pw = pg_password(conninfo);
+  PGconn *c;
+  PGresult *r;
+
+  snprintf(secs, sizeof secs, "%lld", (long long)(ms < 2000 ? 2 : (ms + 999) / 1000));
+  vals[0] = conninfo;
+  vals[1] = secs;
+  vals[2] = NULL;
+  c = PQconnectdbParams(keys, vals, 1);
+  if (!c || PQstatus(c) != CONNECTION_OK) return pg_fail(L, c, pw, "cannot connect");
+  r = pg_ask(c, "SELECT pg_is_in_recovery(), current_setting('server_version')", NULL, deadline);
+  if (!r || PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1) {
+    PQclear(r);
+    return pg_fail(L, c, pw, "cannot read the server's state");
+  }
+  lua_createtable(L, 0, 5);
+  lua_pushstring(L, PQhost(c) ? PQhost(c) : "");
+  lua_setfield(L, -2, "host");
+  lua_pushstring(L, PQport(c) ? PQport(c) : "");
+  lua_setfield(L, -2, "port");
+  lua_pushboolean(L, strcmp(PQgetvalue(r, 0, 0), "f") == 0);
+  lua_setfield(L, -2, "primary");
+  lua_pushstring(L, PQgetvalue(r, 0, 1));
+  lua_setfield(L, -2, "version");
+  PQclear(r);
+  r = pg_ask(c, "SELECT count(*) FROM pairstore_sessions WHERE store = $1", store, deadline);
+  if (r && PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1) {
+    lua_pushinteger(L, (lua_Integer)strtoll(PQgetvalue(r, 0, 0), NULL, 10));
+    lua_setfield(L, -2, "rows");
+  }
+  PQclear(r);
+  PQfinish(c);
+  if (pw) {
+    sodium_memzero(pw, strlen(pw));
+    free(pw);
+  }
+  return 1;
+}
+
+static const luaL_Reg stats_funcs[] = {
+  { "clock", f_clock }, { "files_beside", f_files_beside }, { "pg_server", f_pg_server },
+  { NULL, NULL },
+};
+
+static void ps_stats_register(lua_State *L)
+{
+  luaL_setfuncs(L, stats_funcs, 0);
 }

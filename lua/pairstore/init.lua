@@ -99,6 +99,7 @@ local OPTION_TYPES = {
   lock_wait_ms = "number", lock_stale_ms = "number", max_sessions = "number",
   max_file_bytes = "number", max_session_bytes = "number",
   store = "string", connect_timeout_ms = "number", statement_timeout_ms = "number",
+  metrics = "table", -- (pairstore.metrics.new())
 }
 -- Options that only one kind of store takes.
 local FILE_ONLY = { lock_stale_ms = true, max_file_bytes = true }
@@ -160,9 +161,14 @@ function pairstore.open(path, options)
     argerror(2, "open", "path names a directory: " .. path)
   end
   local opts = check_options(options, pg)
+  local m = opts.metrics
+  if m then
+    if type(m.done) ~= "function" then argerror(2, "open", "option metrics must be pairstore.metrics.new()'s") end
+    opts.on_event = m:listener(opts.on_event)
+  end
   local c = at_caller(pcall(core.open, path, opts))
   return setmetatable({ _core = c, _rng = opts.rng or {}, _now = opts.now, _sleep = opts.sleep,
-    path = c:path() }, Store)
+    _metrics = m, path = c:path() }, Store)
 end
 
 -- The cooperative lock wait ---------------------------------------------------------------------
@@ -195,7 +201,7 @@ local WAIT_BLOCK, WAIT_START, WAIT_CONTINUE = 0, 1, 2
 -- comes back as nil, message, "lock_busy", ms, deadline, tries: sleep that long, outside
 -- the core (the mutators never yield), and run it again, within the deadline its first
 -- attempt set (kept here, per call: other calls on the same store may wait meanwhile).
-function Store:_txn(name, ...)
+local function run_txn(self, name, ...)
   local c = self._core
   local sleep = sleeper(self)
   if not sleep then
@@ -204,12 +210,23 @@ function Store:_txn(name, ...)
   end
   c:wait_mode(WAIT_START)
   local r = pack(c[name](c, ...))
+  local busy_at = r[1] == nil and r[3] == "lock_busy" and self._metrics and core.clock()
   while r[1] == nil and r[3] == "lock_busy" do
     sleep(r[4] / 1000)
     c:wait_mode(WAIT_CONTINUE, r[5], r[6])
     r = pack(c[name](c, ...))
   end
+  if busy_at then self._metrics:lock_waited(core.clock() - busy_at) end
   return unpack(r, 1, r.n)
+end
+
+-- Metrics (the metrics option, pairstore.metrics): each operation's name, result and time;
+-- a cooperative wait's time from its first busy answer to its last attempt's end.
+function Store:_txn(name, ...)
+  local m = self._metrics
+  if not m then return run_txn(self, name, ...) end
+  local t0 = core.clock()
+  return m:done(name, t0, run_txn(self, name, ...))
 end
 
 pairstore.Store = Store
@@ -447,6 +464,8 @@ function Store:wait(sid, opts)
   -- The watch is closed however the wait ends, an error included (what a <close> variable
   -- would do on 5.4; this runs on 5.1 too).
   local watch = {}
+  local m, t0 = self._metrics, core.clock()
+  if m then return m:done("wait", t0, finish_wait(watch, pcall(wait_watching, self, sid, opts, timeout, watch))) end
   return finish_wait(watch, pcall(wait_watching, self, sid, opts, timeout, watch))
 end
 
