@@ -45,7 +45,7 @@ export PAIRSTORE_TEST_LUA := $(LUA_NAME)
 # The heavy runs (stress, fault, sanitize, ha, bench, fuzz) are for Lua 5.4 only.
 only54 = $(if $(filter lua5.4,$(LUA_NAME)),,$(error make $@ runs on lua5.4 only (LUA=$(LUA))))
 
-.PHONY: all deps test demo install uninstall clean lint test-stress test-fault test-sanitize test-ha test-nginx test-browser fuzz bench
+.PHONY: all deps test demo install uninstall clean lint test-stress test-fault test-sanitize test-ha test-nginx test-browser test-metrics fuzz bench
 
 all: $(CORE)
 
@@ -114,6 +114,17 @@ test-nginx:
 	@$(MAKE) --no-print-directory LUA=lua5.4 all
 	@$(MAKE) --no-print-directory LUA=luajit all
 	bash spec/nginx/run.sh
+
+# Metrics (issue 21): the nginx example's /metrics under a real Prometheus server (Debian's
+# prometheus: the server and promtool) on both backends: a scripted flow's exact counts
+# through Prometheus's query API, 1 000 parallel requests, nginx -s reload, no secrets.
+test-metrics:
+	@bash .ci/deps $(LUA_NAME) nginx
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null || \
+	  { echo "test-metrics: needs prometheus and promtool: apt-get install prometheus"; exit 1; }
+	@$(MAKE) --no-print-directory LUA=lua5.4 all
+	@$(MAKE) --no-print-directory LUA=luajit all
+	bash spec/metrics/run.sh
 
 # The phone page (examples/nginx/html) in Debian's headless Chromium, driven by playwright-core
 # (spec/browser/package-lock.json, npm ci when missing, no browser download), against the
