@@ -239,6 +239,39 @@ static int m_wait_mode(lua_State *L)
   return 0;
 }
 
+/* c:use_engine(h): the next transaction runs on h, a deferred engine of this store
+ * (c:pg_handle), instead of the store's own. */
+static int m_use_engine(lua_State *L)
+{
+  check_store(L, 1);
+  luaL_argcheck(L, ps_pg_is_engine(L, 2), 2, "expected a handle from store:pg_handle()");
+  lua_settop(L, 2);
+  lua_setiuservalue(L, 1, PS_UV_NEXT);
+  return 0;
+}
+
+/* c:pg_handle([listen]) -> a deferred engine (its own connection, opened when first used)
+ * for this PostgreSQL store: its round trips run where the caller says (pg_perform). */
+static int m_pg_handle(lua_State *L)
+{
+  ps_store *s = check_store(L, 1);
+  int listen = lua_toboolean(L, 2);
+  lua_getiuservalue(L, 1, PS_UV_ENGINE);
+  luaL_argcheck(L, ps_pg_is_engine(L, -1), 1, "not a PostgreSQL store");
+  lua_getiuservalue(L, 1, PS_UV_DECODE);
+  ps_pg_engine_clone(L, s->eng, -1, listen);
+  return 1;
+}
+
+/* c:announce(sid) -> true | nil, message, code: says that someone waits for the session's
+ * change (a store whose waits are watched elsewhere; see store:wait in nginx). */
+static int m_announce(lua_State *L)
+{
+  check_sid(L, 2);
+  lua_settop(L, 2);
+  return run(L, PS_OP_ANNOUNCE, 1);
+}
+
 static int m_backend(lua_State *L)
 {
   ps_store *s = check_store(L, 1);
@@ -523,7 +556,8 @@ static const luaL_Reg store_methods[] = {
   { "transition", m_transition }, { "reject", m_reject }, { "register_failed_code", m_failed_code },
   { "verify_code", m_verify }, { "consume", m_consume }, { "respond", m_respond }, { "prune", m_prune },
   { "export", m_export }, { "import", m_import }, { "watch", m_watch }, { "backend", m_backend },
-  { "now", m_now }, { "wait_mode", m_wait_mode },
+  { "now", m_now }, { "wait_mode", m_wait_mode }, { "use_engine", m_use_engine },
+  { "pg_handle", m_pg_handle }, { "announce", m_announce },
   { "close", m_close }, { "path", m_path }, { NULL, NULL },
 };
 
@@ -593,6 +627,7 @@ __attribute__((visibility("default"))) int luaopen_pairstore_core(lua_State *L)
   ps_crypto_register(L);
   ps_qr_register(L);
   ps_wait_register(L);
+  ps_pg_register(L);
   ps_stats_register(L);
   set_int(L, "FILE_VERSION", PS_FILE_VERSION);
   set_int(L, "DEFAULT_TTL_MS", PS_DEFAULT_TTL_MS);

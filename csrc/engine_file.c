@@ -833,7 +833,7 @@ static void fe_close(ps_engine *e)
 static const ps_engine_methods file_methods = {
   PS_ENGINE_VERSION, "file", fe_display, fe_locate, fe_begin, NULL, fe_fetch, fe_put, fe_remove,
   fe_count_live, fe_list, fe_text, fe_prune_due, fe_end, fe_event, fe_events_clear, fe_watch,
-  fe_close,
+  fe_close, NULL,
 };
 
 /* ---- making one ---------------------------------------------------------------------------- */

@@ -4,27 +4,23 @@
  * the engine interface. A write transaction locks the rows it touches (SELECT ... FOR
  * UPDATE; a create also the store's own row, so that creates never pass max_sessions); a read
  * is one statement on one snapshot and never blocks writers. Pruning is set-based SQL run
- * when due. Every round trip is one libpq pipeline with a deadline (a stopped server gives
- * `timeout`, never a hang); a broken connection is reopened by the next operation; a COMMIT
- * whose answer is lost is looked up afterwards by the transaction token written with it.
+ * when due. A COMMIT whose answer is lost is looked up afterwards by the transaction token
+ * written with it. The bytes travel through a link (pg_link.c): on this thread, or, for a
+ * deferred engine (an nginx worker's), on a worker thread while the request waits: then a
+ * transaction stops where a round trip is due (code "io_pending") and runs again once it
+ * is done, replaying the round trips it already made.
  */
-#include "pairstore.h"
+#include "pg.h"
 
-#include <errno.h>
-#include <limits.h>
-#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <unistd.h>
 
-#include <libpq-fe.h>
 #include <sodium.h>
 
 #define PS_PGENGINE_MT "pairstore.pg_engine"
-#define SCHEMA_VERSION 1
-#define NOTIFY_CHANNEL "pairstore"
 /* lock_timeout (ms) of a write that waits cooperatively (ps_hint.nowait): a row lock held
  * longer gives up, and the caller sleeps instead of the server blocking this thread. */
 #define PS_PG_NOWAIT_MS "1"
@@ -74,74 +70,6 @@ const char ps_pg_schema_sql[] =
   "CREATE INDEX pairstore_sessions_prune ON pairstore_sessions (store, live, prune_at);\n"
   "CREATE INDEX pairstore_sessions_created ON pairstore_sessions (store, created_at);\n";
 
-/* The transaction's time in ms: the server's clock at the start of the transaction (for a
- * read, of its one statement), the same in every statement of it. */
-#define NOW_MS "floor(date_part('epoch', transaction_timestamp()) * 1000)::int8"
-
-typedef struct stmt {
-  const char *name, *sql;
-  int nparams;
-} stmt;
-
-enum {
-  Q_CLOCK, Q_LOCK_STORE, Q_COUNT, Q_FETCH, Q_GET, Q_LIST, Q_INSERT, Q_UPDATE, Q_DELETE,
-  Q_EXPIRE, Q_DROP, Q_NOTIFY, Q_OUTCOME, Q_WAIT, Q_NSTMT
-};
-
-static const stmt stmts[Q_NSTMT] = {
-  { "ps_clock", "SELECT " NOW_MS ", LEAST("
-    "(SELECT min(prune_at) FROM pairstore_sessions WHERE store = $1 AND live), "
-    "(SELECT min(prune_at) FROM pairstore_sessions WHERE store = $1 AND NOT live))", 1 },
-  { "ps_lock_store", "SELECT 1 FROM pairstore_stores WHERE store = $1 FOR UPDATE", 1 },
-  { "ps_count", "SELECT count(*) FROM (SELECT 1 FROM pairstore_sessions WHERE store = $1 AND live "
-    "AND prune_at >= COALESCE($2::int8, " NOW_MS ") LIMIT $3::int8) AS t", 3 },
-  { "ps_fetch", "SELECT body, live, txn, waited_until FROM pairstore_sessions WHERE store = $1 "
-    "AND sid = $2 FOR UPDATE", 2 },
-  /* (no row: no clock either, and none is needed to say not_found) */
-  { "ps_get", "SELECT " NOW_MS ", body, live, txn FROM pairstore_sessions WHERE store = $1 "
-    "AND sid = $2", 2 },
-  { "ps_list", "SELECT c.now_ms, s.body, s.live, s.txn, s.sid FROM (SELECT " NOW_MS " AS now_ms) AS c "
-    "LEFT JOIN pairstore_sessions AS s ON s.store = $1 AND (s.live OR NOT $2::boolean) "
-    "ORDER BY s.created_at, s.sid", 2 },
-  { "ps_insert", "INSERT INTO pairstore_sessions (store, sid, status, live, created_at, "
-    "changed_at, expires_at, prune_at, txn, body) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, "
-    "$10)", 10 },
-  { "ps_update", "UPDATE pairstore_sessions SET status = $3, live = $4, created_at = $5, "
-    "changed_at = $6, expires_at = $7, prune_at = $8, txn = $9, body = $10 WHERE store = $1 "
-    "AND sid = $2", 10 },
-  { "ps_delete", "DELETE FROM pairstore_sessions WHERE store = $1 AND sid = $2", 2 },
-  /* Pruning, set-based: expire the live rows past their expiry (lastStatusChangeAtMs becomes
-   * expiresAtMs, as the rule says), then delete the terminal rows past their retention.
-   * Rows another transaction holds are skipped (it may be changing them; a later prune
-   * takes them): pruning never waits. The rows' txn stays: it still names the transaction
-   * that last wrote their text (what a lost COMMIT's lookup compares). */
-  { "ps_expire", "UPDATE pairstore_sessions SET status = 'expired', live = false, "
-    "changed_at = expires_at, prune_at = prune_at + $3::int8 WHERE store = $1 AND sid IN "
-    "(SELECT sid FROM pairstore_sessions WHERE store = $1 AND live AND prune_at < $2::int8 "
-    "FOR UPDATE SKIP LOCKED)", 3 },
-  { "ps_drop", "DELETE FROM pairstore_sessions WHERE store = $1 AND sid IN "
-    "(SELECT sid FROM pairstore_sessions WHERE store = $1 AND NOT live AND prune_at < $2::int8 "
-    "FOR UPDATE SKIP LOCKED)", 2 },
-  { "ps_notify", "SELECT pg_notify('" NOTIFY_CHANNEL "', $1)", 1 },
-  { "ps_outcome", "SELECT txn FROM pairstore_sessions WHERE store = $1 AND sid = $2", 2 },
-  /* A waiter says so on the row itself: a writer that locked the row before waits it out
-   * (the waiter then reads its change); one that locks it after sees waited_until. */
-  { "ps_wait", "UPDATE pairstore_sessions SET waited_until = GREATEST(waited_until, " NOW_MS
-    " + $3::int8) WHERE store = $1 AND sid = $2", 3 },
-};
-
-/* One statement of a round trip: a prepared one (q >= 0) or plain SQL without parameters. */
-typedef struct pgq {
-  int q;
-  const char *sql;
-  const char *v[10];
-  int len[10];
-} pgq;
-
-#define MAX_Q 16
-/* pgq.q for plain SQL text of several statements, sent alone as one simple query. */
-#define Q_SIMPLE (-100)
-
 /* User values: cjson's decode; the transaction's sessions (sid -> table, the engine's own);
  * their texts as stored (sid -> string); the rows the store holds (sid -> txn token: the
  * row exists); sessions changed in memory since read (sid -> true); pending writes (sid ->
@@ -150,22 +78,24 @@ typedef struct pgq {
 enum { UV_DECODE = 1, UV_ROWS, UV_TEXTS, UV_TOKENS, UV_DIRTY, UV_PENDING, UV_SEEN, UV_LISTED,
        UV_WAITED, UV_COUNT = UV_WAITED };
 
+/* A round trip a deferred transaction made, with its outcome (the results are its own). */
+typedef struct rt_entry {
+  uint64_t hash;
+  int n, rc, lost, cancel;
+  char state[6];
+  PGresult **res;
+  ps_err err;
+} rt_entry;
+
 typedef struct pg_eng {
   ps_engine base;
-  char *conninfo;        /* as libpq takes it (a URI, or key=value after "pg:") */
-  char *display;         /* the target without its password, and the store's name */
-  char *store;
-  char *password;        /* the target's, to keep out of messages (NULL: none given) */
-  int lock_wait_ms, connect_ms, stmt_ms, durable;
+  pg_link *k;            /* the connection and how to reach it */
+  int deferred;          /* round trips run elsewhere (a worker thread): see the file's head */
   size_t max_session_bytes;
-  PGconn *conn;
-  pid_t pid;             /* the process that opened conn: a forked child opens its own */
-  unsigned gen;          /* connections opened so far (a watcher sees a new one) */
-  int listening;         /* LISTEN issued on conn */
   int watchers;
   /* the transaction */
   int in_txn, readonly, began, rt1;
-  int lost;              /* the last round trip lost its answer (connection lost, no answer) */
+  int lost;              /* the last round trip lost its answer */
   ps_hint hint;
   char hint_sid[33];
   lua_Integer count_limit;
@@ -178,24 +108,22 @@ typedef struct pg_eng {
   int removed;
   ps_event events[PS_MAX_EVENTS];
   int nevents;
+  /* a deferred transaction: its round trips so far, the next one's index when it runs
+   * again, and where its commit began */
+  rt_entry *log;
+  int nlog, caplog, seq, commit_seq, in_commit;
 } pg_eng;
 
 #define PE(e) ((pg_eng *)(void *)(e))
 
-/* ---- fault hooks for the tests (test_hooks) ----------------------------------------------------- */
+/* ---- fault hook for the tests (test_hooks) ----------------------------------------------------- */
 
 /* The next n commits send COMMIT and then lose the connection before its answer. */
 static int cut_commits;
-static long roundtrips;
 
 void ps_pg_fault_cut_commits(int n)
 {
   cut_commits = n;
-}
-
-long ps_pg_roundtrips(void)
-{
-  return roundtrips;
 }
 
 /* ---- targets and messages --------------------------------------------------------------------- */
@@ -203,33 +131,6 @@ long ps_pg_roundtrips(void)
 int ps_pg_is_target(const char *t)
 {
   return !strncmp(t, "postgresql://", 13) || !strncmp(t, "postgres://", 11) || !strncmp(t, "pg:", 3);
-}
-
-/* Replaces every occurrence of the password in msg by "***". */
-static void scrub(const pg_eng *p, char *msg)
-{
-  size_t n;
-  char *at;
-  if (!p->password || !(n = strlen(p->password))) return;
-  while ((at = strstr(msg, p->password)) != NULL) {
-    memmove(at + 3, at + n, strlen(at + n) + 1);
-    memcpy(at, "***", 3);
-  }
-}
-
-static void set_err(pg_eng *p, ps_err *err, const char *code, const char *fmt, const char *detail)
-    __attribute__((format(printf, 4, 0)));
-static void set_err(pg_eng *p, ps_err *err, const char *code, const char *fmt, const char *detail)
-{
-  char d[2048], *c;
-  size_t n;
-  snprintf(d, sizeof d, "%s", detail ? detail : "");
-  n = strlen(d);
-  while (n && (d[n - 1] == '\n' || d[n - 1] == ' ')) d[--n] = '\0';
-  for (c = d; *c; c++) /* libpq's lines, as one */
-    if (*c == '\n' || *c == '\t') *c = ' ';
-  ps_err_set(err, code, fmt, p->display, d);
-  scrub(p, err->msg);
 }
 
 static void add_event(pg_eng *p, const char *name, const char *detail)
@@ -240,361 +141,143 @@ static void add_event(pg_eng *p, const char *name, const char *detail)
   memset(ev, 0, sizeof *ev);
   snprintf(ev->name, sizeof ev->name, "%s", name);
   snprintf(ev->detail, sizeof ev->detail, "%s", detail);
-  scrub(p, ev->detail);
+  pg_scrub(p->k, ev->detail);
 }
 
-/* ---- the connection --------------------------------------------------------------------------- */
+/* ---- round trips ---------------------------------------------------------------------------------- */
 
-static void drop_conn(pg_eng *p)
+int ps_is_pending(const ps_err *e)
 {
-  if (!p->conn) return;
-  if (p->pid != getpid()) {
-    /* A forked child: the socket is its parent's too. Close our copy first, so that freeing
-     * the connection sends nothing on it (no Terminate, no TLS close). */
-    int fd = PQsocket(p->conn);
-    if (fd >= 0) close(fd);
-  }
-  PQfinish(p->conn);
-  p->conn = NULL;
-  p->listening = 0;
+  return e->code && !strcmp(e->code, "io_pending");
 }
 
-/* Waits until the connection's socket is ready for ev (POLLIN/POLLOUT) or the deadline
- * passes: 1 ready, 0 deadline, -1 poll failed. */
-static int wait_sock(PGconn *c, short ev, int64_t deadline)
+/* Waiting cooperatively (ps_hint.nowait), a row lock held by another transaction gives up
+ * at once (55P03); so does the 1 ms lock_timeout that expires as the lock is granted (the
+ * holder committing), reported as 57014 "canceling statement due to user request". Nothing
+ * was done: the caller sleeps and runs the transaction again. */
+static void lock_busy_code(pg_eng *p, const char *state, int cancel, ps_err *err)
 {
-  struct pollfd pfd;
-  int64_t left;
-  int n;
-  pfd.fd = PQsocket(c);
-  pfd.events = ev;
-  if (pfd.fd < 0) return -1;
-  for (;;) {
-    left = deadline - ps_mono_ms();
-    if (left <= 0) return 0;
-    n = poll(&pfd, 1, left > INT_MAX ? INT_MAX : (int)left);
-    if (n > 0) return 1;
-    if (n == 0) return 0;
-    if (errno != EINTR) return -1;
-  }
+  if (!p->in_txn || !p->hint.nowait || !err->code || strcmp(err->code, "timeout") != 0) return;
+  if (!strcmp(state, "55P03") || (!strcmp(state, "57014") && cancel)) err->code = "lock_busy";
 }
 
-static int roundtrip(pg_eng *p, const pgq *qs, int n, PGresult **res, int64_t budget,
-                     int connecting, ps_err *err);
-
-/* Creates the tables (one transaction) unless another host just did. */
-static int create_schema(pg_eng *p, ps_err *err)
+/* Runs a round trip (the statements as one pipeline; see pg_roundtrip). A deferred engine
+ * takes the outcome of a round trip it made before when the transaction runs again, or the
+ * one a worker thread just ran for it; otherwise it hands the round trip over and fails
+ * with code "io_pending". The results belong to the engine until rt_clear. retry: nothing
+ * was done yet, so that a broken connection found first may be opened again once. */
+static int rt(pg_eng *p, const pgq *qs, int n, PGresult **res, int64_t budget, int retry,
+              ps_err *err)
 {
-  PGresult *r = NULL;
-  pgq q = { Q_SIMPLE, ps_pg_schema_sql, { 0 }, { 0 } };
-  const char *state;
-  int rc;
-  rc = roundtrip(p, &q, 1, &r, p->stmt_ms, 1, err);
-  if (rc == 0) {
-    PQclear(r);
-    return 0;
-  }
-  state = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
-  if (state && (!strcmp(state, "42P07") || !strcmp(state, "23505"))) { /* created meanwhile */
-    PQclear(r);
-    return 0;
-  }
-  if (state && !strcmp(state, "42501"))
-    set_err(p, err, "schema", "PostgreSQL %s: the pairstore tables do not exist and this role "
-            "may not create them (%s); have their owner run sql/pairstore.sql (`pairstore schema` "
-            "prints it) and grant this role SELECT, INSERT, UPDATE, DELETE on them",
-            PQresultErrorMessage(r));
-  PQclear(r);
-  return -1;
-}
-
-/* What a new connection needs before the first transaction: its settings, the schema (made
- * if missing), the store's row, the prepared statements, LISTEN if a watcher waits. */
-static int setup(pg_eng *p, ps_err *err)
-{
-  char lock_ms[24], stmt_ms[24];
-  PGresult *res[MAX_Q] = { 0 };
-  pgq q[2];
-  int i, rc, version = -1;
-  const char *state;
-
-  snprintf(lock_ms, sizeof lock_ms, "%d", p->lock_wait_ms);
-  snprintf(stmt_ms, sizeof stmt_ms, "%d", p->stmt_ms);
-  memset(q, 0, sizeof q);
-  q[0].q = -1;
-  q[0].sql = p->durable
-    ? "SELECT set_config('lock_timeout', $1, false), set_config('statement_timeout', $2, false)"
-    : "SELECT set_config('lock_timeout', $1, false), set_config('statement_timeout', $2, false), "
-      "set_config('synchronous_commit', 'off', false)";
-  q[0].v[0] = lock_ms;
-  q[0].v[1] = stmt_ms;
-  q[1].q = -1;
-  q[1].sql = "SELECT max(version) FROM pairstore_schema";
-  rc = roundtrip(p, q, 2, res, p->stmt_ms, 1, err);
-  if (rc != 0 && res[1] && (state = PQresultErrorField(res[1], PG_DIAG_SQLSTATE)) &&
-      !strcmp(state, "42P01")) {
-    for (i = 0; i < 2; i++) PQclear(res[i]);
-    if (create_schema(p, err) != 0) return -1;
-    memset(res, 0, sizeof res);
-    /* both again: the failed pipeline rolled q[0]'s settings back with it */
-    rc = roundtrip(p, q, 2, res, p->stmt_ms, 1, err);
-  }
-  if (rc == 0) version = PQgetisnull(res[1], 0, 0) ? 0 : atoi(PQgetvalue(res[1], 0, 0));
-  for (i = 0; i < 2; i++) PQclear(res[i]);
-  if (rc != 0) return -1;
-  if (version != SCHEMA_VERSION) {
-    ps_err_set(err, "unsupported_version", "PostgreSQL %s: the pairstore schema has version %d; "
-               "this pairstore uses version %d", p->display, version, SCHEMA_VERSION);
-    return -1;
-  }
-
-  /* the store's row, the statements, LISTEN: one round trip */
-  {
-    pgq w[MAX_Q];
-    int n = 0;
-    memset(w, 0, sizeof w);
-    w[n].q = -1;
-    w[n].sql = "INSERT INTO pairstore_stores (store) VALUES ($1) ON CONFLICT DO NOTHING";
-    w[n++].v[0] = p->store;
-    for (i = 0; i < Q_NSTMT; i++) {
-      w[n].q = -2 - i; /* prepare stmts[i] */
-      n++;
-    }
-    if (p->watchers) {
-      w[n].q = -1;
-      w[n++].sql = "LISTEN " NOTIFY_CHANNEL;
-    }
-    memset(res, 0, sizeof res);
-    rc = roundtrip(p, w, n, res, p->stmt_ms, 1, err);
-    for (i = 0; i < n; i++) PQclear(res[i]);
-    if (rc != 0) return -1;
-    p->listening = p->watchers > 0;
-  }
-  return 0;
-}
-
-/* The server's notices (a WARNING at shutdown, say) are not the caller's output. */
-static void quiet(void *arg, const char *msg)
-{
-  (void)arg;
-  (void)msg;
-}
-
-/* Connects (if not connected) within connect_timeout_ms; 0, or -1 with err set. */
-static int connect_db(pg_eng *p, ps_err *err)
-{
-  PostgresPollingStatusType st = PGRES_POLLING_WRITING;
-  int64_t deadline;
-
-  if (p->conn && p->pid != getpid()) drop_conn(p);
-  if (p->conn && PQstatus(p->conn) == CONNECTION_OK) return 0;
-  drop_conn(p);
-  p->conn = PQconnectStart(p->conninfo);
-  if (!p->conn) {
-    ps_err_set(err, "unavailable", "PostgreSQL %s: out of memory", p->display);
-    return -1;
-  }
-  p->pid = getpid();
-  p->gen++;
-  PQsetNoticeProcessor(p->conn, quiet, NULL);
-  deadline = ps_mono_ms() + p->connect_ms;
-  if (PQstatus(p->conn) == CONNECTION_BAD) st = PGRES_POLLING_FAILED;
-  while (st != PGRES_POLLING_OK) {
-    int w;
-    if (st == PGRES_POLLING_FAILED) {
-      set_err(p, err, "unavailable", "PostgreSQL %s: cannot connect: %s", PQerrorMessage(p->conn));
-      drop_conn(p);
-      return -1;
-    }
-    w = wait_sock(p->conn, st == PGRES_POLLING_READING ? POLLIN : POLLOUT, deadline);
-    if (w == 0) {
-      ps_err_set(err, "timeout", "PostgreSQL %s: no connection within connect_timeout_ms (%d)",
-                 p->display, p->connect_ms);
-      drop_conn(p);
-      return -1;
-    }
-    if (w < 0) {
-      set_err(p, err, "unavailable", "PostgreSQL %s: cannot connect: %s", PQerrorMessage(p->conn));
-      drop_conn(p);
-      return -1;
-    }
-    st = PQconnectPoll(p->conn);
-  }
-  if (PQsetnonblocking(p->conn, 1) != 0 || setup(p, err) != 0) {
-    if (!err->code) set_err(p, err, "unavailable", "PostgreSQL %s: %s", PQerrorMessage(p->conn));
-    drop_conn(p);
-    return -1;
-  }
-  return 0;
-}
-
-/* The code for a failed statement's SQLSTATE (NULL: a connection failure). */
-static const char *code_of(const char *state, int *drop)
-{
-  *drop = 0;
-  if (!state) { *drop = 1; return "unavailable"; }
-  if (!strcmp(state, "55P03") || !strcmp(state, "57014")) return "timeout";
-  if (!strncmp(state, "08", 2) || !strncmp(state, "57P", 3) || !strcmp(state, "25006") ||
-      !strcmp(state, "53300")) {
-    *drop = 1; /* a read-only server (a standby after a failover): find the primary again */
-    return "unavailable";
-  }
-  if (!strcmp(state, "40001") || !strcmp(state, "40P01")) return "busy";
-  if (!strcmp(state, "42501")) return "denied";
-  if (!strcmp(state, "42P01") || !strcmp(state, "42703")) return "schema";
-  return "database";
-}
-
-/* Sends the statements as one pipeline and collects one result for each (res[i]: the
- * caller clears them; NULL for a statement not run). 0 when all succeeded; -1 with err set
- * (the first failure), the connection dropped when it cannot be trusted. budget: ms for the
- * whole round trip. connecting: part of connect_db (do not connect again). */
-static int roundtrip(pg_eng *p, const pgq *qs, int n, PGresult **res, int64_t budget,
-                     int connecting, ps_err *err)
-{
-  int64_t deadline = ps_mono_ms() + budget;
-  int i, failed = 0, drop = 0, pipeline;
-  PGconn *c;
-
-  p->lost = 0;
-  roundtrips++;
-  for (i = 0; i < n; i++) res[i] = NULL;
-  if (!connecting && connect_db(p, err) != 0) return -1;
-  c = p->conn;
-  /* A pipeline for the round trip only: between round trips the connection is in normal
-   * mode, where libpq reads the notifications a watcher waits for as they come (in pipeline
-   * mode it leaves them unparsed until the next statement). */
-  pipeline = !(n == 1 && qs[0].q == Q_SIMPLE);
-  if (pipeline && PQpipelineStatus(c) == PQ_PIPELINE_OFF && PQenterPipelineMode(c) != 1) goto lost;
-  for (i = 0; i < n; i++) {
-    int ok;
-    const pgq *q = &qs[i];
-    if (q->q >= 0) {
-      ok = PQsendQueryPrepared(c, stmts[q->q].name, stmts[q->q].nparams, q->v, NULL, NULL, 0);
-    } else if (q->q <= -2 && q->q != Q_SIMPLE) {
-      const stmt *s = &stmts[-2 - q->q];
-      ok = PQsendPrepare(c, s->name, s->sql, s->nparams, NULL);
-    } else if (pipeline) {
-      int np = 0;
-      while (np < 10 && q->v[np]) np++;
-      ok = PQsendQueryParams(c, q->sql, np, NULL, q->v, NULL, NULL, 0);
-    } else {
-      ok = PQsendQuery(c, q->sql);
-    }
-    if (!ok) {
-      p->lost = 1;
-      set_err(p, err, "unavailable", "PostgreSQL %s: %s", PQerrorMessage(c));
-      drop_conn(p);
-      return -1;
-    }
-  }
-  if (pipeline && PQpipelineSync(c) != 1) {
-    p->lost = 1;
-    set_err(p, err, "unavailable", "PostgreSQL %s: %s", PQerrorMessage(c));
-    drop_conn(p);
-    return -1;
-  }
-  for (;;) { /* send it all */
-    int f = PQflush(c), w;
-    if (f == 0) break;
-    if (f < 0) goto lost;
-    w = wait_sock(c, POLLOUT | POLLIN, deadline);
-    if (w == 0) goto timed_out;
-    if (w < 0 || PQconsumeInput(c) != 1) goto lost;
-  }
-  /* Collect. In a pipeline each statement's results end with NULL, and the pipeline with
-   * its sync; a simple query (several statements, no parameters) ends with NULL. */
-  for (i = 0; i < (pipeline ? n + 1 : 1); i++) {
-    for (;;) {
-      PGresult *r;
-      while (PQisBusy(c)) {
-        int w = wait_sock(c, POLLIN, deadline);
-        if (w == 0) goto timed_out;
-        if (w < 0 || PQconsumeInput(c) != 1) goto lost;
-      }
-      r = PQgetResult(c);
-      if (!r) {
-        if (pipeline && i == n) goto lost; /* no sync: cannot be */
+  pg_link *k = p->k;
+  rt_entry *x;
+  uint64_t h;
+  int i;
+  if (!p->deferred) {
+    int rc, attempt;
+    for (attempt = 0;; attempt++) {
+      int reused = k->conn && k->pid == getpid() && PQstatus(k->conn) == CONNECTION_OK;
+      rc = pg_roundtrip(k, qs, n, res, budget, 0, err);
+      if (rc == 0 || !retry || attempt > 0 || !reused || !err->code ||
+          strcmp(err->code, "unavailable") != 0 || k->conn)
         break;
-      }
-      switch (PQresultStatus(r)) {
-      case PGRES_PIPELINE_SYNC:
-        PQclear(r);
-        if (i != n) goto lost; /* cannot be: a statement without its result */
-        goto collected;
-      case PGRES_COMMAND_OK:
-      case PGRES_TUPLES_OK:
-      case PGRES_PIPELINE_ABORTED:
-        if (i < n && !(res[i] && PQresultStatus(res[i]) == PGRES_FATAL_ERROR)) {
-          PQclear(res[i]);
-          res[i] = r;
-        } else {
-          PQclear(r);
-        }
-        break;
-      default: /* an error: the first one is the answer */
-        if (!failed) {
-          const char *state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
-          const char *code = code_of(state, &drop);
-          char msg[1200];
-          failed = 1;
-          snprintf(msg, sizeof msg, "%s (SQLSTATE %s)", PQresultErrorMessage(r), state ? state : "none");
-          if (!strcmp(code, "timeout") && state && !strcmp(state, "55P03")) {
-            snprintf(msg, sizeof msg, "a row is locked by another transaction: no lock within "
-                     "lock_wait_ms (%d)", p->lock_wait_ms);
-            if (p->in_txn && p->hint.nowait) code = "lock_busy";
-          } else if (!strcmp(code, "timeout") && p->in_txn && p->hint.nowait &&
-                     strstr(PQresultErrorMessage(r), "due to user request")) {
-            /* 57014 in a cooperative wait: the 1 ms lock_timeout that expires as the lock is
-             * granted (the holder committing) is reported as "canceling statement due to
-             * user request", not 55P03. Nothing was done: sleep and try again like 55P03. */
-            code = "lock_busy";
-          }
-          set_err(p, err, code, "PostgreSQL %s: %s", msg);
-        }
-        if (i < n) {
-          PQclear(res[i]);
-          res[i] = r;
-        } else {
-          PQclear(r);
-        }
-        break;
-      }
+      for (i = 0; i < n; i++) PQclear(res[i]);
     }
+    p->lost = k->lost;
+    if (rc != 0) lock_busy_code(p, k->state, k->cancel, err);
+    return rc;
   }
-collected:
-  if (!failed && PQstatus(c) == CONNECTION_BAD) goto lost;
-  if (!failed) for (i = 0; i < n; i++) if (!res[i]) goto lost;
-  if (pipeline && PQexitPipelineMode(c) != 1) goto lost; /* every result was read: cannot be */
-  if (p->watchers == 0) { /* notifications nobody waits for */
-    PGnotify *nt;
-    while ((nt = PQnotifies(c)) != NULL) PQfreemem(nt);
+  h = pg_hash(qs, n);
+  if (p->seq == p->nlog) {
+    if (!k->done || !k->res || k->pend_hash != h || k->pend_n != n) {
+      if (pg_link_hand_over(k, qs, n, budget, retry, h) != 0) {
+        ps_err_set(err, "unavailable", "PostgreSQL %s: out of memory", k->display);
+        return -1;
+      }
+      ps_err_set(err, "io_pending", "PostgreSQL %s: a round trip is due", k->display);
+      return -1;
+    }
+    if (p->nlog == p->caplog) {
+      int cap = p->caplog ? 2 * p->caplog : 4;
+      rt_entry *nl = realloc(p->log, (size_t)cap * sizeof *nl);
+      if (!nl) {
+        ps_err_set(err, "unavailable", "PostgreSQL %s: out of memory", k->display);
+        return -1;
+      }
+      p->log = nl;
+      p->caplog = cap;
+    }
+    x = &p->log[p->nlog++];
+    x->hash = h;
+    x->n = n;
+    x->rc = k->rc;
+    x->lost = k->lost;
+    x->cancel = k->cancel;
+    memcpy(x->state, k->state, sizeof x->state);
+    x->res = k->res;
+    x->err = k->err;
+    k->res = NULL;
+    k->done = 0;
   }
-  if (failed && drop) drop_conn(p);
-  return failed ? -1 : 0;
-
-timed_out:
-  p->lost = 1;
-  ps_err_set(err, "timeout", "PostgreSQL %s: no answer within %lld ms (statement_timeout_ms = %d)",
-             p->display, (long long)budget, p->stmt_ms);
-  drop_conn(p);
-  return -1;
-lost:
-  p->lost = 1;
-  set_err(p, err, "unavailable", "PostgreSQL %s: connection lost: %s", PQerrorMessage(c));
-  drop_conn(p);
-  return -1;
+  x = &p->log[p->seq++];
+  if (x->hash != h || x->n != n) {
+    ps_err_set(err, "busy", "PostgreSQL %s: the transaction did not run again as it first "
+               "ran; nothing was done (run it again)", k->display);
+    return -1;
+  }
+  for (i = 0; i < n; i++) res[i] = x->res[i];
+  p->lost = x->lost;
+  if (x->rc != 0) {
+    *err = x->err;
+    lock_busy_code(p, x->state, x->cancel, err);
+  }
+  return x->rc;
 }
 
-static void clear_all(PGresult **res, int n)
+/* The results of rt are done with (a deferred engine keeps them until the transaction ends). */
+static void rt_clear(pg_eng *p, PGresult **res, int n)
 {
   int i;
   for (i = 0; i < n; i++) {
-    PQclear(res[i]);
+    if (!p->deferred) PQclear(res[i]);
     res[i] = NULL;
   }
 }
 
+static void free_log(pg_eng *p)
+{
+  int i, j;
+  for (i = 0; i < p->nlog; i++) {
+    for (j = 0; j < p->log[i].n; j++) PQclear(p->log[i].res[j]);
+    free(p->log[i].res);
+  }
+  p->nlog = p->seq = p->commit_seq = p->in_commit = 0;
+}
+
+/* The transaction's own settings, first in a pipeline: they end with it (a read's implicit
+ * transaction) or with the transaction it begins, so nothing is left on a connection that
+ * a pooler may hand to someone else. */
+typedef struct settings_buf {
+  char stmt_ms[24], lock_ms[24];
+} settings_buf;
+
+static void add_settings(pg_eng *p, pgq *q, int *n, int write, settings_buf *b)
+{
+  snprintf(b->stmt_ms, sizeof b->stmt_ms, "%d", p->k->stmt_ms);
+  snprintf(b->lock_ms, sizeof b->lock_ms, "%d", p->k->lock_wait_ms);
+  q[*n].q = Q_SQL;
+  q[*n].v[0] = b->stmt_ms;
+  if (!write) {
+    q[*n].sql = "SELECT set_config('statement_timeout', $1, true)";
+  } else {
+    q[*n].v[1] = p->hint.nowait && p->in_txn ? PS_PG_NOWAIT_MS : b->lock_ms;
+    q[*n].sql = p->k->durable
+      ? "SELECT set_config('statement_timeout', $1, true), set_config('lock_timeout', $2, true)"
+      : "SELECT set_config('statement_timeout', $1, true), set_config('lock_timeout', $2, true), "
+        "set_config('synchronous_commit', 'off', true)";
+  }
+  (*n)++;
+}
 /* ---- rows into sessions ------------------------------------------------------------------------- */
 
 /* Pushes the transaction's table uv, made on first use (a transaction makes only the tables
@@ -687,7 +370,8 @@ static void push_pruned(lua_State *L, pg_eng *p, int eng, const char *sid)
 
 /* ---- the transaction ---------------------------------------------------------------------------- */
 
-static void reset_txn(lua_State *L, pg_eng *p, int eng)
+/* Forgets what the transaction read and decided (its round trips are kept: free_log). */
+static void reset_rows(lua_State *L, pg_eng *p, int eng)
 {
   int i;
   for (i = UV_ROWS; i <= UV_WAITED; i++) { /* nothing of it kept past the transaction */
@@ -698,20 +382,25 @@ static void reset_txn(lua_State *L, pg_eng *p, int eng)
   p->next_prune = INT64_MAX;
 }
 
+static void finish(lua_State *L, pg_eng *p, int eng)
+{
+  reset_rows(L, p, eng);
+  free_log(p);
+}
+
 static const char *pe_display(ps_engine *e)
 {
-  return PE(e)->display;
+  return PE(e)->k->display;
 }
 
 static int pe_locate(ps_engine *e, lua_State *L, int eng, ps_err *err)
 {
   (void)eng;
   (void)err;
-  PE(e)->nevents = 0;
   /* the same database may be named in many ways: the target and store name identify it
    * well enough for the reentrancy check (a mutator using another spelling of the target
    * waits for the row lock, bounded by lock_wait_ms, instead of failing fast) */
-  lua_pushfstring(L, "pg\n%s\n%s", PE(e)->conninfo, PE(e)->store);
+  lua_pushfstring(L, "pg\n%s\n%s", PE(e)->k->conninfo, PE(e)->k->store);
   return 0;
 }
 
@@ -720,7 +409,14 @@ static int pe_begin(ps_engine *e, lua_State *L, int eng, int readonly, const ps_
 {
   pg_eng *p = PE(e);
   (void)err;
-  reset_txn(L, p, eng);
+  p->nevents = 0; /* (a transaction that runs again makes its events again) */
+  if (hint->resume) {
+    reset_rows(L, p, eng);
+    p->seq = 0;
+  } else {
+    finish(L, p, eng);
+    if (!readonly) ps_random_hex(p->token, 16);
+  }
   p->in_txn = 1;
   p->readonly = readonly;
   p->hint = *hint;
@@ -728,82 +424,13 @@ static int pe_begin(ps_engine *e, lua_State *L, int eng, int readonly, const ps_
   if (hint->sid) snprintf(p->hint_sid, sizeof p->hint_sid, "%s", hint->sid);
   p->hint.sid = hint->sid ? p->hint_sid : NULL;
   p->count_limit = hint->count_live;
-  if (!readonly) ps_random_hex(p->token, 16);
   return 0;
 }
 
-/* The first round trip: what the hint says the transaction needs first, and its clock.
- * A read is one statement; a write begins the transaction and locks what it will change.
- * now_known: the caller's clock gave p->now. A connection found broken before anything was
- * done in it is opened again once (the server restarted, or failed over, meanwhile). */
-static int first_roundtrip(lua_State *L, pg_eng *p, int eng, int now_known, ps_err *err)
+/* Reads the rows of the first round trip's answers (see first_roundtrip). */
+static void take_first(lua_State *L, pg_eng *p, int eng, int now_known, PGresult **res,
+                       int i_read, int i_clock, int i_count, int i_fetch)
 {
-  pgq q[7];
-  PGresult *res[7] = { 0 };
-  char now_s[24], limit_s[24], lock_ms[24];
-  int n = 0, i_clock = -1, i_count = -1, i_fetch = -1, i_read = -1, attempt, rc = -1;
-  int64_t budget = p->stmt_ms;
-
-  if (p->rt1) return 0;
-  memset(q, 0, sizeof q);
-  snprintf(now_s, sizeof now_s, "%lld", (long long)p->now);
-  snprintf(limit_s, sizeof limit_s, "%lld", (long long)p->count_limit);
-  if (p->readonly && (p->hint.sid || p->hint.list)) {
-    i_read = n;
-    q[n].q = p->hint.sid ? Q_GET : Q_LIST;
-    q[n].v[0] = p->store;
-    q[n++].v[1] = p->hint.sid ? p->hint.sid : ((p->hint.list - 4) & PS_LIST_ACTIVE) ? "t" : "f";
-  } else {
-    if (!p->readonly) {
-      q[n].q = -1;
-      q[n++].sql = "BEGIN";
-      if (p->hint.nowait) { /* a held row lock fails at once: the caller sleeps, then retries */
-        q[n].q = -1;
-        q[n++].sql = "SELECT set_config('lock_timeout', '" PS_PG_NOWAIT_MS "', true)";
-      }
-    }
-    i_clock = n;
-    q[n].q = Q_CLOCK;
-    q[n++].v[0] = p->store;
-    if (p->hint.count_live && !p->readonly) {
-      q[n].q = Q_LOCK_STORE;
-      q[n++].v[0] = p->store;
-      i_count = n;
-      q[n].q = Q_COUNT;
-      q[n].v[0] = p->store;
-      q[n].v[1] = now_known ? now_s : NULL;
-      q[n++].v[2] = limit_s;
-      budget += p->lock_wait_ms;
-    }
-    if (p->hint.sid && !p->readonly) {
-      i_fetch = n;
-      q[n].q = Q_FETCH;
-      q[n].v[0] = p->store;
-      q[n++].v[1] = p->hint.sid;
-      budget += p->lock_wait_ms;
-    }
-    if (p->hint.nowait && !p->readonly) {
-      /* the row locks are taken: what the rest of the transaction may wait for (the notify
-       * queue's lock at COMMIT, an index entry another transaction inserts) is waited for
-       * in the server again, as without the cooperative wait */
-      snprintf(lock_ms, sizeof lock_ms, "%d", p->lock_wait_ms);
-      q[n].q = -1;
-      q[n].sql = "SELECT set_config('lock_timeout', $1, true)";
-      q[n++].v[0] = lock_ms;
-    }
-  }
-  for (attempt = 0; attempt < 2; attempt++) {
-    int reused = p->conn && p->pid == getpid() && PQstatus(p->conn) == CONNECTION_OK;
-    err->code = NULL;
-    p->began = !p->readonly; /* from now on the server may be inside the transaction */
-    rc = roundtrip(p, q, n, res, budget, 0, err);
-    if (rc == 0) break;
-    clear_all(res, n);
-    /* nothing was changed yet: a connection that was already broken may be replaced */
-    if (!reused || !err->code || strcmp(err->code, "unavailable") != 0 || p->conn) break;
-  }
-  if (rc != 0) return -1;
-  p->rt1 = 1;
   if (i_read >= 0) {
     PGresult *r = res[i_read];
     int i, rows = PQntuples(r);
@@ -836,7 +463,73 @@ static int first_roundtrip(lua_State *L, pg_eng *p, int eng, int now_known, ps_e
   }
   if (i_fetch >= 0) take_row(L, p, eng, p->hint.sid, res[i_fetch], 0, 0);
   p->have_now = 1;
-  clear_all(res, n);
+}
+
+/* The first round trip: what the hint says the transaction needs first, and its clock.
+ * A read is one statement; a write begins the transaction and locks what it will change.
+ * now_known: the caller's clock gave p->now. A connection found broken before anything was
+ * done in it is opened again once (the server restarted, or failed over, meanwhile). */
+static int first_roundtrip(lua_State *L, pg_eng *p, int eng, int now_known, ps_err *err)
+{
+  pgq q[8];
+  PGresult *res[8] = { 0 };
+  char now_s[24], limit_s[24];
+  settings_buf sb;
+  int n = 0, i_clock = -1, i_count = -1, i_fetch = -1, i_read = -1;
+  int64_t budget = p->k->stmt_ms;
+
+  if (p->rt1) return 0;
+  memset(q, 0, sizeof q);
+  snprintf(now_s, sizeof now_s, "%lld", (long long)p->now);
+  snprintf(limit_s, sizeof limit_s, "%lld", (long long)p->count_limit);
+  if (!p->readonly) {
+    q[n].q = Q_SQL;
+    q[n++].sql = "BEGIN";
+  }
+  add_settings(p, q, &n, !p->readonly, &sb);
+  if (p->readonly && (p->hint.sid || p->hint.list)) {
+    i_read = n;
+    q[n].q = p->hint.sid ? Q_GET : Q_LIST;
+    q[n].v[0] = p->k->store;
+    q[n++].v[1] = p->hint.sid ? p->hint.sid : (p->hint.list_flags & PS_LIST_ACTIVE) ? "t" : "f";
+  } else {
+    i_clock = n;
+    q[n].q = Q_CLOCK;
+    q[n++].v[0] = p->k->store;
+    if (p->hint.count_live && !p->readonly) {
+      q[n].q = Q_LOCK_STORE;
+      q[n++].v[0] = p->k->store;
+      i_count = n;
+      q[n].q = Q_COUNT;
+      q[n].v[0] = p->k->store;
+      q[n].v[1] = now_known ? now_s : NULL;
+      q[n++].v[2] = limit_s;
+      budget += p->k->lock_wait_ms;
+    }
+    if (p->hint.sid && !p->readonly) {
+      i_fetch = n;
+      q[n].q = Q_FETCH;
+      q[n].v[0] = p->k->store;
+      q[n++].v[1] = p->hint.sid;
+      budget += p->k->lock_wait_ms;
+    }
+    if (p->hint.nowait && !p->readonly) {
+      /* the row locks are taken: what the rest of the transaction may wait for (the notify
+       * queue's lock at COMMIT, an index entry another transaction inserts) is waited for
+       * in the server again, as without the cooperative wait */
+      q[n].q = Q_SQL;
+      q[n].sql = "SELECT set_config('lock_timeout', $1, true)";
+      q[n++].v[0] = sb.lock_ms;
+    }
+  }
+  p->began = !p->readonly; /* from now on the server may be inside the transaction */
+  if (rt(p, q, n, res, budget, 1, err) != 0) {
+    rt_clear(p, res, n);
+    return -1;
+  }
+  p->rt1 = 1;
+  take_first(L, p, eng, now_known, res, i_read, i_clock, i_count, i_fetch);
+  rt_clear(p, res, n);
   return 0;
 }
 
@@ -867,41 +560,44 @@ static int pe_prune_due(ps_engine *e, lua_State *L, int eng, int64_t now, int *r
   snprintf(now_s, sizeof now_s, "%lld", (long long)now);
   snprintf(ret_s, sizeof ret_s, "%lld", (long long)PS_TERMINAL_RETENTION_MS);
   q[0].q = Q_EXPIRE;
-  q[0].v[0] = p->store;
+  q[0].v[0] = p->k->store;
   q[0].v[1] = now_s;
   q[0].v[2] = ret_s;
   q[1].q = Q_DROP;
-  q[1].v[0] = p->store;
+  q[1].v[0] = p->k->store;
   q[1].v[1] = now_s;
-  if (roundtrip(p, q, 2, res, p->stmt_ms, 0, err) != 0) {
-    clear_all(res, 2);
+  if (rt(p, q, 2, res, p->k->stmt_ms, 0, err) != 0) {
+    rt_clear(p, res, 2);
     return -1;
   }
   p->removed = *removed = atoi(PQcmdTuples(res[1]));
-  clear_all(res, 2);
+  rt_clear(p, res, 2);
   return 0;
 }
 
 static int pe_fetch(ps_engine *e, lua_State *L, int eng, const char *sid, ps_err *err)
 {
   pg_eng *p = PE(e);
-  pgq q;
-  PGresult *r = NULL;
+  pgq q[2];
+  PGresult *r[2] = { NULL, NULL };
+  settings_buf sb;
+  int n = 0;
 
   if (!p->rt1 && first_roundtrip(L, p, eng, p->have_now, err) != 0) return -1;
   uv_get(L, eng, UV_SEEN, sid);
   if (lua_isnil(L, -1)) { /* not read yet in this transaction */
-    memset(&q, 0, sizeof q);
-    q.q = p->readonly ? Q_GET : Q_FETCH;
-    q.v[0] = p->store;
-    q.v[1] = sid;
-    if (roundtrip(p, &q, 1, &r, p->stmt_ms + (p->readonly ? 0 : p->lock_wait_ms), 0, err) != 0) {
+    memset(q, 0, sizeof q);
+    if (p->readonly) add_settings(p, q, &n, 0, &sb);
+    q[n].q = p->readonly ? Q_GET : Q_FETCH;
+    q[n].v[0] = p->k->store;
+    q[n++].v[1] = sid;
+    if (rt(p, q, n, r, p->k->stmt_ms + (p->readonly ? 0 : p->k->lock_wait_ms), 0, err) != 0) {
       lua_pop(L, 1);
-      PQclear(r);
+      rt_clear(p, r, n);
       return -1;
     }
-    take_row(L, p, eng, sid, r, 0, p->readonly ? 1 : 0);
-    PQclear(r);
+    take_row(L, p, eng, sid, r[n - 1], 0, p->readonly ? 1 : 0);
+    rt_clear(p, r, n);
   }
   lua_pop(L, 1);
   push_pruned(L, p, eng, sid);
@@ -976,16 +672,16 @@ static int pe_count_live(ps_engine *e, lua_State *L, int eng, lua_Integer limit,
     snprintf(now_s, sizeof now_s, "%lld", (long long)p->now);
     snprintf(limit_s, sizeof limit_s, "%lld", (long long)limit);
     q.q = Q_COUNT;
-    q.v[0] = p->store;
+    q.v[0] = p->k->store;
     q.v[1] = now_s;
     q.v[2] = limit_s;
-    if (roundtrip(p, &q, 1, &r, p->stmt_ms, 0, err) != 0) {
-      PQclear(r);
+    if (rt(p, &q, 1, &r, p->k->stmt_ms, 0, err) != 0) {
+      rt_clear(p, &r, 1);
       return -1;
     }
     p->live = (lua_Integer)strtoll(PQgetvalue(r, 0, 0), NULL, 10);
     p->have_live = 1;
-    PQclear(r);
+    rt_clear(p, &r, 1);
   }
   *n = p->live;
   return 0;
@@ -1090,210 +786,278 @@ static void num_text(lua_State *L, int sess, const char *key, char *out, size_t 
 
 /* After a COMMIT whose answer was lost: whether it happened, from the row of sid (what it
  * should hold now: our token, or, for a removal, nothing) on a new connection. 1 committed,
- * 0 not, -1 cannot tell. */
-static int look_up_outcome(pg_eng *p, const char *sid, int removal, const char *old_token)
+ * 0 not, -1 cannot tell, -2 the lookup is due (io_pending: pending set). */
+static int look_up_outcome(pg_eng *p, const char *sid, int removal, const char *old_token,
+                           ps_err *pending)
 {
-  pgq q;
-  PGresult *r = NULL;
+  pgq q[2];
+  PGresult *r[2] = { NULL, NULL };
+  settings_buf sb;
   ps_err e2;
-  int verdict = -1;
-  memset(&q, 0, sizeof q);
+  int verdict = -1, n = 0;
+  memset(q, 0, sizeof q);
   memset(&e2, 0, sizeof e2);
-  q.q = Q_OUTCOME;
-  q.v[0] = p->store;
-  q.v[1] = sid;
-  if (roundtrip(p, &q, 1, &r, p->stmt_ms, 0, &e2) == 0) {
-    if (PQntuples(r) == 0) verdict = removal ? 1 : old_token ? -1 : 0;
-    else if (!strcmp(PQgetvalue(r, 0, 0), p->token)) verdict = 1;
-    else if (old_token && !strcmp(PQgetvalue(r, 0, 0), old_token)) verdict = 0;
+  add_settings(p, q, &n, 0, &sb);
+  q[n].q = Q_OUTCOME;
+  q[n].v[0] = p->k->store;
+  q[n++].v[1] = sid;
+  if (rt(p, q, n, r, p->k->stmt_ms, 0, &e2) == 0) {
+    PGresult *x = r[n - 1];
+    if (PQntuples(x) == 0) verdict = removal ? 1 : old_token ? -1 : 0;
+    else if (!strcmp(PQgetvalue(x, 0, 0), p->token)) verdict = 1;
+    else if (old_token && !strcmp(PQgetvalue(x, 0, 0), old_token)) verdict = 0;
+  } else if (ps_is_pending(&e2)) {
+    *pending = e2;
+    verdict = -2;
   }
-  PQclear(r);
+  rt_clear(p, r, n);
   return verdict;
+}
+
+/* Ends a write transaction without its changes: ROLLBACK on the server, or the connection
+ * closed where that cannot be done here (the server rolls back as it goes). */
+static int end_rollback(lua_State *L, pg_eng *p, int eng)
+{
+  pg_link *k = p->k;
+  if (k->conn && !pg_link_idle(k)) {
+    if (p->deferred) {
+      pg_link_drop(k); /* (a round trip would have to wait for a worker thread) */
+    } else {
+      pgq q = { Q_SQL, "ROLLBACK", { 0 } };
+      PGresult *r = NULL;
+      ps_err e2;
+      if (pg_roundtrip(k, &q, 1, &r, k->stmt_ms, 1, &e2) != 0) pg_link_drop(k);
+      PQclear(r);
+    }
+  }
+  finish(L, p, eng);
+  return 0;
+}
+
+/* The statements of the commit: each pending write (insert, update or delete), a
+ * notification for each session someone waits on, COMMIT. Fills key (the first write's sid,
+ * its old token, whether it is a removal) for a lost answer's lookup. n statements; -1 out
+ * of memory. q, cs: room for 2 * pending + 1 and pending. */
+typedef struct commit_key {
+  char sid[64];
+  const char *old;
+  int removal;
+} commit_key;
+
+static int commit_statements(lua_State *L, pg_eng *p, int eng, int pend, pgq *q, cols *cs,
+                             commit_key *key)
+{
+  static const char live_s[2][2] = { "t", "f" };
+  int n = 0, i = 0;
+  push_uv(L, eng, UV_ROWS);    /* pend + 1 */
+  push_uv(L, eng, UV_TOKENS);  /* pend + 2 */
+  lua_newtable(L);             /* pend + 3: notifications' payloads, kept alive until sent */
+  push_uv(L, eng, UV_WAITED);  /* pend + 4 */
+  lua_pushnil(L);
+  while (lua_next(L, pend) != 0) {
+    const char *sid = lua_tostring(L, -2);
+    int is_new;
+    lua_getfield(L, pend + 2, sid);
+    is_new = lua_isnil(L, -1);
+    if (!key->sid[0]) {
+      snprintf(key->sid, sizeof key->sid, "%s", sid);
+      key->old = lua_tostring(L, -1); /* kept alive by UV_TOKENS */
+      key->removal = lua_type(L, -2) == LUA_TBOOLEAN;
+    }
+    lua_pop(L, 1);
+    if (lua_type(L, -1) == LUA_TBOOLEAN) { /* remove */
+      q[n].q = Q_DELETE;
+      q[n].v[0] = p->k->store;
+      q[n++].v[1] = sid;
+    } else {
+      int sess;
+      size_t len;
+      lua_getfield(L, pend + 1, sid);
+      sess = lua_gettop(L);
+      num_text(L, sess, "createdAtMs", cs[i].created, sizeof cs[i].created);
+      num_text(L, sess, "lastStatusChangeAtMs", cs[i].changed, sizeof cs[i].changed);
+      num_text(L, sess, "expiresAtMs", cs[i].expires, sizeof cs[i].expires);
+      snprintf(cs[i].prune, sizeof cs[i].prune, "%lld", (long long)ps_next_prune(L, sess));
+      q[n].q = is_new ? Q_INSERT : Q_UPDATE;
+      q[n].v[0] = p->k->store;
+      q[n].v[1] = sid;
+      q[n].v[2] = ps_get_str(L, sess, "status", &len);
+      q[n].v[3] = live_s[!ps_is_live(L, sess)];
+      q[n].v[4] = cs[i].created;
+      q[n].v[5] = cs[i].changed;
+      q[n].v[6] = cs[i].expires;
+      q[n].v[7] = cs[i].prune;
+      q[n].v[8] = p->token;
+      q[n++].v[9] = lua_tostring(L, -2);
+      lua_pop(L, 1); /* the session stays in UV_ROWS: its strings stay alive */
+      i++;
+    }
+    lua_getfield(L, pend + 4, sid);
+    if (lua_tointeger(L, -1) >= p->now) { /* awaited */
+      lua_pushfstring(L, "%s%s", sid, p->k->store);
+      q[n].q = Q_NOTIFY;
+      q[n++].v[0] = lua_tostring(L, -1);
+      lua_rawseti(L, pend + 3, (lua_Integer)lua_rawlen(L, pend + 3) + 1);
+    }
+    lua_pop(L, 2);
+  }
+  q[n].q = Q_SQL;
+  q[n++].sql = "COMMIT";
+  return n;
+}
+
+/* Test hook: the whole commit sent, then the connection lost before its answer. */
+static void cut_commit(pg_eng *p, const pgq *q, int n)
+{
+  int j;
+  PGconn *c = p->k->conn;
+  if (c && PQpipelineStatus(c) == PQ_PIPELINE_OFF) PQenterPipelineMode(c);
+  for (j = 0; j < n && c; j++) {
+    const pgq *x = &q[j];
+    if (x->q < Q_NSTMT)
+      PQsendQueryParams(c, pg_stmt_sql[x->q], pg_stmt_nparams[x->q], NULL, x->v, NULL, NULL, 0);
+    else
+      PQsendQueryParams(c, x->sql, 0, NULL, NULL, NULL, NULL, 0);
+  }
+  if (c) {
+    PQpipelineSync(c);
+    for (j = 0; j < 5000 && PQflush(c) == 1; j++) usleep(1000);
+    usleep(200000); /* let the server run it before the connection goes */
+  }
+  pg_link_drop(p->k);
+}
+
+/* Which session the server refused, and why in our terms (err's code "database"). */
+static void refused(pg_eng *p, const pgq *q, PGresult **res, int n, ps_err *err)
+{
+  int i;
+  for (i = 0; i < n; i++) {
+    const char *state;
+    if (!res[i] || PQresultStatus(res[i]) != PGRES_FATAL_ERROR) continue;
+    state = PQresultErrorField(res[i], PG_DIAG_SQLSTATE);
+    if (q[i].q == Q_INSERT || q[i].q == Q_UPDATE) {
+      if (state && !strcmp(state, "22021"))
+        ps_err_set(err, "invalid", "PostgreSQL %s: session %.64s holds bytes that are not "
+                   "valid UTF-8, which PostgreSQL cannot store as text; nothing was stored",
+                   p->k->display, q[i].v[1]);
+      else if (state && !strcmp(state, "23505"))
+        ps_err_set(err, "invalid", "PostgreSQL %s: session %.64s was just stored by another "
+                   "transaction; nothing was stored", p->k->display, q[i].v[1]);
+    }
+    break;
+  }
+}
+
+/* Commits: one round trip with the writes and COMMIT. Its answer lost, the outcome is
+ * looked up; a deferred engine may stop at either round trip (io_pending, the transaction
+ * kept) and run this again. */
+static int end_commit(lua_State *L, pg_eng *p, int eng, ps_err *err)
+{
+  int top = lua_gettop(L), rc, n, cap, pend, cut, i;
+  lua_Integer npend = 0;
+  pgq *q;
+  PGresult **res;
+  cols *cs;
+  commit_key key;
+
+  if (p->deferred) { /* run again: the same round trips, from where the commit began */
+    if (p->in_commit) p->seq = p->commit_seq;
+    else {
+      p->in_commit = 1;
+      p->commit_seq = p->seq;
+    }
+  }
+  push_uv(L, eng, UV_PENDING);
+  pend = lua_gettop(L);
+  lua_pushnil(L);
+  while (lua_next(L, pend) != 0) {
+    npend++;
+    lua_pop(L, 1);
+  }
+  cap = (int)(2 * npend + 1);
+  q = calloc((size_t)cap, sizeof *q);
+  res = calloc((size_t)cap, sizeof *res);
+  cs = calloc((size_t)(npend ? npend : 1), sizeof *cs);
+  if (!q || !res || !cs) {
+    free(q);
+    free(res);
+    free(cs);
+    lua_settop(L, top);
+    finish(L, p, eng); /* then rollback: nothing more to do here than let it go */
+    return luaL_error(L, "pairstore: out of memory");
+  }
+  memset(&key, 0, sizeof key);
+  n = commit_statements(L, p, eng, pend, q, cs, &key);
+  cut = !p->deferred && cut_commits > 0 && npend > 0;
+  if (cut) {
+    cut_commits--;
+    cut_commit(p, q, n);
+    p->lost = 1;
+    rc = -1;
+    ps_err_set(err, "unavailable", "PostgreSQL %s: connection lost during COMMIT (test hook)",
+               p->k->display);
+  } else {
+    rc = rt(p, q, n, res, p->k->stmt_ms, 0, err);
+  }
+  if (rc != 0 && ps_is_pending(err)) goto keep;
+  if (rc != 0 && npend > 0 && p->lost) {
+    /* The answer to COMMIT may have been lost after the server committed: find out. */
+    ps_err pending;
+    int v = look_up_outcome(p, key.sid, key.removal, key.old, &pending);
+    if (v == -2) {
+      *err = pending;
+      goto keep;
+    }
+    if (v == 1) {
+      rc = 0;
+      add_event(p, "commit_confirmed", "the connection was lost during COMMIT; the change "
+                "was found committed");
+    } else if (v == 0) {
+      size_t l = strlen(err->msg);
+      snprintf(err->msg + l, sizeof err->msg - l, "; the change was not applied");
+    } else {
+      size_t l = strlen(err->msg);
+      err->code = "outcome_unknown";
+      snprintf(err->msg + l, sizeof err->msg - l, "; whether the change was committed "
+               "cannot be told (read the session again)");
+    }
+  } else if (rc != 0 && !p->deferred && p->k->conn && !pg_link_idle(p->k)) {
+    /* a statement failed: the server's transaction is aborted, end it (a worker thread
+     * did so already for a deferred engine) */
+    pgq rb = { Q_SQL, "ROLLBACK", { 0 } };
+    PGresult *r = NULL;
+    ps_err e2;
+    if (pg_roundtrip(p->k, &rb, 1, &r, p->k->stmt_ms, 1, &e2) != 0) pg_link_drop(p->k);
+    PQclear(r);
+  }
+  if (rc != 0 && err->code && !strcmp(err->code, "database")) refused(p, q, res, n, err);
+  rt_clear(p, res, n);
+  free(q);
+  free(res);
+  free(cs);
+  lua_settop(L, top);
+  finish(L, p, eng);
+  return rc;
+
+keep: /* io_pending: the transaction stays as it is, to be run again */
+  for (i = 0; i < n; i++) res[i] = NULL;
+  free(q);
+  free(res);
+  free(cs);
+  lua_settop(L, top);
+  return -1;
 }
 
 static int pe_end(ps_engine *e, lua_State *L, int eng, int how, ps_err *err)
 {
   pg_eng *p = PE(e);
-  int top = lua_gettop(L), rc = 0;
-
   if (!p->in_txn) return 0;
-  p->in_txn = 0;
   if (!p->began) { /* a read, or nothing done: nothing to end on the server */
-    reset_txn(L, p, eng);
+    finish(L, p, eng);
     return 0;
   }
-  if (how != PS_END_COMMIT) {
-    /* roll back on the server, or drop a connection that cannot (it rolls back as it goes) */
-    if (p->conn && PQstatus(p->conn) == CONNECTION_OK &&
-        PQtransactionStatus(p->conn) != PQTRANS_IDLE) {
-      pgq q = { -1, "ROLLBACK", { 0 }, { 0 } };
-      PGresult *r = NULL;
-      ps_err e2;
-      if (roundtrip(p, &q, 1, &r, p->stmt_ms, 1, &e2) != 0) drop_conn(p);
-      PQclear(r);
-    }
-    reset_txn(L, p, eng);
-    return 0;
-  }
-  {
-    pgq *q;
-    PGresult **res;
-    cols *cs;
-    int n = 0, cap, i, pend, cut;
-    lua_Integer npend = 0;
-    char key_sid[64] = "", live_s[2][2] = { "t", "f" };
-    const char *key_old = NULL;
-    int key_removal = 0;
-
-    push_uv(L, eng, UV_PENDING);
-    pend = lua_gettop(L);
-    lua_pushnil(L);
-    while (lua_next(L, pend) != 0) {
-      npend++;
-      lua_pop(L, 1);
-    }
-    cap = (int)(2 * npend + 1);
-    q = calloc((size_t)cap, sizeof *q);
-    res = calloc((size_t)cap, sizeof *res);
-    cs = calloc((size_t)(npend ? npend : 1), sizeof *cs);
-    if (!q || !res || !cs) {
-      free(q);
-      free(res);
-      free(cs);
-      lua_settop(L, top);
-      reset_txn(L, p, eng); /* then rollback: nothing more to do here than let it go */
-      return luaL_error(L, "pairstore: out of memory");
-    }
-    push_uv(L, eng, UV_ROWS);
-    push_uv(L, eng, UV_TOKENS);
-    lua_newtable(L); /* payloads of the notifications, kept alive until sent */
-    push_uv(L, eng, UV_WAITED);
-    lua_pushnil(L);
-    i = 0;
-    while (lua_next(L, pend) != 0) {
-      const char *sid = lua_tostring(L, -2);
-      int is_new;
-      lua_getfield(L, pend + 2, sid);
-      is_new = lua_isnil(L, -1);
-      if (!key_sid[0]) {
-        snprintf(key_sid, sizeof key_sid, "%s", sid);
-        key_old = lua_tostring(L, -1); /* kept alive by UV_TOKENS */
-        key_removal = lua_type(L, -2) == LUA_TBOOLEAN;
-      }
-      lua_pop(L, 1);
-      if (lua_type(L, -1) == LUA_TBOOLEAN) { /* remove */
-        q[n].q = Q_DELETE;
-        q[n].v[0] = p->store;
-        q[n++].v[1] = sid;
-      } else {
-        int sess;
-        size_t len;
-        lua_getfield(L, pend + 1, sid);
-        sess = lua_gettop(L);
-        num_text(L, sess, "createdAtMs", cs[i].created, sizeof cs[i].created);
-        num_text(L, sess, "lastStatusChangeAtMs", cs[i].changed, sizeof cs[i].changed);
-        num_text(L, sess, "expiresAtMs", cs[i].expires, sizeof cs[i].expires);
-        snprintf(cs[i].prune, sizeof cs[i].prune, "%lld", (long long)ps_next_prune(L, sess));
-        q[n].q = is_new ? Q_INSERT : Q_UPDATE;
-        q[n].v[0] = p->store;
-        q[n].v[1] = sid;
-        q[n].v[2] = ps_get_str(L, sess, "status", &len);
-        q[n].v[3] = live_s[!ps_is_live(L, sess)];
-        q[n].v[4] = cs[i].created;
-        q[n].v[5] = cs[i].changed;
-        q[n].v[6] = cs[i].expires;
-        q[n].v[7] = cs[i].prune;
-        q[n].v[8] = p->token;
-        q[n++].v[9] = lua_tostring(L, -2);
-        lua_pop(L, 1); /* the session stays in UV_ROWS: its strings stay alive */
-        i++;
-      }
-      lua_getfield(L, pend + 4, sid);
-      if (lua_tointeger(L, -1) >= p->now) { /* awaited */
-        lua_pushfstring(L, "%s%s", sid, p->store);
-        q[n].q = Q_NOTIFY;
-        q[n++].v[0] = lua_tostring(L, -1);
-        lua_rawseti(L, pend + 3, (lua_Integer)lua_rawlen(L, pend + 3) + 1);
-      }
-      lua_pop(L, 2);
-    }
-    q[n].q = -1;
-    q[n++].sql = "COMMIT";
-    cut = cut_commits > 0 && npend > 0;
-    if (cut) cut_commits--;
-    if (cut) {
-      /* test hook: the whole transaction sent, then the connection lost before the answer */
-      int j;
-      PGconn *c = p->conn;
-      if (c && PQpipelineStatus(c) == PQ_PIPELINE_OFF) PQenterPipelineMode(c);
-      for (j = 0; j < n && c; j++) {
-        const pgq *x = &q[j];
-        if (x->q >= 0) PQsendQueryPrepared(c, stmts[x->q].name, stmts[x->q].nparams, x->v, NULL, NULL, 0);
-        else PQsendQueryParams(c, x->sql, 0, NULL, NULL, NULL, NULL, 0);
-      }
-      if (c) {
-        int64_t dl = ps_mono_ms() + p->stmt_ms;
-        PQpipelineSync(c);
-        while (PQflush(c) == 1 && wait_sock(c, POLLOUT, dl) > 0) {}
-        usleep(200000); /* let the server run it before the connection goes */
-      }
-      drop_conn(p);
-      rc = -1;
-      ps_err_set(err, "unavailable", "PostgreSQL %s: connection lost during COMMIT (test hook)",
-                 p->display);
-    } else {
-      rc = roundtrip(p, q, n, res, p->stmt_ms, 0, err);
-    }
-    if (rc != 0 && npend > 0 && (p->lost || cut)) {
-      /* The answer to COMMIT may have been lost after the server committed: find out. */
-      int v = look_up_outcome(p, key_sid, key_removal, key_old);
-      if (v == 1) {
-        rc = 0;
-        add_event(p, "commit_confirmed", "the connection was lost during COMMIT; the change "
-                  "was found committed");
-      } else if (v == 0) {
-        size_t l = strlen(err->msg);
-        snprintf(err->msg + l, sizeof err->msg - l, "; the change was not applied");
-      } else {
-        size_t l = strlen(err->msg);
-        err->code = "outcome_unknown";
-        snprintf(err->msg + l, sizeof err->msg - l, "; whether the change was committed "
-                 "cannot be told (read the session again)");
-      }
-    } else if (rc != 0 && p->conn && PQtransactionStatus(p->conn) != PQTRANS_IDLE) {
-      /* a statement failed: the server's transaction is aborted, end it */
-      pgq rb = { -1, "ROLLBACK", { 0 }, { 0 } };
-      PGresult *r = NULL;
-      ps_err e2;
-      if (roundtrip(p, &rb, 1, &r, p->stmt_ms, 1, &e2) != 0) drop_conn(p);
-      PQclear(r);
-    }
-    if (rc != 0 && err->code && !strcmp(err->code, "database")) {
-      /* which session the server refused, and why in our terms */
-      for (i = 0; i < n; i++) {
-        const char *state;
-        if (!res[i] || PQresultStatus(res[i]) != PGRES_FATAL_ERROR) continue;
-        state = PQresultErrorField(res[i], PG_DIAG_SQLSTATE);
-        if (q[i].q == Q_INSERT || q[i].q == Q_UPDATE) {
-          if (state && !strcmp(state, "22021"))
-            ps_err_set(err, "invalid", "PostgreSQL %s: session %.64s holds bytes that are not "
-                       "valid UTF-8, which PostgreSQL cannot store as text; nothing was stored",
-                       p->display, q[i].v[1]);
-          else if (state && !strcmp(state, "23505"))
-            ps_err_set(err, "invalid", "PostgreSQL %s: session %.64s was just stored by another "
-                       "transaction; nothing was stored", p->display, q[i].v[1]);
-        }
-        break;
-      }
-    }
-    for (i = 0; i < n; i++) PQclear(res[i]);
-    free(q);
-    free(res);
-    free(cs);
-  }
-  lua_settop(L, top);
-  reset_txn(L, p, eng);
-  return rc;
+  if (how != PS_END_COMMIT) return end_rollback(L, p, eng);
+  return end_commit(L, p, eng, err);
 }
 
 static const ps_event *pe_event(ps_engine *e, int i)
@@ -1312,6 +1076,35 @@ static void pe_events_clear(ps_engine *e)
 /* How long a watch announces itself for (ms): store:wait watches again before it ends. */
 #define PS_PG_WAIT_HORIZON "3600000"
 
+/* Says on the session's row that someone waits for its change (see Q_WAIT). */
+static int announce(pg_eng *p, const char *sid, int listen_first, ps_err *err)
+{
+  pgq q[3];
+  PGresult *r[3] = { NULL, NULL, NULL };
+  settings_buf sb;
+  int n = 0, rc;
+  memset(q, 0, sizeof q);
+  if (listen_first) {
+    q[n].q = Q_SQL;
+    q[n++].sql = "LISTEN " PG_NOTIFY_CHANNEL;
+  }
+  add_settings(p, q, &n, 1, &sb);
+  q[n].q = Q_WAIT;
+  q[n].v[0] = p->k->store;
+  q[n].v[1] = sid;
+  q[n++].v[2] = PS_PG_WAIT_HORIZON;
+  rc = rt(p, q, n, r, p->k->stmt_ms + p->k->lock_wait_ms, 0, err);
+  rt_clear(p, r, n);
+  return rc;
+}
+
+static int pe_announce(ps_engine *e, lua_State *L, int eng, const char *sid, ps_err *err)
+{
+  (void)L;
+  (void)eng;
+  return announce(PE(e), sid, 0, err);
+}
+
 typedef struct pg_watch {
   pg_eng *p;             /* kept alive by the watcher (its user value is the engine) */
   unsigned gen;          /* the connection it listens on */
@@ -1321,23 +1114,24 @@ typedef struct pg_watch {
 static int watch_fd(void *ctx)
 {
   pg_watch *w = ctx;
-  if (!w->p->conn || w->p->gen != w->gen || !w->p->listening) return -1;
-  return PQsocket(w->p->conn);
+  pg_link *k = w->p->k;
+  if (!k->conn || k->gen != w->gen || !k->listening) return -1;
+  return PQsocket(k->conn);
 }
 
 static int watch_drain(void *ctx)
 {
   pg_watch *w = ctx;
-  pg_eng *p = w->p;
+  pg_link *k = w->p->k;
   PGnotify *nt;
   int hit = 0;
-  if (!p->conn || p->gen != w->gen || !p->listening) {
+  if (!k->conn || k->gen != w->gen || !k->listening) {
     /* a new connection since (notifications may have been missed): look again */
-    w->gen = p->gen;
+    w->gen = k->gen;
     return 1;
   }
-  if (PQconsumeInput(p->conn) != 1) return 1;
-  while ((nt = PQnotifies(p->conn)) != NULL) {
+  if (PQconsumeInput(k->conn) != 1) return 1;
+  while ((nt = PQnotifies(k->conn)) != NULL) {
     if (!strcmp(nt->extra, w->payload)) hit = 1;
     PQfreemem(nt);
   }
@@ -1347,7 +1141,7 @@ static int watch_drain(void *ctx)
 static void watch_close(void *ctx)
 {
   pg_watch *w = ctx;
-  w->p->watchers--;
+  if (--w->p->watchers == 0) w->p->k->listen = 0;
   free(w);
 }
 
@@ -1356,44 +1150,29 @@ static const ps_watch_source pg_source = { watch_fd, watch_drain, watch_close };
 static int pe_watch(ps_engine *e, lua_State *L, int eng, const char *sid, ps_err *err)
 {
   pg_eng *p = PE(e);
-  pg_watch *w = malloc(sizeof *w);
+  pg_watch *w;
+  if (p->deferred) {
+    ps_err_set(err, "invalid", "PostgreSQL %s: a deferred engine does not watch", p->k->display);
+    return -1;
+  }
+  w = malloc(sizeof *w);
   if (!w) {
     ps_err_set(err, "io", "watch: out of memory (ENOMEM)");
     return -1;
   }
   w->p = p;
-  snprintf(w->payload, sizeof w->payload, "%s%s", sid, p->store);
+  snprintf(w->payload, sizeof w->payload, "%s%s", sid, p->k->store);
   p->watchers++;
-  if (connect_db(p, err) != 0) {
-    p->watchers--;
+  p->k->listen = 1;
+  /* listen first, then say so on the row: a change after that is notified */
+  if (pg_connect(p->k, err) != 0 || announce(p, sid, !p->k->listening, err) != 0) {
+    if (--p->watchers == 0) p->k->listen = 0;
     free(w);
     return -1;
   }
-  {
-    /* listen first, then say so on the row: a change after that is notified */
-    pgq q[2];
-    PGresult *r[2] = { NULL, NULL };
-    int n = 0;
-    memset(q, 0, sizeof q);
-    if (!p->listening) {
-      q[n].q = -1;
-      q[n++].sql = "LISTEN " NOTIFY_CHANNEL;
-    }
-    q[n].q = Q_WAIT;
-    q[n].v[0] = p->store;
-    q[n].v[1] = sid;
-    q[n++].v[2] = PS_PG_WAIT_HORIZON;
-    if (roundtrip(p, q, n, r, p->stmt_ms + p->lock_wait_ms, 0, err) != 0) {
-      clear_all(r, n);
-      p->watchers--;
-      free(w);
-      return -1;
-    }
-    clear_all(r, n);
-    p->listening = 1;
-  }
-  w->gen = p->gen;
-  ps_watcher_push(L, &pg_source, w, eng, p->display);
+  p->k->listening = 1;
+  w->gen = p->k->gen;
+  ps_watcher_push(L, &pg_source, w, eng, p->k->display);
   return 0;
 }
 
@@ -1402,27 +1181,134 @@ static int pe_watch(ps_engine *e, lua_State *L, int eng, const char *sid, ps_err
 static void pe_close(ps_engine *e)
 {
   pg_eng *p = PE(e);
-  drop_conn(p);
-  if (p->password) sodium_memzero(p->password, strlen(p->password));
-  if (p->conninfo) sodium_memzero(p->conninfo, strlen(p->conninfo));
-  free(p->conninfo);
-  free(p->display);
-  free(p->store);
-  free(p->password);
-  p->conninfo = p->display = p->store = p->password = NULL;
+  int i, j;
+  for (i = 0; i < p->nlog; i++) {
+    for (j = 0; j < p->log[i].n; j++) PQclear(p->log[i].res[j]);
+    free(p->log[i].res);
+  }
+  free(p->log);
+  p->log = NULL;
+  p->nlog = p->caplog = 0;
+  pg_link_free(p->k);
+  p->k = NULL;
+}
+
+static int pe_gc(lua_State *L)
+{
+  pg_eng *p = luaL_checkudata(L, 1, PS_PGENGINE_MT);
+  if (p->k) pe_close(&p->base);
+  return 0;
 }
 
 static const ps_engine_methods pg_methods = {
   PS_ENGINE_VERSION, "postgresql", pe_display, pe_locate, pe_begin, pe_clock, pe_fetch, pe_put,
   pe_remove, pe_count_live, pe_list, pe_text, pe_prune_due, pe_end, pe_event, pe_events_clear,
-  pe_watch, pe_close,
+  pe_watch, pe_close, pe_announce,
 };
 
-static int pe_gc(lua_State *L)
+/* ---- deferred engines: an nginx worker's links ------------------------------------------------ */
+
+static pg_eng *check_handle(lua_State *L)
 {
   pg_eng *p = luaL_checkudata(L, 1, PS_PGENGINE_MT);
-  pe_close(&p->base);
+  if (!p->k) luaL_error(L, "pairstore: the link is closed");
+  return p;
+}
+
+/* h:link() -> the id a worker thread finds the link by */
+static int h_link(lua_State *L)
+{
+  lua_pushinteger(L, (lua_Integer)check_handle(L)->k->id);
+  return 1;
+}
+
+/* h:state() -> idle (no transaction open on the server), connected, the ms (monotonic) a
+ * worker thread finished a round trip nobody took yet (or false), connect_failed */
+static int h_state(lua_State *L)
+{
+  pg_eng *p = check_handle(L);
+  pg_link *k = p->k;
+  lua_pushboolean(L, !p->in_txn && pg_link_idle(k));
+  lua_pushboolean(L, k->conn && PQstatus(k->conn) == CONNECTION_OK);
+  if (k->done && k->res) lua_pushinteger(L, (lua_Integer)k->done_ms);
+  else lua_pushboolean(L, 0);
+  lua_pushboolean(L, k->connect_failed);
+  return 4;
+}
+
+/* h:reset(): ends whatever transaction it was in (a caller that raised, or went away):
+ * the connection is closed unless idle. */
+static int h_reset(lua_State *L)
+{
+  pg_eng *p = check_handle(L);
+  if (p->k->busy) return 0; /* (cannot be: its owner is back) */
+  if (p->in_txn || !pg_link_idle(p->k)) pg_link_drop(p->k);
+  reset_rows(L, p, 1);
+  free_log(p);
+  p->base.cont.stage = 0;
   return 0;
+}
+
+/* h:close(): releases it (at once, or when a worker thread still running its round trip
+ * ends: that thread then closes the connection). */
+static int h_close(lua_State *L)
+{
+  pg_eng *p = luaL_checkudata(L, 1, PS_PGENGINE_MT);
+  if (p->k) pe_close(&p->base);
+  return 0;
+}
+
+static const luaL_Reg handle_methods[] = {
+  { "link", h_link }, { "state", h_state }, { "reset", h_reset }, { "close", h_close },
+  { NULL, NULL },
+};
+
+/* Pushes a new engine userdata (metatable set) with no link yet. */
+static pg_eng *new_engine(lua_State *L, int decode)
+{
+  pg_eng *p;
+  int i;
+  decode = lua_absindex(L, decode);
+  p = lua_newuserdatauv(L, sizeof *p, UV_COUNT);
+  memset(p, 0, sizeof *p);
+  p->base.m = &pg_methods;
+  if (luaL_newmetatable(L, PS_PGENGINE_MT)) { /* before any resource is acquired */
+    lua_pushcfunction(L, pe_gc);
+    lua_setfield(L, -2, "__gc");
+    luaL_newlib(L, handle_methods);
+    lua_setfield(L, -2, "__index");
+  }
+  lua_setmetatable(L, -2);
+  p->next_prune = INT64_MAX;
+  lua_pushvalue(L, decode);
+  lua_setiuservalue(L, -2, UV_DECODE);
+  for (i = UV_ROWS; i <= UV_WAITED; i++) {
+    lua_newtable(L);
+    lua_setiuservalue(L, -2, i);
+  }
+  return p;
+}
+
+ps_engine *ps_pg_engine_clone(lua_State *L, ps_engine *from, int decode, int listen)
+{
+  pg_eng *src = PE(from), *p = new_engine(L, decode);
+  ps_pg_opts o;
+  memset(&o, 0, sizeof o);
+  o.lock_wait_ms = src->k->lock_wait_ms;
+  o.connect_timeout_ms = src->k->connect_ms;
+  o.statement_timeout_ms = src->k->stmt_ms;
+  o.durable = src->k->durable;
+  p->k = pg_link_new(src->k->conninfo, src->k->display, src->k->store, src->k->password, &o);
+  if (!p->k) luaL_error(L, "pairstore: out of memory");
+  p->k->listen = listen;
+  p->deferred = 1;
+  p->max_session_bytes = src->max_session_bytes;
+  return &p->base;
+}
+
+int ps_pg_is_engine(lua_State *L, int idx)
+{
+  return luaL_testudata(L, idx, PS_PGENGINE_MT) != NULL;
 }
 
 /* The display name: postgresql://user@host:port/dbname (store NAME), from what libpq reads
@@ -1458,19 +1344,10 @@ ps_engine *ps_pg_engine_new(lua_State *L, const char *target, const ps_pg_opts *
 {
   pg_eng *p;
   PQconninfoOption *opts, *x;
-  char *errmsg = NULL;
+  char *errmsg = NULL, *display, *password = NULL;
   const char *conninfo = !strncmp(target, "pg:", 3) ? target + 3 : target;
-  int i;
 
-  decode = lua_absindex(L, decode);
-  p = lua_newuserdatauv(L, sizeof *p, UV_COUNT);
-  memset(p, 0, sizeof *p);
-  p->base.m = &pg_methods;
-  if (luaL_newmetatable(L, PS_PGENGINE_MT)) { /* before any resource is acquired */
-    lua_pushcfunction(L, pe_gc);
-    lua_setfield(L, -2, "__gc");
-  }
-  lua_setmetatable(L, -2);
+  p = new_engine(L, decode);
   opts = PQconninfoParse(conninfo, &errmsg);
   if (!opts) {
     /* libpq's message may quote the target: shown only when it can hold no password */
@@ -1480,29 +1357,17 @@ ps_engine *ps_pg_engine_new(lua_State *L, const char *target, const ps_pg_opts *
     PQfreemem(errmsg);
     lua_error(L);
   }
-  p->conninfo = strdup(conninfo);
-  p->store = strdup(o->store);
-  p->display = make_display(opts, o->store);
+  display = make_display(opts, o->store);
   for (x = opts; x->keyword; x++)
-    if (!strcmp(x->keyword, "password") && x->val && *x->val) p->password = strdup(x->val);
+    if (!strcmp(x->keyword, "password") && x->val && *x->val) password = strdup(x->val);
   for (x = opts; x->keyword; x++)
     if (x->val) sodium_memzero(x->val, strlen(x->val));
   PQconninfoFree(opts);
-  if (!p->conninfo || !p->store || !p->display) {
-    pe_close(&p->base);
-    luaL_error(L, "pairstore.open: out of memory");
-  }
-  p->lock_wait_ms = o->lock_wait_ms;
-  p->connect_ms = o->connect_timeout_ms;
-  p->stmt_ms = o->statement_timeout_ms;
-  p->durable = o->durable;
+  p->k = display ? pg_link_new(conninfo, display, o->store, password, o) : NULL;
+  free(display);
+  if (password) sodium_memzero(password, strlen(password));
+  free(password);
+  if (!p->k) luaL_error(L, "pairstore.open: out of memory");
   p->max_session_bytes = o->max_session_bytes;
-  p->next_prune = INT64_MAX;
-  lua_pushvalue(L, decode);
-  lua_setiuservalue(L, -2, UV_DECODE);
-  for (i = UV_ROWS; i <= UV_WAITED; i++) {
-    lua_newtable(L);
-    lua_setiuservalue(L, -2, i);
-  }
   return &p->base;
 }

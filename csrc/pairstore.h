@@ -378,11 +378,15 @@ enum { PS_LIST_ACTIVE = 1, PS_LIST_TEXT = 2 };
 typedef struct ps_hint {
   const char *sid;       /* the session it will fetch first, or NULL */
   int count_live;        /* it will count the live sessions up to this many (a create), or 0 */
-  int list;              /* it will list: 0 no, else PS_LIST_* flags + 4 */
+  int list;              /* it will list (1), with these PS_LIST_* flags */
+  int list_flags;
   /* Do not wait for a lock another holds: fail at once with code "lock_busy" (the message
    * being the one a timeout would give); the transaction then waits outside the engine, by
    * the caller's sleep, and runs again (a cooperative wait, see ps_txn_run). */
   int nowait;
+  /* The transaction runs again after it stopped for a round trip (io_pending): the engine
+   * keeps what it did so far and replays it. */
+  int resume;
 } ps_hint;
 
 typedef struct ps_engine_methods {
@@ -431,11 +435,34 @@ typedef struct ps_engine_methods {
   int  (*watch)(ps_engine *e, lua_State *L, int eng, const char *sid, ps_err *err);
   /* Releases everything; idempotent (also the engine userdata's __gc). */
   void (*close)(ps_engine *e);
+  /* Says that someone waits for a change of the session sid (inside a transaction of its
+   * own, PS_OP_ANNOUNCE), for an engine whose waits are watched elsewhere. May be NULL. */
+  int  (*announce)(ps_engine *e, lua_State *L, int eng, const char *sid, ps_err *err);
 } ps_engine_methods;
+
+/* A transaction that stopped where a round trip was due (code "io_pending": a deferred
+ * engine, whose round trips a worker thread runs) and is run again by the same call: what
+ * it must see again is kept with its engine, which that call has to itself meanwhile. */
+enum { PS_STAGE_NONE = 0, PS_STAGE_BODY, PS_STAGE_COMMIT };
+typedef struct ps_cont {
+  int stage;             /* PS_STAGE_*: where it stopped */
+  char sid[33];          /* create: the sid drawn for it */
+  int64_t now;           /* the caller's clock, read once */
+  int have_now;
+  int coop;              /* its cooperative wait (see ps_wait in txn.c) */
+  int64_t deadline;
+  int tries;
+  const char *outcome;   /* stopped at its commit: the domain outcome, and its results */
+  int nres;
+} ps_cont;
 
 struct ps_engine {
   const ps_engine_methods *m;
+  ps_cont cont;
 };
+
+/* Whether a failure is a deferred engine's "a round trip is due" (io_pending). */
+int ps_is_pending(const ps_err *e);
 
 /* The file engine (engine_file.c): the options it takes. */
 typedef struct ps_file_opts {
@@ -463,6 +490,13 @@ typedef struct ps_pg_opts {
 int ps_pg_is_target(const char *target);
 /* Pushes a PostgreSQL engine for target (nothing connects yet) and returns it. */
 ps_engine *ps_pg_engine_new(lua_State *L, const char *target, const ps_pg_opts *o, int decode);
+/* Pushes a deferred engine (its own link; listen: LISTEN on each new connection) for the
+ * same database and store as the PostgreSQL engine from, and returns it. */
+ps_engine *ps_pg_engine_clone(lua_State *L, ps_engine *from, int decode, int listen);
+/* Whether the value at idx is a PostgreSQL engine. */
+int ps_pg_is_engine(lua_State *L, int idx);
+/* Adds pg_perform and pg_listen (an nginx worker thread's entry points) to the table on top. */
+void ps_pg_register(lua_State *L);
 /* Test hooks: cut the connection after sending the next n COMMITs; round trips so far. */
 void ps_pg_fault_cut_commits(int n);
 long ps_pg_roundtrips(void);
@@ -473,7 +507,8 @@ extern const char ps_pg_schema_sql[];
 
 #define PS_STORE_MT "pairstore.store"
 /* User values of a store userdata: options; the engine; cjson's decode. */
-enum { PS_UV_OPTS = 1, PS_UV_ENGINE, PS_UV_DECODE, PS_UV_COUNT = PS_UV_DECODE };
+/* PS_UV_NEXT: the engine the next transaction runs on instead of the store's (c:use_engine). */
+enum { PS_UV_OPTS = 1, PS_UV_ENGINE, PS_UV_DECODE, PS_UV_NEXT, PS_UV_COUNT = PS_UV_NEXT };
 
 typedef struct ps_store {
   ps_engine *eng;        /* NULL: closed */
@@ -492,6 +527,7 @@ typedef struct ps_store {
 typedef enum {
   PS_OP_GET, PS_OP_LIST, PS_OP_CREATE, PS_OP_UPDATE, PS_OP_TRANSITION, PS_OP_FAILED_CODE,
   PS_OP_VERIFY, PS_OP_CONSUME, PS_OP_RESPOND, PS_OP_PRUNE, PS_OP_EXPORT, PS_OP_IMPORT, PS_OP_NOW,
+  PS_OP_ANNOUNCE,
 } ps_op;
 
 /* How a transaction waits for a lock another holds: in the engine (blocking, bounded by

@@ -22,6 +22,7 @@ typedef struct ps_txn {
   const char *outcome;   /* domain outcome: nil, outcome, outcome */
   char sid[33];          /* create: the sid drawn for it before begin */
   int failed;            /* system failure in err */
+  int commit_pending;    /* the engine stopped at its commit for a round trip (io_pending) */
   ps_err err;
 } ps_txn;
 
@@ -325,6 +326,11 @@ static int read_clock(lua_State *L, ps_txn *t)
     }
     return 0;
   }
+  if (t->e->cont.have_now) { /* a transaction run again reads the clock it first read */
+    lua_pop(L, 1);
+    t->now = t->e->cont.now;
+    return 0;
+  }
   if (ps_call_user(L, 0, 1) != LUA_OK) {
     ps_err_set(&t->err, "callback", "clock failed: %s",
                lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "?");
@@ -344,6 +350,8 @@ static int read_clock(lua_State *L, ps_txn *t)
   }
   lua_pop(L, 1);
   t->now = (int64_t)v;
+  t->e->cont.now = t->now;
+  t->e->cont.have_now = 1;
   return 0;
 }
 
@@ -352,6 +360,14 @@ static int txn_body(lua_State *L)
   ps_txn *t = lua_touserdata(L, 1);
   int nres = 0, removed = 0;
 
+  if (t->op == PS_OP_ANNOUNCE) {
+    if (t->m->announce(t->e, L, ENG, lua_tostring(L, ARG(1)), &t->err) != 0) {
+      t->failed = 1;
+      return 0;
+    }
+    lua_pushboolean(L, 1);
+    return 1; /* (a read: nothing to end on the server) */
+  }
   if (read_clock(L, t) != 0) return 0;
   if (t->m->prune_due(t->e, L, ENG, t->now, &removed, &t->err) != 0) {
     t->failed = 1;
@@ -379,6 +395,10 @@ static int txn_body(lua_State *L)
   }
   if (t->failed) return 0;
   if (t->m->end(t->e, L, ENG, PS_END_COMMIT, &t->err) != 0) {
+    if (ps_is_pending(&t->err)) { /* the commit's round trip is due: its results wait */
+      t->commit_pending = 1;
+      return nres;
+    }
     t->ended = 1;
     t->failed = 1;
     return 0;
@@ -486,6 +506,77 @@ static int txn_failed(lua_State *L, ps_wait *w, ps_err *e)
   return ps_push_err(L, e);
 }
 
+/* nil, message, "io_pending": the transaction waits for a round trip (see ps_cont). */
+static int push_pending(lua_State *L, ps_txn *t)
+{
+  return ps_push_err(L, &t->err);
+}
+
+/* The results of a transaction that stopped at its commit, kept until it is run again:
+ * registry[saved_key][engine] = { results... }. */
+static const char saved_key = 's';
+
+static void saved_push(lua_State *L, ps_engine *e)
+{
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &saved_key);
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    lua_newtable(L);
+    lua_pushvalue(L, -1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &saved_key);
+  }
+  lua_rawgetp(L, -1, e);
+  lua_pushnil(L);
+  lua_rawsetp(L, -3, e);
+  lua_remove(L, -2);
+}
+
+static void saved_keep(lua_State *L, ps_engine *e, int from, int to)
+{
+  int i;
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &saved_key);
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    lua_newtable(L);
+    lua_pushvalue(L, -1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &saved_key);
+  }
+  lua_createtable(L, to - from + 1, 0);
+  for (i = from; i <= to; i++) {
+    lua_pushvalue(L, i);
+    lua_rawseti(L, -2, i - from + 1);
+  }
+  lua_rawsetp(L, -2, e);
+  lua_pop(L, 1);
+}
+
+/* Runs again a transaction that stopped at its commit: only the commit (the operation's
+ * work and its callbacks are done), then its saved results. */
+static int resume_commit(lua_State *L, ps_txn *t, int eng, ps_wait *w)
+{
+  ps_cont *cont = &t->e->cont;
+  int rc, i, n = cont->nres;
+  cont->stage = PS_STAGE_NONE;
+  rc = t->m->end(t->e, L, eng, PS_END_COMMIT, &t->err);
+  if (rc != 0 && ps_is_pending(&t->err)) {
+    cont->stage = PS_STAGE_COMMIT;
+    return push_pending(L, t);
+  }
+  saved_push(L, t->e);
+  deliver_events(L, t, 1);
+  if (rc != 0) return txn_failed(L, w, &t->err);
+  if (cont->outcome) {
+    lua_pushnil(L);
+    lua_pushstring(L, cont->outcome);
+    lua_pushstring(L, cont->outcome);
+    return 3;
+  }
+  luaL_checkstack(L, n + 1, "too many results");
+  rc = lua_gettop(L);
+  for (i = 1; i <= n; i++) lua_rawgeti(L, rc, i);
+  return n;
+}
+
 int ps_txn_run(lua_State *L, ps_op op, int readonly)
 {
   ps_store *s = luaL_checkudata(L, 1, PS_STORE_MT);
@@ -493,24 +584,44 @@ int ps_txn_run(lua_State *L, ps_op op, int readonly)
   ps_txn t;
   ps_hint hint;
   ps_wait w;
+  ps_cont *cont;
 
   if (!s->eng) return luaL_error(L, "pairstore: store is closed");
-  /* The wait mode is for this transaction only. */
-  w.coop = s->wait_mode != PS_WAIT_BLOCK;
-  w.deadline = s->wait_mode == PS_WAIT_CONTINUE ? s->wait_deadline : ps_mono_ms() + s->lock_wait_ms;
-  w.tries = s->wait_mode == PS_WAIT_CONTINUE ? s->wait_tries : 0;
-  s->wait_mode = PS_WAIT_BLOCK;
   memset(&t, 0, sizeof t);
+  /* The engine: the one handed for this call (c:use_engine), else the store's. */
+  if (lua_getiuservalue(L, 1, PS_UV_NEXT) == LUA_TNIL) {
+    lua_pop(L, 1);
+    lua_getiuservalue(L, 1, PS_UV_ENGINE);
+  } else {
+    lua_pushnil(L);
+    lua_setiuservalue(L, 1, PS_UV_NEXT);
+  }
+  eng = lua_gettop(L);
   t.s = s;
-  t.e = s->eng;
-  t.m = s->eng->m;
+  t.e = lua_touserdata(L, eng);
+  t.m = t.e->m;
   t.op = op;
   t.readonly = readonly;
-  lua_getiuservalue(L, 1, PS_UV_ENGINE);
-  eng = lua_gettop(L);
-  if (t.m->locate(t.e, L, eng, &t.err) != 0) return ps_push_err(L, &t.err);
+  cont = &t.e->cont;
+  /* The wait mode is for this transaction only; one run again keeps the wait it began. */
+  if (cont->stage == PS_STAGE_NONE) {
+    memset(cont, 0, sizeof *cont);
+    cont->coop = s->wait_mode != PS_WAIT_BLOCK;
+    cont->deadline = s->wait_mode == PS_WAIT_CONTINUE ? s->wait_deadline : ps_mono_ms() + s->lock_wait_ms;
+    cont->tries = s->wait_mode == PS_WAIT_CONTINUE ? s->wait_tries : 0;
+  }
+  s->wait_mode = PS_WAIT_BLOCK;
+  w.coop = cont->coop;
+  w.deadline = cont->deadline;
+  w.tries = cont->tries;
+  if (cont->stage == PS_STAGE_COMMIT) return resume_commit(L, &t, eng, &w);
+  if (t.m->locate(t.e, L, eng, &t.err) != 0) {
+    cont->stage = PS_STAGE_NONE;
+    return ps_push_err(L, &t.err);
+  }
   key = lua_gettop(L);
   if (held_get(L, key)) {
+    cont->stage = PS_STAGE_NONE;
     ps_err_set(&t.err, "reentrant",
                "store call made while this process holds the lock on %s (from inside a mutator?)",
                t.m->display(t.e));
@@ -519,17 +630,32 @@ int ps_txn_run(lua_State *L, ps_op op, int readonly)
   /* What the transaction will ask the engine for first, and whether it may wait. */
   memset(&hint, 0, sizeof hint);
   hint.nowait = w.coop;
+  hint.resume = cont->stage == PS_STAGE_BODY;
   switch (op) {
   case PS_OP_CREATE:
-    if (lua_isstring(L, 5)) snprintf(t.sid, sizeof t.sid, "%s", lua_tostring(L, 5));
-    else ps_random_hex(t.sid, 16);
+    if (!hint.resume) {
+      if (lua_isstring(L, 5)) snprintf(cont->sid, sizeof cont->sid, "%s", lua_tostring(L, 5));
+      else ps_random_hex(cont->sid, 16);
+    }
+    memcpy(t.sid, cont->sid, sizeof t.sid);
     hint.sid = t.sid;
     hint.count_live = s->max_sessions;
     break;
-  case PS_OP_LIST: hint.list = 4 + (lua_toboolean(L, 2) ? PS_LIST_ACTIVE : 0); break;
-  case PS_OP_EXPORT: hint.list = 4 + PS_LIST_TEXT; break;
-  case PS_OP_PRUNE: case PS_OP_IMPORT: case PS_OP_NOW: break;
+  case PS_OP_LIST:
+    hint.list = 1;
+    hint.list_flags = lua_toboolean(L, 2) ? PS_LIST_ACTIVE : 0;
+    break;
+  case PS_OP_EXPORT:
+    hint.list = 1;
+    hint.list_flags = PS_LIST_TEXT;
+    break;
+  case PS_OP_PRUNE: case PS_OP_IMPORT: case PS_OP_NOW: case PS_OP_ANNOUNCE: break;
   default: hint.sid = lua_tostring(L, 2); break;
+  }
+  cont->stage = PS_STAGE_NONE;
+  if (op == PS_OP_ANNOUNCE && !t.m->announce) {
+    lua_pushboolean(L, 1); /* nothing to say: the engine watches by itself */
+    return 1;
   }
   if (t.m->begin(t.e, L, eng, readonly, &hint, &t.err) != 0) {
     deliver_events(L, &t, 1);
@@ -544,10 +670,23 @@ int ps_txn_run(lua_State *L, ps_op op, int readonly)
   lua_pushvalue(L, eng);
   for (i = 1; i <= nargs; i++) lua_pushvalue(L, i);
   status = lua_pcall(L, nargs + 2, LUA_MULTRET, 0);
-
-  if (!t.ended) t.m->end(t.e, L, eng, PS_END_ROLLBACK, NULL); /* never fails */
   held_set(L, key, 0);
   s->busy = 0;
+
+  if (status == LUA_OK && t.failed && ps_is_pending(&t.err)) {
+    cont->stage = PS_STAGE_BODY; /* run again from the start, replaying what it did */
+    lua_settop(L, base);
+    return push_pending(L, &t);
+  }
+  if (status == LUA_OK && t.commit_pending) {
+    cont->stage = PS_STAGE_COMMIT;
+    cont->outcome = t.outcome;
+    cont->nres = lua_gettop(L) - base;
+    saved_keep(L, t.e, base + 1, lua_gettop(L));
+    lua_settop(L, base);
+    return push_pending(L, &t);
+  }
+  if (!t.ended) t.m->end(t.e, L, eng, PS_END_ROLLBACK, NULL); /* never fails */
   if (status != LUA_OK) return lua_error(L); /* out of memory or a bug: lock already released */
   deliver_events(L, &t, 1);
   if (t.failed) return txn_failed(L, &w, &t.err);
