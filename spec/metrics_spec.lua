@@ -20,7 +20,7 @@ local function samples(text)
   local t = {}
   for line in text:gmatch("[^\n]+") do
     if not line:find("^#") then
-      local k, v = line:match("^(%S+) (%S+)$")
+      local k, v = line:match("^(.*) (%S+)$")
       assert(k, "not a sample line: " .. line)
       t[k] = tonumber(v) or v
     end

@@ -103,7 +103,7 @@ local function parse(text)
   local t = {}
   for line in text:gmatch("[^\n]+") do
     if not line:find("^#") then
-      local k, v = line:match("^(%S+) (%S+)$")
+      local k, v = line:match("^(.*) (%S+)$")
       if k then t[k] = tonumber(v) end
     end
   end
