@@ -385,6 +385,13 @@ static void open_pg(lua_State *L, const char *target, size_t len, int opts, int 
       lua_error(L);
     }
   }
+  lua_getfield(L, opts, "listen_target");
+  o.listen_target = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+  if (o.listen_target && !ps_pg_is_target(o.listen_target)) {
+    lua_pushliteral(L, "pairstore.open: option listen_target must be a PostgreSQL target");
+    lua_error(L);
+  }
+  lua_pop(L, 1); /* (the options table keeps the string) */
   o.lock_wait_ms = st->lock_wait_ms;
   o.connect_timeout_ms = opt_int(L, opts, "connect_timeout_ms", 10000, 1, 3600000);
   o.statement_timeout_ms = opt_int(L, opts, "statement_timeout_ms", 30000, 1, 3600000);

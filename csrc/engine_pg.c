@@ -90,6 +90,7 @@ typedef struct rt_entry {
 typedef struct pg_eng {
   ps_engine base;
   pg_link *k;            /* the connection and how to reach it */
+  pg_link *lk;           /* where waits LISTEN (the listen_target option), or NULL: k */
   int deferred;          /* round trips run elsewhere (a worker thread): see the file's head */
   size_t max_session_bytes;
   int watchers;
@@ -1111,10 +1112,16 @@ typedef struct pg_watch {
   char payload[33 + 256];
 } pg_watch;
 
+/* The link a watch listens on. */
+static pg_link *listen_link(pg_eng *p)
+{
+  return p->lk ? p->lk : p->k;
+}
+
 static int watch_fd(void *ctx)
 {
   pg_watch *w = ctx;
-  pg_link *k = w->p->k;
+  pg_link *k = listen_link(w->p);
   if (!k->conn || k->gen != w->gen || !k->listening) return -1;
   return PQsocket(k->conn);
 }
@@ -1122,7 +1129,7 @@ static int watch_fd(void *ctx)
 static int watch_drain(void *ctx)
 {
   pg_watch *w = ctx;
-  pg_link *k = w->p->k;
+  pg_link *k = listen_link(w->p);
   PGnotify *nt;
   int hit = 0;
   if (!k->conn || k->gen != w->gen || !k->listening) {
@@ -1141,7 +1148,7 @@ static int watch_drain(void *ctx)
 static void watch_close(void *ctx)
 {
   pg_watch *w = ctx;
-  if (--w->p->watchers == 0) w->p->k->listen = 0;
+  if (--w->p->watchers == 0) listen_link(w->p)->listen = 0;
   free(w);
 }
 
@@ -1151,6 +1158,7 @@ static int pe_watch(ps_engine *e, lua_State *L, int eng, const char *sid, ps_err
 {
   pg_eng *p = PE(e);
   pg_watch *w;
+  pg_link *wl;
   if (p->deferred) {
     ps_err_set(err, "invalid", "PostgreSQL %s: a deferred engine does not watch", p->k->display);
     return -1;
@@ -1163,17 +1171,27 @@ static int pe_watch(ps_engine *e, lua_State *L, int eng, const char *sid, ps_err
   w->p = p;
   snprintf(w->payload, sizeof w->payload, "%s%s", sid, p->k->store);
   p->watchers++;
-  p->k->listen = 1;
+  wl = listen_link(p);
+  wl->listen = 1;
   /* listen first, then say so on the row: a change after that is notified */
-  if (pg_connect(p->k, err) != 0 || announce(p, sid, !p->k->listening, err) != 0) {
-    if (--p->watchers == 0) p->k->listen = 0;
-    free(w);
-    return -1;
+  if (pg_connect(wl, err) != 0) goto failed;
+  if (wl != p->k && !wl->listening) {
+    pgq q = { Q_SQL, "LISTEN " PG_NOTIFY_CHANNEL, { 0 } };
+    PGresult *r = NULL;
+    int rc = pg_roundtrip(wl, &q, 1, &r, wl->stmt_ms, 0, err);
+    PQclear(r);
+    if (rc != 0) goto failed;
   }
-  p->k->listening = 1;
-  w->gen = p->k->gen;
+  if (announce(p, sid, wl == p->k && !wl->listening, err) != 0) goto failed;
+  wl->listening = 1;
+  w->gen = wl->gen;
   ps_watcher_push(L, &pg_source, w, eng, p->k->display);
   return 0;
+
+failed:
+  if (--p->watchers == 0) wl->listen = 0;
+  free(w);
+  return -1;
 }
 
 /* ---- making one ----------------------------------------------------------------------------- */
@@ -1190,7 +1208,8 @@ static void pe_close(ps_engine *e)
   p->log = NULL;
   p->nlog = p->caplog = 0;
   pg_link_free(p->k);
-  p->k = NULL;
+  pg_link_free(p->lk);
+  p->k = p->lk = NULL;
 }
 
 static int pe_gc(lua_State *L)
@@ -1222,18 +1241,20 @@ static int h_link(lua_State *L)
   return 1;
 }
 
-/* h:state() -> idle (no transaction open on the server), connected, the ms (monotonic) a
- * worker thread finished a round trip nobody took yet (or false), connect_failed */
+/* h:state() -> busy (a worker thread runs its round trip: nothing else is told), the ms
+ * (monotonic) a worker thread finished a round trip nobody took yet (or false),
+ * connect_failed (the last round trip could not connect) */
 static int h_state(lua_State *L)
 {
   pg_eng *p = check_handle(L);
-  pg_link *k = p->k;
-  lua_pushboolean(L, !p->in_txn && pg_link_idle(k));
-  lua_pushboolean(L, k->conn && PQstatus(k->conn) == CONNECTION_OK);
-  if (k->done && k->res) lua_pushinteger(L, (lua_Integer)k->done_ms);
+  int64_t done_ms;
+  int connect_failed;
+  int st = pg_link_state(p->k, &done_ms, &connect_failed);
+  lua_pushboolean(L, st == 2);
+  if (st == 1) lua_pushinteger(L, (lua_Integer)done_ms);
   else lua_pushboolean(L, 0);
-  lua_pushboolean(L, k->connect_failed);
-  return 4;
+  lua_pushboolean(L, st != 2 && connect_failed);
+  return 3;
 }
 
 /* h:reset(): ends whatever transaction it was in (a caller that raised, or went away):
@@ -1298,7 +1319,10 @@ ps_engine *ps_pg_engine_clone(lua_State *L, ps_engine *from, int decode, int lis
   o.connect_timeout_ms = src->k->connect_ms;
   o.statement_timeout_ms = src->k->stmt_ms;
   o.durable = src->k->durable;
-  p->k = pg_link_new(src->k->conninfo, src->k->display, src->k->store, src->k->password, &o);
+  {
+    const pg_link *via = listen && src->lk ? src->lk : src->k; /* a listener: past the pooler */
+    p->k = pg_link_new(via->conninfo, via->display, via->store, via->password, &o);
+  }
   if (!p->k) luaL_error(L, "pairstore: out of memory");
   p->k->listen = listen;
   p->deferred = 1;
@@ -1340,19 +1364,20 @@ static char *make_display(PQconninfoOption *opts, const char *store)
   return out;
 }
 
-ps_engine *ps_pg_engine_new(lua_State *L, const char *target, const ps_pg_opts *o, int decode)
+/* A link to target (what makes the store's display name; what else libpq reads in it stays
+ * with libpq); raises a clear error when libpq cannot parse it. what: the option's name. */
+static pg_link *link_for(lua_State *L, const char *target, const ps_pg_opts *o, const char *what)
 {
-  pg_eng *p;
   PQconninfoOption *opts, *x;
   char *errmsg = NULL, *display, *password = NULL;
   const char *conninfo = !strncmp(target, "pg:", 3) ? target + 3 : target;
+  pg_link *k;
 
-  p = new_engine(L, decode);
   opts = PQconninfoParse(conninfo, &errmsg);
   if (!opts) {
     /* libpq's message may quote the target: shown only when it can hold no password */
     int safe = errmsg && !strchr(target, '@') && !strcasestr(target, "password");
-    lua_pushfstring(L, "pairstore.open: invalid PostgreSQL target%s%s", safe ? ": " : "",
+    lua_pushfstring(L, "pairstore.open: invalid PostgreSQL %s%s%s", what, safe ? ": " : "",
                     safe ? errmsg : " (libpq cannot parse it)");
     PQfreemem(errmsg);
     lua_error(L);
@@ -1363,11 +1388,19 @@ ps_engine *ps_pg_engine_new(lua_State *L, const char *target, const ps_pg_opts *
   for (x = opts; x->keyword; x++)
     if (x->val) sodium_memzero(x->val, strlen(x->val));
   PQconninfoFree(opts);
-  p->k = display ? pg_link_new(conninfo, display, o->store, password, o) : NULL;
+  k = display ? pg_link_new(conninfo, display, o->store, password, o) : NULL;
   free(display);
   if (password) sodium_memzero(password, strlen(password));
   free(password);
-  if (!p->k) luaL_error(L, "pairstore.open: out of memory");
+  if (!k) luaL_error(L, "pairstore.open: out of memory");
+  return k;
+}
+
+ps_engine *ps_pg_engine_new(lua_State *L, const char *target, const ps_pg_opts *o, int decode)
+{
+  pg_eng *p = new_engine(L, decode);
+  p->k = link_for(L, target, o, "target");
+  if (o->listen_target) p->lk = link_for(L, o->listen_target, o, "listen_target");
   p->max_session_bytes = o->max_session_bytes;
   return &p->base;
 }

@@ -483,6 +483,7 @@ int ps_file_engine_selfcheck(lua_State *L, int eng);
 /* The PostgreSQL engine (engine_pg.c). */
 typedef struct ps_pg_opts {
   const char *store;     /* the store's name */
+  const char *listen_target; /* where waits LISTEN (a direct connection past a pooler), or NULL */
   int lock_wait_ms, connect_timeout_ms, statement_timeout_ms, durable;
   size_t max_session_bytes;
 } ps_pg_opts;

@@ -80,6 +80,9 @@ pg_link *pg_link_new(const char *conninfo, const char *display, const char *stor
 void pg_link_drop(pg_link *k);
 /* Releases a link: at once, or, while a worker thread runs its round trip, when it ends. */
 void pg_link_free(pg_link *k);
+/* Under the table's mutex: 2 a worker thread runs its round trip; 1 one finished at *done_ms
+ * and nobody took its outcome yet; 0 neither (*connect_failed: the last could not connect). */
+int  pg_link_state(pg_link *k, int64_t *done_ms, int *connect_failed);
 /* Whether the link's connection is idle (no transaction open on the server) or absent. */
 int  pg_link_idle(pg_link *k);
 

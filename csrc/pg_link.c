@@ -188,6 +188,17 @@ void pg_link_free(pg_link *k)
   link_release_memory(k);
 }
 
+int pg_link_state(pg_link *k, int64_t *done_ms, int *connect_failed)
+{
+  int st;
+  pthread_mutex_lock(&links_mu);
+  st = k->busy ? 2 : k->done && k->res ? 1 : 0;
+  *done_ms = k->done_ms;
+  *connect_failed = k->connect_failed;
+  pthread_mutex_unlock(&links_mu);
+  return st;
+}
+
 int pg_link_idle(pg_link *k)
 {
   return !k->conn || PQstatus(k->conn) != CONNECTION_OK ||
@@ -669,8 +680,14 @@ static int perform(unsigned id)
       pgq rb = { Q_SQL, "ROLLBACK", { 0 } };
       PGresult *r = NULL;
       ps_err e2;
+      char state[6];
+      int lost = k->lost, cancel = k->cancel;
+      memcpy(state, k->state, sizeof state); /* (what the round trip said, not the rollback) */
       if (pg_roundtrip(k, &rb, 1, &r, k->stmt_ms, 1, &e2) != 0) pg_link_drop(k);
       PQclear(r);
+      memcpy(k->state, state, sizeof state);
+      k->lost = lost;
+      k->cancel = cancel;
     }
   }
   k->done = 1;

@@ -30,11 +30,14 @@ function handler.log(msg)
   io.stderr:write(msg, "\n")
 end
 
--- A store failure (lock timeout, I/O, ...) is the server's problem, never the phone's; the
--- message goes to the server log only.
+-- A store failure (lock timeout, database away, I/O, ...) is the server's problem, never the
+-- phone's; the message goes to the server log only. What may pass by itself (a lock or a
+-- connection that was not had in time, a database that is away or failing over) is 503,
+-- to be tried again later; the rest 500.
+local TRY_LATER = { timeout = true, unavailable = true, busy = true }
 local function store_failure(msg, code)
-  handler.log("pairstore: " .. tostring(msg))
-  if code == "timeout" then return 503, { error = "busy" } end
+  handler.log("pairstore: " .. tostring(code) .. ": " .. tostring(msg))
+  if TRY_LATER[code] then return 503, { error = "busy" } end
   return 500, { error = "internal" }
 end
 handler.store_failure = store_failure
@@ -96,10 +99,36 @@ function handler.respond(store, body, opts)
   return 200, { status = done.status }
 end
 
--- What the phone (or a web page) may poll (GET /status?sid=): no secrets, no code.
+-- The longest long-poll (GET /status?sid=&wait=SECONDS) a client may ask for.
+handler.MAX_WAIT_S = 30
+
+-- What the phone (or a web page) may poll (GET /status?sid=): no secrets, no code. With
+-- wait=SECONDS (1 to MAX_WAIT_S) and since=STATUS (what the client last saw), it answers
+-- once the status differs from since, or when the wait ends (the status as it is then).
 function handler.status(store, query)
   if type(query) ~= "table" or not is_sid(query.sid) then return 400, { error = "bad_request" } end
+  local wait = query.wait
+  if wait ~= nil then
+    wait = type(wait) == "string" and wait:match("^%d+$") and tonumber(wait)
+    if not wait or wait < 1 or wait > handler.MAX_WAIT_S then return 400, { error = "bad_request" } end
+  end
   local s, msg, reason = store:get(query.sid)
+  local seen = s and (query.since or s.status)
+  if s and wait and s.status == seen and not pairstore.is_terminal(s.status) then
+    local deadline = pairstore.mono_ms() + wait * 1000
+    repeat
+      local left = deadline - pairstore.mono_ms()
+      if left <= 0 then break end
+      local now, wmsg, wreason = store:wait(query.sid, { timeout_ms = left, since = s })
+      if now then
+        s = now -- (a change that leaves the status as it was: wait on)
+      elseif wreason ~= "timeout" then
+        s, msg, reason = nil, wmsg, wreason
+      else
+        break
+      end
+    until not s or s.status ~= seen
+  end
   if not s then
     if reason == "not_found" then return 404, { error = "not_found" } end
     return store_failure(msg, reason)

@@ -100,6 +100,29 @@ describe("pairstore.metrics", function()
     assert.are.equal(1, s['pairstore_operations_total{op="get",result="other"}'])
   end)
 
+  it("times a thread-pool path's lock wait from its first sleep to the end of its last, per coroutine", function()
+    local m = metrics.new()
+    local function busy(secs) local t = metrics.clock() + secs; while metrics.clock() < t do end end
+    local sleep = m:metered(busy)
+    local other = coroutine.create(function() sleep(0.01); coroutine.yield(); return m:slept_then("b") end)
+    local a = coroutine.wrap(function()
+      sleep(0.01)
+      busy(0.02) -- (an attempt between two sleeps)
+      sleep(0.01)
+      assert(coroutine.resume(other)) -- another request's sleep, meanwhile: not this one's
+      return m:slept_then("a", 2)
+    end)
+    assert.are.same({ "a", 2 }, { a() })
+    local s = samples(m:render())
+    assert.are.equal(1, s.pairstore_lock_wait_seconds_count)
+    assert.is_true(s.pairstore_lock_wait_seconds_sum >= 0.04 and s.pairstore_lock_wait_seconds_sum < 0.5,
+      s.pairstore_lock_wait_seconds_sum)
+    assert.are.same({ true, "b" }, { coroutine.resume(other) })
+    assert.are.equal(2, samples(m:render()).pairstore_lock_wait_seconds_count)
+    assert.are.equal("c", m:slept_then("c")) -- no sleep: no wait
+    assert.are.equal(2, samples(m:render()).pairstore_lock_wait_seconds_count)
+  end)
+
   it("keeps counts in a shared dict with one incr per value, and counts what does not fit", function()
     local logged = {}
     local d = fake_dict(6)

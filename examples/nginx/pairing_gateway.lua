@@ -5,15 +5,16 @@
 --   init_by_lua_block     require("pairing_gateway").init { target = ..., payload_dir = ... }
 --   content_by_lua_block  require("pairing_gateway").start()     GET  /pair/start?sid=&c=
 --                         require("pairing_gateway").respond()   POST /pair/respond
---                         require("pairing_gateway").status()    GET  /pair/status?sid=
+--                         require("pairing_gateway").status()    GET  /pair/status?sid=[&wait=S&since=STATUS]
 --                         require("pairing_gateway").new()       POST /pair/new (operator side)
 --                         require("pairing_gateway").metrics()   GET  /metrics (operator side)
 --
 -- The store is opened once, in the master (init_by_lua); the workers fork from it and each
--- one gets its own lock handle or database connection on its first operation (pairstore
--- notices the fork). A lock held by another process is waited for with ngx.sleep, so the
--- worker goes on serving other requests meanwhile; a PostgreSQL round trip itself (libpq,
--- not a cosocket) does block the worker for its duration.
+-- one gets its own lock handle or database connections on its first operation (pairstore
+-- notices the fork). Nothing here blocks a worker: a lock held by another process is waited
+-- for with ngx.sleep; a PostgreSQL store's round trips run on nginx's thread pool
+-- `pairstore` (nginx.conf) while the request yields, over a pool of connections per worker;
+-- a long poll (wait=) yields until the session changes.
 
 local pairstore = require "pairstore"
 local handler = require "http_handler"
@@ -66,8 +67,9 @@ end
 -- required), payload_dir (the demo sink; nil: none), base_url (the phone page's public URL,
 -- required: the operator's server is not the public one, and a Host header is the
 -- client's word), aead ("aes-256-gcm", what the browser's WebCrypto
--- does), lock_wait_ms, store (a PostgreSQL store name), metrics (a lua_shared_dict for
--- pairstore.metrics; nil: no metrics).
+-- does), lock_wait_ms, store (a PostgreSQL store name), and for a PostgreSQL store
+-- connect_timeout_ms, statement_timeout_ms, pool_size, pool_backlog; metrics (a
+-- lua_shared_dict for pairstore.metrics; nil: no metrics).
 function gateway.init(opts)
   assert(type(opts) == "table", "pairing_gateway.init: opts must be a table")
   assert(type(opts.target) == "string" and opts.target ~= "",
@@ -80,8 +82,23 @@ function gateway.init(opts)
     base_url = opts.base_url,
     aead = opts.aead or "aes-256-gcm",
   }
-  local o = { lock_wait_ms = opts.lock_wait_ms and tonumber(opts.lock_wait_ms) or nil }
-  if opts.store and pairstore.is_pg_target(opts.target) then o.store = opts.store end
+  -- Timeouts sized for a gateway: a request waits at most a few seconds for a lock, a
+  -- connection or an answer, then gets 503 (the phone tries again), never a minute.
+  local o = {
+    lock_wait_ms = tonumber(opts.lock_wait_ms) or 5000,
+    -- what pairstore reports besides a call's result (a lock taken over, a corrupt file
+    -- moved aside, a COMMIT found done after its answer was lost) goes to the error log
+    on_event = function(name, info)
+      ngx.log(ngx.WARN, "pairstore event ", name, ": ", info and info.message or "")
+    end,
+  }
+  if pairstore.is_pg_target(opts.target) then
+    o.store = opts.store
+    o.connect_timeout_ms = tonumber(opts.connect_timeout_ms) or 3000
+    o.statement_timeout_ms = tonumber(opts.statement_timeout_ms) or 5000
+    o.pool_size = tonumber(opts.pool_size)
+    o.pool_backlog = tonumber(opts.pool_backlog)
+  end
   if opts.metrics then -- a lua_shared_dict: counts shared by the workers (pairstore.metrics)
     metrics = require("pairstore.metrics").new { dict = opts.metrics }
     o.metrics = metrics
@@ -96,6 +113,7 @@ function gateway.store() return store end
 -- The answer: JSON (nginx.conf adds Cache-Control: no-store to every answer).
 local function reply(status, body)
   ngx.status = status
+  if status == 503 then ngx.header["Retry-After"] = "2" end
   ngx.header["Content-Type"] = "application/json"
   ngx.print(cjson.encode(body), "\n")
 end

@@ -61,6 +61,9 @@ function pairstore.clamp_ttl(ms)
   return core.clamp_ttl(ms)
 end
 
+--- The monotonic clock in ms (for deadlines; not a time of day).
+function pairstore.mono_ms() return core.mono_ms() end
+
 --- Conventional path of the sessions file under base_dir.
 function pairstore.default_path(base_dir)
   if type(base_dir) ~= "string" or base_dir == "" then
@@ -99,11 +102,15 @@ local OPTION_TYPES = {
   lock_wait_ms = "number", lock_stale_ms = "number", max_sessions = "number",
   max_file_bytes = "number", max_session_bytes = "number",
   store = "string", connect_timeout_ms = "number", statement_timeout_ms = "number",
+  pool_size = "number", pool_backlog = "number", thread_pool = "string", listen_target = "string",
   metrics = "table", -- (pairstore.metrics.new())
 }
 -- Options that only one kind of store takes.
 local FILE_ONLY = { lock_stale_ms = true, max_file_bytes = true }
-local PG_ONLY = { store = true, connect_timeout_ms = true, statement_timeout_ms = true }
+local PG_ONLY = { store = true, connect_timeout_ms = true, statement_timeout_ms = true,
+  pool_size = true, pool_backlog = true, thread_pool = true, listen_target = true }
+-- Options that may be false: sleep (never cooperatively), thread_pool (never on a thread).
+local MAY_BE_FALSE = { sleep = true, thread_pool = true }
 local RNG_HOOKS = { sid = true, secret_key = true, code = true }
 
 local function check_options(options, pg)
@@ -115,11 +122,17 @@ local function check_options(options, pg)
     if not want then argerror(3, "open", fmt("unknown option %q", tostring(k))) end
     if pg and FILE_ONLY[k] then argerror(3, "open", fmt("option %s is for file stores only", k)) end
     if not pg and PG_ONLY[k] then argerror(3, "open", fmt("option %s is for PostgreSQL stores only", k)) end
-    if type(v) ~= want and not (k == "sleep" and v == false) then -- (sleep = false: never cooperatively)
+    if type(v) ~= want and not (MAY_BE_FALSE[k] and v == false) then
       argerror(3, "open", fmt("option %s must be a %s", k, want))
     end
     if want == "number" and (not tointeger(v) or v < 0) then
       argerror(3, "open", fmt("option %s must be a non-negative integer", k))
+    end
+    if (k == "pool_size" or k == "pool_backlog") and (v < 1 or v > 10000) then
+      argerror(3, "open", fmt("option %s must be an integer in [1, 10000]", k))
+    end
+    if k == "thread_pool" and v and (#v == 0 or #v > 64 or v:find("[^%w_%-]")) then
+      argerror(3, "open", "option thread_pool must be an nginx thread pool name (letters, digits, _ and -)")
     end
     if k == "store" and (#v == 0 or #v > 200 or not compat.utf8.len(v) or v:find("%c")) then
       argerror(3, "open", "option store must be a name of 1 to 200 bytes of printable UTF-8")
@@ -167,8 +180,16 @@ function pairstore.open(path, options)
     opts.on_event = m:listener(opts.on_event)
   end
   local c = at_caller(pcall(core.open, path, opts))
+  local pgopts = pg and {
+    thread_pool = opts.thread_pool == nil and "pairstore" or opts.thread_pool,
+    size = opts.pool_size or 16, backlog = opts.pool_backlog or 256,
+    wait_ms = opts.lock_wait_ms or core.LOCK_WAIT_MS,
+    lease_ms = (opts.lock_wait_ms or core.LOCK_WAIT_MS) + (opts.connect_timeout_ms or 10000)
+      + 3 * (opts.statement_timeout_ms or 30000) + 5000,
+    store = opts.store or "default",
+  }
   return setmetatable({ _core = c, _rng = opts.rng or {}, _now = opts.now, _sleep = opts.sleep,
-    _metrics = m, path = c:path() }, Store)
+    _pg = pgopts, _metrics = m, path = c:path() }, Store)
 end
 
 -- The cooperative lock wait ---------------------------------------------------------------------
@@ -197,6 +218,37 @@ end
 local unpack, pack = compat.unpack, compat.pack
 local WAIT_BLOCK, WAIT_START, WAIT_CONTINUE = 0, 1, 2
 
+-- Inside nginx, where the phase can yield, a PostgreSQL store's round trips run on a worker
+-- thread of nginx's thread pool (ngx.run_worker_thread) while the request yields: the
+-- worker's pool of links (pairstore.deferred), made in each worker on first use.
+local function deferred(self, sleep)
+  local d = self._deferred
+  if d ~= nil then return d end
+  local pg = self._pg
+  local ngx = rawget(_G, "ngx")
+  if not pg or not pg.thread_pool or sleep ~= (ngx and ngx.sleep)
+     or type(ngx.run_worker_thread) ~= "function" then
+    return nil
+  end
+  local semaphore = require "ngx.semaphore"
+  local pool = pg.thread_pool
+  d = require("pairstore.deferred").new(self._core, {
+    run = function(fname, ...) return ngx.run_worker_thread(pool, "pairstore.thread", fname, ...) end,
+    sleep = self._metrics and self._metrics:metered(ngx.sleep) or ngx.sleep, -- (a row lock's wait)
+    now = core.mono_ms,
+    semaphore = function() return semaphore.new(0) end,
+    every = function(s, fn)
+      return ngx.timer.every(s, function(premature) if not premature then fn() end end)
+    end,
+    spawn = function(fn)
+      return ngx.timer.at(0, function(premature) if not premature then fn() end end)
+    end,
+    exiting = ngx.worker.exiting,
+  }, pg)
+  self._deferred = d
+  return d
+end
+
 -- Runs the core's operation name as one transaction. Waiting cooperatively, a busy lock
 -- comes back as nil, message, "lock_busy", ms, deadline, tries: sleep that long, outside
 -- the core (the mutators never yield), and run it again, within the deadline its first
@@ -204,6 +256,11 @@ local WAIT_BLOCK, WAIT_START, WAIT_CONTINUE = 0, 1, 2
 local function run_txn(self, name, ...)
   local c = self._core
   local sleep = sleeper(self)
+  local d = sleep and deferred(self, sleep)
+  if d then
+    if self._metrics then return self._metrics:slept_then(d:run(name, ...)) end -- (its lock waits)
+    return d:run(name, ...)
+  end
   if not sleep then
     c:wait_mode(WAIT_BLOCK) -- (a mode left by a call that raised before its transaction)
     return c[name](c, ...)
@@ -221,7 +278,8 @@ local function run_txn(self, name, ...)
 end
 
 -- Metrics (the metrics option, pairstore.metrics): each operation's name, result and time;
--- a cooperative wait's time from its first busy answer to its last attempt's end.
+-- a cooperative wait's time from its first busy answer to its last attempt's end (on the
+-- thread pool's path: from its first sleep to the end of its last).
 function Store:_txn(name, ...)
   local m = self._metrics
   if not m then return run_txn(self, name, ...) end
@@ -393,10 +451,43 @@ local function same(a, b, depth)
   return true
 end
 
+-- A watch that waits cooperatively: its descriptor looked at every POLL_S, sleeping in
+-- between (inside nginx, on a file store: the request yields; a change is seen within
+-- POLL_S, at the cost of one wake-up per POLL_S per waiting request).
+local POLL_S = 0.05
+local Polled = {}
+Polled.__index = Polled
+
+function Polled:wait(ms, signals)
+  local deadline = ms and core.mono_ms() + ms
+  while true do
+    local ev, msg, code = self.w:wait(0, signals)
+    if ev ~= "timeout" then return ev, msg, code end
+    local left = deadline and deadline - core.mono_ms()
+    if left and left <= 0 then return "timeout" end
+    self.sleep(left and math.min(POLL_S, left / 1000) or POLL_S)
+  end
+end
+
+function Polled:close() return self.w:close() end
+
+-- A watcher of the session sid --> w | nil, message, code. Inside nginx where the phase
+-- can yield: a PostgreSQL store's from the worker's listening link, a file store's polled.
+local function watcher(self, sid, deadline)
+  local sleep = sleeper(self)
+  local d = sleep and deferred(self, sleep)
+  if d then
+    return d:watch(sid, self._pg.store, deadline or core.mono_ms() + WATCH_RENEW_MS)
+  end
+  local w, msg, code = self._core:watch(sid)
+  if w and sleep then return setmetatable({ w = w, sleep = sleep }, Polled) end
+  return w, msg, code
+end
+
 -- The wait proper, with its watch kept in watch.w (closed by finish_wait).
 local function wait_watching(self, sid, opts, timeout, watch)
   -- Watch first, then read: a change in between is queued, not missed.
-  local w, wmsg, wcode = self._core:watch(sid)
+  local w, wmsg, wcode = watcher(self, sid, timeout and core.mono_ms() + timeout)
   watch.w = w
   local first, msg, code = self:get(sid)
   if not first then return nil, msg, code end
@@ -411,7 +502,7 @@ local function wait_watching(self, sid, opts, timeout, watch)
   while true do
     if core.mono_ms() >= renew_at then
       w:close()
-      w, wmsg, wcode = self._core:watch(sid)
+      w, wmsg, wcode = watcher(self, sid, deadline)
       watch.w = w
       if not w then return nil, wmsg, wcode end
       renew_at = core.mono_ms() + WATCH_RENEW_MS

@@ -129,7 +129,8 @@ function M.new(opts)
       log = function() end
     end
   end
-  local m = setmetatable({ dict = dict, log = log, keys = {}, dropped_here = 0 }, Metrics)
+  local m = setmetatable({ dict = dict, log = log, keys = {}, dropped_here = 0,
+    slept = setmetatable({}, { __mode = "k" }) }, Metrics)
   if dict then
     dict:safe_add(DROPPED, 0) -- (kept from before a reload)
   else
@@ -224,6 +225,34 @@ function Metrics:lock_waited(secs)
   local h = self.whist
   h[i] = h[i] + 1
   h.sum = h.sum + secs
+end
+
+-- The thread pool's path (pairstore.deferred) waits for a row lock by its own sleeps, with
+-- an attempt (a round trip) between two: a sleep function that notes, per coroutine, when
+-- its first sleep began and its last one ended, and that span recorded as one wait once
+-- the operation has returned.
+local running = coroutine.running
+local function co_key() return running() or "main" end -- (5.1: nil in the main thread)
+
+function Metrics:metered(sleep)
+  local slept = self.slept
+  return function(secs)
+    local t = clock()
+    sleep(secs)
+    local co = co_key()
+    local span = slept[co]
+    if span then span[2] = clock() else slept[co] = { t, clock() } end
+  end
+end
+
+function Metrics:slept_then(...)
+  local co = co_key()
+  local span = self.slept[co]
+  if span then
+    self.slept[co] = nil
+    self:lock_waited(span[2] - span[1])
+  end
+  return ...
 end
 
 --- Counts an event (a name the core sends); n occurrences (default 1).

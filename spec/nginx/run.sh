@@ -114,7 +114,8 @@ for _ in 1 2 3; do
   oport=$(free_port) || break
   [ "$oport" = "$port" ] && continue
   sed -e "s|@USER@|$user_line|; s|@PREFIX@|$prefix|g; s|@LISTEN@|127.0.0.1:$port|; s|@TREE@|$tree|g" \
-    -e "s|@OPERATOR_LISTEN@|127.0.0.1:$oport|" \
+    -e "s|@OPERATOR_LISTEN@|127.0.0.1:$oport|" -e "s|^worker_processes .*|worker_processes ${NGX_WORKERS:-4};|" \
+    -e "s|rate=20r/s|rate=${NGX_RATE:-100000r/s}|" \
     -e "s|$tree/build/luajit/?.so|$jitdir/?.so|" \
     "$tree/examples/nginx/nginx.conf" > "$prefix/nginx.conf"
   rm -f "$prefix/nginx.pid"

@@ -1,0 +1,293 @@
+--- pairstore.deferred: a PostgreSQL store's operations with their round trips run elsewhere,
+-- so that the caller's event loop never waits on the database (inside nginx: on a worker
+-- thread, through ngx.run_worker_thread, while the request yields).
+--
+-- Per process (an nginx worker) and store: a pool of links (deferred engines, each its own
+-- connection, reused across requests), at most `size` of them, with at most `backlog`
+-- callers waiting for one; a breaker that answers "unavailable" at once for a while after a
+-- connection could not be made, then lets one caller try; a janitor that takes back a link
+-- whose caller went away (a request aborted while its round trip ran); one listening link
+-- whose notifications wake the waits (store:wait). The transaction itself is the core's:
+-- it stops with "io_pending" where a round trip is due, the round trip runs, and the same
+-- call runs it again (it replays what it did; its mutator runs once).
+local compat = require "pairstore.compat"
+
+local pack, unpack = compat.pack, compat.unpack
+local fmt = string.format
+
+local WAIT_START, WAIT_CONTINUE = 1, 2
+local BACKOFF_MIN_MS, BACKOFF_MAX_MS = 250, 5000
+local ABANDONED_MS = 1000   -- a finished round trip nobody took for this long: its caller is gone
+local JANITOR_S = 0.5
+local LISTEN_MS = 1000      -- one wait of the listening link (a worker thread is held for it)
+
+local M = {}
+local Pool = {}
+Pool.__index = Pool
+
+--- A pool for the store s (its core `c`) with the environment env: { run = function(fname,
+-- id, ...) -> ok, ... (run pairstore.thread's fname elsewhere), sleep = function(seconds),
+-- now = function() -> monotonic ms, semaphore = function() -> a semaphore (wait(s), post(n)),
+-- every = function(seconds, fn) (a repeating timer) or nil, spawn = function(fn) (a light
+-- thread) or nil, exiting = function() -> bool }, and options { size, backlog, wait_ms }.
+function M.new(c, env, o)
+  return setmetatable({
+    c = c, env = env, size = o.size, backlog = o.backlog, wait_ms = o.wait_ms,
+    lease_ms = o.lease_ms,
+    idle = {}, n = 0, leased = {}, waiting = 0, sema = nil,
+    down_until = nil, down_msg = nil, backoff = BACKOFF_MIN_MS, probing = false,
+    watchers = {}, nwatch = 0, listening = nil, listen_h = nil, listener = false,
+    ready = nil, ready_waiting = 0,
+    janitor = false,
+  }, Pool)
+end
+
+-- Links --------------------------------------------------------------------------------------
+
+local function unavailable(self)
+  return nil, self.down_msg .. fmt(" (pairstore tries again within %d ms)", self.backoff), "unavailable"
+end
+
+-- Starts the janitor once: a link leased to a caller that went away is taken back (its
+-- connection closed unless idle: the server rolls back what it held).
+local function start_janitor(self)
+  if self.janitor or not self.env.every then return end
+  self.janitor = true
+  self.env.every(JANITOR_S, function()
+    local now = self.env.now()
+    for h, lease in pairs(self.leased) do
+      local busy, done_ms = h:state()
+      if not busy and ((done_ms and now - done_ms > ABANDONED_MS) or now > lease) then
+        self.leased[h] = nil
+        h:reset()
+        self.idle[#self.idle + 1] = h
+        if self.waiting > 0 then self.sema:post(1) end
+      end
+    end
+  end)
+end
+
+-- A link for one operation, within deadline (monotonic ms) --> h | nil, message, code
+function Pool:acquire(deadline)
+  local now = self.env.now()
+  if self.down_until then
+    if now < self.down_until or self.probing then return unavailable(self) end
+    self.probing = true -- this caller tries; the others keep failing fast meanwhile
+  end
+  while true do
+    local h = table.remove(self.idle)
+    if not h and self.n < self.size then
+      h = self.c:pg_handle()
+      self.n = self.n + 1
+    end
+    if h then
+      self.leased[h] = self.env.now() + self.lease_ms
+      start_janitor(self)
+      return h
+    end
+    if self.waiting >= self.backlog then
+      if self.probing then self.probing = false end
+      return nil, fmt("too many operations wait for a PostgreSQL connection (pool_size %d, "
+        .. "pool_backlog %d)", self.size, self.backlog), "timeout"
+    end
+    local left = deadline - self.env.now()
+    if left <= 0 then
+      if self.probing then self.probing = false end
+      return nil, fmt("no PostgreSQL connection free within lock_wait_ms (%d; pool_size %d)",
+        self.wait_ms, self.size), "timeout"
+    end
+    self.sema = self.sema or self.env.semaphore()
+    self.waiting = self.waiting + 1
+    self.sema:wait(left / 1000)
+    self.waiting = self.waiting - 1
+  end
+end
+
+-- Gives a link back (its transaction, if any, ended: the connection closed unless idle).
+function Pool:release(h, reset)
+  if self.leased[h] == nil then return end -- taken back by the janitor meanwhile
+  self.leased[h] = nil
+  if reset then h:reset() end
+  self.idle[#self.idle + 1] = h
+  if self.waiting > 0 then self.sema:post(1) end
+end
+
+-- What a round trip's outcome says of the server: a connection could not be made (the
+-- breaker opens, a little longer each time), or it could (it closes).
+local function note(self, h, r)
+  local _, _, connect_failed = h:state()
+  if connect_failed and r[1] == nil and (r[3] == "unavailable" or r[3] == "timeout") then
+    self.down_until = self.env.now() + self.backoff
+    self.down_msg = r[2]
+    self.backoff = math.min(self.backoff * 2, BACKOFF_MAX_MS)
+  elseif not connect_failed then
+    self.down_until, self.down_msg, self.backoff = nil, nil, BACKOFF_MIN_MS
+  end
+  self.probing = false
+end
+
+local function thread_failed(err)
+  error(fmt("pairstore: cannot run a PostgreSQL round trip on a worker thread: %s (nginx.conf "
+    .. "needs `thread_pool NAME threads=N;` in its main context, NAME as the store's "
+    .. "thread_pool option; or open the store with thread_pool = false)", tostring(err)), 0)
+end
+
+-- Runs the core's operation name on link h, its round trips elsewhere.
+local function drive(self, h, name, ...)
+  local c = self.c
+  c:wait_mode(WAIT_START)
+  c:use_engine(h)
+  local r = pack(c[name](c, ...))
+  local ran = false
+  while true do
+    if r[1] == nil and r[3] == "io_pending" then
+      local ok, res, err = self.env.run("perform", h:link())
+      if not ok then thread_failed(res) end
+      if not res then thread_failed(err) end
+      ran = true
+      c:use_engine(h)
+      r = pack(c[name](c, ...))
+    elseif r[1] == nil and r[3] == "lock_busy" then
+      self.env.sleep(r[4] / 1000)
+      c:wait_mode(WAIT_CONTINUE, r[5], r[6])
+      c:use_engine(h)
+      r = pack(c[name](c, ...))
+    else
+      if ran then note(self, h, r) end
+      return r
+    end
+  end
+end
+
+local function finish(self, h, ok, r)
+  if not ok then
+    self.probing = false
+    self.c:use_engine(nil)
+    self:release(h, true)
+    error(r, 0)
+  end
+  self:release(h, false)
+  return unpack(r, 1, r.n)
+end
+
+--- Runs the core's operation name (its arguments after it) --> what the operation returns
+function Pool:run(name, ...)
+  local h, msg, code = self:acquire(self.env.now() + self.wait_ms)
+  if not h then return nil, msg, code end
+  return finish(self, h, pcall(drive, self, h, name, ...))
+end
+
+-- Waiting for a change ------------------------------------------------------------------------
+
+local function wake_all(self)
+  for _, set in pairs(self.watchers) do
+    for w in pairs(set) do w.changed = true; if w.sema then w.sema:post(1) end end
+  end
+end
+
+local function wake(self, payload)
+  local set = self.watchers[payload]
+  if not set then return end
+  for w in pairs(set) do w.changed = true; if w.sema then w.sema:post(1) end end
+end
+
+-- The listening link's loop (a light thread): waits for notifications on a worker thread,
+-- LISTEN_MS at a time, while anyone watches; a new connection wakes every watcher (what
+-- was notified meanwhile is lost: they read again).
+local function listen_loop(self)
+  local h = self.listen_h
+  local first = true
+  while self.nwatch > 0 and not self.env.exiting() do
+    local ok, payloads, gen = self.env.run("listen", h:link(), first and 0 or LISTEN_MS)
+    first = false
+    if not ok then
+      self.listening = nil
+      wake_all(self)
+      self.env.sleep(0.25)
+    elseif not payloads then -- (the server is away: watchers read again, and time out)
+      self.listening = nil
+      wake_all(self)
+      self.env.sleep(0.25)
+    else
+      if gen ~= self.listening then
+        self.listening = gen
+        wake_all(self)
+        if self.ready_waiting > 0 then self.ready:post(self.ready_waiting) end
+      end
+      for i = 1, #payloads do wake(self, payloads[i]) end
+    end
+  end
+  self.listening = nil
+  self.listener = false
+end
+
+local Watch = {}
+Watch.__index = Watch
+
+--- w:wait(ms) --> "change" | "timeout" (the store's watcher shape; signals are not waited for)
+function Watch:wait(ms)
+  if not self.changed then
+    self.sema:wait((ms or 3600000) / 1000)
+  end
+  if self.changed then
+    self.changed = false
+    return "change"
+  end
+  return "timeout"
+end
+
+function Watch:close()
+  local pool = self.pool
+  if self.closed then return end
+  self.closed = true
+  local set = pool.watchers[self.payload]
+  if set then
+    set[self] = nil
+    if next(set) == nil then pool.watchers[self.payload] = nil end
+  end
+  pool.nwatch = pool.nwatch - 1
+end
+
+--- A watcher of the session sid (store: the store's name) within deadline --> w | nil,
+-- message, code. The worker's listening link listens first; then the row says it is awaited.
+function Pool:watch(sid, store, deadline)
+  if not self.env.spawn then
+    return nil, "waiting needs a light thread (ngx.timer) in this context", "invalid"
+  end
+  local w = setmetatable({ pool = self, payload = sid .. store, sema = self.env.semaphore(),
+    changed = false }, Watch)
+  local set = self.watchers[w.payload] or {}
+  self.watchers[w.payload] = set
+  set[w] = true
+  self.nwatch = self.nwatch + 1
+  if not self.listen_h then self.listen_h = self.c:pg_handle(true) end
+  if not self.listener then
+    self.listener = true
+    self.ready = self.ready or self.env.semaphore()
+    local ok, err = self.env.spawn(function() listen_loop(self) end)
+    if not ok then
+      self.listener = false
+      w:close()
+      return nil, "cannot start the listening link's light thread: " .. tostring(err), "unavailable"
+    end
+  end
+  while not self.listening do
+    local left = deadline - self.env.now()
+    if left <= 0 then
+      w:close()
+      return nil, "timeout", "timeout"
+    end
+    self.ready_waiting = self.ready_waiting + 1
+    self.ready:wait(math.min(left, 250) / 1000)
+    self.ready_waiting = self.ready_waiting - 1
+  end
+  local ok, msg, code = self:run("announce", sid)
+  if not ok then
+    w:close()
+    return nil, msg, code
+  end
+  w.changed = false -- (a wake before the announcement: the caller reads next anyway)
+  return w
+end
+
+return M
