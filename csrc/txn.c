@@ -23,6 +23,7 @@ typedef struct ps_txn {
   char sid[33];          /* create: the sid drawn for it before begin */
   int failed;            /* system failure in err */
   int commit_pending;    /* the engine stopped at its commit for a round trip (io_pending) */
+  int yielded;           /* a callback tried to yield: a programming error, raised */
   ps_err err;
 } ps_txn;
 
@@ -89,6 +90,7 @@ static int act_update(lua_State *L, ps_txn *t, int sess)
   if (ps_call_user(L, 1, 1) != LUA_OK) {
     ps_err_set(&t->err, "callback", "mutator failed: %s",
                lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "(error object is not a string)");
+    t->yielded = strstr(t->err.msg, "attempt to yield across") != NULL;
     t->failed = 1;
     return 0;
   }
@@ -688,6 +690,10 @@ int ps_txn_run(lua_State *L, ps_op op, int readonly)
   }
   if (!t.ended) t.m->end(t.e, L, eng, PS_END_ROLLBACK, NULL); /* never fails */
   if (status != LUA_OK) return lua_error(L); /* out of memory or a bug: lock already released */
+  if (t.yielded) /* nothing was stored: raised, as the programming error it is */
+    return luaL_error(L, "pairstore: a mutator may not yield (ngx.sleep, ngx.exit, ngx.redirect, "
+                      "a cosocket...): it runs while the lock is held; nothing was changed (%s)",
+                      t.err.msg);
   deliver_events(L, &t, 1);
   if (t.failed) return txn_failed(L, &w, &t.err);
   if (t.outcome) {

@@ -42,10 +42,26 @@ function M.new(c, env, o)
   }, Pool)
 end
 
+local function closed()
+  return nil, "the store was closed while this call waited", "closed"
+end
+
+local function wake_all(self)
+  for _, set in pairs(self.watchers) do
+    for w in pairs(set) do w.changed = true; if w.sema then w.sema:post(1) end end
+  end
+end
+
+local function wake(self, payload)
+  local set = self.watchers[payload]
+  if not set then return end
+  for w in pairs(set) do w.changed = true; if w.sema then w.sema:post(1) end end
+end
+
 -- Links --------------------------------------------------------------------------------------
 
 local function unavailable(self)
-  return nil, self.down_msg .. fmt(" (pairstore tries again within %d ms)", self.backoff), "unavailable"
+  return nil, self.down_msg .. fmt(" (pairstore tries again within %d ms)", self.down_ms), "unavailable"
 end
 
 -- Starts the janitor once: a link leased to a caller that went away is taken back (its
@@ -100,6 +116,7 @@ function Pool:acquire(deadline)
     self.waiting = self.waiting + 1
     self.sema:wait(left / 1000)
     self.waiting = self.waiting - 1
+    if self.closed then return closed() end
   end
 end
 
@@ -107,6 +124,7 @@ end
 function Pool:release(h, reset)
   if self.leased[h] == nil then return end -- taken back by the janitor meanwhile
   self.leased[h] = nil
+  if self.closed then return h:close() end
   if reset then h:reset() end
   self.idle[#self.idle + 1] = h
   if self.waiting > 0 then self.sema:post(1) end
@@ -118,6 +136,7 @@ local function note(self, h, r)
   local _, _, connect_failed = h:state()
   if connect_failed and r[1] == nil and (r[3] == "unavailable" or r[3] == "timeout") then
     self.down_until = self.env.now() + self.backoff
+    self.down_ms = self.backoff
     self.down_msg = r[2]
     self.backoff = math.min(self.backoff * 2, BACKOFF_MAX_MS)
   elseif not connect_failed then
@@ -142,6 +161,7 @@ local function drive(self, h, name, ...)
   while true do
     if r[1] == nil and r[3] == "io_pending" then
       local ok, res, err = self.env.run("perform", h:link())
+      if self.closed then return pack(closed()) end
       if not ok then thread_failed(res) end
       if not res then thread_failed(err) end
       ran = true
@@ -149,6 +169,7 @@ local function drive(self, h, name, ...)
       r = pack(c[name](c, ...))
     elseif r[1] == nil and r[3] == "lock_busy" then
       self.env.sleep(r[4] / 1000)
+      if self.closed then return pack(closed()) end
       c:wait_mode(WAIT_CONTINUE, r[5], r[6])
       c:use_engine(h)
       r = pack(c[name](c, ...))
@@ -170,26 +191,25 @@ local function finish(self, h, ok, r)
   return unpack(r, 1, r.n)
 end
 
+--- Closes the links (one a worker thread still uses: when it is done); calls waiting
+-- meanwhile end with code "closed".
+function Pool:close()
+  self.closed = true
+  for i = #self.idle, 1, -1 do self.idle[i]:close(); self.idle[i] = nil end
+  if self.listen_h then self.listen_h:close() end
+  wake_all(self)
+  if self.waiting > 0 then self.sema:post(self.waiting) end
+end
+
 --- Runs the core's operation name (its arguments after it) --> what the operation returns
 function Pool:run(name, ...)
+  if self.closed then return closed() end
   local h, msg, code = self:acquire(self.env.now() + self.wait_ms)
   if not h then return nil, msg, code end
   return finish(self, h, pcall(drive, self, h, name, ...))
 end
 
 -- Waiting for a change ------------------------------------------------------------------------
-
-local function wake_all(self)
-  for _, set in pairs(self.watchers) do
-    for w in pairs(set) do w.changed = true; if w.sema then w.sema:post(1) end end
-  end
-end
-
-local function wake(self, payload)
-  local set = self.watchers[payload]
-  if not set then return end
-  for w in pairs(set) do w.changed = true; if w.sema then w.sema:post(1) end end
-end
 
 -- The listening link's loop (a light thread): waits for notifications on a worker thread,
 -- LISTEN_MS at a time, while anyone watches; a new connection wakes every watcher (what

@@ -61,6 +61,12 @@ function pairstore.clamp_ttl(ms)
   return core.clamp_ttl(ms)
 end
 
+--- Whether v is a sid as every method takes it (32 lowercase hex characters): for request
+-- input, which every method would refuse by raising.
+function pairstore.is_sid(v)
+  return type(v) == "string" and core.is_sid(v)
+end
+
 --- The monotonic clock in ms (for deadlines; not a time of day).
 function pairstore.mono_ms() return core.mono_ms() end
 
@@ -103,6 +109,7 @@ local OPTION_TYPES = {
   max_file_bytes = "number", max_session_bytes = "number",
   store = "string", connect_timeout_ms = "number", statement_timeout_ms = "number",
   pool_size = "number", pool_backlog = "number", thread_pool = "string", listen_target = "string",
+  blocking_wait_ms = "number",
   metrics = "table", -- (pairstore.metrics.new())
 }
 -- Options that only one kind of store takes.
@@ -163,6 +170,15 @@ end
 --- The DDL of the PostgreSQL schema (what sql/pairstore.sql holds).
 function pairstore.pg_schema_sql() return core.pg_schema_sql() end
 
+--- Whether target and options would open a store, without raising (for a plugin's schema
+-- check) --> true | nil, message
+function pairstore.check_options(target, options)
+  if type(target) ~= "string" or target == "" then return nil, "target must be a non-empty string" end
+  local ok, err = pcall(check_options, options, core.is_pg_target(target))
+  if not ok then return nil, (tostring(err):gsub("^[^:]*:%d+: ", "")) end
+  return true
+end
+
 --- Open the store at target: a file path, or a PostgreSQL target (nothing is read, locked or
 -- connected until the first operation).
 function pairstore.open(path, options)
@@ -189,7 +205,8 @@ function pairstore.open(path, options)
     store = opts.store or "default",
   }
   return setmetatable({ _core = c, _rng = opts.rng or {}, _now = opts.now, _sleep = opts.sleep,
-    _pg = pgopts, _metrics = m, path = c:path() }, Store)
+    _pg = pgopts, _blocking_wait_ms = math.min(opts.blocking_wait_ms or 100, opts.lock_wait_ms or core.LOCK_WAIT_MS),
+    _metrics = m, path = c:path() }, Store)
 end
 
 -- The cooperative lock wait ---------------------------------------------------------------------
@@ -200,9 +217,19 @@ local NGX_SLEEP_PHASES = {
   ssl_cert = true, ssl_session_fetch = true, ssl_client_hello = true, preread = true,
 }
 
+-- The nginx phases of a worker that cannot yield: a lock is waited for there with the
+-- worker blocked, so only briefly (blocking_wait_ms); run the work from ngx.timer.at(0, fn)
+-- to wait longer. (init, in the master, serves nothing yet: it waits as plain Lua does.)
+local NGX_BLOCKING_PHASES = {
+  init_worker = true, set = true, log = true, header_filter = true, body_filter = true,
+  balancer = true, ssl_session_store = true, exit_worker = true,
+}
+
+local function blocking_sleep(s) core.sleep_ms(math.floor(s * 1000 + 0.5)) end
+
 -- How an operation waits for a lock another process holds: the sleep option (false: in
 -- the core, blocking), else ngx.sleep where the current nginx phase lets it yield, else in
--- the core.
+-- the core. Second result: in an nginx phase that cannot yield, the bound of the wait (ms).
 local function sleeper(self)
   local sleep = self._sleep
   if sleep ~= nil then return sleep or nil end
@@ -212,6 +239,7 @@ local function sleeper(self)
   end
   local ok, phase = pcall(ngx.get_phase)
   if ok and NGX_SLEEP_PHASES[phase] then return ngx.sleep end
+  if ok and NGX_BLOCKING_PHASES[phase] then return blocking_sleep, self._blocking_wait_ms end
   return nil
 end
 
@@ -255,8 +283,8 @@ end
 -- attempt set (kept here, per call: other calls on the same store may wait meanwhile).
 local function run_txn(self, name, ...)
   local c = self._core
-  local sleep = sleeper(self)
-  local d = sleep and deferred(self, sleep)
+  local sleep, bound = sleeper(self)
+  local d = sleep and not bound and deferred(self, sleep)
   if d then
     if self._metrics then return self._metrics:slept_then(d:run(name, ...)) end -- (its lock waits)
     return d:run(name, ...)
@@ -265,11 +293,12 @@ local function run_txn(self, name, ...)
     c:wait_mode(WAIT_BLOCK) -- (a mode left by a call that raised before its transaction)
     return c[name](c, ...)
   end
-  c:wait_mode(WAIT_START)
+  if bound then c:wait_mode(WAIT_CONTINUE, core.mono_ms() + bound, 0) else c:wait_mode(WAIT_START) end
   local r = pack(c[name](c, ...))
   local busy_at = r[1] == nil and r[3] == "lock_busy" and self._metrics and core.clock()
   while r[1] == nil and r[3] == "lock_busy" do
     sleep(r[4] / 1000)
+    if self._closed then return nil, "the store was closed while this call waited", "closed" end
     c:wait_mode(WAIT_CONTINUE, r[5], r[6])
     r = pack(c[name](c, ...))
   end
@@ -517,6 +546,7 @@ local function wait_watching(self, sid, opts, timeout, watch)
     local due = core.next_prune(first) - t + 1
     if due > 0 and (not left or due < left) then left = due end
     local ev, emsg, ecode = w:wait(left, opts.signals)
+    if self._closed then return nil, "the store was closed while this call waited", "closed" end
     if not ev then return nil, emsg, ecode end
     if ev ~= "change" and ev ~= "timeout" then return nil, "signal", "signal", ev end
     local now, nmsg, ncode = self:get(sid)
@@ -565,6 +595,7 @@ function Store:close()
   local c = core_of(self, "close")
   at_caller(pcall(c.close, c))
   self._closed = true
+  if self._deferred then self._deferred:close() end
 end
 Store.__close = Store.close
 
