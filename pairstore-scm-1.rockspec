@@ -47,6 +47,8 @@ build = {
     ["pairstore.respond"] = "lua/pairstore/respond.lua",
     ["pairstore.qr"] = "lua/pairstore/qr.lua",
     ["pairstore.compat"] = "lua/pairstore/compat.lua",
+    ["pairstore.metrics"] = "lua/pairstore/metrics.lua",
+    ["pairstore.stats"] = "lua/pairstore/stats.lua",
   },
   install = {
     bin = { pairstore = "bin/pairstore" },

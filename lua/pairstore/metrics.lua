@@ -187,6 +187,7 @@ end
 -- code), seconds it took.
 function Metrics:observe(op, result, secs)
   if not KNOWN_OP[op] then op = "other" end
+  if result == nil then result = "other" end -- (nil with no code: no operation returns that)
   local i = bucket(secs)
   if self.dict then
     local k = keys_of(self, op)
