@@ -272,6 +272,17 @@ static int m_announce(lua_State *L)
   return run(L, PS_OP_ANNOUNCE, 1);
 }
 
+/* c:deadline(ms): the next transaction or watch connects and gets its answers by this
+ * monotonic ms (PostgreSQL; a file store's lock wait is bounded by wait_mode's deadline). */
+static int m_deadline(lua_State *L)
+{
+  ps_store *s = check_store(L, 1);
+  lua_Integer deadline = luaL_checkinteger(L, 2);
+  luaL_argcheck(L, deadline > 0, 2, "deadline must be positive");
+  if (!strcmp(s->eng->m->name, "postgresql")) ps_pg_until(s->eng, (int64_t)deadline);
+  return 0;
+}
+
 static int m_backend(lua_State *L)
 {
   ps_store *s = check_store(L, 1);
@@ -410,8 +421,10 @@ static int f_open(lua_State *L)
   size_t len;
   const char *target = luaL_checklstring(L, 1, &len);
   ps_store *s;
+  char why[512];
 
   luaL_checktype(L, 2, LUA_TTABLE);
+  if (ps_target_refused(target, why, sizeof why)) return luaL_error(L, "pairstore.open: %s", why);
   s = lua_newuserdatauv(L, sizeof *s, PS_UV_COUNT); /* 3 */
   memset(s, 0, sizeof *s);
   luaL_setmetatable(L, PS_STORE_MT); /* before any resource is acquired */
@@ -546,6 +559,25 @@ static int f_is_pg_target(lua_State *L)
   return 1;
 }
 
+/* target_refused(target) -> why a target is refused (a URI of a scheme pairstore does not
+ * support), or nil */
+static int f_target_refused(lua_State *L)
+{
+  char why[512];
+  const char *r = ps_target_refused(luaL_checkstring(L, 1), why, sizeof why);
+  if (r) lua_pushstring(L, r);
+  else lua_pushnil(L);
+  return 1;
+}
+
+/* pg_display(target [, store]) -> how messages and store.path show the target | nil, why */
+static int f_pg_display(lua_State *L)
+{
+  const char *target = luaL_checkstring(L, 1), *store = luaL_optstring(L, 2, "default");
+  luaL_argcheck(L, ps_pg_is_target(target), 1, "not a PostgreSQL target");
+  return ps_pg_push_display(L, target, store);
+}
+
 static int f_pg_schema_sql(lua_State *L)
 {
   lua_pushstring(L, ps_pg_schema_sql);
@@ -563,8 +595,8 @@ static const luaL_Reg store_methods[] = {
   { "transition", m_transition }, { "reject", m_reject }, { "register_failed_code", m_failed_code },
   { "verify_code", m_verify }, { "consume", m_consume }, { "respond", m_respond }, { "prune", m_prune },
   { "export", m_export }, { "import", m_import }, { "watch", m_watch }, { "backend", m_backend },
-  { "now", m_now }, { "wait_mode", m_wait_mode }, { "use_engine", m_use_engine },
-  { "pg_handle", m_pg_handle }, { "announce", m_announce },
+  { "now", m_now }, { "wait_mode", m_wait_mode }, { "deadline", m_deadline },
+  { "use_engine", m_use_engine }, { "pg_handle", m_pg_handle }, { "announce", m_announce },
   { "close", m_close }, { "path", m_path }, { NULL, NULL },
 };
 
@@ -573,7 +605,8 @@ static const luaL_Reg module_funcs[] = {
   { "next_prune", f_next_prune }, { "is_sid", f_is_sid }, { "is_code", f_is_code },
   { "is_known_status", f_is_known_status }, { "is_known_mode", f_is_known_mode },
   { "test_hooks", ps_test_hooks }, { "is_pg_target", f_is_pg_target },
-  { "pg_schema_sql", f_pg_schema_sql },
+  { "pg_schema_sql", f_pg_schema_sql }, { "pg_display", f_pg_display },
+  { "target_refused", f_target_refused },
   { NULL, NULL },
 };
 

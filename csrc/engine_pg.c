@@ -12,6 +12,7 @@
  */
 #include "pg.h"
 
+#include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -91,6 +92,7 @@ typedef struct pg_eng {
   ps_engine base;
   pg_link *k;            /* the connection and how to reach it */
   pg_link *lk;           /* where waits LISTEN (the listen_target option), or NULL: k */
+  int64_t until;         /* the next transaction or watch ends by then (monotonic ms; 0: no bound) */
   int deferred;          /* round trips run elsewhere (a worker thread): see the file's head */
   size_t max_session_bytes;
   int watchers;
@@ -129,10 +131,43 @@ void ps_pg_fault_cut_commits(int n)
 
 /* ---- targets and messages --------------------------------------------------------------------- */
 
+/* The length of t's URI scheme when t looks like a URI (RFC 3986: ALPHA *( ALPHA / DIGIT /
+ * "+" / "-" / "." ), then ":/"), else 0. */
+static size_t uri_scheme(const char *t)
+{
+  size_t n = 0;
+  if (!((*t >= 'a' && *t <= 'z') || (*t >= 'A' && *t <= 'Z'))) return 0;
+  n = strspn(t, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+-.");
+  return t[n] == ':' && t[n + 1] == '/' ? n : 0;
+}
+
+/* The scheme of a PostgreSQL URI, in any case (RFC 3986: schemes are case-insensitive):
+ * the length of "postgresql://" or "postgres://" that t starts with, else 0. */
+static size_t pg_uri_prefix(const char *t)
+{
+  if (!strncasecmp(t, "postgresql://", 13)) return 13;
+  if (!strncasecmp(t, "postgres://", 11)) return 11;
+  return 0;
+}
+
 int ps_pg_is_target(const char *t)
 {
-  return !strncmp(t, "postgresql://", 13) || !strncmp(t, "postgres://", 11) || !strncmp(t, "pg:", 3);
+  return pg_uri_prefix(t) > 0 || !strncmp(t, "pg:", 3);
 }
+
+const char *ps_target_refused(const char *t, char *why, size_t n)
+{
+  size_t len = uri_scheme(t);
+  if (!len || ps_pg_is_target(t)) return NULL;
+  /* the scheme only: the rest may hold a password */
+  snprintf(why, n, "the target looks like a URI (scheme \"%.*s\" followed by \":/\") but is not "
+           "one pairstore supports (postgresql://, postgres://; pg:CONNINFO); nothing was "
+           "created (a file whose path starts that way: write it as ./%.*s:/...)",
+           len > 40 ? 40 : (int)len, t, len > 40 ? 40 : (int)len, t);
+  return why;
+}
+
+
 
 static void add_event(pg_eng *p, const char *name, const char *detail)
 {
@@ -141,8 +176,7 @@ static void add_event(pg_eng *p, const char *name, const char *detail)
   ev = &p->events[p->nevents++];
   memset(ev, 0, sizeof *ev);
   snprintf(ev->name, sizeof ev->name, "%s", name);
-  snprintf(ev->detail, sizeof ev->detail, "%s", detail);
-  pg_scrub(p->k, ev->detail);
+  snprintf(ev->detail, sizeof ev->detail, "%s", detail); /* (our own text: a sid, what is wrong) */
 }
 
 /* ---- round trips ---------------------------------------------------------------------------------- */
@@ -334,6 +368,14 @@ static void take_row(lua_State *L, pg_eng *p, int eng, const char *sid, PGresult
   lua_getiuservalue(L, eng, UV_DECODE);
   why = ps_record_decode(L, -1, body, (size_t)PQgetlength(r, i, c0), &tmp);
   ps_buf_free(&tmp);
+  if (!why) { /* a text that names another session (a hand edit, a wrong restore) is not sid's */
+    size_t n;
+    const char *own = ps_get_str(L, -1, "sid", &n);
+    if (!own || strlen(sid) != n || memcmp(own, sid, n) != 0) {
+      lua_pop(L, 1);
+      why = "its text names another sid";
+    }
+  }
   if (why) {
     lua_pop(L, 1);
     snprintf(detail, sizeof detail, "session %.32s in the database is not a valid session (%s): "
@@ -387,6 +429,7 @@ static void finish(lua_State *L, pg_eng *p, int eng)
 {
   reset_rows(L, p, eng);
   free_log(p);
+  p->k->bound = 0;
 }
 
 static const char *pe_display(ps_engine *e)
@@ -417,7 +460,9 @@ static int pe_begin(ps_engine *e, lua_State *L, int eng, int readonly, const ps_
   } else {
     finish(L, p, eng);
     if (!readonly) ps_random_hex(p->token, 16);
+    p->k->bound = p->deferred ? 0 : p->until; /* for this transaction only */
   }
+  p->until = 0;
   p->in_txn = 1;
   p->readonly = readonly;
   p->hint = *hint;
@@ -1173,6 +1218,8 @@ static int pe_watch(ps_engine *e, lua_State *L, int eng, const char *sid, ps_err
   p->watchers++;
   wl = listen_link(p);
   wl->listen = 1;
+  wl->bound = p->k->bound = p->until; /* for this call only */
+  p->until = 0;
   /* listen first, then say so on the row: a change after that is notified */
   if (pg_connect(wl, err) != 0) goto failed;
   if (wl != p->k && !wl->listening) {
@@ -1183,12 +1230,14 @@ static int pe_watch(ps_engine *e, lua_State *L, int eng, const char *sid, ps_err
     if (rc != 0) goto failed;
   }
   if (announce(p, sid, wl == p->k && !wl->listening, err) != 0) goto failed;
+  wl->bound = p->k->bound = 0;
   wl->listening = 1;
   w->gen = wl->gen;
   ps_watcher_push(L, &pg_source, w, eng, p->k->display);
   return 0;
 
 failed:
+  wl->bound = p->k->bound = 0;
   if (--p->watchers == 0) wl->listen = 0;
   free(w);
   return -1;
@@ -1321,7 +1370,7 @@ ps_engine *ps_pg_engine_clone(lua_State *L, ps_engine *from, int decode, int lis
   o.durable = src->k->durable;
   {
     const pg_link *via = listen && src->lk ? src->lk : src->k; /* a listener: past the pooler */
-    p->k = pg_link_new(via->conninfo, via->display, via->store, via->password, &o);
+    p->k = pg_link_new(via->conninfo, via->display, via->store, via->hidden_user, via->hidden_db, &o);
   }
   if (!p->k) luaL_error(L, "pairstore: out of memory");
   p->k->listen = listen;
@@ -1335,14 +1384,51 @@ int ps_pg_is_engine(lua_State *L, int idx)
   return luaL_testudata(L, idx, PS_PGENGINE_MT) != NULL;
 }
 
-/* The display name: postgresql://user@host:port/dbname (store NAME), from what libpq reads
- * in the target; never the password. */
+/* Whether a user or database name is shown: not when it could be (or hold) a password, a
+ * URI or a conninfo. */
+static int user_shown(const char *user)
+{
+  return !strchr(user, ':') && !strchr(user, '@') && !strchr(user, '=');
+}
+
+static int db_shown(const char *db)
+{
+  return !strstr(db, "://") && !strchr(db, '=') && !strchr(db, '@');
+}
+
+/* err = code, fmt (with the display, then detail: libpq's or the server's text) */
+/* Appends the hosts of a target as a URI shows them: each with its own port (or the one port
+ * given for all), an IPv6 literal in brackets: "a:7001,[::1]:7002". */
+static void add_hosts(ps_buf *b, const char *hosts, const char *ports)
+{
+  const char *h = hosts, *pt = ports;
+  int one_port = !strchr(ports, ',');
+  for (;;) {
+    size_t hl = strcspn(h, ","), pl = strcspn(pt, ",");
+    int v6 = memchr(h, ':', hl) != NULL;
+    if (h != hosts) ps_buf_lit(b, ",");
+    if (v6) ps_buf_lit(b, "[");
+    ps_buf_add(b, h, hl);
+    if (v6) ps_buf_lit(b, "]");
+    if (pl) {
+      ps_buf_lit(b, ":");
+      ps_buf_add(b, pt, pl);
+    }
+    if (!h[hl]) break;
+    h += hl + 1;
+    if (!one_port) pt += pl + (pt[pl] == ','); /* host i's port is the i-th */
+  }
+}
+
+/* The display name: postgresql://user@host:port,host:port/dbname (store NAME), from what
+ * libpq reads in the target; never the password, nor a user or database name that could be
+ * one (user_shown, db_shown). What every message and store.path names the store by. */
 static char *make_display(PQconninfoOption *opts, const char *store)
 {
   const char *user = "", *host = "", *port = "", *db = "";
   PQconninfoOption *o;
+  ps_buf b = { 0 };
   char *out;
-  size_t n;
   for (o = opts; o && o->keyword; o++) {
     if (!o->val) continue;
     if (!strcmp(o->keyword, "user")) user = o->val;
@@ -1352,46 +1438,119 @@ static char *make_display(PQconninfoOption *opts, const char *store)
     else if (!strcmp(o->keyword, "dbname")) db = o->val;
   }
   if (strspn(port, ",") == strlen(port)) port = ""; /* a multi-host target's empty ports */
-  /* A dbname that is itself a URI or a conninfo (libpq does not expand it here, but it
-   * may hold a password): not shown. Nor a user name that could be one. */
-  if (strstr(db, "://") || strchr(db, '=') || strchr(db, '@')) db = "[dbname not shown]";
-  if (strchr(user, ':') || strchr(user, '@') || strchr(user, '=')) user = "[user not shown]";
-  n = strlen(user) + strlen(host) + strlen(port) + strlen(db) + strlen(store) + 64;
-  out = malloc(n);
-  if (out)
-    snprintf(out, n, "postgresql://%s%s%s%s%s/%s (store %s)", user, *user ? "@" : "", host,
-             *port ? ":" : "", port, db, store);
+  if (!db_shown(db)) db = "[dbname not shown]";
+  if (!user_shown(user)) user = "[user not shown]";
+  ps_buf_lit(&b, "postgresql://");
+  if (*user) {
+    ps_buf_add(&b, user, strlen(user));
+    ps_buf_lit(&b, "@");
+  }
+  add_hosts(&b, host, port);
+  ps_buf_lit(&b, "/");
+  ps_buf_add(&b, db, strlen(db));
+  ps_buf_lit(&b, " (store ");
+  ps_buf_add(&b, store, strlen(store));
+  ps_buf_lit(&b, ")");
+  out = b.oom ? NULL : strndup(b.p, b.len);
+  ps_buf_free(&b);
   return out;
 }
 
-/* A link to target (what makes the store's display name; what else libpq reads in it stays
- * with libpq); raises a clear error when libpq cannot parse it. what: the option's name. */
+/* Why libpq cannot parse a target, in words that quote none of it (its own message may echo
+ * the target, a password or a hidden name with it). */
+static const char *parse_error(const char *libpq)
+{
+  static const char *const why[][2] = {
+    { "missing \"=\" after", "a keyword without \"=\" in the conninfo" },
+    { "unterminated quoted string", "an unterminated quoted value in the conninfo" },
+    { "invalid connection option", "an unknown connection option" },
+    { "end of string reached when looking for matching \"]\"", "an IPv6 host without its \"]\"" },
+    { "IPv6 host address may not be empty", "an empty IPv6 host" },
+    { "unexpected character", "an unexpected character in the URI" },
+    { "extra key/value separator", "a URI query parameter with two \"=\"" },
+    { "missing key/value separator", "a URI query parameter without \"=\"" },
+    { "invalid URI query parameter", "an unknown URI query parameter" },
+    { "invalid percent-encoded token", "an invalid percent-encoded token" },
+    { "forbidden value %00", "a percent-encoded NUL (%00)" },
+    { "out of memory", "out of memory" },
+  };
+  size_t i;
+  for (i = 0; libpq && i < sizeof why / sizeof why[0]; i++)
+    if (!strncmp(libpq, why[i][0], strlen(why[i][0]))) return why[i][1];
+  return "libpq cannot parse it";
+}
+
+/* What libpq is given for a PostgreSQL target (malloc'd; NULL: out of memory): a URI with
+ * its scheme in lower case (libpq knows no other), a conninfo without "pg:". */
+static char *conninfo_of(const char *target)
+{
+  char *c = strdup(!strncmp(target, "pg:", 3) ? target + 3 : target);
+  size_t i;
+  for (i = 0; c && i < pg_uri_prefix(c); i++) c[i] = (char)tolower((unsigned char)c[i]);
+  return c;
+}
+
+/* Pushes the display form of a PostgreSQL target (nil, why: libpq cannot parse it). */
+int ps_pg_push_display(lua_State *L, const char *target, const char *store)
+{
+  char *errmsg = NULL, *d, *conninfo = conninfo_of(target);
+  PQconninfoOption *opts, *x;
+  if (!conninfo) return luaL_error(L, "pairstore: out of memory");
+  opts = PQconninfoParse(conninfo, &errmsg);
+  sodium_memzero(conninfo, strlen(conninfo));
+  free(conninfo);
+  if (!opts) {
+    lua_pushnil(L);
+    lua_pushfstring(L, "invalid PostgreSQL target: %s (the target is not shown)", parse_error(errmsg));
+    PQfreemem(errmsg);
+    return 2;
+  }
+  d = make_display(opts, store);
+  for (x = opts; x->keyword; x++)
+    if (x->val) sodium_memzero(x->val, strlen(x->val));
+  PQconninfoFree(opts);
+  if (!d) return luaL_error(L, "pairstore: out of memory");
+  lua_pushstring(L, d);
+  free(d);
+  return 1;
+}
+
+/* A link to target (its display name; what else libpq reads in it stays with libpq);
+ * raises a clear error, quoting nothing of the target, when libpq cannot parse it. what: the
+ * option's name. */
 static pg_link *link_for(lua_State *L, const char *target, const ps_pg_opts *o, const char *what)
 {
   PQconninfoOption *opts, *x;
-  char *errmsg = NULL, *display, *password = NULL;
-  const char *conninfo = !strncmp(target, "pg:", 3) ? target + 3 : target;
+  char *errmsg = NULL, *display, *huser = NULL, *hdb = NULL, *conninfo = conninfo_of(target);
   pg_link *k;
 
+  if (!conninfo) luaL_error(L, "pairstore.open: out of memory");
   opts = PQconninfoParse(conninfo, &errmsg);
   if (!opts) {
-    /* libpq's message may quote the target: shown only when it can hold no password */
-    int safe = errmsg && !strchr(target, '@') && !strcasestr(target, "password");
-    lua_pushfstring(L, "pairstore.open: invalid PostgreSQL %s%s%s", what, safe ? ": " : "",
-                    safe ? errmsg : " (libpq cannot parse it)");
+    sodium_memzero(conninfo, strlen(conninfo));
+    free(conninfo);
+    lua_pushfstring(L, "pairstore.open: invalid PostgreSQL %s: %s (the target is not shown)",
+                    what, parse_error(errmsg));
     PQfreemem(errmsg);
     lua_error(L);
   }
   display = make_display(opts, o->store);
-  for (x = opts; x->keyword; x++)
-    if (!strcmp(x->keyword, "password") && x->val && *x->val) password = strdup(x->val);
+  for (x = opts; x->keyword; x++) {
+    if (!x->val) continue;
+    if (!strcmp(x->keyword, "user") && !user_shown(x->val)) huser = strdup(x->val);
+    if (!strcmp(x->keyword, "dbname") && !db_shown(x->val)) hdb = strdup(x->val);
+  }
   for (x = opts; x->keyword; x++)
     if (x->val) sodium_memzero(x->val, strlen(x->val));
   PQconninfoFree(opts);
-  k = display ? pg_link_new(conninfo, display, o->store, password, o) : NULL;
+  k = display ? pg_link_new(conninfo, display, o->store, huser, hdb, o) : NULL;
+  sodium_memzero(conninfo, strlen(conninfo));
+  free(conninfo);
   free(display);
-  if (password) sodium_memzero(password, strlen(password));
-  free(password);
+  if (huser) sodium_memzero(huser, strlen(huser));
+  if (hdb) sodium_memzero(hdb, strlen(hdb));
+  free(huser);
+  free(hdb);
   if (!k) luaL_error(L, "pairstore.open: out of memory");
   return k;
 }
@@ -1403,4 +1562,9 @@ ps_engine *ps_pg_engine_new(lua_State *L, const char *target, const ps_pg_opts *
   if (o->listen_target) p->lk = link_for(L, o->listen_target, o, "listen_target");
   p->max_session_bytes = o->max_session_bytes;
   return &p->base;
+}
+
+void ps_pg_until(ps_engine *e, int64_t deadline)
+{
+  PE(e)->until = deadline;
 }

@@ -487,8 +487,16 @@ typedef struct ps_pg_opts {
   int lock_wait_ms, connect_timeout_ms, statement_timeout_ms, durable;
   size_t max_session_bytes;
 } ps_pg_opts;
-/* Whether target names a PostgreSQL database (postgresql://, postgres://, pg:conninfo). */
+/* Whether target names a PostgreSQL database (postgresql://, postgres:// in any case,
+ * pg:conninfo). */
 int ps_pg_is_target(const char *target);
+/* Why target is refused (written into why, returned), or NULL: it looks like a URI (a scheme
+ * followed by ":/") of a scheme pairstore does not support, so it is no file path either. */
+const char *ps_target_refused(const char *target, char *why, size_t n);
+/* Pushes the form in which a PostgreSQL target is shown (store.path: no password, no user or
+ * database name that may hold one; multi-host as in a URI), or nil and why libpq cannot
+ * parse it (quoting nothing of it). */
+int ps_pg_push_display(lua_State *L, const char *target, const char *store);
 /* Pushes a PostgreSQL engine for target (nothing connects yet) and returns it. */
 ps_engine *ps_pg_engine_new(lua_State *L, const char *target, const ps_pg_opts *o, int decode);
 /* Pushes a deferred engine (its own link; listen: LISTEN on each new connection) for the
@@ -498,6 +506,9 @@ ps_engine *ps_pg_engine_clone(lua_State *L, ps_engine *from, int decode, int lis
 int ps_pg_is_engine(lua_State *L, int idx);
 /* Adds pg_perform and pg_listen (an nginx worker thread's entry points) to the table on top. */
 void ps_pg_register(lua_State *L);
+/* The next transaction or watch of this PostgreSQL engine connects and gets its answers by
+ * deadline (monotonic ms; 0: only its own timeouts), or fails with code "timeout". */
+void ps_pg_until(ps_engine *e, int64_t deadline);
 /* Test hooks: cut the connection after sending the next n COMMITs; round trips so far. */
 void ps_pg_fault_cut_commits(int n);
 long ps_pg_roundtrips(void);

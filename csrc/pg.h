@@ -42,7 +42,10 @@ typedef struct pg_link {
   char *conninfo;        /* as libpq takes it (a URI, or key=value after "pg:") */
   char *display;         /* the target without its password, and the store's name */
   char *store;
-  char *password;        /* the target's, to keep out of messages (NULL: none given) */
+  /* A user and a database name that the display does not show (they may hold a password):
+   * a server message naming either is not shown either. NULL: shown, or none given. */
+  char *hidden_user, *hidden_db;
+  int64_t bound;         /* the running call's deadline (monotonic ms; 0: its own timeouts) */
   int lock_wait_ms, connect_ms, stmt_ms, durable;
   int listen;            /* LISTEN on every new connection (a watcher's link) */
   /* the connection */
@@ -75,7 +78,7 @@ typedef struct pg_link {
 
 /* Creates a link (registered; nothing connects yet) from a target; NULL on out of memory. */
 pg_link *pg_link_new(const char *conninfo, const char *display, const char *store,
-                     const char *password, const ps_pg_opts *o);
+                     const char *hidden_user, const char *hidden_db, const ps_pg_opts *o);
 /* Closes the connection (the server rolls back what it held). */
 void pg_link_drop(pg_link *k);
 /* Releases a link: at once, or, while a worker thread runs its round trip, when it ends. */
@@ -104,11 +107,13 @@ int  pg_link_hand_over(pg_link *k, const pgq *qs, int n, int64_t budget, int ret
 uint64_t pg_hash(const pgq *qs, int n);
 
 /* Sets err: code, "PostgreSQL <display>: <what>" where what is fmt with the (server's or
- * libpq's) text detail, on one line, the password kept out. */
+ * libpq's) text detail, on one line; a detail naming a hidden user or database is not shown.
+ * What a message may say of a target is its display form: the password is never in it, and
+ * neither is a user or database name the display hides. Nothing is searched for and
+ * replaced: libpq's messages that would echo the target are not quoted (a target it cannot
+ * parse), the server's errors while connecting come as their SQLSTATE only. */
 void pg_set_err(const pg_link *k, ps_err *err, const char *code, const char *fmt,
                 const char *detail) __attribute__((format(printf, 4, 0)));
-/* Text that names the link's target, with the password kept out (in place). */
-void pg_scrub(const pg_link *k, char *msg);
 
 /* Counts round trips (for the tests: how many an operation takes). */
 void ps_pg_count_roundtrip(void);

@@ -100,12 +100,14 @@ static void link_release_memory(pg_link *k)
     for (i = 0; i < k->pend_n; i++) PQclear(k->res[i]);
     free(k->res);
   }
-  if (k->password) sodium_memzero(k->password, strlen(k->password));
+  if (k->hidden_user) sodium_memzero(k->hidden_user, strlen(k->hidden_user));
+  if (k->hidden_db) sodium_memzero(k->hidden_db, strlen(k->hidden_db));
   if (k->conninfo) sodium_memzero(k->conninfo, strlen(k->conninfo));
   free(k->conninfo);
   free(k->display);
   free(k->store);
-  free(k->password);
+  free(k->hidden_user);
+  free(k->hidden_db);
   free(k->pend);
   if (k->pend_buf) sodium_memzero(k->pend_buf, k->pend_len);
   free(k->pend_buf);
@@ -113,15 +115,17 @@ static void link_release_memory(pg_link *k)
 }
 
 pg_link *pg_link_new(const char *conninfo, const char *display, const char *store,
-                     const char *password, const ps_pg_opts *o)
+                     const char *hidden_user, const char *hidden_db, const ps_pg_opts *o)
 {
   pg_link *k = calloc(1, sizeof *k);
   if (!k) return NULL;
   k->conninfo = strdup(conninfo);
   k->display = strdup(display);
   k->store = strdup(store);
-  k->password = password ? strdup(password) : NULL;
-  if (!k->conninfo || !k->display || !k->store || (password && !k->password)) {
+  k->hidden_user = hidden_user ? strdup(hidden_user) : NULL;
+  k->hidden_db = hidden_db ? strdup(hidden_db) : NULL;
+  if (!k->conninfo || !k->display || !k->store || (hidden_user && !k->hidden_user) ||
+      (hidden_db && !k->hidden_db)) {
     link_release_memory(k);
     return NULL;
   }
@@ -241,17 +245,6 @@ static void give_back(pg_link *k)
 
 /* ---- messages ------------------------------------------------------------------------------ */
 
-void pg_scrub(const pg_link *k, char *msg)
-{
-  size_t n;
-  char *at;
-  if (!k->password || !(n = strlen(k->password))) return;
-  while ((at = strstr(msg, k->password)) != NULL) {
-    memmove(at + 3, at + n, strlen(at + n) + 1);
-    memcpy(at, "***", 3);
-  }
-}
-
 void pg_set_err(const pg_link *k, ps_err *err, const char *code, const char *fmt,
                 const char *detail)
 {
@@ -262,11 +255,13 @@ void pg_set_err(const pg_link *k, ps_err *err, const char *code, const char *fmt
   while (n && (d[n - 1] == '\n' || d[n - 1] == ' ')) d[--n] = '\0';
   for (c = d; *c; c++) /* libpq's lines, as one */
     if (*c == '\n' || *c == '\t') *c = ' ';
+  if ((k->hidden_user && strstr(d, k->hidden_user)) || (k->hidden_db && strstr(d, k->hidden_db)))
+    snprintf(d, sizeof d, "[the server's message is not shown: it names the user or database "
+             "that the target's display hides]");
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wformat-nonliteral"
   ps_err_set(err, code, fmt, k->display, d);
 #pragma GCC diagnostic pop
-  pg_scrub(k, err->msg);
 }
 
 /* ---- connecting ------------------------------------------------------------------------------ */
@@ -369,6 +364,60 @@ static void quiet(void *arg, const char *msg)
   (void)msg;
 }
 
+static const char *code_of(const char *state, int *drop);
+
+/* What the server said when it refused a connection, by SQLSTATE (its own text may name the
+ * user or the database, which the display may hide). */
+static const char *refusal(const char *state)
+{
+  static const char *const why[][2] = {
+    { "28P01", "password authentication failed" },
+    { "28000", "the server does not accept this role (no such role, or no pg_hba.conf entry "
+               "lets it in)" },
+    { "3D000", "the database does not exist" },
+    { "42501", "permission denied: this role may not connect to the database" },
+    { "53300", "too many connections" },
+    { "57P03", "the server is starting up, shutting down or in recovery" },
+  };
+  size_t i;
+  for (i = 0; i < sizeof why / sizeof why[0]; i++)
+    if (!strcmp(state, why[i][0])) return why[i][1];
+  return "the server refused the connection";
+}
+
+/* A failed connection attempt: err from libpq's message, in which libpq's own text (hosts,
+ * ports, sockets: what the display shows) stays and each server error, which comes as
+ * "SEVERITY:  SQLSTATE" only (PQERRORS_SQLSTATE), is said in our words; the code is the last
+ * SQLSTATE's (authentication: denied; no database: schema), else unavailable (denied when
+ * the server wants a password and none was given). */
+static void connect_failed(pg_link *k, ps_err *err)
+{
+  const char *m = PQerrorMessage(k->conn), *code;
+  char d[2048], state[6] = "";
+  size_t n = 0;
+  int drop;
+  d[0] = '\0';
+  while (*m && n < sizeof d - 1) {
+    const char *sev = NULL;
+    if (!strncmp(m, "FATAL:  ", 8) || !strncmp(m, "ERROR:  ", 8) || !strncmp(m, "PANIC:  ", 8))
+      sev = m + 8;
+    if (sev && strspn(sev, "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ") == 5 &&
+        (sev[5] == '\n' || sev[5] == '\0')) {
+      memcpy(state, sev, 5);
+      state[5] = '\0';
+      n += (size_t)snprintf(d + n, sizeof d - n, "%s (SQLSTATE %s)", refusal(state), state);
+      if (n >= sizeof d) n = sizeof d - 1;
+      m = sev + 5;
+      continue;
+    }
+    d[n++] = *m++;
+    d[n] = '\0';
+  }
+  code = state[0] ? code_of(state, &drop) : PQconnectionNeedsPassword(k->conn) ? "denied" : "unavailable";
+  if (!strcmp(code, "timeout") || !strcmp(code, "busy")) code = "unavailable";
+  pg_set_err(k, err, code, "PostgreSQL %s: cannot connect: %s", d);
+}
+
 int pg_connect(pg_link *k, ps_err *err)
 {
   PostgresPollingStatusType st = PGRES_POLLING_WRITING;
@@ -387,29 +436,36 @@ int pg_connect(pg_link *k, ps_err *err)
   k->pid = getpid();
   k->gen++;
   PQsetNoticeProcessor(k->conn, quiet, NULL);
+  PQsetErrorVerbosity(k->conn, PQERRORS_SQLSTATE); /* the server's refusal: no names */
   deadline = ps_mono_ms() + k->connect_ms;
+  if (k->bound && k->bound < deadline) deadline = k->bound;
   if (PQstatus(k->conn) == CONNECTION_BAD) st = PGRES_POLLING_FAILED;
   while (st != PGRES_POLLING_OK) {
     int w;
     if (st == PGRES_POLLING_FAILED) {
-      pg_set_err(k, err, "unavailable", "PostgreSQL %s: cannot connect: %s", PQerrorMessage(k->conn));
+      connect_failed(k, err);
       pg_link_drop(k);
       return -1;
     }
     w = wait_sock(k->conn, st == PGRES_POLLING_READING ? POLLIN : POLLOUT, deadline);
     if (w == 0) {
-      ps_err_set(err, "timeout", "PostgreSQL %s: no connection within connect_timeout_ms (%d)",
-                 k->display, k->connect_ms);
+      if (k->bound && deadline == k->bound)
+        ps_err_set(err, "timeout", "PostgreSQL %s: no connection by the caller's deadline",
+                   k->display);
+      else
+        ps_err_set(err, "timeout", "PostgreSQL %s: no connection within connect_timeout_ms (%d)",
+                   k->display, k->connect_ms);
       pg_link_drop(k);
       return -1;
     }
     if (w < 0) {
-      pg_set_err(k, err, "unavailable", "PostgreSQL %s: cannot connect: %s", PQerrorMessage(k->conn));
+      connect_failed(k, err);
       pg_link_drop(k);
       return -1;
     }
     st = PQconnectPoll(k->conn);
   }
+  PQsetErrorVerbosity(k->conn, PQERRORS_DEFAULT);
   if (PQsetnonblocking(k->conn, 1) != 0 || setup(k, err) != 0) {
     if (!err->code) pg_set_err(k, err, "unavailable", "PostgreSQL %s: %s", PQerrorMessage(k->conn));
     pg_link_drop(k);
@@ -433,8 +489,11 @@ static const char *code_of(const char *state, int *drop)
     return "unavailable";
   }
   if (!strcmp(state, "40001") || !strcmp(state, "40P01")) return "busy";
-  if (!strcmp(state, "42501")) return "denied";
-  if (!strcmp(state, "42P01") || !strcmp(state, "42703")) return "schema";
+  /* authentication (28xxx: a wrong password, no such role, no pg_hba.conf entry), a missing
+   * privilege (42501: CONNECT too) */
+  if (!strncmp(state, "28", 2) || !strcmp(state, "42501")) return "denied";
+  /* the tables, or the database itself (3D000), are missing: the owner must make them */
+  if (!strcmp(state, "42P01") || !strcmp(state, "42703") || !strcmp(state, "3D000")) return "schema";
   return "database";
 }
 
@@ -521,9 +580,13 @@ int pg_roundtrip(pg_link *k, const pgq *qs, int n, PGresult **res, int64_t budge
                  int connecting, ps_err *err)
 {
   int64_t deadline = ps_mono_ms() + budget;
-  int i, failed = 0, drop = 0, pipeline, rc;
+  int i, failed = 0, drop = 0, pipeline, rc, by_caller = 0;
   PGconn *c;
 
+  if (k->bound && k->bound < deadline) { /* the caller's deadline comes first */
+    deadline = k->bound;
+    by_caller = 1;
+  }
   k->lost = 0;
   k->state[0] = '\0';
   k->cancel = 0;
@@ -562,8 +625,11 @@ int pg_roundtrip(pg_link *k, const pgq *qs, int n, PGresult **res, int64_t budge
 
 timed_out:
   k->lost = 1;
-  ps_err_set(err, "timeout", "PostgreSQL %s: no answer within %lld ms (statement_timeout_ms = %d)",
-             k->display, (long long)budget, k->stmt_ms);
+  if (by_caller)
+    ps_err_set(err, "timeout", "PostgreSQL %s: no answer by the caller's deadline", k->display);
+  else
+    ps_err_set(err, "timeout", "PostgreSQL %s: no answer within %lld ms (statement_timeout_ms = %d)",
+               k->display, (long long)budget, k->stmt_ms);
   pg_link_drop(k);
   return -1;
 lost:

@@ -284,24 +284,26 @@ static int f_mono_ms(lua_State *L)
   return 1;
 }
 
-static const luaL_Reg watcher_methods[] = {
-  { "wait", watcher_wait }, { "close", watcher_close }, { NULL, NULL },
-};
-
-/* sleep_ms(ms): blocks this thread that long (a blocking phase's lock wait: nothing to yield to). */
-static int f_sleep_ms(lua_State *L)
+/* sleep(seconds): blocks that long (store:wait's lock wait outside nginx: in slices, so
+ * that it ends by the wait's deadline). */
+static int f_sleep(lua_State *L)
 {
-  lua_Integer ms = luaL_checkinteger(L, 1);
+  lua_Number sec = luaL_checknumber(L, 1);
   struct timespec ts;
-  luaL_argcheck(L, ms >= 0 && ms <= 3600000, 1, "ms out of range");
-  ts.tv_sec = (time_t)(ms / 1000);
-  ts.tv_nsec = (long)(ms % 1000) * 1000000L;
+  if (!(sec > 0)) return 0;
+  if (sec > 3600) sec = 3600;
+  ts.tv_sec = (time_t)sec;
+  ts.tv_nsec = (long)((sec - (lua_Number)ts.tv_sec) * 1e9);
   while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {}
   return 0;
 }
 
+static const luaL_Reg watcher_methods[] = {
+  { "wait", watcher_wait }, { "close", watcher_close }, { NULL, NULL },
+};
+
 static const luaL_Reg wait_funcs[] = {
-  { "mono_ms", f_mono_ms }, { "sleep_ms", f_sleep_ms }, { "_hold_signals", f_hold_signals },
+  { "mono_ms", f_mono_ms }, { "sleep", f_sleep }, { "_hold_signals", f_hold_signals },
   { "_ignore_sigpipe", f_ignore_sigpipe }, { NULL, NULL },
 };
 

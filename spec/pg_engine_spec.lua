@@ -140,3 +140,40 @@ describe("PostgreSQL engine and SIGPIPE", function()
     helpers.cleanup()
   end)
 end)
+
+describe("PostgreSQL engine: a row whose text names another sid than its key", function()
+  it("is invalid: read as absent with invalid_dropped, never returned, never written through", function()
+    local events = {}
+    local s = open { on_event = function(name, info) events[#events + 1] = { name, info.message } end }
+    local a, b = assert(s:create {}), assert(s:create {})
+    local store = s.path:match("%(store (.*)%)$")
+    -- someone copies b's text into a's row (a hand edit, a restore of the wrong backup)
+    assert(helpers.psql(("UPDATE pairstore_sessions SET body = (SELECT body FROM pairstore_sessions "
+      .. "WHERE store = %s AND sid = %s) WHERE store = %s AND sid = %s"):format(helpers.sql_literal(store),
+      helpers.sql_literal(b.sid), helpers.sql_literal(store), helpers.sql_literal(a.sid))))
+    local function row(sid)
+      local ok, out = helpers.psql(("SELECT body FROM pairstore_sessions WHERE store = %s AND sid = %s")
+        :format(helpers.sql_literal(store), helpers.sql_literal(sid)))
+      assert(ok, out)
+      return out
+    end
+    local a_row, b_row = row(a.sid), row(b.sid)
+    assert.are.equal(a_row, b_row)
+    assert.are.same({ nil, "not_found", "not_found" }, { s:get(a.sid) })
+    assert.are.equal("invalid_dropped", events[#events][1])
+    assert.matches(a.sid, events[#events][2], 1, true)
+    local all = assert(s:list_all())
+    assert.are.equal(1, #all)
+    assert.are.equal(b.sid, all[1].sid)
+    assert.are.equal(1, #assert(s:export()))
+    assert.are.same({ nil, "not_found", "not_found" }, { s:verify_code(a.sid, b.secondaryCode) })
+    local called = false
+    assert.are.same({ nil, "not_found", "not_found" }, { s:update(a.sid, function() called = true end) })
+    assert.is_false(called)
+    assert.are.same({ nil, "not_found", "not_found" }, { s:consume(a.sid) })
+    assert.are.same({ nil, "not_found", "not_found" }, { s:transition(a.sid, "rejected") })
+    assert.are.equal(a_row, row(a.sid)) -- left as it is
+    assert.are.equal(b_row, row(b.sid))
+    assert.are.equal("awaiting_scan", assert(s:get(b.sid)).status)
+  end)
+end)

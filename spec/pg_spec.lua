@@ -481,6 +481,31 @@ describe("PostgreSQL: a server that stops answering (SIGSTOP)", function()
   end)
 end)
 
+describe("PostgreSQL: store:wait with the server not answering (SIGSTOP)", function()
+  after_each(cleanup)
+
+  it("returns by its deadline: connecting and every answer are bounded by what is left of it", function()
+    local store, where = open() -- connect_timeout_ms 10000, statement_timeout_ms 30000: the defaults
+    local s = assert(store:create {})
+    local fresh = helpers.reopen(where, { durable = false }) -- not connected yet
+    local pids = server_pids()
+    finally(function() signal_all(pids, "CONT") end)
+    signal_all(pids, "STOP")
+    for _, case in ipairs { { store, 500 }, { store, 0 }, { fresh, 500 }, { fresh, 0 } } do
+      local st, timeout = case[1], case[2]
+      local mono = require("pairstore.core").mono_ms
+      local t0 = mono()
+      local r, msg, code = st:wait(s.sid, { timeout_ms = timeout })
+      local took = mono() - t0
+      assert.are.same({ nil, "timeout", "timeout" }, { r, msg, code })
+      assert.is_true(took < timeout + 100, ("timeout_ms %d: returned after %d ms"):format(timeout, took))
+    end
+    signal_all(pids, "CONT")
+    assert.are.equal("awaiting_scan", assert(fresh:get(s.sid)).status)
+    assert.are.same({ nil, "timeout", "timeout" }, { store:wait(s.sid, { timeout_ms = 50 }) })
+  end)
+end)
+
 describe("PostgreSQL: a connection cut during the transaction or its COMMIT", function()
   after_each(cleanup)
 
@@ -697,15 +722,16 @@ describe("PostgreSQL: a password in the target", function()
     assert.matches(role, store.path, 1, true)
     assert(store:create {})
     store:close()
-    local bad_targets = {
-      ("postgresql://%s:%s@/pairstore?host=/nonexistent-%s"):format(role, PW, rand_hex(3)),
-      ("postgresql://%s:%s@/no_such_db_%s?host=%s"):format(role, PW, rand_hex(3), host),
-      ("postgres://nobody_%s:%s@/pairstore?host=%s"):format(rand_hex(3), PW, host),
-      ("postgresql:///pairstore?host=/nonexistent&user=%s&password=%s"):format(role, PW),
-      ("pg:host=/nonexistent-dir dbname=pairstore user=%s password=%s"):format(role, PW),
-      ("pg:host=%s dbname=pairstore user=%s password='%s' connect_timeout=2"):format(host, "nobody_x", PW),
+    local bad_targets = { -- (and the code each failure has: see pg_messages_spec.lua)
+      { ("postgresql://%s:%s@/pairstore?host=/nonexistent-%s"):format(role, PW, rand_hex(3)), "unavailable" },
+      { ("postgresql://%s:%s@/no_such_db_%s?host=%s"):format(role, PW, rand_hex(3), host), "schema" },
+      { ("postgres://nobody_%s:%s@/pairstore?host=%s"):format(rand_hex(3), PW, host), "denied" },
+      { ("postgresql:///pairstore?host=/nonexistent&user=%s&password=%s"):format(role, PW), "unavailable" },
+      { ("pg:host=/nonexistent-dir dbname=pairstore user=%s password=%s"):format(role, PW), "unavailable" },
+      { ("pg:host=%s dbname=pairstore user=%s password='%s' connect_timeout=2"):format(host, "nobody_x", PW), "denied" },
     }
-    for _, t in ipairs(bad_targets) do
+    for _, bad in ipairs(bad_targets) do
+      local t = bad[1]
       local st = pairstore.open(t, { store = "pw", durable = false, connect_timeout_ms = 3000,
         on_event = events_to(events) })
       check("path", st.path)
@@ -713,7 +739,7 @@ describe("PostgreSQL: a password in the target", function()
       local r, msg, code = st:list_all()
       assert.is_nil(r, t)
       check("error", msg)
-      assert.are.equal("unavailable", code, tostring(msg))
+      assert.are.equal(bad[2], code, tostring(msg))
       local r2, msg2 = st:create {}
       assert.is_nil(r2)
       check("error", msg2)

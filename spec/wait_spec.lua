@@ -175,6 +175,33 @@ for _, backend in ipairs(helpers.backends()) do
         assert.matches('pairstore.wait: unknown option "ttl"', err, 1, true)
       end)
 
+      if backend == "file" then it("returns by its deadline while another process holds the lock", function()
+        local s = assert(st:create {})
+        local pid, script = helpers.spawn_lua(string.format([[
+          local st = %s
+          assert(st:update(%q, function()
+            io.open(%q, "w"):close()
+            while not io.open(%q) do os.execute("sleep 0.01") end
+          end))
+        ]], helpers.open_expr(where), s.sid, dir .. "/holding", dir .. "/release"), dir .. "/holder.out")
+        finally(function()
+          helpers.write(dir .. "/release", "")
+          helpers.wait_exit(pid, 20)
+          os.remove(script)
+        end)
+        assert(helpers.wait_file(dir .. "/holding", nil, 20))
+        for _, timeout in ipairs { 500, 0 } do -- (lock_wait_ms is 10000)
+          local t0 = core.mono_ms()
+          local got, msg, code = st:wait(s.sid, { timeout_ms = timeout })
+          local took = core.mono_ms() - t0
+          assert.are.same({ nil, "timeout", "timeout" }, { got, msg, code })
+          assert.is_true(took < timeout + 100, ("timeout_ms %d: returned after %d ms"):format(timeout, took))
+        end
+        helpers.write(dir .. "/release", "")
+        assert.is_true(helpers.wait_exit(pid, 20))
+        assert.are.same({ nil, "timeout", "timeout" }, { st:wait(s.sid, { timeout_ms = 50 }) })
+      end) end
+
       if backend == "file" then it("watches the directory of the store's path, a relative one too", function()
         local s = assert(st:create {})
         local ok, out = helpers.run(string.format("cd %s && %s %s -e %s", q(where.dir), helpers.LUA_ENV, helpers.LUA, q([[

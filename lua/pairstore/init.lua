@@ -161,10 +161,24 @@ local Store = {}
 Store.__index = Store
 Store.__name = "pairstore.store"
 
---- Whether target names a PostgreSQL database (postgresql://..., postgres://..., pg:conninfo)
--- rather than a file.
+--- Whether target names a PostgreSQL database (postgresql://..., postgres://... with the
+-- scheme in any case, pg:conninfo) rather than a file. (A target that looks like a URI of
+-- another scheme, "scheme:/...", is neither: open refuses it.)
 function pairstore.is_pg_target(target)
   return type(target) == "string" and core.is_pg_target(target)
+end
+
+--- How pairstore names a target in store.path and in every message: a PostgreSQL target as
+-- postgresql://USER@HOST:PORT,.../DB (store NAME), without its password, nor a user or
+-- database name that may hold one; nil and why when libpq cannot parse it (quoting nothing
+-- of it). A file path as given. The one way a target is shown (the CLI's too).
+function pairstore.display_target(target, store_name)
+  if type(target) ~= "string" then argerror(2, "display_target", "target must be a string, got " .. type(target)) end
+  if store_name ~= nil and type(store_name) ~= "string" then
+    argerror(2, "display_target", "store_name must be a string or nil, got " .. type(store_name))
+  end
+  if not core.is_pg_target(target) then return target end
+  return core.pg_display(target, store_name)
 end
 
 --- The DDL of the PostgreSQL schema (what sql/pairstore.sql holds).
@@ -184,6 +198,8 @@ end
 function pairstore.open(path, options)
   if type(path) ~= "string" or path == "" then argerror(2, "open", "path must be a non-empty string") end
   if path:find("\0", 1, true) then argerror(2, "open", "path must not contain a NUL byte") end
+  local refused = core.target_refused(path)
+  if refused then argerror(2, "open", refused) end
   local pg = core.is_pg_target(path)
   local last = path:match("[^/]*$")
   if not pg and (last == "" or last == "." or last == "..") then
@@ -206,7 +222,7 @@ function pairstore.open(path, options)
   }
   return setmetatable({ _core = c, _rng = opts.rng or {}, _now = opts.now, _sleep = opts.sleep,
     _pg = pgopts, _blocking_wait_ms = math.min(opts.blocking_wait_ms or 100, opts.lock_wait_ms or core.LOCK_WAIT_MS),
-    _metrics = m, path = c:path() }, Store)
+    _lock_wait_ms = opts.lock_wait_ms or pairstore.LOCK_WAIT_MS, _metrics = m, path = c:path() }, Store)
 end
 
 -- The cooperative lock wait ---------------------------------------------------------------------
@@ -225,7 +241,7 @@ local NGX_BLOCKING_PHASES = {
   balancer = true, ssl_session_store = true, exit_worker = true,
 }
 
-local function blocking_sleep(s) core.sleep_ms(math.floor(s * 1000 + 0.5)) end
+local blocking_sleep = core.sleep
 
 -- How an operation waits for a lock another process holds: the sleep option (false: in
 -- the core, blocking), else ngx.sleep where the current nginx phase lets it yield, else in
@@ -314,6 +330,30 @@ function Store:_txn(name, ...)
   if not m then return run_txn(self, name, ...) end
   local t0 = core.clock()
   return m:done(name, t0, run_txn(self, name, ...))
+end
+
+-- Runs the core's operation name (or the watch, name "watch") so that it ends by the
+-- monotonic ms deadline, or soon after (DEADLINE_SLACK_MS: one look, even at a deadline
+-- already passed): a lock another process holds is waited for cooperatively until then (by
+-- the sleep option, ngx.sleep, else blocking sleeps), and a PostgreSQL server's connect and
+-- statement timeouts are cut short by it. What store:wait runs.
+local DEADLINE_SLACK_MS = 20
+function Store:_txn_by(deadline, name, ...)
+  local c = self._core
+  local sleep = sleeper(self) or core.sleep
+  local bound = math.max(deadline, core.mono_ms() + DEADLINE_SLACK_MS)
+  c:deadline(bound)
+  if name == "watch" then return c:watch(...) end
+  c:wait_mode(WAIT_CONTINUE, math.min(deadline, core.mono_ms() + self._lock_wait_ms), 0)
+  local r = pack(c[name](c, ...))
+  while r[1] == nil and r[3] == "lock_busy" do
+    sleep(r[4] / 1000)
+    c:deadline(bound)
+    c:wait_mode(WAIT_CONTINUE, r[5], r[6])
+    r = pack(c[name](c, ...))
+  end
+  c:wait_mode(WAIT_BLOCK) -- (now, which runs no transaction on a file store, leaves it)
+  return unpack(r, 1, r.n)
 end
 
 pairstore.Store = Store
@@ -500,38 +540,55 @@ end
 
 function Polled:close() return self.w:close() end
 
--- A watcher of the session sid --> w | nil, message, code. Inside nginx where the phase
--- can yield: a PostgreSQL store's from the worker's listening link, a file store's polled.
+-- A watcher of the session sid, made by deadline if given --> w | nil, message, code.
+-- Inside nginx where the phase can yield: a PostgreSQL store's from the worker's listening
+-- link, a file store's polled.
 local function watcher(self, sid, deadline)
   local sleep = sleeper(self)
   local d = sleep and deferred(self, sleep)
   if d then
     return d:watch(sid, self._pg.store, deadline or core.mono_ms() + WATCH_RENEW_MS)
   end
-  local w, msg, code = self._core:watch(sid)
+  local w, msg, code
+  if deadline then w, msg, code = self:_txn_by(deadline, "watch", sid)
+  else w, msg, code = self._core:watch(sid) end
   if w and sleep then return setmetatable({ w = w, sleep = sleep }, Polled) end
   return w, msg, code
 end
 
--- The wait proper, with its watch kept in watch.w (closed by finish_wait).
+-- The wait proper, with its watch kept in watch.w (closed by finish_wait). With a timeout,
+-- every store call in it ends by the wait's deadline (Store:_txn_by; inside nginx on
+-- PostgreSQL, by the store's own timeouts: its round trips run on worker threads).
 local function wait_watching(self, sid, opts, timeout, watch)
+  local deadline = timeout and core.mono_ms() + timeout
+  local function by_deadline(r, msg, code, ...)
+    -- what the wait's deadline cut short (a lock, a connection, an answer) is its timeout
+    if r == nil and code == "timeout" and deadline and core.mono_ms() >= deadline then return nil, "timeout", "timeout" end
+    return r, msg, code, ...
+  end
+  local sleep = sleeper(self)
+  local nginx_pg = sleep and deferred(self, sleep)
+  local function call(name, ...)
+    if name == "watch" then return by_deadline(watcher(self, sid, deadline)) end
+    if deadline and not nginx_pg then return by_deadline(self:_txn_by(deadline, name, ...)) end
+    return self:_txn(name, ...)
+  end
   -- Watch first, then read: a change in between is queued, not missed.
-  local w, wmsg, wcode = watcher(self, sid, timeout and core.mono_ms() + timeout)
+  local w, wmsg, wcode = call("watch", sid)
   watch.w = w
-  local first, msg, code = self:get(sid)
+  local first, msg, code = call("get", sid)
   if not first then return nil, msg, code end
   if not w then return nil, wmsg, wcode end
   -- since: the state the caller last saw; a change made before this call returns at once
   -- (a loop of waits then misses none).
   if opts.since and not same(opts.since, first, 0) then return first end
-  local deadline = timeout and core.mono_ms() + timeout
   -- A watch lasts an hour at most (a PostgreSQL store announces the wait for that long):
   -- a longer wait watches again.
   local renew_at = core.mono_ms() + WATCH_RENEW_MS
   while true do
     if core.mono_ms() >= renew_at then
       w:close()
-      w, wmsg, wcode = watcher(self, sid, deadline)
+      w, wmsg, wcode = call("watch", sid)
       watch.w = w
       if not w then return nil, wmsg, wcode end
       renew_at = core.mono_ms() + WATCH_RENEW_MS
@@ -541,7 +598,8 @@ local function wait_watching(self, sid, opts, timeout, watch)
     if not left or left > renew_at - core.mono_ms() then left = math.max(0, renew_at - core.mono_ms()) end
     -- A session changes by itself when pruning is due for it (it expires, or its retention
     -- ends): the next read after that moment shows it.
-    local t, tmsg, tcode = self:now()
+    local t, tmsg, tcode
+    if self._now or not deadline then t, tmsg, tcode = self:now() else t, tmsg, tcode = call("now") end
     if not t then return nil, tmsg, tcode end
     local due = core.next_prune(first) - t + 1
     if due > 0 and (not left or due < left) then left = due end
@@ -549,7 +607,7 @@ local function wait_watching(self, sid, opts, timeout, watch)
     if self._closed then return nil, "the store was closed while this call waited", "closed" end
     if not ev then return nil, emsg, ecode end
     if ev ~= "change" and ev ~= "timeout" then return nil, "signal", "signal", ev end
-    local now, nmsg, ncode = self:get(sid)
+    local now, nmsg, ncode = call("get", sid)
     if not now then return nil, nmsg, ncode end
     if not same(first, now, 0) then return now end
     if deadline and core.mono_ms() >= deadline then return nil, "timeout", "timeout" end

@@ -10,7 +10,8 @@
 #
 # The server refuses to run as root: as root, the cluster belongs to the `postgres` user the
 # Debian package creates (DIR is given to it); otherwise to the caller. The superuser role is
-# `pairstore`, authentication is `trust` on the socket only, the database is `pairstore`.
+# `pairstore`, authentication is `trust` on the socket only, the database is `pairstore`;
+# except for members of the role `pairstore_password`, which log in with a password (scram).
 # The target printed by start (and written to DIR/target) is a libpq URI:
 #   postgresql:///pairstore?host=DIR&user=pairstore
 set -euo pipefail
@@ -42,13 +43,15 @@ start)
     printf '%s\n' "wal_level = replica" "max_wal_senders = 4" "synchronous_commit = on" \
       >> "$dir/data/postgresql.conf"
     echo "local replication all trust" >> "$dir/data/pg_hba.conf"
+    sed -i '1i local all +pairstore_password scram-sha-256' "$dir/data/pg_hba.conf"
   fi
   printf '%s\n' "listen_addresses = ''" "unix_socket_directories = '$dir'" "cluster_name = '$name'" \
     "max_connections = 60" "shared_buffers = 64MB" "logging_collector = off" >> "$dir/data/postgresql.conf"
   as_owner "$PGBIN/pg_ctl" -D "$dir/data" -l "$dir/log" -w -t 60 start >/dev/null ||
     { cat "$dir/log" >&2; exit 1; }
   if [ "$name" = primary ]; then
-    as_owner "$PGBIN/psql" -h "$dir" -U pairstore -d postgres -qAt -c "CREATE DATABASE pairstore" >/dev/null
+    as_owner "$PGBIN/psql" -h "$dir" -U pairstore -d postgres -qAt -c "CREATE DATABASE pairstore" \
+      -c "CREATE ROLE pairstore_password NOLOGIN" >/dev/null
   fi
   echo "postgresql:///pairstore?host=$dir&user=pairstore" | tee "$dir/target"
   ;;
