@@ -816,34 +816,19 @@ static int f_files_beside(lua_State *L)
   return 1;
 }
 
-/* The password of a conninfo (NULL: none), so that a message never shows it. */
-static char *pg_password(const char *conninfo)
+/* A failure of pg_server: nil, message, "unavailable". libpq's own text is left out (it may
+ * echo the target, a password or a hidden user name); a statement's SQLSTATE is kept. */
+static int pg_fail(lua_State *L, PGconn *c, PGresult *r, const char *what)
 {
-  PQconninfoOption *opts = PQconninfoParse(conninfo, NULL), *o;
-  char *pw = NULL;
-  for (o = opts; o && o->keyword; o++)
-    if (!strcmp(o->keyword, "password") && o->val && *o->val) pw = strdup(o->val);
-  PQconninfoFree(opts);
-  return pw;
-}
-
-static int pg_fail(lua_State *L, PGconn *c, char *pw, const char *what)
-{
-  char msg[1024], *p;
-  snprintf(msg, sizeof msg, "PostgreSQL: %s: %s", what, c ? PQerrorMessage(c) : "out of memory");
-  for (p = msg; *p; p++)
-    if (*p == '\n' || *p == '\t') *p = ' ';
-  while (p > msg && p[-1] == ' ') *--p = '\0';
-  if (pw) { /* never the password, wherever libpq quoted it */
-    size_t n = strlen(pw);
-    while ((p = strstr(msg, pw)) != NULL) memset(p, '*', n);
-    sodium_memzero(pw, n);
-    free(pw);
-  }
-  if (c) PQfinish(c);
+  const char *state = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
   lua_pushnil(L);
-  lua_pushstring(L, msg);
+  if (state && strlen(state) == 5 && strspn(state, "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ") == 5)
+    lua_pushfstring(L, "PostgreSQL: %s (SQLSTATE %s)", what, state);
+  else
+    lua_pushfstring(L, "PostgreSQL: %s", what);
   lua_pushstring(L, "unavailable");
+  PQclear(r);
+  if (c) PQfinish(c);
   return 3;
 }
 
@@ -880,7 +865,6 @@ static int f_pg_server(lua_State *L)
   const char *keys[] = { "dbname", "connect_timeout", NULL }, *vals[3];
   char secs[32];
   int64_t deadline = ps_mono_ms() + ms;
-  char *pw = pg_password(conninfo);
   PGconn *c;
   PGresult *r;
 
@@ -889,12 +873,10 @@ static int f_pg_server(lua_State *L)
   vals[1] = secs;
   vals[2] = NULL;
   c = PQconnectdbParams(keys, vals, 1);
-  if (!c || PQstatus(c) != CONNECTION_OK) return pg_fail(L, c, pw, "cannot connect");
+  if (!c || PQstatus(c) != CONNECTION_OK) return pg_fail(L, c, NULL, "cannot connect to the server for its state");
   r = pg_ask(c, "SELECT pg_is_in_recovery(), current_setting('server_version')", NULL, deadline);
-  if (!r || PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1) {
-    PQclear(r);
-    return pg_fail(L, c, pw, "cannot read the server's state");
-  }
+  if (!r || PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1)
+    return pg_fail(L, c, r, "cannot read the server's state");
   lua_createtable(L, 0, 5);
   lua_pushstring(L, PQhost(c) ? PQhost(c) : "");
   lua_setfield(L, -2, "host");
@@ -912,10 +894,6 @@ static int f_pg_server(lua_State *L)
   }
   PQclear(r);
   PQfinish(c);
-  if (pw) {
-    sodium_memzero(pw, strlen(pw));
-    free(pw);
-  }
   return 1;
 }
 

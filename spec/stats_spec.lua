@@ -174,8 +174,8 @@ for _, backend in ipairs(helpers.backends()) do
       else
         it("says when the server cannot be asked, without the target's password", function()
           local snap = assert(stats.snapshot(st, { target = "postgresql://u:s3cretpw@127.0.0.1:1/db", timeout_ms = 2000 }))
-          assert.is_string(snap.server.error)
-          assert.is_nil(snap.server.error:find("s3cretpw", 1, true))
+          -- (libpq's text, which may echo the target, is left out)
+          assert.are.equal("PostgreSQL: cannot connect to the server for its state", snap.server.error)
           local text = stats.prometheus(snap)
           assert.are.equal(0, samples(text).pairstore_pg_up)
           local ok, out = promtool(text)
