@@ -15,6 +15,13 @@ endif
 # The Lua version whose module paths and C API the runtime has, and its pkg-config package.
 LUA_VERSION = $(if $(filter luajit,$(LUA_NAME)),5.1,$(patsubst lua%,%,$(LUA_NAME)))
 LUA_PC      = $(if $(filter luajit,$(LUA_NAME)),luajit,lua$(LUA_VERSION))
+# PG=0: no PostgreSQL (neither libpq's headers nor the engine); QR=0: no QR codes (no
+# libqrencode). A small gateway image that uses only files needs neither. Such a build goes
+# into a directory of its own (build/<runtime>-nopg-noqr).
+PG ?= 1
+QR ?= 1
+NOPG = $(filter 0,$(PG))
+NOQR = $(filter 0,$(QR))
 PREFIX     ?= /usr/local
 DESTDIR    ?=
 LUA_CMOD   ?= $(PREFIX)/lib/lua/$(LUA_VERSION)
@@ -27,17 +34,28 @@ CFLAGS     ?= -O2 -g
 WERROR     ?=
 PS_CFLAGS   = -std=c11 -D_GNU_SOURCE -fPIC -fvisibility=hidden \
               -Wall -Wextra -Wshadow -Wmissing-prototypes -Wstrict-prototypes -pedantic $(WERROR) \
-              $(shell $(PKG_CONFIG) --cflags $(LUA_PC) libsodium libqrencode libpq 2>/dev/null)
+              $(shell $(PKG_CONFIG) --cflags $(LUA_PC) libsodium $(if $(NOQR),,libqrencode) $(if $(NOPG),,libpq) 2>/dev/null) \
+              $(if $(NOPG),-DPS_NO_PG)
 PS_LDFLAGS  = -shared
-PS_LIBS     = $(shell $(PKG_CONFIG) --libs libsodium libqrencode libpq 2>/dev/null || echo -lsodium -lqrencode -lpq)
+# libpq is loaded when a PostgreSQL target is first opened (csrc/pq.c): its headers only here.
+PS_LIBS     = $(shell $(PKG_CONFIG) --libs libsodium $(if $(NOQR),,libqrencode) 2>/dev/null || echo -lsodium $(if $(NOQR),,-lqrencode)) -ldl -lpthread
 
-SRCS  = $(wildcard csrc/*.c)
-HDRS  = $(wildcard csrc/*.h)
-BUILD = build/$(LUA_NAME)
+# What ships (make all, make install, the rockspec): every C file but the test hooks.
+TEST_SRCS = csrc/testhooks.c
+PG_SRCS   = csrc/engine_pg.c csrc/pg_link.c csrc/pq.c
+QR_SRCS   = csrc/qr.c
+SRCS  = $(filter-out $(TEST_SRCS) csrc/pg_none.c csrc/qr_none.c $(if $(NOPG),$(PG_SRCS)) $(if $(NOQR),$(QR_SRCS)),\
+          $(wildcard csrc/*.c csrc/engine/file/*.c)) $(if $(NOPG),csrc/pg_none.c) $(if $(NOQR),csrc/qr_none.c)
+HDRS  = $(wildcard csrc/*.h csrc/engine/file/*.h)
+BUILD = build/$(LUA_NAME)$(if $(NOPG),-nopg)$(if $(NOQR),-noqr)
 CORE  = $(BUILD)/pairstore/core.so
+# The test build (as SQLite's SQLITE_TEST): -DPS_TEST and testhooks.c, so core.test_hooks()
+# exists; make test and the heavy runs that use the hooks load it, never what ships.
+TBUILD = build/$(LUA_NAME)-test
+TCORE  = $(TBUILD)/pairstore/core.so
 
-# Run Lua against the in-tree build (of this runtime: .busted's cpath says the same for the
-# interpreter busted runs under); spec children run $(PAIRSTORE_TEST_LUA).
+# Run Lua against the in-tree build (of this runtime: .busted's cpath says the same, the test
+# build, for the interpreter busted runs under); spec children run $(PAIRSTORE_TEST_LUA).
 export LUA_PATH  := $(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;;
 export LUA_CPATH := $(CURDIR)/$(BUILD)/?.so;;
 export PAIRSTORE_TEST_LUA := $(LUA_NAME)
@@ -45,7 +63,7 @@ export PAIRSTORE_TEST_LUA := $(LUA_NAME)
 # The heavy runs (stress, fault, sanitize, ha, bench, fuzz) are for Lua 5.4 only.
 only54 = $(if $(filter lua5.4,$(LUA_NAME)),,$(error make $@ runs on lua5.4 only (LUA=$(LUA))))
 
-.PHONY: all deps test demo install uninstall clean lint test-stress test-fault test-sanitize test-ha test-nginx test-browser test-metrics fuzz bench
+.PHONY: all deps test check-layering demo install uninstall clean lint test-stress test-fault test-sanitize test-ha test-nginx test-browser test-metrics fuzz bench
 
 all: $(CORE)
 
@@ -53,11 +71,15 @@ $(CORE): $(SRCS) $(HDRS) Makefile
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(PS_CFLAGS) $(LDFLAGS) $(PS_LDFLAGS) -o $@.tmp $(SRCS) $(PS_LIBS) && mv -f $@.tmp $@
 
+$(TCORE): $(SRCS) $(TEST_SRCS) $(HDRS) Makefile
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(PS_CFLAGS) -DPS_TEST $(LDFLAGS) $(PS_LDFLAGS) -o $@.tmp $(SRCS) $(TEST_SRCS) $(PS_LIBS) && mv -f $@.tmp $@
+
 deps:
 	@bash .ci/deps $(LUA_NAME)
 
-# Test-only helper (fork for the specs); never installed.
-FORKUTIL = $(BUILD)/test/forkutil.so
+# Test-only helper (fork for the specs), beside the test build; never installed.
+FORKUTIL = $(TBUILD)/test/forkutil.so
 
 $(FORKUTIL): spec/support/forkutil.c csrc/compat.h Makefile
 	@mkdir -p $(dir $@)
@@ -72,11 +94,25 @@ $(PGFLOOR): spec/bench/pgfloor.c csrc/compat.h Makefile
 	$(CC) $(CFLAGS) -std=c11 -D_GNU_SOURCE -fPIC -Wall -Wextra $(WERROR) $(shell $(PKG_CONFIG) --cflags $(LUA_PC) libpq) \
 	  $(LDFLAGS) -shared -o $@ $< $(shell $(PKG_CONFIG) --libs libpq 2>/dev/null || echo -lpq)
 
+# No two C files use each other, nor any longer cycle: which file defines and which uses each
+# ps_ symbol, from nm over one object per source (spec/support/layering.lua).
+LAYER_OBJS = $(patsubst %.c,$(BUILD)/layering/%.o,$(SRCS) $(TEST_SRCS))
+
+$(BUILD)/layering/%.o: %.c $(HDRS) Makefile
+	@mkdir -p $(dir $@)
+	@$(CC) -O0 $(PS_CFLAGS) -DPS_TEST -DPS_FAULT_INJECTION -c -o $@ $<
+
+check-layering: $(LAYER_OBJS)
+	$(LUA_NAME) spec/support/layering.lua $(BUILD)/layering $(LAYER_OBJS)
+
 # The suite runs against both backends: with-pg.sh starts a private PostgreSQL cluster (unix
 # socket in a temp dir) for it and removes it afterwards, also on failure.
+# make test SPEC=spec/cli_spec.lua (one spec or several, with LUA=... as ever) runs just those.
+SPEC ?= spec
+test: export LUA_CPATH := $(CURDIR)/$(TBUILD)/?.so;;
 test: deps
-	@$(MAKE) --no-print-directory all $(FORKUTIL)
-	bash spec/support/with-pg.sh busted --lua=$(LUA_NAME) spec
+	@$(MAKE) --no-print-directory all $(TCORE) $(FORKUTIL) check-layering
+	bash spec/support/with-pg.sh busted --lua=$(LUA_NAME) $(SPEC)
 
 demo: deps
 	@$(MAKE) --no-print-directory all
@@ -89,15 +125,15 @@ lint:
 # .ci/run runs them all with bounded durations.
 FAULT_CORE = build-fault/pairstore/core.so
 
-$(FAULT_CORE): $(SRCS) $(HDRS) Makefile
+$(FAULT_CORE): $(SRCS) $(TEST_SRCS) $(HDRS) Makefile
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(PS_CFLAGS) -DPS_FAULT_INJECTION $(LDFLAGS) $(PS_LDFLAGS) -o $@.tmp $(SRCS) $(PS_LIBS) && mv -f $@.tmp $@
+	$(CC) $(CFLAGS) $(PS_CFLAGS) -DPS_TEST -DPS_FAULT_INJECTION $(LDFLAGS) $(PS_LDFLAGS) -o $@.tmp $(SRCS) $(TEST_SRCS) $(PS_LIBS) && mv -f $@.tmp $@
 
 test-stress: deps all
 	$(only54)
 	bash spec/stress/run.sh
 
-test-fault: deps all $(FAULT_CORE)
+test-fault: deps all $(TCORE) $(FAULT_CORE)
 	$(only54)
 	bash spec/fault/run.sh
 
@@ -139,7 +175,7 @@ test-browser:
 # Under with-pg.sh too (run.sh starts it itself), so valgrind and ASan cover the PostgreSQL backend.
 test-sanitize: deps
 	$(only54)
-	@$(MAKE) --no-print-directory all $(FORKUTIL)
+	@$(MAKE) --no-print-directory all $(TCORE) $(FORKUTIL)
 	bash spec/sanitize/run.sh
 
 fuzz: deps
@@ -152,9 +188,12 @@ bench: deps all $(PGFLOOR)
 	bash spec/bench/run.sh
 
 install: $(CORE)
-	install -d $(DESTDIR)$(LUA_CMOD)/pairstore $(DESTDIR)$(LUA_LMOD)/pairstore $(DESTDIR)$(BINDIR)
+	install -d $(DESTDIR)$(LUA_CMOD)/pairstore $(DESTDIR)$(LUA_LMOD)/pairstore \
+	  $(DESTDIR)$(LUA_LMOD)/pairstore/cli/commands $(DESTDIR)$(BINDIR)
 	install -m 0755 $(CORE) $(DESTDIR)$(LUA_CMOD)/pairstore/core.so
 	install -m 0644 lua/pairstore/*.lua $(DESTDIR)$(LUA_LMOD)/pairstore/
+	install -m 0644 lua/pairstore/cli/*.lua $(DESTDIR)$(LUA_LMOD)/pairstore/cli/
+	install -m 0644 lua/pairstore/cli/commands/*.lua $(DESTDIR)$(LUA_LMOD)/pairstore/cli/commands/
 	sed '1s|.*|#!/usr/bin/env $(LUA_NAME)|' bin/pairstore > $(DESTDIR)$(BINDIR)/pairstore.tmp
 	chmod 0755 $(DESTDIR)$(BINDIR)/pairstore.tmp && mv -f $(DESTDIR)$(BINDIR)/pairstore.tmp $(DESTDIR)$(BINDIR)/pairstore
 

@@ -25,13 +25,58 @@ static ps_store *check_store(lua_State *L, int idx)
   return s;
 }
 
-/* A sid argument: exactly 32 lowercase hex characters (no NUL, nothing after). */
-static const char *check_sid(lua_State *L, int idx)
+/* The one check of a sid argument (the methods below, and the Lua layer through
+ * core.sid_error): a string of exactly 32 lowercase hex characters (no NUL, nothing after).
+ * Pushes why the value at idx is not one ("pairstore.<fn>: ...") and returns 1, or returns 0. */
+static int sid_error(lua_State *L, int idx, const char *fn)
 {
   size_t n;
-  const char *sid = luaL_checklstring(L, idx, &n);
-  luaL_argcheck(L, ps_is_sid(sid, n), idx, "sid must be 32 lowercase hex characters");
-  return sid;
+  const char *s;
+  idx = lua_absindex(L, idx);
+  if (lua_type(L, idx) != LUA_TSTRING) {
+    lua_pushfstring(L, "pairstore.%s: sid must be a string, got %s", fn, luaL_typename(L, idx));
+    return 1;
+  }
+  s = lua_tolstring(L, idx, &n);
+  if (ps_is_sid(s, n)) return 0;
+  /* what was given, as string.format's %q shows it (its first 40 bytes) */
+  lua_getfield(L, LUA_REGISTRYINDEX, "_LOADED");
+  lua_getfield(L, -1, "string");
+  lua_getfield(L, -1, "format");
+  lua_replace(L, -3);
+  lua_pop(L, 1);
+  lua_pushliteral(L, "pairstore.%s: sid must be 32 lowercase hex characters, got %q");
+  lua_pushstring(L, fn);
+  lua_pushlstring(L, s, n < 40 ? n : 40);
+  lua_call(L, 3, 1);
+  return 1;
+}
+
+/* A sid argument, or raises (without a position: the Lua layer raises at its caller's). */
+static const char *check_sid(lua_State *L, int idx, const char *fn)
+{
+  if (sid_error(L, idx, fn)) lua_error(L);
+  return lua_tostring(L, idx);
+}
+
+/* create's operator fields are bounded (PS_MAX_FIELD_BYTES each), so that one session cannot
+ * crowd out the others. Pushes nil, message, "limit" and returns 3, or returns 0. */
+static int field_limit(lua_State *L, int ctx)
+{
+  static const char *const known[] = { "channel", "senderId", "accountId", NULL };
+  int i;
+  for (i = 0; known[i]; i++) {
+    lua_getfield(L, ctx, known[i]);
+    if (lua_type(L, -1) == LUA_TSTRING && lua_rawlen(L, -1) > PS_MAX_FIELD_BYTES) {
+      lua_pushnil(L);
+      lua_pushfstring(L, "operator.%s is %d bytes, above the limit of %d", known[i],
+                      (int)lua_rawlen(L, -2), PS_MAX_FIELD_BYTES);
+      lua_pushliteral(L, "limit");
+      return 3;
+    }
+    lua_pop(L, 1);
+  }
+  return 0;
 }
 
 static int run(lua_State *L, ps_op op, int readonly)
@@ -44,7 +89,7 @@ static int run(lua_State *L, ps_op op, int readonly)
 
 static int m_get(lua_State *L)
 {
-  check_sid(L, 2);
+  check_sid(L, 2, "get");
   lua_settop(L, 2);
   return run(L, PS_OP_GET, 1);
 }
@@ -67,6 +112,7 @@ static int m_create(lua_State *L)
   luaL_checktype(L, 3, LUA_TTABLE);
   luaL_checkinteger(L, 4);
   lua_settop(L, 7);
+  if (field_limit(L, 3)) return 3;
   if (!lua_isnil(L, 5)) {
     v = luaL_checklstring(L, 5, &len);
     luaL_argcheck(L, ps_is_sid(v, len), 5, "sid must be 32 lowercase hex");
@@ -96,7 +142,7 @@ static int m_create(lua_State *L)
 
 static int m_update(lua_State *L)
 {
-  check_sid(L, 2);
+  check_sid(L, 2, "update");
   luaL_checktype(L, 3, LUA_TFUNCTION);
   lua_settop(L, 3);
   return run(L, PS_OP_UPDATE, 0);
@@ -104,7 +150,7 @@ static int m_update(lua_State *L)
 
 static int m_transition(lua_State *L)
 {
-  check_sid(L, 2);
+  check_sid(L, 2, "transition");
   if (!ps_is_known_status(luaL_checkstring(L, 3))) return luaL_argerror(L, 3, "unknown status");
   lua_settop(L, 3);
   return run(L, PS_OP_TRANSITION, 0);
@@ -112,7 +158,7 @@ static int m_transition(lua_State *L)
 
 static int m_reject(lua_State *L)
 {
-  check_sid(L, 2);
+  check_sid(L, 2, "reject");
   lua_settop(L, 2);
   lua_pushliteral(L, "rejected");
   return run(L, PS_OP_TRANSITION, 0);
@@ -120,7 +166,7 @@ static int m_reject(lua_State *L)
 
 static int m_failed_code(lua_State *L)
 {
-  check_sid(L, 2);
+  check_sid(L, 2, "register_failed_code");
   lua_settop(L, 2);
   return run(L, PS_OP_FAILED_CODE, 0);
 }
@@ -129,7 +175,7 @@ static int m_verify(lua_State *L)
 {
   size_t n;
   const char *code;
-  check_sid(L, 2);
+  check_sid(L, 2, "verify_code");
   code = luaL_checklstring(L, 3, &n);
   if (!ps_is_code(code, n)) {
     lua_pushnil(L);
@@ -143,7 +189,7 @@ static int m_verify(lua_State *L)
 
 static int m_consume(lua_State *L)
 {
-  check_sid(L, 2);
+  check_sid(L, 2, "consume");
   lua_settop(L, 2);
   return run(L, PS_OP_CONSUME, 0);
 }
@@ -152,7 +198,7 @@ static int m_consume(lua_State *L)
  * wrapper) applied as consume's rule with the decryption under the lock. */
 static int m_respond(lua_State *L)
 {
-  check_sid(L, 2);
+  check_sid(L, 2, "respond");
   luaL_checkstring(L, 3);
   luaL_checkstring(L, 4);
   luaL_checkstring(L, 5);
@@ -194,7 +240,7 @@ static int m_watch(lua_State *L)
 {
   ps_store *s = check_store(L, 1);
   ps_err e;
-  const char *sid = check_sid(L, 2);
+  const char *sid = check_sid(L, 2, "watch");
   lua_settop(L, 2);
   lua_getiuservalue(L, 1, PS_UV_ENGINE);
   if (s->eng->m->watch(s->eng, L, 3, sid, &e) != 0) return ps_push_err(L, &e);
@@ -267,7 +313,7 @@ static int m_pg_handle(lua_State *L)
  * change (a store whose waits are watched elsewhere; see store:wait in nginx). */
 static int m_announce(lua_State *L)
 {
-  check_sid(L, 2);
+  check_sid(L, 2, "wait");
   lua_settop(L, 2);
   return run(L, PS_OP_ANNOUNCE, 1);
 }
@@ -280,6 +326,15 @@ static int m_deadline(lua_State *L)
   lua_Integer deadline = luaL_checkinteger(L, 2);
   luaL_argcheck(L, deadline > 0, 2, "deadline must be positive");
   if (!strcmp(s->eng->m->name, "postgresql")) ps_pg_until(s->eng, (int64_t)deadline);
+  return 0;
+}
+
+/* c:idle(): lets go of what the store keeps between transactions (a parked lock sentinel, a
+ * connection): a process about to fork workers (nginx's master in init_by_lua) keeps none. */
+static int m_idle(lua_State *L)
+{
+  ps_store *s = check_store(L, 1);
+  if (!s->busy && s->eng->m->idle) s->eng->m->idle(s->eng);
   return 0;
 }
 
@@ -378,6 +433,16 @@ static void open_file(lua_State *L, const char *path, size_t len, int opts, int 
   lua_pop(L, 1);
 }
 
+/* A store's name (the one check): 1 to 200 bytes of UTF-8 without control characters. */
+static int store_name_ok(const char *s, size_t n)
+{
+  size_t i;
+  if (n == 0 || n > 200 || !ps_utf8_valid((const unsigned char *)s, n)) return 0;
+  for (i = 0; i < n; i++)
+    if ((unsigned char)s[i] < 0x20 || s[i] == 0x7f) return 0;
+  return 1;
+}
+
 /* The PostgreSQL engine for target (pushed), with its options from opts (max_session_bytes and
  * lock_wait_ms: the store's, read once). */
 static void open_pg(lua_State *L, const char *target, size_t len, int opts, int decode,
@@ -391,8 +456,9 @@ static void open_pg(lua_State *L, const char *target, size_t len, int opts, int 
     o.store = "default";
   } else {
     o.store = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &n) : NULL;
-    if (!o.store || n == 0 || n > 200 || strlen(o.store) != n) {
-      lua_pushliteral(L, "pairstore.open: option store must be a name of 1 to 200 bytes");
+    if (!o.store || !store_name_ok(o.store, n)) {
+      lua_pushliteral(L, "pairstore.open: option store must be a name of 1 to 200 bytes of "
+                         "printable UTF-8");
       lua_error(L);
     }
   }
@@ -479,6 +545,15 @@ static int f_json_encode(lua_State *L)
   }
   lua_pushlstring(L, b.p ? b.p : "", b.len);
   ps_buf_free(&b);
+  return 1;
+}
+
+/* sid_error(fn, v) -> nil, or the message a method named fn raises for the sid v. */
+static int f_sid_error(lua_State *L)
+{
+  const char *fn = luaL_checkstring(L, 1);
+  lua_settop(L, 2);
+  if (!sid_error(L, 2, fn)) lua_pushnil(L);
   return 1;
 }
 
@@ -596,15 +671,19 @@ static const luaL_Reg store_methods[] = {
   { "verify_code", m_verify }, { "consume", m_consume }, { "respond", m_respond }, { "prune", m_prune },
   { "export", m_export }, { "import", m_import }, { "watch", m_watch }, { "backend", m_backend },
   { "now", m_now }, { "wait_mode", m_wait_mode }, { "deadline", m_deadline },
-  { "use_engine", m_use_engine }, { "pg_handle", m_pg_handle }, { "announce", m_announce },
+  { "use_engine", m_use_engine }, { "idle", m_idle }, { "pg_handle", m_pg_handle }, { "announce", m_announce },
   { "close", m_close }, { "path", m_path }, { NULL, NULL },
 };
 
 static const luaL_Reg module_funcs[] = {
   { "redact", f_redact }, { "json_encode", f_json_encode }, { "now_ms", f_now_ms }, { "is_terminal", f_is_terminal }, { "clamp_ttl", f_clamp_ttl },
-  { "next_prune", f_next_prune }, { "is_sid", f_is_sid }, { "is_code", f_is_code },
+  { "next_prune", f_next_prune }, { "is_sid", f_is_sid }, { "sid_error", f_sid_error },
+  { "is_code", f_is_code },
   { "is_known_status", f_is_known_status }, { "is_known_mode", f_is_known_mode },
-  { "test_hooks", ps_test_hooks }, { "is_pg_target", f_is_pg_target },
+#ifdef PS_TEST
+  { "test_hooks", ps_test_hooks },
+#endif
+  { "is_pg_target", f_is_pg_target },
   { "pg_schema_sql", f_pg_schema_sql }, { "pg_display", f_pg_display },
   { "target_refused", f_target_refused },
   { NULL, NULL },
@@ -698,7 +777,9 @@ __attribute__((visibility("default"))) int luaopen_pairstore_core(lua_State *L)
 #include <poll.h>
 #include <time.h>
 
-#include <libpq-fe.h>
+#ifndef PS_NO_PG
+#include "pq.h" /* (libpq, loaded on first use) */
+#endif
 
 /* clock() -> monotonic seconds, a float with ns resolution. */
 static int f_clock(lua_State *L)
@@ -816,6 +897,7 @@ static int f_files_beside(lua_State *L)
   return 1;
 }
 
+#ifndef PS_NO_PG
 /* A failure of pg_server: nil, message, "unavailable". libpq's own text is left out (it may
  * echo the target, a password or a hidden user name); a statement's SQLSTATE is kept. */
 static int pg_fail(lua_State *L, PGconn *c, PGresult *r, const char *what)
@@ -827,9 +909,20 @@ static int pg_fail(lua_State *L, PGconn *c, PGresult *r, const char *what)
   else
     lua_pushfstring(L, "PostgreSQL: %s", what);
   lua_pushstring(L, "unavailable");
-  PQclear(r);
+  if (r) PQclear(r);
   if (c) PQfinish(c);
   return 3;
+}
+
+/* Waits for the connection's socket (POLLIN or POLLOUT) until the deadline: 1, or 0. */
+static int pg_wait(PGconn *c, short ev, int64_t deadline)
+{
+  struct pollfd pfd;
+  int64_t left = deadline - ps_mono_ms();
+  pfd.fd = PQsocket(c);
+  pfd.events = ev;
+  pfd.revents = 0;
+  return left > 0 && pfd.fd >= 0 && poll(&pfd, 1, (int)left) > 0;
 }
 
 /* One statement, bounded by the deadline (a server that stops answering: NULL). */
@@ -839,48 +932,52 @@ static PGresult *pg_ask(PGconn *c, const char *sql, const char *param, int64_t d
   if (!PQsendQueryParams(c, sql, param ? 1 : 0, NULL, param ? &param : NULL, NULL, NULL, 0)) return NULL;
   for (;;) {
     while (PQisBusy(c)) {
-      struct pollfd pfd = { PQsocket(c), POLLIN, 0 };
-      int64_t left = deadline - ps_mono_ms();
-      if (left <= 0 || poll(&pfd, 1, (int)left) < 0 || !PQconsumeInput(c)) {
-        PQclear(last);
+      if (!pg_wait(c, POLLIN, deadline) || !PQconsumeInput(c)) {
+        if (last) PQclear(last);
         return NULL;
       }
     }
     r = PQgetResult(c);
     if (!r) return last;
-    PQclear(last);
+    if (last) PQclear(last);
     last = r;
   }
 }
 
 /* pg_server(target, timeout_ms, store) -> { host, port, primary, version, rows? } | nil,
- * message, "unavailable": a connection of its own (closed before returning), within
- * timeout_ms. rows: the store's rows in pairstore_sessions (absent when the table is). */
+ * message, "unavailable": a connection of its own (closed before returning), all within
+ * timeout_ms. host and port as the server says (inet_server_addr; "local" for a unix
+ * socket). rows: the store's rows in pairstore_sessions (absent when there is no table). */
 static int f_pg_server(lua_State *L)
 {
   const char *target = luaL_checkstring(L, 1);
   lua_Integer ms = luaL_checkinteger(L, 2);
   const char *store = luaL_checkstring(L, 3);
   const char *conninfo = !strncmp(target, "pg:", 3) ? target + 3 : target;
-  const char *keys[] = { "dbname", "connect_timeout", NULL }, *vals[3];
-  char secs[32];
   int64_t deadline = ps_mono_ms() + ms;
+  const char *why = NULL;
+  PostgresPollingStatusType st = PGRES_POLLING_WRITING;
   PGconn *c;
   PGresult *r;
 
-  snprintf(secs, sizeof secs, "%lld", (long long)(ms < 2000 ? 2 : (ms + 999) / 1000));
-  vals[0] = conninfo;
-  vals[1] = secs;
-  vals[2] = NULL;
-  c = PQconnectdbParams(keys, vals, 1);
-  if (!c || PQstatus(c) != CONNECTION_OK) return pg_fail(L, c, NULL, "cannot connect to the server for its state");
-  r = pg_ask(c, "SELECT pg_is_in_recovery(), current_setting('server_version')", NULL, deadline);
+  if (ps_pq_load(&why) != 0) return pg_fail(L, NULL, NULL, why ? why : "libpq cannot be loaded");
+  c = PQconnectStart(conninfo);
+  if (!c || PQstatus(c) == CONNECTION_BAD) return pg_fail(L, c, NULL, "cannot connect to the server for its state");
+  while (st != PGRES_POLLING_OK) {
+    if (st == PGRES_POLLING_FAILED ||
+        !pg_wait(c, st == PGRES_POLLING_READING ? POLLIN : POLLOUT, deadline))
+      return pg_fail(L, c, NULL, "cannot connect to the server for its state");
+    st = PQconnectPoll(c);
+  }
+  if (PQsetnonblocking(c, 1) != 0) return pg_fail(L, c, NULL, "cannot connect to the server for its state");
+  r = pg_ask(c, "SELECT pg_is_in_recovery(), current_setting('server_version'), "
+                "coalesce(host(inet_server_addr()), 'local'), coalesce(inet_server_port()::text, '')", NULL, deadline);
   if (!r || PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1)
     return pg_fail(L, c, r, "cannot read the server's state");
   lua_createtable(L, 0, 5);
-  lua_pushstring(L, PQhost(c) ? PQhost(c) : "");
+  lua_pushstring(L, PQgetvalue(r, 0, 2));
   lua_setfield(L, -2, "host");
-  lua_pushstring(L, PQport(c) ? PQport(c) : "");
+  lua_pushstring(L, PQgetvalue(r, 0, 3));
   lua_setfield(L, -2, "port");
   lua_pushboolean(L, strcmp(PQgetvalue(r, 0, 0), "f") == 0);
   lua_setfield(L, -2, "primary");
@@ -892,10 +989,19 @@ static int f_pg_server(lua_State *L)
     lua_pushinteger(L, (lua_Integer)strtoll(PQgetvalue(r, 0, 0), NULL, 10));
     lua_setfield(L, -2, "rows");
   }
-  PQclear(r);
+  if (r) PQclear(r);
   PQfinish(c);
   return 1;
 }
+#else
+static int f_pg_server(lua_State *L)
+{
+  lua_pushnil(L);
+  lua_pushliteral(L, "PostgreSQL: not in this build (make PG=0)");
+  lua_pushliteral(L, "unavailable");
+  return 3;
+}
+#endif
 
 static const luaL_Reg stats_funcs[] = {
   { "clock", f_clock }, { "files_beside", f_files_beside }, { "pg_server", f_pg_server },

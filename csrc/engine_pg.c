@@ -26,50 +26,6 @@
  * longer gives up, and the caller sleeps instead of the server blocking this thread. */
 #define PS_PG_NOWAIT_MS "1"
 
-/* The schema, version 1 (sql/pairstore.sql is this text; a spec checks it). Run in one
- * transaction (one simple query) on first use when the role may; otherwise by the owner. */
-const char ps_pg_schema_sql[] =
-  "-- pairstore schema, version 1: the sessions of every store in this database.\n"
-  "-- pairstore creates it on first use when its role may; otherwise run this file once as\n"
-  "-- the schema's owner and grant the application role SELECT, INSERT, UPDATE, DELETE on\n"
-  "-- the three tables.\n"
-  "CREATE TABLE pairstore_schema (\n"
-  "  version integer NOT NULL\n"
-  ");\n"
-  "INSERT INTO pairstore_schema (version) VALUES (1);\n"
-  "\n"
-  "-- One row per store: a create locks it (SELECT ... FOR UPDATE), so that creates of one\n"
-  "-- store are serialised and never pass max_sessions.\n"
-  "CREATE TABLE pairstore_stores (\n"
-  "  store text PRIMARY KEY\n"
-  ");\n"
-  "\n"
-  "-- One row per session. body is the session's JSON text exactly as pairstore wrote it (or\n"
-  "-- as the file it was migrated from held it): text, not jsonb, so that key order, number\n"
-  "-- text and unknown members survive byte for byte. The other columns are derived from it\n"
-  "-- when it is written: status and live (not terminal), createdAtMs, lastStatusChangeAtMs,\n"
-  "-- expiresAtMs, and prune_at, the time after which pruning changes the row (its expiry\n"
-  "-- while live, the end of its retention once terminal). Pruning may mark a live row\n"
-  "-- expired (status, live, changed_at, prune_at) without rewriting body: a reader applies\n"
-  "-- the expiry to body itself. txn is the token of the transaction that last wrote it.\n"
-  "-- waited_until: someone waits for a change of this session (store:wait) until then, so\n"
-  "-- a change sends a notification (NOTIFY serialises commits: only when it is awaited).\n"
-  "CREATE TABLE pairstore_sessions (\n"
-  "  store      text NOT NULL REFERENCES pairstore_stores (store),\n"
-  "  sid        text NOT NULL,\n"
-  "  status     text NOT NULL,\n"
-  "  live       boolean NOT NULL,\n"
-  "  created_at double precision NOT NULL,\n"
-  "  changed_at double precision NOT NULL,\n"
-  "  expires_at double precision NOT NULL,\n"
-  "  prune_at   bigint NOT NULL,\n"
-  "  txn        text NOT NULL,\n"
-  "  body       text NOT NULL,\n"
-  "  waited_until bigint NOT NULL DEFAULT 0,\n"
-  "  PRIMARY KEY (store, sid)\n"
-  ");\n"
-  "CREATE INDEX pairstore_sessions_prune ON pairstore_sessions (store, live, prune_at);\n"
-  "CREATE INDEX pairstore_sessions_created ON pairstore_sessions (store, created_at);\n";
 
 /* User values: cjson's decode; the transaction's sessions (sid -> table, the engine's own);
  * their texts as stored (sid -> string); the rows the store holds (sid -> txn token: the
@@ -119,8 +75,9 @@ typedef struct pg_eng {
 
 #define PE(e) ((pg_eng *)(void *)(e))
 
-/* ---- fault hook for the tests (test_hooks) ----------------------------------------------------- */
+/* ---- fault hook for the tests (test_hooks; the test build only) -------------------------------- */
 
+#ifdef PS_TEST
 /* The next n commits send COMMIT and then lose the connection before its answer. */
 static int cut_commits;
 
@@ -128,44 +85,10 @@ void ps_pg_fault_cut_commits(int n)
 {
   cut_commits = n;
 }
+#endif
 
 /* ---- targets and messages --------------------------------------------------------------------- */
 
-/* The length of t's URI scheme when t looks like a URI (RFC 3986: ALPHA *( ALPHA / DIGIT /
- * "+" / "-" / "." ), then ":/"), else 0. */
-static size_t uri_scheme(const char *t)
-{
-  size_t n = 0;
-  if (!((*t >= 'a' && *t <= 'z') || (*t >= 'A' && *t <= 'Z'))) return 0;
-  n = strspn(t, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+-.");
-  return t[n] == ':' && t[n + 1] == '/' ? n : 0;
-}
-
-/* The scheme of a PostgreSQL URI, in any case (RFC 3986: schemes are case-insensitive):
- * the length of "postgresql://" or "postgres://" that t starts with, else 0. */
-static size_t pg_uri_prefix(const char *t)
-{
-  if (!strncasecmp(t, "postgresql://", 13)) return 13;
-  if (!strncasecmp(t, "postgres://", 11)) return 11;
-  return 0;
-}
-
-int ps_pg_is_target(const char *t)
-{
-  return pg_uri_prefix(t) > 0 || !strncmp(t, "pg:", 3);
-}
-
-const char *ps_target_refused(const char *t, char *why, size_t n)
-{
-  size_t len = uri_scheme(t);
-  if (!len || ps_pg_is_target(t)) return NULL;
-  /* the scheme only: the rest may hold a password */
-  snprintf(why, n, "the target looks like a URI (scheme \"%.*s\" followed by \":/\") but is not "
-           "one pairstore supports (postgresql://, postgres://; pg:CONNINFO); nothing was "
-           "created (a file whose path starts that way: write it as ./%.*s:/...)",
-           len > 40 ? 40 : (int)len, t, len > 40 ? 40 : (int)len, t);
-  return why;
-}
 
 
 
@@ -180,11 +103,6 @@ static void add_event(pg_eng *p, const char *name, const char *detail)
 }
 
 /* ---- round trips ---------------------------------------------------------------------------------- */
-
-int ps_is_pending(const ps_err *e)
-{
-  return e->code && !strcmp(e->code, "io_pending");
-}
 
 /* Waiting cooperatively (ps_hint.nowait), a row lock held by another transaction gives up
  * at once (55P03); so does the 1 ms lock_timeout that expires as the lock is granted (the
@@ -444,6 +362,10 @@ static int pe_locate(ps_engine *e, lua_State *L, int eng, ps_err *err)
   /* the same database may be named in many ways: the target and store name identify it
    * well enough for the reentrancy check (a mutator using another spelling of the target
    * waits for the row lock, bounded by lock_wait_ms, instead of failing fast) */
+  /* every transaction starts here: the caller's deadline is this one's, or none (a call
+   * from inside a running one fails as reentrant, and leaves that one's alone) */
+  if (!PE(e)->in_txn) PE(e)->k->bound = PE(e)->deferred ? 0 : PE(e)->until;
+  PE(e)->until = 0;
   lua_pushfstring(L, "pg\n%s\n%s", PE(e)->k->conninfo, PE(e)->k->store);
   return 0;
 }
@@ -458,11 +380,11 @@ static int pe_begin(ps_engine *e, lua_State *L, int eng, int readonly, const ps_
     reset_rows(L, p, eng);
     p->seq = 0;
   } else {
+    int64_t bound = p->k->bound; /* (this transaction's, taken by pe_locate) */
     finish(L, p, eng);
+    p->k->bound = bound;
     if (!readonly) ps_random_hex(p->token, 16);
-    p->k->bound = p->deferred ? 0 : p->until; /* for this transaction only */
   }
-  p->until = 0;
   p->in_txn = 1;
   p->readonly = readonly;
   p->hint = *hint;
@@ -1034,9 +956,15 @@ static int end_commit(lua_State *L, pg_eng *p, int eng, ps_err *err)
   }
   memset(&key, 0, sizeof key);
   n = commit_statements(L, p, eng, pend, q, cs, &key);
+#ifdef PS_TEST
   cut = !p->deferred && cut_commits > 0 && npend > 0;
+#else
+  cut = 0;
+#endif
   if (cut) {
+#ifdef PS_TEST
     cut_commits--;
+#endif
     cut_commit(p, q, n);
     p->lost = 1;
     rc = -1;
@@ -1204,6 +1132,7 @@ static int pe_watch(ps_engine *e, lua_State *L, int eng, const char *sid, ps_err
   pg_eng *p = PE(e);
   pg_watch *w;
   pg_link *wl;
+  int64_t txn_bound;
   if (p->deferred) {
     ps_err_set(err, "invalid", "PostgreSQL %s: a deferred engine does not watch", p->k->display);
     return -1;
@@ -1218,6 +1147,7 @@ static int pe_watch(ps_engine *e, lua_State *L, int eng, const char *sid, ps_err
   p->watchers++;
   wl = listen_link(p);
   wl->listen = 1;
+  txn_bound = p->k->bound; /* (a running transaction's, given back) */
   wl->bound = p->k->bound = p->until; /* for this call only */
   p->until = 0;
   /* listen first, then say so on the row: a change after that is notified */
@@ -1230,14 +1160,16 @@ static int pe_watch(ps_engine *e, lua_State *L, int eng, const char *sid, ps_err
     if (rc != 0) goto failed;
   }
   if (announce(p, sid, wl == p->k && !wl->listening, err) != 0) goto failed;
-  wl->bound = p->k->bound = 0;
+  wl->bound = 0;
+  p->k->bound = txn_bound;
   wl->listening = 1;
   w->gen = wl->gen;
   ps_watcher_push(L, &pg_source, w, eng, p->k->display);
   return 0;
 
 failed:
-  wl->bound = p->k->bound = 0;
+  wl->bound = 0;
+  p->k->bound = txn_bound;
   if (--p->watchers == 0) wl->listen = 0;
   free(w);
   return -1;
@@ -1261,6 +1193,13 @@ static void pe_close(ps_engine *e)
   p->k = p->lk = NULL;
 }
 
+static void pe_idle(ps_engine *e)
+{
+  pg_eng *p = PE(e);
+  if (p->k && !p->in_txn) pg_link_drop(p->k);
+  if (p->lk && p->watchers == 0) pg_link_drop(p->lk);
+}
+
 static int pe_gc(lua_State *L)
 {
   pg_eng *p = luaL_checkudata(L, 1, PS_PGENGINE_MT);
@@ -1271,7 +1210,7 @@ static int pe_gc(lua_State *L)
 static const ps_engine_methods pg_methods = {
   PS_ENGINE_VERSION, "postgresql", pe_display, pe_locate, pe_begin, pe_clock, pe_fetch, pe_put,
   pe_remove, pe_count_live, pe_list, pe_text, pe_prune_due, pe_end, pe_event, pe_events_clear,
-  pe_watch, pe_close, pe_announce,
+  pe_watch, pe_close, pe_announce, pe_idle,
 };
 
 /* ---- deferred engines: an nginx worker's links ------------------------------------------------ */
@@ -1486,15 +1425,18 @@ static char *conninfo_of(const char *target)
 {
   char *c = strdup(!strncmp(target, "pg:", 3) ? target + 3 : target);
   size_t i;
-  for (i = 0; c && i < pg_uri_prefix(c); i++) c[i] = (char)tolower((unsigned char)c[i]);
+  for (i = 0; c && i < ps_pg_uri_prefix(c); i++) c[i] = (char)tolower((unsigned char)c[i]);
   return c;
 }
 
 /* Pushes the display form of a PostgreSQL target (nil, why: libpq cannot parse it). */
 int ps_pg_push_display(lua_State *L, const char *target, const char *store)
 {
-  char *errmsg = NULL, *d, *conninfo = conninfo_of(target);
+  char *errmsg = NULL, *d, *conninfo;
   PQconninfoOption *opts, *x;
+  const char *why;
+  if (ps_pq_load(&why) != 0) return luaL_error(L, "pairstore: %s", why);
+  conninfo = conninfo_of(target);
   if (!conninfo) return luaL_error(L, "pairstore: out of memory");
   opts = PQconninfoParse(conninfo, &errmsg);
   sodium_memzero(conninfo, strlen(conninfo));
@@ -1557,7 +1499,10 @@ static pg_link *link_for(lua_State *L, const char *target, const ps_pg_opts *o, 
 
 ps_engine *ps_pg_engine_new(lua_State *L, const char *target, const ps_pg_opts *o, int decode)
 {
-  pg_eng *p = new_engine(L, decode);
+  pg_eng *p;
+  const char *why;
+  if (ps_pq_load(&why) != 0) luaL_error(L, "pairstore.open: %s", why);
+  p = new_engine(L, decode);
   p->k = link_for(L, target, o, "target");
   if (o->listen_target) p->lk = link_for(L, o->listen_target, o, "listen_target");
   p->max_session_bytes = o->max_session_bytes;

@@ -416,7 +416,7 @@ int ps_json_fixup(lua_State *L, int decode, const char *raw, size_t n, int vidx,
 
 /* ---- writing values as JSON.stringify does --------------------------------------------------- */
 
-static int utf8_ok(const unsigned char *s, size_t n)
+int ps_utf8_valid(const unsigned char *s, size_t n)
 {
   size_t i = 0;
   while (i < n) {
@@ -444,7 +444,7 @@ static int utf8_ok(const unsigned char *s, size_t n)
 static int put_string(ps_buf *b, const char *s, size_t n)
 {
   size_t i, run = 0;
-  if (!utf8_ok((const unsigned char *)s, n)) return -1;
+  if (!ps_utf8_valid((const unsigned char *)s, n)) return -1;
   ps_buf_reserve(b, n + 2);
   ps_buf_lit(b, "\"");
   for (i = 0; i < n; i++) {

@@ -1,7 +1,7 @@
 /*
  * pairstore.h — what the C files of pairstore.core share: the error type, the system-call
- * seam, the engine interface (keyed, per transaction) and the file engine's parts (lock,
- * load, atomic write), the session rules, the store the bindings and the transaction share.
+ * seam, the engine interface (keyed, per transaction), the session rules, the store the
+ * bindings and the transaction share. (The file engine's parts: engine/file/internal.h.)
  */
 #ifndef PAIRSTORE_H
 #define PAIRSTORE_H
@@ -78,22 +78,28 @@ int  ps_fault_available(void);
 void ps_fault_arm(long nth, int err, int short_write);
 long ps_fault_calls(void);
 int  ps_fault_hit(void);
-void ps_fault_set_coarse_ctime(int on); /* file.c never detects fine-grained ctimes */
+void ps_fault_set_coarse_ctime(int on); /* datafile.c never detects fine-grained ctimes */
 int  ps_fault_coarse_ctime(void);
 
-/* ---- time and randomness (rand.c) ---------------------------------------------------- */
+/* ---- clocks (clock.c) ---------------------------------------------------------------- */
 
 int64_t ps_wall_ms(void);
 int64_t ps_mono_ms(void);
+
+/* ---- randomness (rand.c) -------------------------------------------------------------- */
+
 void    ps_random_hex(char *out, size_t nbytes); /* out gets 2*nbytes hex + NUL */
 void    ps_random_code(char out[7]);             /* unbiased 6 digits + NUL */
-/* base64url without padding: out needs 4*ceil(n/3)+1 bytes. */
+void    ps_keypair_b64u(char sk[44], char pk[44], const unsigned char *sk_in /* or NULL */);
+
+/* ---- base64url (base64url.c) ---------------------------------------------------------- */
+
+/* Without padding: out needs 4*ceil(n/3)+1 bytes. */
 void    ps_b64u_encode(char *out, size_t outlen, const unsigned char *in, size_t n);
 /* Returns decoded length, or -1 when the text is not canonical unpadded base64url. */
 long    ps_b64u_decode(unsigned char *out, size_t outmax, const char *in, size_t n);
-void    ps_keypair_b64u(char sk[44], char pk[44], const unsigned char *sk_in /* or NULL */);
 
-/* ---- byte buffer (err.c) ------------------------------------------------------------- */
+/* ---- byte buffer (buf.c) ------------------------------------------------------------- */
 typedef struct ps_buf {
   char *p;
   size_t len, cap;
@@ -106,41 +112,9 @@ void ps_buf_swap(ps_buf *a, ps_buf *b);
 #define ps_buf_lit(b, s) ps_buf_add((b), (s), sizeof(s) - 1)
 void ps_buf_free(ps_buf *b); /* wipes (all of it) before freeing */
 
-/* ---- the file engine's whole-file operations (file.c + lock.c) --------------------------
- * Used by the file engine (engine_file.c) only; the transaction sees storage through the
- * engine interface below. */
-
-typedef struct ps_lock {
-  int fd;                /* the sentinel we hold (flock LOCK_EX), -1 when not held */
-  dev_t dev;
-  ino_t ino;
-  /* Between transactions the sentinel is parked, still flock()ed, at "<lockpath>.idle-<hex>"
-   * and published again by a rename: no inode is made or freed per transaction. */
-  int idle_fd;           /* the parked sentinel, -1: none */
-  dev_t idle_dev;
-  ino_t idle_ino;
-  pid_t idle_pid;        /* the process that parked it: a forked child makes its own */
-  int64_t touched_ms;    /* monotonic time its mtime was last set */
-  int64_t busy_seen_ms;  /* monotonic time the lock was last found held by another */
-  int no_park;           /* rename(RENAME_NOREPLACE) refused here: a new sentinel each time */
-  char *idle_name;       /* malloc'd parking name (in the store's directory), NULL until needed */
-} ps_lock;
-
-/* Identity of the file content last read or written under the lock. */
-typedef struct ps_ident {
-  int valid;
-  dev_t dev;
-  ino_t ino;
-  off_t size;
-  struct timespec mtime, ctime;
-} ps_ident;
-
-/* A file whose identity matches is trusted unchanged without reading it when its inode is
- * the one we pin (ps_file.pin_fd: nobody else can have been given its number since), or when
- * its ctime is older than this: any later change would carry a later ctime, which nobody can
- * set. (Otherwise it is compared byte for byte: inode numbers are reused at once and file
- * system timestamps are coarse, so two replacements within one tick can look identical.) */
-#define PS_IDENT_SETTLE_MS 5000
+/* ---- events ------------------------------------------------------------------------------
+ * What an engine tells the caller's on_event about a transaction (a lock broken, a corrupt
+ * file moved aside, ...). The file engine's own parts are declared in engine/file/internal.h. */
 
 typedef struct ps_event {
   char name[24];
@@ -152,112 +126,6 @@ typedef struct ps_event {
 } ps_event;
 
 #define PS_MAX_EVENTS 8
-
-typedef struct ps_file {
-  char *path;            /* sessions file as given, made absolute (for messages and c:path()) */
-  char *lockpath;        /* path .. ".lock" (for messages) */
-  char *dir;             /* directory part of path, as given: resolved by the kernel */
-  const char *base;      /* the file's name in its directory, points into path */
-  const char *lockbase;  /* base .. ".lock", points into lockpath */
-  /* The directory, opened (O_PATH) by resolving dir as the kernel does (symlinks and ".."
-   * followed; the file name itself never is). Every name below is relative to it. Each
-   * transaction resolves dir again and moves to whatever it names now; the commit fence
-   * checks that dir still names it. -1: not yet opened. */
-  int dirfd;
-  dev_t dir_dev;
-  ino_t dir_ino;
-  char key[48];          /* "<dev>:<ino>" of the directory: with base, the store's identity */
-  /* The file as the last load found it (fstat of the descriptor it read, or the lstat that
-   * recognised the pinned inode): who owns it, its mode and links. seen_valid 0: absent. */
-  int seen_valid;
-  struct stat seen;
-  int lock_wait_ms;
-  int lock_stale_ms;
-  int nowait;            /* this transaction does not wait for the lock (ps_hint.nowait) */
-  int durable;
-  size_t max_bytes;
-  int swept;             /* orphans swept since this store was opened */
-  ps_lock lock;
-  int ino_fd;            /* inotify instance for lock waits: -1 not yet, -2 unavailable */
-  int ino_wd;            /* the watch of the current wait, -1: none */
-  pid_t ino_pid;         /* the process that made ino_fd */
-  /* The data file's inode as we last wrote it, held by an O_PATH handle so that its number
-   * cannot be given to another file while we remember it: a path that still names this
-   * inode with the same size and timestamps is the file we wrote. -1: none. (Files we only
-   * read are not pinned: the reader would then pay for freeing them once replaced.) */
-  int pin_fd;
-  dev_t pin_dev;
-  ino_t pin_ino;
-  /* A pin whose inode was replaced: closed after the lock is released, since closing it may
-   * free the inode's blocks, which need not hold up the next process. -1: none. */
-  int stale_fd;
-  /* The file system gives a change made after a stat a ctime of its own (Linux 6.13+
-   * multigrain timestamps), seen on our own temp file: only then is a pinned inode's
-   * identity proof that it was not rewritten in place within one coarse clock tick. */
-  int fine_ctime;
-  ps_event events[PS_MAX_EVENTS];
-  int nevents;
-} ps_file;
-
-/* Load result. PS_LOAD_SAME: the file is the one `known` describes; nothing was read. */
-enum { PS_LOAD_OK = 0, PS_LOAD_ABSENT = 1, PS_LOAD_SAME = 2, PS_LOAD_ERROR = -1 };
-
-typedef struct ps_backend {
-  const char *name;
-  /* Resolves the store's location as the kernel names it now (creating missing directories)
-   * and fills f->key; nothing changes while the store is inside a transaction. 0 ok, -1. */
-  int  (*resolve)(ps_file *f, ps_err *e);
-  int  (*lock)(ps_file *f, ps_err *e);                 /* 0 ok, -1 error */
-  void (*unlock)(ps_file *f);
-  /* Reads the whole file into `into` (emptied first; the caller owns it), unless it is
-   * provably the one `known` describes (PS_LOAD_SAME). A file over the size cap yields
-   * PS_LOAD_OK with *toobig set and nothing read. */
-  int  (*load)(ps_file *f, ps_buf *into, const ps_ident *known, int *toobig, ps_ident *id,
-               ps_err *e);
-  /* Moves the corrupt file the last load read aside (why: what is wrong with it) and fills
-   * moved_to, only if it is plausibly a sessions file of ours: a regular file owned by the
-   * effective uid, with one link and no group or other permission bits, whose text begins
-   * like one (looks_ours: a JSON object, or only blanks). Otherwise it moves nothing and fails
-   * with code "corrupt", saying why. */
-  int  (*quarantine)(ps_file *f, int64_t now_ms, const char *why, int looks_ours, char *moved_to, size_t n,
-                     ps_err *e);
-  /* Atomically replaces the file (fence checked before the rename). */
-  int  (*commit)(ps_file *f, const char *buf, size_t len, ps_ident *id, ps_err *e);
-} ps_backend;
-
-extern const ps_backend ps_file_backend;
-
-void ps_file_event(ps_file *f, const char *name, const char *detail, const char *path,
-                   long count, long age_ms, long pid);
-
-/* lock.c */
-int  ps_lock_acquire(ps_file *f, ps_err *e);
-void ps_lock_release(ps_file *f);
-void ps_lock_close(ps_file *f);   /* release, unpark, close the wait instance and the directory */
-void ps_lock_unpark(ps_file *f);  /* remove this process's parked sentinel, if any */
-void ps_lock_init(ps_file *f);
-int  ps_lock_fence(ps_file *f, ps_err *e);
-
-/* file.c */
-/* mkdir -p (new levels 0700 whatever the umask), then opens dir (O_PATH|O_DIRECTORY):
- * the descriptor, or -1 with e set. */
-int  ps_mkdir_p(const char *dir, ps_err *e);
-/* Writes all of p (short writes and EINTR handled); -1 with errno. */
-int  ps_write_all(int fd, const char *p, size_t n);
-/* Opens name in dirfd read-only, never through a symlink nor blocking on a FIFO, and requires
- * a regular file (shown: its path, for messages). -1 with errno ENOENT when absent (e
- * untouched), else -1 with e set. */
-int  ps_open_regular(int dirfd, const char *name, const char *shown, const char *what,
-                     struct stat *st, ps_err *e);
-/* Whether the store's directory path still names the directory it works in (the fence):
- * 0 yes; -1 with e set ("compromised" when it names another or nothing). */
-int  ps_dir_check(ps_file *f, ps_err *e);
-void ps_sweep_orphans(ps_file *f);
-/* As root in a directory another user owns (a service's), the owner and group that new files
- * and the lock sentinel get, so that the service is never locked out of its own store;
- * 0: keep our own. */
-int  ps_dir_owner(ps_file *f, uid_t *uid, gid_t *gid);
-void ps_file_unpin(ps_file *f);
 
 /* ---- session rules on Lua tables (rules.c) -----------------------------------------------
  * Pure: what an operation does to ONE session table given now. No storage knowledge; every
@@ -438,6 +306,9 @@ typedef struct ps_engine_methods {
   /* Says that someone waits for a change of the session sid (inside a transaction of its
    * own, PS_OP_ANNOUNCE), for an engine whose waits are watched elsewhere. May be NULL. */
   int  (*announce)(ps_engine *e, lua_State *L, int eng, const char *sid, ps_err *err);
+  /* Lets go of what it keeps between transactions for speed (a parked lock sentinel, a
+   * connection): what a process that is about to fork workers calls. May be NULL. */
+  void (*idle)(ps_engine *e);
 } ps_engine_methods;
 
 /* A transaction that stopped where a round trip was due (code "io_pending": a deferred
@@ -464,7 +335,7 @@ struct ps_engine {
 /* Whether a failure is a deferred engine's "a round trip is due" (io_pending). */
 int ps_is_pending(const ps_err *e);
 
-/* The file engine (engine_file.c): the options it takes. */
+/* The file engine (engine/file/engine.c): the options it takes. */
 typedef struct ps_file_opts {
   int lock_wait_ms, lock_stale_ms, durable;
   size_t max_file_bytes, max_session_bytes;
@@ -476,9 +347,11 @@ ps_engine *ps_file_engine_new(lua_State *L, const char *path, const ps_file_opts
 /* Tidies an absolute path in place (no empty or "." components); 0, or -1 when it does not
  * name a file. */
 int ps_file_normalize_path(char *p);
-/* For tests: whether the file engine's sid index and live count agree with its sessions
- * (true, "indexed" | "not indexed", or false, what disagrees). */
+#ifdef PS_TEST
+/* Whether the file engine's sid index and live count agree with its sessions (true,
+ * "indexed" | "not indexed", or false, what disagrees). */
 int ps_file_engine_selfcheck(lua_State *L, int eng);
+#endif
 
 /* The PostgreSQL engine (engine_pg.c). */
 typedef struct ps_pg_opts {
@@ -488,8 +361,10 @@ typedef struct ps_pg_opts {
   size_t max_session_bytes;
 } ps_pg_opts;
 /* Whether target names a PostgreSQL database (postgresql://, postgres:// in any case,
- * pg:conninfo). */
+ * pg:conninfo) (target.c). */
 int ps_pg_is_target(const char *target);
+/* The length of "postgresql://" or "postgres://" (in any case) target starts with, else 0. */
+size_t ps_pg_uri_prefix(const char *target);
 /* Why target is refused (written into why, returned), or NULL: it looks like a URI (a scheme
  * followed by ":/") of a scheme pairstore does not support, so it is no file path either. */
 const char *ps_target_refused(const char *target, char *why, size_t n);
@@ -509,9 +384,11 @@ void ps_pg_register(lua_State *L);
 /* The next transaction or watch of this PostgreSQL engine connects and gets its answers by
  * deadline (monotonic ms; 0: only its own timeouts), or fails with code "timeout". */
 void ps_pg_until(ps_engine *e, int64_t deadline);
+#ifdef PS_TEST
 /* Test hooks: cut the connection after sending the next n COMMITs; round trips so far. */
 void ps_pg_fault_cut_commits(int n);
 long ps_pg_roundtrips(void);
+#endif
 /* The schema's DDL (what sql/pairstore.sql holds). */
 extern const char ps_pg_schema_sql[];
 
@@ -556,9 +433,13 @@ int  ps_call_user(lua_State *L, int nargs, int nres);
 void ps_txn_init(lua_State *L); /* the registry table of stores this state holds locked */
 
 /* ---- test-only hooks (testhooks.c) --------------------------------------------------------- */
-/* test_hooks() -> a new table of the hooks the specs use (fault injection, errno names, the
- * file engine's self-check); nothing of it is in the module table itself. */
+/* Only in the test build (-DPS_TEST, as SQLite's SQLITE_TEST): core.test_hooks() -> a new
+ * table of the hooks the specs use (fault injection, errno names, the file engine's
+ * self-check, the PostgreSQL engine's commit cut and round-trip count). What make all,
+ * make install and the rockspec build has none of them. */
+#ifdef PS_TEST
 int  ps_test_hooks(lua_State *L);
+#endif
 
 /* ---- raw JSON (json.c) ------------------------------------------------------------------- */
 
@@ -580,6 +461,8 @@ typedef struct ps_jscan {
  * elements of its top-level "sessions" array. NULL, or what is wrong. */
 const char *ps_json_scan(const char *p, size_t n, ps_jscan *sc);
 void        ps_json_scan_free(ps_jscan *sc);
+/* Whether s is well-formed UTF-8 (no overlong forms, surrogates, or code points past U+10FFFF). */
+int         ps_utf8_valid(const unsigned char *s, size_t n);
 /* Rewrites every lone surrogate escape of a valid text as \ufffd (same length), in place. */
 void        ps_json_sanitize(char *p, size_t n);
 /* Pushes the exact value of a number token: an integer when it is one within int64, else a

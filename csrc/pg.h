@@ -9,7 +9,7 @@
 
 #include "pairstore.h"
 
-#include <libpq-fe.h>
+#include "pq.h"
 
 #define PG_NOTIFY_CHANNEL "pairstore"
 

@@ -19,6 +19,7 @@
 
 #define SCHEMA_VERSION 1
 
+
 /* The statements (see pg.h). The transaction's time in ms is the server's clock at the start
  * of the transaction (for a read, of its one statement), the same in every statement of it. */
 #define NOW_MS "floor(date_part('epoch', transaction_timestamp()) * 1000)::int8"
@@ -72,18 +73,22 @@ const char *const pg_stmt_sql[Q_NSTMT] = {
 
 const int pg_stmt_nparams[Q_NSTMT] = { 1, 1, 3, 2, 2, 2, 10, 10, 2, 3, 2, 1, 2, 3 };
 
-/* ---- for the tests: round trips so far ------------------------------------------------------ */
+/* ---- for the tests: round trips so far (the test build only) -------------------------------- */
 
+#ifdef PS_TEST
 static long roundtrips;
-
-void ps_pg_count_roundtrip(void)
-{
-  __atomic_add_fetch(&roundtrips, 1, __ATOMIC_RELAXED);
-}
 
 long ps_pg_roundtrips(void)
 {
   return __atomic_load_n(&roundtrips, __ATOMIC_RELAXED);
+}
+#endif
+
+void ps_pg_count_roundtrip(void)
+{
+#ifdef PS_TEST
+  __atomic_add_fetch(&roundtrips, 1, __ATOMIC_RELAXED);
+#endif
 }
 
 /* ---- the table of links ------------------------------------------------------------------ */

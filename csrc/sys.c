@@ -11,9 +11,9 @@
  * names (its parked sentinel). All are best effort and self-healing: a sentinel left by a
  * failed unlink is no longer flock()ed, so the next pairstore process takes it over at once,
  * and an orphan left now is swept next time. Also outside: the calls that only spare a read
- * (file.c: the O_PATH pin of the file just written and its fstat, the fstats that probe for
- * fine-grained ctimes, the fstatat that recognises the pinned file). When one fails, the next
- * transaction reads the file as it would without them; the operation itself succeeds, which
+ * (engine/file/datafile.c: the O_PATH pin of the file just written and its fstat, the fstats
+ * that probe for fine-grained ctimes, the fstatat that recognises the pinned file). When one
+ * fails, the next transaction reads the file as it would without them; the operation itself succeeds, which
  * the fault loop, failing each call of the seam in turn, would count as a broken promise.
  */
 #include "pairstore.h"
@@ -48,7 +48,7 @@ long ps_fault_calls(void) { return fault_count; }
 int ps_fault_hit(void) { return fault_hit; }
 
 /* Pretend the file system has coarse change times only (kernels before multigrain
- * timestamps), so that the fallback of file.c can be tested on any kernel. */
+ * timestamps), so that the fallback of engine/file/datafile.c can be tested on any kernel. */
 static int fault_coarse;
 void ps_fault_set_coarse_ctime(int on) { fault_coarse = on; }
 int ps_fault_coarse_ctime(void) { return fault_coarse; }

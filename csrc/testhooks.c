@@ -1,9 +1,12 @@
 /*
  * testhooks.c — the hooks only the specs use, outside the module table: core.test_hooks()
  * returns them (fault injection control, errno names, the file engine's self-check, the
- * PostgreSQL engine's commit-cut hook and round-trip count).
- * A production build has them too, but its fault injection reports itself unavailable.
+ * PostgreSQL engine's commit-cut hook and round-trip count). Compiled only into the test
+ * build (-DPS_TEST); its fault injection works only with -DPS_FAULT_INJECTION too.
  */
+#ifndef PS_TEST
+#error "testhooks.c is for the test build only (-DPS_TEST)"
+#endif
 #include "pairstore.h"
 
 #include <errno.h>

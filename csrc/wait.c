@@ -278,6 +278,60 @@ static int f_ignore_sigpipe(lua_State *L)
   return 0;
 }
 
+/* _pause(ms): sleeps ms milliseconds with SIGINT, SIGTERM and SIGHUP held (_hold_signals);
+ * returns the name of one that arrived, which ends the pause at once, or nil. For the CLI's
+ * live view, which waits out a store that cannot be reached without missing a Ctrl+C. */
+static int f_pause(lua_State *L)
+{
+  lua_Integer ms = luaL_checkinteger(L, 1);
+  int64_t deadline = ps_mono_ms() + (ms > 0 ? (int64_t)ms : 0);
+  sigset_t set;
+  int sig = 0;
+  sig_set(&set);
+  for (;;) {
+    int64_t left = deadline - ps_mono_ms();
+    struct timespec ts;
+    if (left < 0) left = 0;
+    ts.tv_sec = (time_t)(left / 1000);
+    ts.tv_nsec = (long)(left % 1000) * 1000000L;
+    sig = sigtimedwait(&set, NULL, &ts);
+    if (sig > 0 || left == 0 || (sig < 0 && errno != EINTR && errno != EAGAIN)) break;
+  }
+  if (sig > 0) push_signal(L, sig);
+  else lua_pushnil(L);
+  return 1;
+}
+
+/* _close_stdout(): the CLI's last word on its output. stdio drops a buffer it could not
+ * write, after which a flush reports success (and a line-buffered stream reports even the
+ * failed write as done): only the stream's error flag remembers. Checks that flag, then
+ * flushes and closes stdout (where a file system may report a write error last). true, or
+ * nil and the reason. */
+static int f_close_stdout(lua_State *L)
+{
+  int flagged = ferror(stdout) != 0, err = 0;
+  errno = 0;
+  if (fflush(stdout) != 0) err = errno ? errno : EIO;
+  errno = 0;
+  if (fclose(stdout) != 0 && !err) err = errno ? errno : EIO;
+  if (!err && !flagged) {
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  lua_pushnil(L);
+  lua_pushstring(L, err ? strerror(err) : "an earlier write failed");
+  lua_pushinteger(L, err ? err : EIO);
+  return 3;
+}
+
+/* _stdout_error(): true when a write to stdout failed since the process began (the stream's
+ * error flag: see _close_stdout), else false. */
+static int f_stdout_error(lua_State *L)
+{
+  lua_pushboolean(L, ferror(stdout) != 0);
+  return 1;
+}
+
 static int f_mono_ms(lua_State *L)
 {
   lua_pushinteger(L, (lua_Integer)ps_mono_ms());
@@ -304,7 +358,8 @@ static const luaL_Reg watcher_methods[] = {
 
 static const luaL_Reg wait_funcs[] = {
   { "mono_ms", f_mono_ms }, { "sleep", f_sleep }, { "_hold_signals", f_hold_signals },
-  { "_ignore_sigpipe", f_ignore_sigpipe }, { NULL, NULL },
+  { "_ignore_sigpipe", f_ignore_sigpipe }, { "_pause", f_pause },
+  { "_close_stdout", f_close_stdout }, { "_stdout_error", f_stdout_error }, { NULL, NULL },
 };
 
 void ps_wait_register(lua_State *L)

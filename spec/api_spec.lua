@@ -44,6 +44,25 @@ describe("pairstore constants", function()
     store:close()
     helpers.cleanup()
   end)
+
+  it("ships no test hooks: the build make all installs has no core.test_hooks, nor its code", function()
+    local so = ("%s/build/%s/pairstore/core.so"):format(helpers.ROOT, helpers.LUA)
+    assert.is_true(helpers.exists(so), so .. " (make all builds it)")
+    local ok, out = helpers.run(("cd / && env LUA_PATH=%s LUA_CPATH=%s %s -e %s"):format(
+      helpers.sh_quote(helpers.ROOT .. "/lua/?.lua;" .. helpers.ROOT .. "/lua/?/init.lua;;"),
+      helpers.sh_quote(helpers.ROOT .. "/build/" .. helpers.LUA .. "/?.so;;"), helpers.LUA,
+      helpers.sh_quote([[
+        local core = require "pairstore.core"
+        assert(package.searchpath("pairstore.core", package.cpath):find("/build/[^/]+/pairstore/core%.so$"))
+        assert(not package.searchpath("pairstore.core", package.cpath):find("%-test/"))
+        print("test_hooks " .. type(core.test_hooks) .. " " .. type(require("pairstore").open))
+      ]])))
+    assert.is_true(ok, out)
+    assert.matches("test_hooks nil function", out)
+    -- nor the hooks' code or names in the library
+    local _, strings = helpers.run("strings " .. helpers.sh_quote(so) .. " | grep -c -E 'test_hooks|pg_cut_commits|selfcheck|fault_state'")
+    assert.are.equal("0", strings:match("%d+"))
+  end)
 end)
 
 describe("pairstore.clamp_ttl()", function()
@@ -163,6 +182,33 @@ describe("pairstore.core (the C layer) checks its own arguments", function()
     assert.has_error(function() store:create("generate", op, 300000, "00112233", nil) end)
     assert.has_error(function() store:create("generate", op, 300000, nil, nil, "12345") end)
     assert.is_table(store:create("generate", op, 300000, nil, ("k"):rep(32), "123456"))
+  end)
+
+  it("holds the rules the Lua layer relies on: the sid check, the operator field limit, store names", function()
+    local core = require "pairstore.core"
+    local store = core.open(helpers.tmpdir() .. "/pair-sessions.json", { durable = false })
+    -- the sid check and its messages (the Lua layer raises them at its caller's level)
+    local ok, err = pcall(store.get, store, 42)
+    assert.is_false(ok)
+    assert.are.equal("pairstore.get: sid must be a string, got number", err)
+    ok, err = pcall(store.consume, store, "0123456789ABCDEF0123456789abcdef")
+    assert.is_false(ok)
+    assert.are.equal('pairstore.consume: sid must be 32 lowercase hex characters, got "0123456789ABCDEF0123456789abcdef"', err)
+    assert.is_nil(core.sid_error("get", ("ab"):rep(16)))
+    assert.are.equal("pairstore.wait: sid must be a string, got nil", core.sid_error("wait", nil))
+    -- each operator field is bounded here too, not only in the Lua layer
+    local v, msg, code = store:create("generate", { channel = "cli", senderId = ("s"):rep(257) }, 300000)
+    assert.is_nil(v)
+    assert.are.equal("limit", code)
+    assert.are.equal("operator.senderId is 257 bytes, above the limit of 256", msg)
+    assert.is_table(store:create("generate", { channel = ("c"):rep(256) }, 300000))
+    -- a PostgreSQL store's name (nothing connects at open)
+    for _, bad in ipairs { "", ("n"):rep(201), "a\0b", "tab\there", "\127", "\255\254", "\237\160\128" } do
+      ok, err = pcall(core.open, "postgresql://nobody@/db?host=/nonexistent", { store = bad })
+      assert.is_false(ok, ("%q"):format(bad))
+      assert.are.equal("pairstore.open: option store must be a name of 1 to 200 bytes of printable UTF-8", err)
+    end
+    assert.is_true((pcall(core.open, "postgresql://nobody@/db?host=/nonexistent", { store = "ünï " .. ("n"):rep(190) })))
   end)
 end)
 

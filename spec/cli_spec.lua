@@ -21,23 +21,10 @@ local function unhex(s)
   return (s:gsub("%x%x", function(h) return string.char(tonumber(h, 16)) end))
 end
 
--- The test cluster's target (spec/support/with-pg.sh); its absence fails every spec that needs it.
-local PG_TARGET = os.getenv("PAIRSTORE_TEST_PG")
-local function pg_target()
-  return assert(PG_TARGET ~= nil and PG_TARGET ~= "" and PG_TARGET,
-    "PAIRSTORE_TEST_PG is not set: run the suite with `make test` (spec/support/with-pg.sh starts PostgreSQL)")
-end
-
--- A store name no other test (nor an earlier run) uses.
-local names_made = 0
-local function unique_name(prefix)
-  names_made = names_made + 1
-  local f = assert(io.open("/dev/urandom", "rb"))
-  local rnd = f:read(6)
-  f:close()
-  return string.format("%s-%d-%d-%s", prefix, os.time(), names_made,
-    (rnd:gsub(".", function(c) return string.format("%02x", c:byte()) end)))
-end
+-- The test database's target and store names: the shared helpers' (without
+-- $PAIRSTORE_TEST_PG, which `make test` sets, the PostgreSQL specs fail; they never skip).
+local pg_target = helpers.pg_target
+local unique_name = helpers.store_name
 
 local function lines(s)
   local t = {}
@@ -46,29 +33,32 @@ local function lines(s)
   return t
 end
 
-for _, backend in ipairs { "file", "postgresql" } do
+for _, backend in ipairs(helpers.backends()) do
 local PG = backend == "postgresql"
 
 describe("bin/pairstore (" .. backend .. " store)", function()
   local dir, file
   local pg_name -- the PostgreSQL store's name
   local keys, codes -- every secret key and code seen in the store during the test
-  local opened -- stores opened by the test, closed after it (each holds a connection)
+  local where -- the test's store (helpers.open_store)
   local collector -- the store collect() reads
 
   -- The arguments that name the test's store.
+  local function target_argv()
+    if PG then return { "--store", where.target, "--store-name", where.store } end
+    return { "--file", where.path }
+  end
   local function target_args()
-    if PG then return "--store " .. q(pg_target()) .. " --store-name " .. q(pg_name) end
-    return "--file " .. q(file)
+    local argv = target_argv()
+    for i = 1, #argv do argv[i] = q(argv[i]) end
+    return table.concat(argv, " ")
   end
 
+  -- Another store object on the test's store (closed by helpers.cleanup).
   local function store(extra)
     local o = { durable = false }
-    if PG then o.store = pg_name end
     for k, v in pairs(extra or {}) do o[k] = v end
-    local st = pairstore.open(PG and pg_target() or file, o)
-    opened[#opened + 1] = st
-    return st
+    return helpers.reopen(where, o)
   end
 
   local function collect()
@@ -130,16 +120,14 @@ describe("bin/pairstore (" .. backend .. " store)", function()
   end
 
   before_each(function()
-    dir = helpers.tmpdir()
+    local _
+    _, where = helpers.open_store(backend, { durable = false })
+    dir = where.dir or helpers.tmpdir()
     file = dir .. "/pair-sessions.json"
-    keys, codes, opened, collector = {}, {}, {}, nil
-    if PG then
-      pg_target()
-      pg_name = unique_name("cli")
-    end
+    pg_name = where.store
+    keys, codes, collector = {}, {}, nil
   end)
   after_each(function()
-    for _, st in ipairs(opened) do st:close() end
     helpers.cleanup()
   end)
 
@@ -654,6 +642,48 @@ describe("bin/pairstore (" .. backend .. " store)", function()
       assert.are.equal(1, exit_code())
     end)
 
+    if not PG then
+      it("create --wait tries to reject its session before it gives up on an error", function()
+        start("create --wait")
+        local text = assert(output_has("\nstatus: awaiting_scan"))
+        local sid = text:match("sid:%s+(%x+)")
+        -- the sessions file replaced by a FIFO: every read and write of the store fails (io)
+        assert(helpers.run("mkfifo " .. q(dir .. "/fifo") .. " && mv " .. q(dir .. "/fifo") .. " " .. q(file)))
+        assert.are.equal(2, exit_code())
+        assert.matches("^pairstore: cannot read " .. sid .. ": [^\n]+; could not reject " .. sid .. ": [^\n]+\n$",
+          helpers.read(err))
+      end)
+    end
+
+    if PG then
+      it("create --wait rides out a server that is down for a moment, then sees the session complete", function()
+        local function ctl(a) return helpers.run(helpers.PGCLUSTER .. " ctl " .. q(helpers.pg_dir()) .. " " .. a) end
+        finally(function()
+          if not ctl("status >/dev/null") then assert(ctl("start -w -t 60")) end
+        end)
+        start("create --wait")
+        local text = assert(output_has("\nstatus: awaiting_scan"))
+        local sid = text:match("sid:%s+(%x+)")
+        local code = text:match("code:%s+(%d+)")
+        assert(ctl("stop -m fast -w -t 60"))
+        assert(helpers.wait_file(err, function(c) return c:find("trying again", 1, true) ~= nil end, 20),
+          "no note of the outage")
+        helpers.sleep(1.5)
+        assert.is_false(helpers.exists(rcfile), "create --wait gave up while the session could still complete")
+        assert(ctl("start -w -t 60"))
+        local st = store()
+        local s = assert(helpers.wait_for(function() return st:verify_code(sid, code) end, 20))
+        local box = assert(crypto.seal { pk_gateway = s.pkGatewayB64, sid = sid, plaintext = "w1 w2", aead = AEAD })
+        assert.are.equal("w1 w2", (st:respond(sid, { v = 1, sid = sid, pk_d = box.pk_d, nonce = box.nonce, ct = box.ct }, { aead = AEAD })))
+        assert(st:transition(sid, "completed"))
+        assert.are.equal(0, exit_code())
+        assert.matches("\nstatus: completed\n$", helpers.read(out))
+        local e = helpers.read(err)
+        assert.matches("^pairstore: note: cannot read " .. sid .. ": [^\n]+%[unavailable%]; trying again while the session"
+          .. " can still complete\npairstore: note: the store answers again\n$", e)
+      end)
+    end
+
     it("watch exits 1 when the session vanishes", function()
       local a = assert(store():create {})
       start("watch " .. a.sid)
@@ -778,6 +808,37 @@ describe("bin/pairstore (" .. backend .. " store)", function()
     end)
   end)
 
+  describe("a reader that stops early (a closed pipe)", function()
+    -- More rows than a pipe holds: `head -1` has gone long before the last is written.
+    local function many_sessions(n)
+      local now = require("pairstore.core").now_ms()
+      local texts = {}
+      for i = 1, n do
+        texts[i] = helpers.session_text { sid = string.format('"%032x"', i), createdAtMs = tostring(now),
+          expiresAtMs = tostring(now + 900000), lastStatusChangeAtMs = tostring(now) }
+      end
+      assert.are.equal(n, (assert(store():import(texts))))
+    end
+
+    it("ends list quietly with exit code 0 once its output began", function()
+      many_sessions(2000)
+      local outf, errf = dir .. "/head.out", dir .. "/list.err"
+      local script = "PAIRSTORE_URL=" .. BASE_URL .. " " .. LUA .. " " .. target_args() .. " list 2>" .. q(errf)
+        .. " | head -1 >" .. q(outf) .. "; echo \"rc=${PIPESTATUS[0]}\""
+      local _, res = helpers.run("bash -c " .. q(script))
+      assert.are.equal("rc=0\n", res)
+      assert.are.equal("", helpers.read(errf))
+      assert.matches("^SID +STATUS +MODE +CHANNEL +CREATED +EXPIRES IN +ATTEMPTS\n$", helpers.read(outf))
+      -- and the JSON, one long line
+      script = "PAIRSTORE_URL=" .. BASE_URL .. " " .. LUA .. " " .. target_args() .. " list --json 2>" .. q(errf)
+        .. " | head -c 100 >" .. q(outf) .. "; echo \"rc=${PIPESTATUS[0]}\""
+      _, res = helpers.run("bash -c " .. q(script))
+      assert.are.equal("rc=0\n", res)
+      assert.are.equal("", helpers.read(errf))
+      assert.are.equal(100, #helpers.read(outf))
+    end)
+  end)
+
   describe("output that cannot be written", function()
     it("makes create exit 2 and reject the session whose code it could not show", function()
       local rc, _, err = cli("create >/dev/full")
@@ -786,6 +847,33 @@ describe("bin/pairstore (" .. backend .. " store)", function()
       assert.matches("^pairstore: cannot write the output %(No space left on device%): session %x+ rejected", err)
       assert.are.equal("rejected", store():get(sid).status)
       assert.are.equal(1, #store():list_all())
+    end)
+
+    it("is not missed when stdio reports a write as done (line-buffered stdout, a file size limit)", function()
+      -- stdbuf -oL makes stdout line-buffered, as a terminal is; ulimit -f lets the first KiB
+      -- through, then each write fails with EFBIG. glibc then reports the failed write of a
+      -- whole line as done and drops its buffer, after which a flush succeeds: only the
+      -- stream's error flag remembers.
+      local function limited(args)
+        local outf = dir .. "/out"
+        local script = "trap '' XFSZ; ulimit -f 1; PAIRSTORE_URL=" .. BASE_URL .. " " .. helpers.LUA_ENV
+          .. " exec stdbuf -oL timeout 60 " .. helpers.LUA .. " " .. q(BIN) .. " " .. target_args() .. " " .. args
+          .. " >" .. q(outf) .. " </dev/null"
+        local _, out, err, rc = helpers.run_split("bash -c " .. q(script))
+        assert.are.equal("", out)
+        return rc, err, helpers.read(outf)
+      end
+      local rc, err = limited("create")
+      assert.are.equal(2, rc)
+      local sid = assert(err:match("^pairstore: cannot write the output %([^)]+%): session (%x+) rejected"), err)
+      assert.are.equal("rejected", store():get(sid).status)
+      local st = store()
+      for _ = 1, 30 do assert(st:create {}) end
+      local text
+      rc, err, text = limited("list")
+      assert.are.equal(2, rc)
+      assert.matches("^pairstore: cannot write the output: [^\n]+\n$", err)
+      assert.is_true(#text <= 1024)
     end)
 
     it("makes every command exit 2", function()
@@ -855,15 +943,21 @@ describe("bin/pairstore (" .. backend .. " store)", function()
 
   if not PG then -- (a file's own behaviour)
   describe("corrupt", function()
-    it("lists the quarantined files with size, mode and age, and says they hold secrets", function()
+    it("lists the quarantined files with size, mode and age (the file's mtime), and says they hold secrets", function()
+      -- the age is the file's: a name is only a name (this one says 2023, the file is new; a
+      -- hand-named .corrupt-1 is 5 hours old)
       helpers.write(file .. ".corrupt-1700000000000", "{not json")
+      helpers.write(file .. ".corrupt-1", "x")
       helpers.write(dir .. "/unrelated.corrupt-1", "x")
       os.execute("chmod 644 " .. q(file .. ".corrupt-1700000000000"))
+      os.execute("chmod 600 " .. q(file .. ".corrupt-1"))
+      os.execute("touch -d @" .. (os.time() - 5 * 3600) .. " " .. q(file .. ".corrupt-1"))
       local rc, out, err = cli("corrupt")
       assert.are.equal(0, rc)
       assert.are.equal("", err)
       assert.matches("private keys and codes", out, 1, true)
-      assert.matches("pair%-sessions%.json%.corrupt%-1700000000000%s+9%s+0644%s+%d+h%d%dm%d%ds%s+readable by others", out)
+      assert.matches("\npair%-sessions%.json%.corrupt%-1%s+1%s+0600%s+5h00m%d%ds\n", out)
+      assert.matches("\npair%-sessions%.json%.corrupt%-1700000000000%s+9%s+0644%s+%ds%s+readable by others\n", out)
       assert.is_nil(out:find("unrelated", 1, true))
       rc, out = cli("corrupt", { nofile = true, env = "PAIRSTORE_FILE=" .. q(dir .. "/none.json") })
       assert.are.equal(0, rc)
@@ -1070,6 +1164,89 @@ describe("bin/pairstore (" .. backend .. " store)", function()
       end)
     end
   end)
+
+  -- The same commands called in-process (pairstore.cli.run), with buffers for stdout and stderr.
+  describe("pairstore.cli.run (in-process)", function()
+    local cli_mod = require "pairstore.cli"
+
+    -- A stream that keeps what is written; fail: the error a write gives (message, errno).
+    local function sink(fail)
+      local b = { parts = {} }
+      function b.write(self, ...)
+        if fail then return nil, fail[1], fail[2] end
+        for i = 1, select("#", ...) do self.parts[#self.parts + 1] = tostring((select(i, ...))) end
+        return self
+      end
+      function b.flush(self)
+        if fail then return nil, fail[1], fail[2] end
+        return self
+      end
+      function b.text(self) return table.concat(self.parts) end
+      return b
+    end
+
+    -- Runs argv (after the test's store arguments unless opts.bare); returns rc, stdout, stderr.
+    local function run(argv, opts)
+      opts = opts or {}
+      local full = opts.bare and {} or target_argv()
+      for _, a in ipairs(argv) do full[#full + 1] = a end
+      local o, e = opts.stdout or sink(), sink()
+      local rc = cli_mod.run(full, { stdout = o, stderr = e, getenv = opts.env or { PAIRSTORE_URL = BASE_URL } })
+      return rc, o.text and o:text() or "", e:text()
+    end
+
+    it("list, show and reject give the exit codes and output the executable gives", function()
+      local rc, out, err = run { "list" }
+      assert.are.same({ 0, "no active sessions (use --all to see ended ones)\n", "" }, { rc, out, err })
+      local a = assert(store():create { operator = { channel = "cli" } })
+      rc, out, err = run { "list" }
+      assert.are.equal(0, rc)
+      assert.are.equal("", err)
+      assert.matches("^SID +STATUS +MODE +CHANNEL +CREATED +EXPIRES IN +ATTEMPTS\n" .. a.sid:sub(1, 8) .. "  awaiting_scan  generate  cli ", out)
+      rc, out = run { "show", a.sid:sub(1, 6) }
+      assert.are.equal(0, rc)
+      assert.matches("\nskGatewayB64: +%[redacted%]\n", out)
+      assert.is_nil(out:find(a.skGatewayB64, 1, true))
+      rc, out = run { "reject", a.sid }
+      assert.are.same({ 0, "rejected " .. a.sid .. "\n" }, { rc, out })
+      assert.are.equal("rejected", store():get(a.sid).status)
+      rc, out, err = run { "show", ("0"):rep(32) }
+      assert.are.same({ 2, "", "pairstore: no session matches " .. ("0"):rep(32) .. "\n" }, { rc, out, err })
+    end)
+
+    it("a usage error is one line on stderr and exit code 2; --help goes to stdout", function()
+      local rc, out, err = run({ "bogus" }, { bare = true })
+      assert.are.same({ 2, "", "pairstore: unknown command 'bogus' (see `pairstore --help`)\n" }, { rc, out, err })
+      rc, out, err = run({ "--help" }, { bare = true })
+      assert.are.equal(0, rc)
+      assert.are.equal("", err)
+      for _, name in ipairs(require("pairstore.cli.commands").NAMES) do
+        assert.matches("\n   " .. name .. " ", out, 1, true)
+      end
+    end)
+
+    it("output that cannot be written is exit code 2; a closed pipe ends a read quietly", function()
+      assert(store():create {})
+      local rc, _, err = run({ "list" }, { stdout = sink { "No space left on device", 28 } })
+      assert.are.same({ 2, "pairstore: cannot write the output: No space left on device\n" }, { rc, err })
+      rc, _, err = run({ "list" }, { stdout = sink { "Broken pipe", 32 } })
+      assert.are.same({ 0, "" }, { rc, err })
+      -- create cannot tell whether its code was seen: the session is rejected
+      rc, _, err = run({ "create" }, { stdout = sink { "Broken pipe", 32 } })
+      assert.are.equal(2, rc)
+      local sid = err:match("session (%x+) rejected")
+      assert.are.equal("rejected", store():get(sid).status)
+    end)
+
+    it("a library error is escaped on stderr like any outside text", function()
+      helpers.write(dir .. "/notadir", "")
+      local rc, out, err = run({ "--store", dir .. "/notadir/\27]0;owned\7\27[2J\r/x.json", "list" }, { bare = true })
+      assert.are.equal(2, rc)
+      assert.are.equal("", out)
+      assert.is_nil(err:find("[\0-\9\11-\31]"), err)
+      assert.matches("^pairstore: cannot list the sessions: [^\n]*notadir/\\e%]0;owned\\x07\\e%[2J\\r: Not a directory[^\n]*\n$", err)
+    end)
+  end)
 end)
 end
 
@@ -1259,10 +1436,104 @@ describe("pairstore migrate", function()
     assert.are.equal(#texts, #assert(fstore(f1):export()))
   end)
 
+  it("names FROM or TO when a target cannot be parsed, and creates nothing", function()
+    local bad = "postgresql://gw@[::1/ps"
+    local rc, out, err = run("migrate " .. q(bad) .. " " .. q(dir .. "/to.json"))
+    assert.are.same({ 2, "" }, { rc, out })
+    assert.matches("^pairstore: FROM: [^\n]*invalid PostgreSQL target", err)
+    rc, out, err = run("migrate " .. q(dir .. "/from.json") .. " " .. q(bad))
+    assert.are.same({ 2, "" }, { rc, out })
+    assert.matches("^pairstore: TO: [^\n]*invalid PostgreSQL target", err)
+    assert.are.same({}, helpers.ls(dir))
+  end)
+
   it("says so when FROM holds no sessions", function()
     local rc, out, err = run("migrate " .. q(dir .. "/none.json") .. " " .. PGT() .. " --to-store-name " .. q(name))
     assert.are.equal(0, rc)
     assert.matches("holds no sessions", err, 1, true)
     assert.matches("\n0 sessions: 0 added, 0 same\n$", out)
+  end)
+end)
+
+-- Outside text on the operator's terminal ----------------------------------------------------
+
+describe("bin/pairstore: outside text reaches stderr only escaped", function()
+  after_each(helpers.cleanup)
+
+  -- What a terminal would act on: C0 controls (but the line's end), DEL, C1 controls (UTF-8
+  -- and raw), bidi embeddings, overrides and isolates, and bytes that are not UTF-8.
+  local function assert_inert(text)
+    assert.is_nil(text:gsub("\n$", ""):find("[%z\1-\31\127]"), "a control character: " .. text)
+    assert.is_nil(text:find("\194[\128-\159]"), "a C1 control: " .. text)
+    assert.is_nil(text:find("\226\128[\170-\174]"), "a bidi override: " .. text)
+    assert.is_nil(text:find("\226\129[\166-\169]"), "a bidi isolate: " .. text)
+    assert.is_not_nil(helpers.compat.utf8.len(text), "not UTF-8: " .. text)
+  end
+
+  local function hex(s)
+    return (s:gsub(".", function(c) return string.format("%02x", c:byte()) end))
+  end
+
+  it("a PostgreSQL server's error message (ESC ] 0 ; ... BEL, ESC [ 2J, CR, C1, bidi, bad UTF-8)", function()
+    local dir = helpers.tmpdir()
+    local message = 'role "gw\27]0;owned\7\27[2J\rx\194\155y\226\128\174z\226\129\168w\255" does not exist'
+    -- (it accepts the connection and fails every query with that message)
+    local p = io.popen("node " .. q(helpers.ROOT .. "/spec/support/fake_pg.mjs") .. " " .. q(dir) .. " " .. hex(message)
+      .. " query >/dev/null 2>&1 & echo $!")
+    local pid = tonumber(p:read("*l"))
+    p:close()
+    finally(function() helpers.kill(pid, "TERM") end)
+    assert(helpers.wait_file(dir .. "/ready", nil, 20), "the fake server did not start")
+    local target = "postgresql:///pairstore?host=" .. dir .. "&user=gw"
+    for _, args in ipairs { "--store " .. q(target) .. " list", "--store " .. q(target) .. " create --url https://gw.example/p",
+      "migrate " .. q(target) .. " " .. q(dir .. "/to.json") } do
+      local _, out, err, rc = helpers.run_split(LUA .. " " .. args .. " </dev/null")
+      assert.are.equal(2, rc, args)
+      assert.are.equal("", out, args)
+      assert_inert(err)
+      assert.matches('role "gw\\e]0;owned\\x07\\e[2J\\rx\\u{009b}y\\u{202e}z\\u{2068}w\\xff" does not exist', err, 1, true)
+    end
+  end)
+
+  it("a file path in an event (a corrupt file moved aside) and in an error", function()
+    local dir = helpers.tmpdir() .. "/\27[2Jd\r\226\128\174"
+    assert(helpers.run("mkdir " .. q(dir)))
+    local file = dir .. "/s.json"
+    helpers.write(file, "{not json")
+    os.execute("chmod 600 " .. q(file))
+    local _, out, err, rc = helpers.run_split(LUA .. " --file " .. q(file) .. " prune </dev/null")
+    assert.are.equal(0, rc)
+    assert.are.equal("pruned 0 sessions\n", out)
+    assert_inert(err)
+    assert.matches("moved aside to [^\n]*/\\e%[2Jd\\r\\u{202e}/s%.json%.corrupt%-%d+ %(it holds secrets", err)
+    helpers.write(dir .. "/f", "")
+    _, out, err, rc = helpers.run_split(LUA .. " --file " .. q(dir .. "/f/s.json") .. " list </dev/null")
+    assert.are.equal(2, rc)
+    assert.are.equal("", out)
+    assert_inert(err)
+    assert.matches("/\\e[2Jd\\r\\u{202e}/f", err, 1, true)
+  end)
+end)
+
+describe("pairstore.cli.output.visible", function()
+  local visible = require("pairstore.cli.output").visible
+
+  it("escapes every C0 and C1 control, DEL, bidi embedding, override and isolate, and bad UTF-8", function()
+    for b = 0, 31 do
+      local v = visible(string.char(b))
+      assert.matches("^\\", v)
+      assert.is_nil(v:find("[%z\1-\31]"), b)
+    end
+    assert.are.equal("\\e]0;t\\x07\\e[2J\\r\\n\\t\\x7f", visible("\27]0;t\7\27[2J\r\n\t\127"))
+    for cp = 0x80, 0x9f do
+      assert.are.equal(string.format("\\u{%04x}", cp), visible(helpers.compat.utf8.char(cp)))
+    end
+    for _, cp in ipairs { 0x202a, 0x202b, 0x202c, 0x202d, 0x202e, 0x2066, 0x2067, 0x2068, 0x2069, 0x200e, 0x200f, 0x061c } do
+      assert.are.equal(string.format("\\u{%04x}", cp), visible(helpers.compat.utf8.char(cp)))
+    end
+    -- bytes that are not UTF-8: stray continuation, truncated sequence, overlong, surrogate
+    assert.are.equal("a\\x80b\\xe2\\x82c\\xc0\\xafd\\xed\\xa0\\x80", visible("a\128b\226\130c\192\175d\237\160\128"))
+    -- printable text stays as it is; a backslash is doubled so that no escape is ambiguous
+    assert.are.equal("café ✓ 日本 \\\\e", visible("café ✓ 日本 \\e"))
   end)
 end)

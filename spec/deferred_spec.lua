@@ -257,3 +257,36 @@ describe("for plugin authors", function()
     holder:close()
   end)
 end)
+
+describe("in nginx's master (init_by_lua, about to fork the workers)", function()
+  after_each(function() rawset(_G, "ngx", nil) end)
+
+  it("keeps no parked lock sentinel after an operation (the workers would inherit it)", function()
+    local dir = helpers.tmpdir()
+    local st = pairstore.open(dir .. "/s.json")
+    rawset(_G, "ngx", { get_phase = function() return "init" end, sleep = function() end })
+    assert(st:create {})
+    assert.are.same({}, helpers.ls_parked(dir))
+    rawset(_G, "ngx", nil)
+    assert(st:create {}) -- outside nginx a process keeps it, for speed
+    assert.are.equal(1, #helpers.ls_parked(dir))
+    st:close()
+  end)
+
+  it("makes the store's missing directories its parent's owner's when run as root", function()
+    assert.is_true(helpers.is_root(), "this test runs as root (make test as root, as CI does)")
+    local dir = helpers.tmpdir()
+    assert(helpers.run("chown nobody:nogroup " .. helpers.sh_quote(dir)))
+    local st = pairstore.open(dir .. "/a/b/s.json")
+    assert.are.same({}, assert(st:list_all())) -- (a read makes them too)
+    local ok, out = helpers.run("stat -c '%U:%G %a' " .. helpers.sh_quote(dir .. "/a") .. " " .. helpers.sh_quote(dir .. "/a/b"))
+    assert(ok, out)
+    assert.are.equal("nobody:nogroup 700\nnobody:nogroup 700", (out:gsub("%s+$", "")))
+    st:close()
+    -- and nobody can use the store there
+    ok, out = helpers.run("runuser -u nobody -- env LUA_PATH=" .. helpers.sh_quote(package.path) ..
+      " LUA_CPATH=" .. helpers.sh_quote(package.cpath) .. " " .. helpers.LUA .. " -e " ..
+      helpers.sh_quote(("assert(require('pairstore').open(%q):create{})"):format(dir .. "/a/b/s.json")))
+    assert(ok, out)
+  end)
+end)

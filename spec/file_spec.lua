@@ -364,9 +364,11 @@ describe("files that are not ours", function()
     assert.matches("a format version other than 1", msg)
   end)
 
+  -- (from a copy of the tree nobody may read, and from /: the clone may sit in a 0700 directory)
   local function as_nobody(lua)
-    return helpers.run(("setpriv --reuid=nobody --regid=nogroup --clear-groups env %s %s -e %s"):format(
-      helpers.LUA_ENV, helpers.LUA, q(lua)))
+    local _, env = helpers.readable_tree()
+    return helpers.run(("cd / && setpriv --reuid=nobody --regid=nogroup --clear-groups env %s %s -e %s"):format(
+      env, helpers.LUA, q(lua)))
   end
 
   it("keeps the owner and group of a service's file that root replaces", function()
@@ -474,8 +476,9 @@ describe("failures", function()
     if helpers.is_root() then
       -- run the operation as nobody, who owns the directory but cannot read the file
       os.execute("chown -R nobody " .. q(dir) .. " && chmod 000 " .. q(path))
-      local ok, out = helpers.run(("setpriv --reuid=nobody --regid=nogroup --clear-groups env %s %s -e %s"):format(
-        helpers.LUA_ENV, helpers.LUA, q(([[
+      local _, env = helpers.readable_tree()
+      local ok, out = helpers.run(("cd / && setpriv --reuid=nobody --regid=nogroup --clear-groups env %s %s -e %s"):format(
+        env, helpers.LUA, q(([[
         local store = require("pairstore").open(%q, { durable = false })
         local v, msg, code = store:create {}
         print(tostring(v), code, msg)

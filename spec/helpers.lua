@@ -18,9 +18,9 @@ helpers.REFERENCE_PEER = os.getenv("REFERENCE_PEER") or ROOT .. "/spec/support/r
 helpers.FIXTURES = ROOT .. "/spec/fixtures"
 
 -- The runtime under test (`make test LUA=...` exports it; else the one running the specs):
--- the Lua children run it, against its build (build/lua5.4, build/luajit, ...).
+-- the Lua children run it, against its test build (build/lua5.4-test, build/luajit-test, ...).
 helpers.LUA = os.getenv("PAIRSTORE_TEST_LUA") or compat.runtime
-local LUA_ENV = string.format("LUA_PATH='%s/lua/?.lua;%s/lua/?/init.lua;%s/spec/?.lua;;' LUA_CPATH='%s/build/%s/?.so;;'",
+local LUA_ENV = string.format("LUA_PATH='%s/lua/?.lua;%s/lua/?/init.lua;%s/spec/?.lua;;' LUA_CPATH='%s/build/%s-test/?.so;;'",
   ROOT, ROOT, ROOT, ROOT, helpers.LUA)
 helpers.LUA_ENV = LUA_ENV
 
@@ -55,6 +55,16 @@ end
 
 local opened = {} -- stores opened through helpers.open_store/reopen, closed by cleanup
 
+-- The current test's scratch directory (children's scripts), made on first use and removed by
+-- helpers.cleanup with the test's other temp directories: nothing is left in /tmp itself.
+local scratch, scratch_seq = nil, 0
+local function scratch_file(name)
+  if not scratch then scratch = helpers.tmpdir() end
+  scratch_seq = scratch_seq + 1
+  return ("%s/%d-%s"):format(scratch, scratch_seq, name)
+end
+helpers.scratch_file = scratch_file
+
 function helpers.cleanup()
   -- a PostgreSQL store holds a connection until it is closed or collected: close them all,
   -- so that a long suite never runs the server out of connections
@@ -66,6 +76,7 @@ function helpers.cleanup()
     os.execute("chmod -R u+rwx " .. q(dirs[i]) .. " 2>/dev/null; rm -rf " .. q(dirs[i]))
     dirs[i] = nil
   end
+  scratch = nil
 end
 
 --- A clock under the test's control: clock.now is the function to pass as `now`.
@@ -195,9 +206,10 @@ function helpers.read_json(path)
   return cjson.decode(assert(helpers.read(path)))
 end
 
---- A child (helpers.LUA) running `code` (a chunk); returns its pid. Output goes to outfile.
+--- A child (helpers.LUA) running `code` (a chunk); returns its pid (and its script, which
+-- helpers.cleanup removes). Output goes to outfile.
 function helpers.spawn_lua(code, outfile)
-  local script = os.tmpname()
+  local script = scratch_file("child.lua")
   helpers.write(script, code)
   local cmd = string.format("%s %s %s > %s 2>&1 & echo $!", LUA_ENV, helpers.LUA, q(script),
     q(outfile or "/dev/null"))
@@ -209,11 +221,25 @@ end
 
 --- Run a chunk under helpers.LUA to completion; returns ok, output.
 function helpers.run_lua(code, args)
-  local script = os.tmpname()
+  local script = scratch_file("run.lua")
   helpers.write(script, code)
   local ok, out, rc = helpers.run(string.format("%s timeout 120 %s %s %s", LUA_ENV, helpers.LUA, q(script), args or ""))
   os.remove(script)
   return ok, out, rc
+end
+
+--- A copy of what a child run as another user (nobody) needs: the tree's lua/, spec/ and
+-- build/<runtime>/, readable by everyone. The clone itself may sit where only its owner may
+-- enter (/root, a `mktemp -d` directory), as spec/nginx/run.sh copies it for nginx's workers.
+-- Returns the copy's root and the LUA_PATH/LUA_CPATH assignments for it; removed by
+-- helpers.cleanup.
+function helpers.readable_tree()
+  local d = helpers.tmpdir()
+  local ok, out = helpers.run(("cp -R %s %s %s/ && mkdir %s/build && cp -R %s %s/build/ && chmod -R a+rX %s"):format(
+    q(ROOT .. "/lua"), q(ROOT .. "/spec"), q(d), q(d), q(ROOT .. "/build/" .. helpers.LUA), q(d), q(d)))
+  assert(ok, out)
+  return d, string.format("LUA_PATH='%s/lua/?.lua;%s/lua/?/init.lua;%s/spec/?.lua;;' LUA_CPATH='%s/build/%s/?.so;;'",
+    d, d, d, d, helpers.LUA)
 end
 
 --- Whether pid runs (a zombie does not: PID 1 may never reap our orphans).

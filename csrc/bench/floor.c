@@ -3,7 +3,8 @@
  * library: built by spec/bench/run.sh into build/bench/floor.
  *
  *   floor write DIR SIZE N [--no-fsync]
- *       N times the durable replacement sequence of file.c, with a SIZE-byte payload:
+ *       N times the durable replacement sequence of engine/file/datafile.c, with a SIZE-byte
+ *       payload:
  *       open(temp, O_WRONLY|O_CREAT|O_EXCL|O_NOFOLLOW|O_CLOEXEC, 0600) -> fchmod 0600 ->
  *       full write -> fsync -> close -> rename onto DIR/floor.json -> open DIR -> fsync -> close.
  *       --no-fsync drops the two fsyncs and nothing else (the durable = false floor).
@@ -16,8 +17,9 @@
  *       could do it at best.
  *
  *   floor lock DIR N
- *       (information only) N times the lock round trip of lock.c with no contention, with
- *       the sentinel made once and parked (its futimens, once a second at most, left out):
+ *       (information only) N times the lock round trip of engine/file/lock.c with no
+ *       contention, with the sentinel made once and parked (its futimens, once a second at
+ *       most, left out):
  *       getpid -> renameat2(parked -> DIR/floor.json.lock, RENAME_NOREPLACE) -> fstat+lstat
  *       (the commit fence) -> lstat -> renameat2(back to the parking name) -> lstat.
  *

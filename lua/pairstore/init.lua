@@ -33,12 +33,11 @@ local function argerror(level, fn, msg)
   error(fmt("pairstore.%s: %s", fn, msg), level + 1)
 end
 
--- A sid is exactly 32 lowercase hex characters (a NUL or anything after it is not ignored).
+-- A sid argument, as the core checks it (core.sid_error: its one check and message), raised
+-- at the level of whoever called the public function.
 local function check_sid(fn, sid)
-  if type(sid) ~= "string" then argerror(3, fn, "sid must be a string, got " .. type(sid)) end
-  if not core.is_sid(sid) then
-    argerror(3, fn, fmt("sid must be 32 lowercase hex characters, got %q", sid:sub(1, 40)))
-  end
+  local msg = core.sid_error(fn, sid)
+  if msg then error(msg, 3) end
 end
 
 -- The C store of a method's self (a method called with '.' instead of ':' raises clearly).
@@ -141,9 +140,6 @@ local function check_options(options, pg)
     if k == "thread_pool" and v and (#v == 0 or #v > 64 or v:find("[^%w_%-]")) then
       argerror(3, "open", "option thread_pool must be an nginx thread pool name (letters, digits, _ and -)")
     end
-    if k == "store" and (#v == 0 or #v > 200 or not compat.utf8.len(v) or v:find("%c")) then
-      argerror(3, "open", "option store must be a name of 1 to 200 bytes of printable UTF-8")
-    end
     opts[k] = v
   end
   if opts.rng then
@@ -243,6 +239,14 @@ local NGX_BLOCKING_PHASES = {
 
 local blocking_sleep = core.sleep
 
+-- Whether this runs in nginx's init_by_lua (the master, before it forks the workers).
+local function in_nginx_init()
+  local ngx = rawget(_G, "ngx")
+  if type(ngx) ~= "table" or type(ngx.get_phase) ~= "function" then return false end
+  local ok, phase = pcall(ngx.get_phase)
+  return ok and phase == "init"
+end
+
 -- How an operation waits for a lock another process holds: the sleep option (false: in
 -- the core, blocking), else ngx.sleep where the current nginx phase lets it yield, else in
 -- the core. Second result: in an nginx phase that cannot yield, the bound of the wait (ms).
@@ -307,7 +311,11 @@ local function run_txn(self, name, ...)
   end
   if not sleep then
     c:wait_mode(WAIT_BLOCK) -- (a mode left by a call that raised before its transaction)
-    return c[name](c, ...)
+    if not in_nginx_init() then return c[name](c, ...) end
+    -- nginx's master, about to fork its workers: nothing kept for them to inherit
+    local r = pack(c[name](c, ...))
+    c:idle()
+    return unpack(r, 1, r.n)
   end
   if bound then c:wait_mode(WAIT_CONTINUE, core.mono_ms() + bound, 0) else c:wait_mode(WAIT_START) end
   local r = pack(c[name](c, ...))
@@ -396,12 +404,7 @@ function Store:create(spec)
     local v = op[k]
     if v ~= nil then
       if type(v) ~= "string" then argerror(2, "create", "operator." .. k .. " must be a string") end
-      -- What callers hand in is bounded, so that one session cannot crowd out the others.
-      if #v > pairstore.MAX_FIELD_BYTES then
-        local msg = fmt("operator.%s is %d bytes, above the limit of %d", k, #v, pairstore.MAX_FIELD_BYTES)
-        return nil, msg, "limit"
-      end
-      ctx[k] = v
+      ctx[k] = v -- (the core bounds its length: nil, message, "limit")
     end
   end
   if spec.ttl_ms ~= nil and type(spec.ttl_ms) ~= "number" then

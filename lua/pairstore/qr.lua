@@ -28,11 +28,19 @@ local function argerror(fn, msg)
   error("pairstore.qr." .. fn .. ": " .. msg, 3)
 end
 
+-- libqrencode's encoder, or nil, message, "unsupported" in a build without it (make QR=0).
+local function qr_matrix(text)
+  if not core.qr_matrix then
+    return nil, "this pairstore was built without QR codes (make QR=0)", "unsupported"
+  end
+  return core.qr_matrix(text)
+end
+
 --- The module matrix of text: { width = n, version = v, rows = { "0101...", ... } }, "1" for
--- a dark module | nil, message, "qr"
+-- a dark module | nil, message, "qr" (or "unsupported": built without QR codes)
 function qr.matrix(text)
   if type(text) ~= "string" then argerror("matrix", "text must be a string, got " .. type(text)) end
-  return core.qr_matrix(text)
+  return qr_matrix(text)
 end
 
 -- A predicate over (x, y) in the padded grid: is the module there dark? Outside the symbol
@@ -92,7 +100,7 @@ function qr.render(text, opts)
   if not compat.is_integer(quiet) or quiet < 0 or quiet > 16 then
     argerror("render", "quiet must be an integer in 0..16")
   end
-  local m, msg, code = core.qr_matrix(text)
+  local m, msg, code = qr_matrix(text)
   if not m then return nil, msg, code end
   if opts.ascii then return render_ascii(m, quiet) end
   return render_blocks(m, quiet, opts.invert and true or false)

@@ -64,8 +64,8 @@ end
 local function fail(reason) return nil, reason, reason end
 
 return function(store, sid, body, opts)
-  if type(sid) ~= "string" then argerror("sid must be a string, got " .. type(sid)) end
-  if not core.is_sid(sid) then argerror("sid must be 32 lowercase hex characters") end
+  local bad_sid = core.sid_error("respond", sid) -- (the core's one sid check and message)
+  if bad_sid then error(bad_sid, 2) end
   if opts ~= nil and type(opts) ~= "table" then argerror("opts must be a table or nil") end
   local aead = opts and opts.aead or "aes-256-gcm"
   if not AEAD[aead] then argerror("unknown aead " .. tostring(aead)) end

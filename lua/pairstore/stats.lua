@@ -179,7 +179,8 @@ function stats.rows(snap)
     if snap.server.error then
       add("server", "not asked: " .. snap.server.error)
     else
-      add("server", fmt("%s:%s, %s (PostgreSQL %s)", snap.server.host, snap.server.port,
+      add("server", fmt("%s%s, %s (PostgreSQL %s)", snap.server.host == "local" and "a unix socket" or snap.server.host,
+        snap.server.port ~= "" and ":" .. snap.server.port or "",
         snap.server.primary and "primary" or "standby (in recovery)", snap.server.version))
       add("rows", snap.rows and tostring(snap.rows) or "? (no pairstore_sessions table)")
     end

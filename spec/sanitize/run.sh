@@ -21,7 +21,7 @@ if [ -z "${PAIRSTORE_TEST_PG:-}" ]; then
   exec bash "$ROOT/spec/support/with-pg.sh" bash "$ROOT/spec/sanitize/run.sh" "$@"
 fi
 export LUA_PATH="$ROOT/lua/?.lua;$ROOT/lua/?/init.lua;$ROOT/spec/?.lua;;"
-export LUA_CPATH="$ROOT/build/lua5.4/?.so;;"
+export LUA_CPATH="$ROOT/build/lua5.4-test/?.so;;" # the test build (core.test_hooks())
 SPECS=${SANITIZE_SPECS:-spec}
 VSPECS=${VALGRIND_SPECS:-$SPECS}
 SKIP=" ${SANITIZE_SKIP:-} "
@@ -34,7 +34,7 @@ summaries=()
 busted_ok() { grep -E '[0-9]+ successes? / 0 failures? / 0 errors?' "$1" >/dev/null; }
 busted_line() { grep -E '[0-9]+ successes? / [0-9]+ failures?' "$1" | tail -1; }
 
-make --no-print-directory all >/dev/null || { check "sanitize: make all" 1; echo "$passed passed, $failed failed"; exit 1; }
+make --no-print-directory all build/lua5.4-test/pairstore/core.so build/lua5.4-test/test/forkutil.so >/dev/null || { check "sanitize: make all" 1; echo "$passed passed, $failed failed"; exit 1; }
 
 # ---- valgrind memcheck (the busted process itself; children are not traced) ------------------
 if [[ $SKIP != *" valgrind "* ]]; then
@@ -73,21 +73,23 @@ if [[ $SKIP != *" asan "* ]]; then
   if [ ! -f "$rt" ]; then
     check "asan: clang's shared ASan runtime (libclang-rt-14-dev)" 1 "$rt"
   else
-    # A private tree whose build/ holds the instrumented module, so that the lua5.4 children
-    # the specs start (through spec/helpers.lua, with ROOT/build) load it too.
+    # A private tree whose build/lua5.4-test holds the instrumented test build, so that the
+    # lua5.4 children the specs start (through spec/helpers.lua, with ROOT/build) load it too;
+    # build/lua5.4 is the plain shipped build (the spec that checks it has no test hooks).
     tree=$out/tree
-    rm -rf "$tree"; mkdir -p "$tree/build/lua5.4/pairstore"
+    rm -rf "$tree"; mkdir -p "$tree/build/lua5.4-test/pairstore"
+    ln -s "$ROOT/build/lua5.4" "$tree/build/lua5.4"
     for f in lua spec bin examples sql .busted; do [ -e "$ROOT/$f" ] && ln -s "$ROOT/$f" "$tree/$f"; done
     if log=$(clang -g -O1 -std=c11 -D_GNU_SOURCE -fPIC -fvisibility=hidden -fno-omit-frame-pointer \
-        -fsanitize=address,undefined -fno-sanitize-recover=undefined -shared-libasan -shared \
+        -fsanitize=address,undefined -fno-sanitize-recover=undefined -shared-libasan -shared -DPS_TEST \
         $(pkg-config --cflags lua5.4 libsodium libqrencode libpq 2>/dev/null || echo -I/usr/include/lua5.4 -I/usr/include/postgresql) \
-        -o "$tree/build/lua5.4/pairstore/core.so" csrc/*.c \
+        -o "$tree/build/lua5.4-test/pairstore/core.so" csrc/*.c csrc/engine/file/*.c \
         $(pkg-config --libs libsodium libqrencode libpq 2>/dev/null || echo -lsodium -lqrencode -lpq) 2>&1); then
-      cp "$tree/build/lua5.4/pairstore/core.so" "$out/pairstore-core-asan.so"
+      cp "$tree/build/lua5.4-test/pairstore/core.so" "$out/pairstore-core-asan.so"
       # The specs' test-only fork helper, plain (nothing of pairstore in it).
-      mkdir -p "$tree/build/lua5.4/test"
+      mkdir -p "$tree/build/lua5.4-test/test"
       cc -O2 -std=c11 -D_GNU_SOURCE -fPIC -shared $(pkg-config --cflags lua5.4 2>/dev/null || echo -I/usr/include/lua5.4) \
-        -o "$tree/build/lua5.4/test/forkutil.so" spec/support/forkutil.c
+        -o "$tree/build/lua5.4-test/test/forkutil.so" spec/support/forkutil.c
       rm -f "$out"/asan.*
       if [ -n "${ASAN_FILTER_OUT+x}" ]; then filters=("--filter-out=$ASAN_FILTER_OUT"); else
         filters=("--filter-out=identity trusted without reading" "--filter-out=a server that cannot be reached as unavailable")
@@ -97,7 +99,7 @@ if [[ $SKIP != *" asan "* ]]; then
       ( cd "$tree" && timeout "$TMO" env LD_PRELOAD="$rt" \
           ASAN_OPTIONS="detect_leaks=1:exitcode=0:log_path=$out/asan:detect_odr_violation=0:strict_string_checks=1:check_initialization_order=1" \
           UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:log_path=$out/asan" \
-          LUA_PATH="$tree/lua/?.lua;$tree/lua/?/init.lua;$tree/spec/?.lua;;" LUA_CPATH="$tree/build/lua5.4/?.so;;" \
+          LUA_PATH="$tree/lua/?.lua;$tree/lua/?/init.lua;$tree/spec/?.lua;;" LUA_CPATH="$tree/build/lua5.4-test/?.so;;" \
           PAIRSTORE_HOSTILE_BIG_MB=20 \
           lua5.4 /usr/bin/busted --ignore-lua -o utfTerminal "${filters[@]}" $SPECS ) > "$out/asan.busted" 2>&1
       logs=$(ls "$out"/asan.* 2>/dev/null | grep -v -e 'asan.busted$')

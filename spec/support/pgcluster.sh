@@ -21,8 +21,9 @@ cmd=${1:?usage: pgcluster.sh start|stop|ctl|psql|pid DIR}
 dir=${2:?usage: pgcluster.sh $cmd DIR}
 shift 2
 
+# (from /: the caller's directory may be one the owner cannot enter, such as a clone in /root)
 as_owner() {
-  if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+  if [ "$(id -u)" -eq 0 ]; then (cd / && runuser -u postgres -- "$@"); else "$@"; fi
 }
 
 case $cmd in

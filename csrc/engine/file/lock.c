@@ -16,7 +16,7 @@
  * inode twice per transaction cost more than the rest of the lock. Parked sentinels of dead
  * processes (flock free) are swept like the other orphans.
  */
-#include "pairstore.h"
+#include "internal.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -68,7 +68,9 @@ static int make_candidate(ps_file *f, char *named, size_t namedsz, struct stat *
     if (fd < 0) named[0] = '\0';
   }
   if (fd < 0) {
-    ps_err_sys(e, errno, "create lock in", f->dir);
+    int saved = errno;
+    ps_err_sys(e, saved, "create lock in", f->dir);
+    errno = saved;
     return -1;
   }
   n = snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
@@ -80,6 +82,7 @@ static int make_candidate(ps_file *f, char *named, size_t namedsz, struct stat *
     if (named[0]) unlinkat(f->dirfd, named, 0);
     named[0] = '\0';
     ps_err_sys(e, saved, "prepare lock", f->lockpath);
+    errno = EIO; /* made, but not usable: not a matter of access */
     return -1;
   }
   f->lock.touched_ms = ps_mono_ms(); /* its mtime is now */
@@ -262,7 +265,6 @@ void ps_lock_init(ps_file *f)
   f->lock.busy_seen_ms = INT64_MIN / 2;
   f->ino_fd = -1;
   f->ino_wd = -1;
-  f->dirfd = -1;
 }
 
 /* Let go of the parked sentinel without touching the file system: it is gone, or it is
@@ -275,19 +277,38 @@ static void idle_forget(ps_file *f)
   f->lock.idle_name = NULL;
 }
 
-int ps_lock_acquire(ps_file *f, ps_err *e)
+/* Whether a failure to make or publish the sentinel says this user may not write here. */
+static int no_access(int err)
 {
-  char named[512];
-  int64_t deadline = ps_mono_ms() + f->lock_wait_ms;
-  int64_t backoff = 1;
-  int fd, rc = -1, waited = 0, parked = 0, retries = 0;
-  pid_t me = getpid();
-  struct stat st;
+  return err == EACCES || err == EROFS || err == EPERM;
+}
 
-  if (f->lock.fd >= 0) {
-    ps_err_set(e, "reentrant", "lock %s is already held by this store", f->lockpath);
-    return -1;
-  }
+/* One acquisition: the sentinel it publishes (the parked one, or a new candidate, named when
+ * made without O_TMPFILE) and how long and how it has waited. */
+typedef struct attempt {
+  int fd, parked;
+  char named[512];
+  struct stat st;
+  int64_t deadline, backoff;
+  int retries, waited;
+} attempt;
+
+static int attempt_candidate(ps_file *f, attempt *a, ps_err *e)
+{
+  a->parked = 0;
+  a->fd = make_candidate(f, a->named, sizeof a->named, &a->st, e);
+  if (a->fd >= 0) return 0;
+  return no_access(errno) ? PS_LOCK_NO_ACCESS : -1;
+}
+
+/* Takes up the sentinel to publish: the parked one, or a new candidate. */
+static int attempt_begin(ps_file *f, attempt *a, ps_err *e)
+{
+  pid_t me = getpid();
+  a->deadline = ps_mono_ms() + f->lock_wait_ms;
+  a->backoff = 1;
+  a->retries = a->waited = 0;
+  a->named[0] = '\0';
   if (f->lock.idle_fd >= 0 && f->lock.idle_pid != me) idle_forget(f);
   if (f->ino_fd >= 0 && f->ino_pid != me) { /* the parent's instance: make our own */
     close(f->ino_fd);
@@ -298,93 +319,117 @@ int ps_lock_acquire(ps_file *f, ps_err *e)
    * published again within microseconds, sooner than a woken waiter gets a CPU, so without
    * this one process could keep the lock to itself. */
   if (ps_mono_ms() - f->lock.busy_seen_ms < PS_POLITE_MS) sched_yield();
-  named[0] = '\0';
-  if (f->lock.idle_fd >= 0) {
-    fd = f->lock.idle_fd;
-    f->lock.idle_fd = -1;
-    st.st_dev = f->lock.idle_dev;
-    st.st_ino = f->lock.idle_ino;
-    parked = 1;
-  } else {
-    fd = make_candidate(f, named, sizeof named, &st, e);
-    if (fd < 0) return -1;
-  }
+  if (f->lock.idle_fd < 0) return attempt_candidate(f, a, e);
+  a->fd = f->lock.idle_fd;
+  f->lock.idle_fd = -1;
+  a->st.st_dev = f->lock.idle_dev;
+  a->st.st_ino = f->lock.idle_ino;
+  a->parked = 1;
+  return 0;
+}
 
+/* 0: published, the lock is ours; 1: the path is taken; -1 or PS_LOCK_NO_ACCESS, e set. */
+static int attempt_publish(ps_file *f, attempt *a, ps_err *e)
+{
+  struct stat there;
   for (;;) {
-    int64_t left, foreign_left, slice;
-    struct stat there;
+    int err, rc;
     /* After a wait, look before trying: a failed linkat or rename takes the directory's
      * lock, which the holder needs for its own rename. */
-    if (!(waited && fstatat(f->dirfd, f->lockbase, &there, AT_SYMLINK_NOFOLLOW) == 0)) {
-      if (publish(f, fd, named, parked) == 0) break;
-      if (parked && (errno == ENOENT || errno == EINVAL)) {
-        /* The parked sentinel was removed, or this file system cannot rename without
-         * replacing: go on with a new sentinel. */
-        if (errno == EINVAL) f->lock.no_park = 1;
-        f->lock.idle_fd = fd;
-        idle_forget(f);
-        parked = 0;
-        fd = make_candidate(f, named, sizeof named, &st, e);
-        if (fd < 0) goto out;
-        continue;
-      }
-      if (errno == ENOENT) {
-        /* The directory was removed since this transaction resolved it: fail; the next one
-         * resolves the path again (and makes the directory anew). */
-        ps_err_set(e, "io", "create lock %s: the directory was removed (ENOENT)", f->lockpath);
-        goto out;
-      }
-      if (errno != EEXIST) {
-        ps_err_sys(e, errno, "create lock", f->lockpath);
-        goto out;
-      }
+    if (a->waited && fstatat(f->dirfd, f->lockbase, &there, AT_SYMLINK_NOFOLLOW) == 0) return 1;
+    if (publish(f, a->fd, a->named, a->parked) == 0) return 0;
+    err = errno;
+    if (err == EEXIST) return 1;
+    if (a->parked && (err == ENOENT || err == EINVAL)) {
+      /* The parked sentinel was removed, or this file system cannot rename without
+       * replacing: go on with a new sentinel. */
+      if (err == EINVAL) f->lock.no_park = 1;
+      f->lock.idle_fd = a->fd;
+      idle_forget(f);
+      if ((rc = attempt_candidate(f, a, e)) != 0) return rc;
+      continue;
     }
-    f->lock.busy_seen_ms = ps_mono_ms();
-    /* One inotify instance per store, kept open: closing one costs an RCU grace period
-     * (~10 ms), which would be paid while holding the lock. -1: poll instead. */
-    if (f->ino_fd == -1) {
-      f->ino_fd = inotify_init1(IN_CLOEXEC | IN_NONBLOCK);
-      if (f->ino_fd < 0) f->ino_fd = -2;
-      f->ino_pid = me;
-      f->ino_wd = -1;
+    if (err == ENOENT) {
+      /* The directory was removed since this transaction resolved it: fail; the next one
+       * resolves the path again (and makes the directory anew). */
+      ps_err_set(e, "io", "create lock %s: the directory was removed (ENOENT)", f->lockpath);
+      return -1;
     }
-    switch (inspect(f, f->ino_fd, &foreign_left, e)) {
-    case INSPECT_ERROR:
-      goto out;
-    case INSPECT_RETRY: /* the holder went: try again at once (a few times without waiting) */
-      if (ps_mono_ms() < deadline && (!f->nowait || ++retries < 4)) continue;
-      break;
-    default:
-      break;
-    }
-    left = deadline - ps_mono_ms();
-    if (left <= 0 || f->nowait) { /* nowait: the caller waits (and tells the timeout) */
-      ps_err_set(e, f->nowait ? "lock_busy" : "timeout", "could not acquire lock at %s within %dms",
-                 f->lockpath, f->lock_wait_ms);
-      goto out;
-    }
-    if (f->ino_fd >= 0) {
-      slice = PS_WAIT_SLICE_MS;
-    } else {
-      slice = backoff;
-      backoff = backoff * 2 > PS_POLL_SLICE_MS ? PS_POLL_SLICE_MS : backoff * 2;
-    }
-    if (foreign_left > 0 && foreign_left < slice) slice = foreign_left;
-    wait_for_change(f, slice < left ? slice : left);
-    waited = 1;
+    ps_err_sys(e, err, "create lock", f->lockpath);
+    return no_access(err) ? PS_LOCK_NO_ACCESS : -1;
   }
+}
 
-  f->lock.fd = fd;
-  f->lock.dev = st.st_dev;
-  f->lock.ino = st.st_ino;
-  f->lock.idle_pid = me;
-  fd = -1;
-  rc = 0;
-out:
+/* After the sentinel at the path was inspected (verdict): try again at once, or wait until
+ * it may have changed. 0: try again; -1 with e set: the deadline passed (or nowait). */
+static int attempt_wait(ps_file *f, attempt *a, int verdict, int64_t foreign_left, ps_err *e)
+{
+  int64_t left, slice;
+  /* the holder went: try again at once (a few times without waiting) */
+  if (verdict == INSPECT_RETRY && ps_mono_ms() < a->deadline && (!f->nowait || ++a->retries < 4))
+    return 0;
+  left = a->deadline - ps_mono_ms();
+  if (left <= 0 || f->nowait) { /* nowait: the caller waits (and tells the timeout) */
+    ps_err_set(e, f->nowait ? "lock_busy" : "timeout", "could not acquire lock at %s within %dms",
+               f->lockpath, f->lock_wait_ms);
+    return -1;
+  }
+  if (f->ino_fd >= 0) {
+    slice = PS_WAIT_SLICE_MS;
+  } else {
+    slice = a->backoff;
+    a->backoff = a->backoff * 2 > PS_POLL_SLICE_MS ? PS_POLL_SLICE_MS : a->backoff * 2;
+  }
+  if (foreign_left > 0 && foreign_left < slice) slice = foreign_left;
+  wait_for_change(f, slice < left ? slice : left);
+  a->waited = 1;
+  return 0;
+}
+
+/* One inotify instance per store, kept open: closing one costs an RCU grace period (~10 ms),
+ * which would be paid while holding the lock. -2: none (poll instead). */
+static void watch_open(ps_file *f)
+{
+  if (f->ino_fd != -1) return;
+  f->ino_fd = inotify_init1(IN_CLOEXEC | IN_NONBLOCK);
+  if (f->ino_fd < 0) f->ino_fd = -2;
+  f->ino_pid = getpid();
+  f->ino_wd = -1;
+}
+
+int ps_lock_acquire(ps_file *f, ps_err *e)
+{
+  attempt a;
+  int rc;
+
+  if (f->lock.fd >= 0) {
+    ps_err_set(e, "reentrant", "lock %s is already held by this store", f->lockpath);
+    return -1;
+  }
+  if ((rc = attempt_begin(f, &a, e)) != 0) return rc;
+  for (;;) {
+    int64_t foreign_left;
+    int verdict;
+    if ((rc = attempt_publish(f, &a, e)) <= 0) break;
+    f->lock.busy_seen_ms = ps_mono_ms();
+    watch_open(f);
+    verdict = inspect(f, f->ino_fd, &foreign_left, e);
+    if (verdict == INSPECT_ERROR || attempt_wait(f, &a, verdict, foreign_left, e) != 0) {
+      rc = -1;
+      break;
+    }
+  }
+  if (rc == 0) {
+    f->lock.fd = a.fd;
+    f->lock.dev = a.st.st_dev;
+    f->lock.ino = a.st.st_ino;
+    f->lock.idle_pid = getpid();
+    a.fd = -1;
+  }
   unwatch(f);
-  if (named[0]) unlinkat(f->dirfd, named, 0);
-  if (fd >= 0 && parked) f->lock.idle_fd = fd; /* still parked: keep it for next time */
-  else if (fd >= 0) close(fd);
+  if (a.named[0]) unlinkat(f->dirfd, a.named, 0);
+  if (a.fd >= 0 && a.parked) f->lock.idle_fd = a.fd; /* still parked: keep it for next time */
+  else if (a.fd >= 0) close(a.fd);
   return rc;
 }
 
@@ -430,8 +475,6 @@ void ps_lock_close(ps_file *f)
   if (f->ino_fd >= 0) close(f->ino_fd);
   f->ino_fd = -1;
   f->ino_wd = -1;
-  if (f->dirfd >= 0) close(f->dirfd);
-  f->dirfd = -1;
 }
 
 /* Rename the sentinel we hold (just checked to be at lockpath) to its parking name.

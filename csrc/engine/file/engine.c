@@ -1,14 +1,16 @@
 /*
- * engine_file.c — the file engine: the whole sessions document behind the engine interface
- * (load with the raw-text scanner and the parsed cache, the sid index and live count, commit
- * as one atomic write), over file.c's files and lock.c's lock.
+ * engine.c — the file engine: the whole sessions document behind the engine interface (load
+ * with the raw-text scanner and the parsed cache, the sid index and live count, commit as one
+ * atomic write). It takes the lock (lock.c) around each transaction and hands the commit of
+ * the file (datafile.c) the lock's fence.
  */
-#include "pairstore.h"
+#include "internal.h"
 
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define PS_FENGINE_MT "pairstore.file_engine"
 
@@ -44,6 +46,7 @@ typedef struct ps_fengine {
   int locked;            /* the lock is held */
   int loaded;            /* the transaction's array is in UV_SESSIONS */
   int readonly;          /* get/list: write back only when pruning deleted something */
+  int snapshot;          /* a read without the lock, which this user cannot make: writes nothing */
   int dirty;             /* in-memory sessions differ from the file */
   int cacheable;         /* the loaded sessions are exactly the file's (nothing dropped) */
   int from_cache;        /* the sessions were reused, not parsed */
@@ -228,8 +231,8 @@ static int quarantine(ps_fengine *s, const char *why, ps_err *err)
                "a writing operation moves it aside)", s->f.path, why);
     return -1;
   }
-  if (ps_file_backend.quarantine(&s->f, ps_wall_ms(), why, begins_like_ours(&s->cache), moved,
-                                sizeof moved, err) != 0)
+  if (ps_file_quarantine(&s->f, ps_wall_ms(), why, begins_like_ours(&s->cache), moved,
+                         sizeof moved, err) != 0)
     return -1;
   snprintf(detail, sizeof detail, "corrupt sessions file moved aside: %s", why);
   ps_file_event(&s->f, "corrupt", detail, moved, 0, 0, 0);
@@ -268,18 +271,14 @@ static int corrupt(lua_State *L, ps_fengine *s, const char *why, ps_err *err)
   return 0;
 }
 
-/* Pushes the array of valid sessions (possibly empty) and returns 0, or returns -1. Each session's
- * text is kept exactly as the file holds it (found by ps_json_scan); cjson decodes. */
-static int load(lua_State *L, ps_fengine *s, int eng, ps_err *err)
+/* Reads the file. 0: done, the sessions pushed (none: the file is absent; the cached ones: it
+ * is the one last read or written); 1: new bytes in s->cache to parse; -1 with err set. */
+static int read_file(lua_State *L, ps_fengine *s, int eng, ps_err *err)
 {
-  int toobig = 0, rc, doc, arr, texts;
+  int toobig = 0, rc;
   ps_ident id;
-  const char *why = NULL, *text;
-  lua_Integer n, i, kept = 0;
-  char reason[256];
-  ps_jscan *sc = &s->scan; /* kept and reused: nothing to free on any way out */
 
-  rc = ps_file_backend.load(&s->f, &s->rbuf, s->cache_valid ? &s->cache_id : NULL, &toobig, &id, err);
+  rc = ps_file_load(&s->f, &s->rbuf, s->cache_valid ? &s->cache_id : NULL, &toobig, &id, err);
   if (rc == PS_LOAD_ERROR) return -1;
   if (rc == PS_LOAD_ABSENT) {
     cache_drop(s);
@@ -304,18 +303,27 @@ static int load(lua_State *L, ps_fengine *s, int eng, ps_err *err)
   }
   ps_buf_swap(&s->cache, &s->rbuf); /* these bytes are the file's now */
   s->cache_id = id;
-  why = ps_json_scan(s->cache.p, s->cache.len, sc);
-  if (why) {
-    snprintf(reason, sizeof reason, "invalid JSON (%s)", why);
-    return corrupt(L, s, reason, err);
+  return 1;
+}
+
+/* Decodes s->cache (delimited by ps_json_scan into s->scan) and checks its shape. Pushes the
+ * document and returns 0, or returns why it is corrupt (in reason; nothing pushed), or fails
+ * (-1, a newer format version: err set). */
+static int decode_doc(lua_State *L, ps_fengine *s, int eng, char *reason, size_t n, ps_err *err)
+{
+  const char *why, *text = s->cache.p;
+  int rc;
+
+  if ((why = ps_json_scan(s->cache.p, s->cache.len, &s->scan)) != NULL) {
+    snprintf(reason, n, "invalid JSON (%s)", why);
+    return 1;
   }
-  text = s->cache.p;
-  if (sc->lone) {
+  if (s->scan.lone) {
     /* cjson refuses lone surrogate escapes (JSON.parse takes them): it decodes a copy that
      * reads them as U+FFFD; the file's text, kept, still has them */
     s->rbuf.len = 0;
     ps_buf_add(&s->rbuf, s->cache.p, s->cache.len);
-    if (s->rbuf.oom) { luaL_error(L, "pairstore: out of memory"); }
+    if (s->rbuf.oom) luaL_error(L, "pairstore: out of memory");
     ps_json_sanitize(s->rbuf.p, s->rbuf.len);
     text = s->rbuf.p;
   }
@@ -329,33 +337,35 @@ static int load(lua_State *L, ps_fengine *s, int eng, ps_err *err)
      * meanwhile (out of memory, an "interrupted!" from a SIGINT hook) is not about the
      * file: let it propagate (the lock is released on the way out). */
     if (rc != LUA_ERRRUN || !msg || !ps_is_json_verdict(msg)) lua_error(L);
-    snprintf(reason, sizeof reason, "invalid JSON (%s)", msg);
+    snprintf(reason, n, "invalid JSON (%s)", msg);
     lua_pop(L, 1);
-    return corrupt(L, s, reason, err);
+    return 1;
   }
-  doc = lua_gettop(L);
-  if (other_version(L, s, doc, err)) return -1;
-  if (!shape_ok(L, doc, &why)) {
+  if (other_version(L, s, lua_gettop(L), err)) return -1;
+  if (!shape_ok(L, -1, &why)) {
+    snprintf(reason, n, "%s", why);
     lua_pop(L, 1);
-    return corrupt(L, s, why, err);
+    return 1;
   }
-  lua_getfield(L, doc, "sessions");
-  arr = lua_gettop(L);
-  n = (lua_Integer)lua_rawlen(L, arr);
-  if ((size_t)n != sc->nspans) { /* cannot be: both read the same array */
-    lua_pop(L, 2);
-    return corrupt(L, s, "the sessions array could not be delimited", err);
-  }
+  return 0;
+}
+
+/* Keeps the valid sessions of the array at arr, in place, each with its text as the file
+ * holds it (texts[session], from the spans ps_json_scan found). Returns how many it dropped. */
+static lua_Integer keep_valid(lua_State *L, ps_fengine *s, int eng, int arr)
+{
+  const ps_jscan *sc = &s->scan;
+  lua_Integer n = (lua_Integer)lua_rawlen(L, arr), i, kept = 0;
+  int texts;
+
   lua_getiuservalue(L, eng, UV_TEXTS);
   texts = lua_gettop(L);
   lua_getiuservalue(L, eng, UV_DECODE);
   for (i = 1; i <= n; i++) {
     const ps_jspan *sp = &sc->spans[i - 1];
     lua_rawgeti(L, arr, i);
-    if (sp->bigint &&
-        ps_json_fixup(L, texts + 1, s->cache.p + sp->off, sp->len, -1, 0) != 0) {
+    if (sp->bigint && ps_json_fixup(L, texts + 1, s->cache.p + sp->off, sp->len, -1, 0) != 0)
       luaL_error(L, "pairstore: out of memory");
-    }
     if (ps_validate_session(L, -1, 1) == NULL) { /* shape_ok checked its values */
       lua_pushvalue(L, -1);
       lua_pushlstring(L, s->cache.p + sp->off, sp->len);
@@ -370,9 +380,30 @@ static int load(lua_State *L, ps_fengine *s, int eng, ps_err *err)
     lua_pushnil(L);
     lua_rawseti(L, arr, i);
   }
-  if (kept < n) {
+  return n - kept;
+}
+
+/* Pushes the array of valid sessions (possibly empty) and returns 0, or returns -1. Each
+ * session's text is kept exactly as the file holds it; cjson decodes. */
+static int load(lua_State *L, ps_fengine *s, int eng, ps_err *err)
+{
+  char reason[256];
+  lua_Integer dropped;
+  int rc, doc;
+
+  if ((rc = read_file(L, s, eng, err)) <= 0) return rc;
+  if ((rc = decode_doc(L, s, eng, reason, sizeof reason, err)) != 0)
+    return rc < 0 ? -1 : corrupt(L, s, reason, err);
+  doc = lua_gettop(L);
+  lua_getfield(L, doc, "sessions");
+  if ((size_t)lua_rawlen(L, -1) != s->scan.nspans) { /* cannot be: both read the same array */
+    lua_pop(L, 2);
+    return corrupt(L, s, "the sessions array could not be delimited", err);
+  }
+  dropped = keep_valid(L, s, eng, doc + 1);
+  if (dropped > 0) {
     ps_file_event(&s->f, "invalid_dropped", "invalid session entries were dropped", s->f.path,
-                  (long)(n - kept), 0, 0);
+                  (long)dropped, 0, 0);
     s->dirty = 1;
   } else {
     s->cacheable = 1;
@@ -393,10 +424,12 @@ static int session_text(lua_State *L, int sess, int dec, const char *base, size_
   return 0;
 }
 
-static int commit(lua_State *L, ps_fengine *s, int eng, int arr, ps_err *err)
+/* Writes the document of the sessions of the array at arr into s->wbuf: each session's text
+ * as the file holds it, or for one changed or new since, its text now (then kept as its
+ * text). 0, or -1 with err set. */
+static int encode_doc(lua_State *L, ps_fengine *s, int eng, int arr, ps_err *err)
 {
   ps_buf *wb = &s->wbuf;
-  ps_ident id;
   lua_Integer n = (lua_Integer)lua_rawlen(L, arr), i;
   int texts, bases, dec, top = lua_gettop(L);
   ps_buf one = { 0 };
@@ -448,13 +481,24 @@ static int commit(lua_State *L, ps_fengine *s, int eng, int arr, ps_err *err)
     ps_err_set(err, "io", "encode: out of memory (ENOMEM)");
     return -1;
   }
+  return 0;
+}
+
+/* Writes the sessions of the array at arr as the file (the lock's fence checked before the
+ * rename). 0, or -1 with err set. */
+static int commit(lua_State *L, ps_fengine *s, int eng, int arr, ps_err *err)
+{
+  ps_buf *wb = &s->wbuf;
+  ps_ident id;
+
+  if (encode_doc(L, s, eng, arr, err) != 0) return -1;
   if (wb->len > s->f.max_bytes) {
     ps_err_set(err, "limit",
                "the sessions file would be %zu bytes, above max_file_bytes (%zu): nothing was written",
                wb->len, s->f.max_bytes);
     return -1;
   }
-  if (ps_file_backend.commit(&s->f, wb->p, wb->len, &id, err) != 0) return -1;
+  if (ps_file_commit(&s->f, wb->p, wb->len, ps_lock_fence, &id, err) != 0) return -1;
   /* What we wrote is what the file now holds. */
   ps_buf_swap(&s->cache, wb);
   s->cache_id = id;
@@ -479,6 +523,44 @@ static int sessions(lua_State *L, ps_fengine *s, int eng, ps_err *err)
   return 0;
 }
 
+/* ---- the lock around the file ------------------------------------------------------------ */
+
+/* Each transaction: what does the path name now? The store moves to whatever directory the
+ * kernel resolves it to (made when missing); in the one it leaves, its parked sentinel is
+ * removed and its pin let go (both are only spares). */
+static int resolve(ps_file *f, ps_err *e)
+{
+  struct stat st;
+  int fd, rc = ps_file_locate(f, &fd, &st, e);
+  if (rc <= 0) return rc;
+  if (f->dirfd >= 0) {
+    ps_lock_unpark(f);
+    ps_file_unpin(f);
+    close(f->dirfd);
+  }
+  ps_file_enter(f, fd, &st);
+  return 0;
+}
+
+/* Takes the lock (and sweeps what killed writers left, once per directory). 0, -1, or
+ * PS_LOCK_NO_ACCESS. */
+static int lock(ps_file *f, ps_err *e)
+{
+  int rc = ps_lock_acquire(f, e);
+  if (rc != 0) return rc;
+  if (!f->swept) {
+    ps_file_sweep_orphans(f);
+    f->swept = 1;
+  }
+  return 0;
+}
+
+static void unlock(ps_file *f)
+{
+  ps_lock_release(f);
+  ps_file_drop_stale(f);
+}
+
 static const char *fe_display(ps_engine *e)
 {
   return FE(e)->f.path;
@@ -489,7 +571,7 @@ static int fe_locate(ps_engine *e, lua_State *L, int eng, ps_err *err)
   ps_fengine *s = FE(e);
   (void)eng;
   s->f.nevents = 0;
-  if (ps_file_backend.resolve(&s->f, err) != 0) return -1;
+  if (resolve(&s->f, err) != 0) return -1;
   /* the store's identity as the kernel sees it: its directory's device and inode plus the
    * file name, whatever spelling of the path opened it */
   lua_pushfstring(L, "%s/%s", s->f.key, s->f.base);
@@ -500,10 +582,16 @@ static int fe_begin(ps_engine *e, lua_State *L, int eng, int readonly, const ps_
                     ps_err *err)
 {
   ps_fengine *s = FE(e);
+  int rc;
   (void)L;
   (void)eng;
   s->f.nowait = hint->nowait;
-  if (ps_file_backend.lock(&s->f, err) != 0) return -1;
+  rc = lock(&s->f, err);
+  /* A read where this user cannot make the sentinel (a read-only file system, a directory it
+   * may not write) reads without the lock: writers replace the file by rename, so the one
+   * file it opens is a whole, consistent snapshot. It then writes nothing back. */
+  s->snapshot = rc == PS_LOCK_NO_ACCESS && readonly;
+  if (rc != 0 && !s->snapshot) return -1;
   s->locked = 1;
   s->loaded = 0;
   s->readonly = readonly;
@@ -778,7 +866,7 @@ static int fe_end(ps_engine *e, lua_State *L, int eng, int how, ps_err *err)
   if (!s->locked) return 0;
   if (how == PS_END_COMMIT && s->loaded) {
     lua_getiuservalue(L, eng, UV_SESSIONS);
-    if (s->readonly ? s->removed > 0 : s->dirty) {
+    if (!s->snapshot && (s->readonly ? s->removed > 0 : s->dirty)) {
       rc = commit(L, s, eng, lua_gettop(L), err);
       committed = rc == 0;
     }
@@ -787,7 +875,7 @@ static int fe_end(ps_engine *e, lua_State *L, int eng, int how, ps_err *err)
     if (committed || (rc == 0 && s->cacheable && !s->dirty)) s->cache_valid = 1;
   }
   if (how != PS_END_COMMIT || rc != 0) s->cache_valid = 0;
-  ps_file_backend.unlock(&s->f);
+  unlock(&s->f);
   s->locked = 0;
   s->loaded = 0;
   if (!s->cache_valid) {
@@ -817,12 +905,20 @@ static int fe_watch(ps_engine *e, lua_State *L, int eng, const char *sid, ps_err
   return ps_watch_file(L, FE(e)->f.dir, FE(e)->f.base, err);
 }
 
+static void fe_idle(ps_engine *e)
+{
+  ps_fengine *s = FE(e);
+  if (s->f.path) ps_lock_unpark(&s->f);
+}
+
 static void fe_close(ps_engine *e)
 {
   ps_fengine *s = FE(e);
   if (!s->f.path) return;
   ps_lock_close(&s->f);
   ps_file_unpin(&s->f);
+  if (s->f.dirfd >= 0) close(s->f.dirfd);
+  s->f.dirfd = -1;
   buffers_free(s);
   free(s->f.path);
   free(s->f.lockpath);
@@ -833,7 +929,7 @@ static void fe_close(ps_engine *e)
 static const ps_engine_methods file_methods = {
   PS_ENGINE_VERSION, "file", fe_display, fe_locate, fe_begin, NULL, fe_fetch, fe_put, fe_remove,
   fe_count_live, fe_list, fe_text, fe_prune_due, fe_end, fe_event, fe_events_clear, fe_watch,
-  fe_close, NULL,
+  fe_close, NULL, fe_idle,
 };
 
 /* ---- making one ---------------------------------------------------------------------------- */
@@ -882,6 +978,7 @@ ps_engine *ps_file_engine_new(lua_State *L, const char *path, const ps_file_opts
   memset(s, 0, sizeof *s);
   s->base.m = &file_methods;
   ps_lock_init(&s->f);
+  s->f.dirfd = -1;
   s->f.pin_fd = s->f.stale_fd = -1;
   if (luaL_newmetatable(L, PS_FENGINE_MT)) { /* before any resource is acquired */
     lua_pushcfunction(L, fe_gc);
@@ -921,6 +1018,7 @@ ps_engine *ps_file_engine_new(lua_State *L, const char *path, const ps_file_opts
   return &s->base;
 }
 
+#ifdef PS_TEST
 int ps_file_engine_selfcheck(lua_State *L, int eng)
 {
   ps_fengine *s = luaL_testudata(L, eng, PS_FENGINE_MT);
@@ -984,4 +1082,4 @@ int ps_file_engine_selfcheck(lua_State *L, int eng)
   lua_pushliteral(L, "indexed");
   return 2;
 }
-
+#endif

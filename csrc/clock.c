@@ -1,0 +1,20 @@
+/*
+ * clock.c — the wall clock and the monotonic clock, in milliseconds.
+ */
+#include "pairstore.h"
+
+#include <time.h>
+
+int64_t ps_wall_ms(void)
+{
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int64_t ps_mono_ms(void)
+{
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
