@@ -34,7 +34,8 @@ CFLAGS     ?= -O2 -g
 WERROR     ?=
 PS_CFLAGS   = -std=c11 -D_GNU_SOURCE -fPIC -fvisibility=hidden \
               -Wall -Wextra -Wshadow -Wmissing-prototypes -Wstrict-prototypes -pedantic $(WERROR) \
-              $(shell $(PKG_CONFIG) --cflags $(LUA_PC) libsodium $(if $(NOQR),,libqrencode) $(if $(NOPG),,libpq) 2>/dev/null)
+              $(shell $(PKG_CONFIG) --cflags $(LUA_PC) libsodium $(if $(NOQR),,libqrencode) $(if $(NOPG),,libpq) 2>/dev/null) \
+              $(if $(NOPG),-DPS_NO_PG)
 PS_LDFLAGS  = -shared
 # libpq is loaded when a PostgreSQL target is first opened (csrc/pq.c): its headers only here.
 PS_LIBS     = $(shell $(PKG_CONFIG) --libs libsodium $(if $(NOQR),,libqrencode) 2>/dev/null || echo -lsodium $(if $(NOQR),,-lqrencode)) -ldl -lpthread
@@ -62,7 +63,7 @@ export PAIRSTORE_TEST_LUA := $(LUA_NAME)
 # The heavy runs (stress, fault, sanitize, ha, bench, fuzz) are for Lua 5.4 only.
 only54 = $(if $(filter lua5.4,$(LUA_NAME)),,$(error make $@ runs on lua5.4 only (LUA=$(LUA))))
 
-.PHONY: all deps test check-layering demo install uninstall clean lint test-stress test-fault test-sanitize test-ha test-nginx test-browser fuzz bench bench-nginx
+.PHONY: all deps test check-layering demo install uninstall clean lint test-stress test-fault test-sanitize test-ha test-nginx test-browser test-metrics fuzz bench bench-nginx
 
 all: $(CORE)
 
@@ -151,6 +152,17 @@ test-nginx:
 	@$(MAKE) --no-print-directory LUA=lua5.4 all build/lua5.4/test/forkutil.so
 	@$(MAKE) --no-print-directory LUA=luajit all
 	bash spec/nginx/run.sh
+
+# Metrics (issue 21): the nginx example's /metrics under a real Prometheus server (Debian's
+# prometheus: the server and promtool) on both backends: a scripted flow's exact counts
+# through Prometheus's query API, 1 000 parallel requests, nginx -s reload, no secrets.
+test-metrics:
+	@bash .ci/deps $(LUA_NAME) nginx
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null || \
+	  { echo "test-metrics: needs prometheus and promtool: apt-get install prometheus"; exit 1; }
+	@$(MAKE) --no-print-directory LUA=lua5.4 all
+	@$(MAKE) --no-print-directory LUA=luajit all
+	bash spec/metrics/run.sh
 
 # The phone page (examples/nginx/html) in Debian's headless Chromium, driven by playwright-core
 # (spec/browser/package-lock.json, npm ci when missing, no browser download), against the

@@ -67,6 +67,9 @@ build = {
     ["pairstore.cli.commands.corrupt"] = "lua/pairstore/cli/commands/corrupt.lua",
     ["pairstore.cli.commands.schema"] = "lua/pairstore/cli/commands/schema.lua",
     ["pairstore.cli.commands.migrate"] = "lua/pairstore/cli/commands/migrate.lua",
+    ["pairstore.cli.commands.stats"] = "lua/pairstore/cli/commands/stats.lua",
+    ["pairstore.metrics"] = "lua/pairstore/metrics.lua",
+    ["pairstore.stats"] = "lua/pairstore/stats.lua",
   },
   install = {
     bin = { pairstore = "bin/pairstore" },

@@ -7,6 +7,7 @@
 --                         require("pairing_gateway").respond()   POST /pair/respond
 --                         require("pairing_gateway").status()    GET  /pair/status?sid=[&wait=S&since=STATUS]
 --                         require("pairing_gateway").new()       POST /pair/new (operator side)
+--                         require("pairing_gateway").metrics()   GET  /metrics (operator side)
 --
 -- The store is opened once, in the master (init_by_lua); the workers fork from it and each
 -- one gets its own lock handle or database connections on its first operation (pairstore
@@ -23,6 +24,7 @@ local ngx = ngx
 local gateway = {}
 
 local store -- opened by init, used by every worker
+local metrics -- pairstore.metrics, when init was given a lua_shared_dict
 local conf = {}
 
 -- The demo sink for the payload: stands for "the gateway imports the mnemonic". With a
@@ -66,7 +68,8 @@ end
 -- required: the operator's server is not the public one, and a Host header is the
 -- client's word), aead ("aes-256-gcm", what the browser's WebCrypto
 -- does), lock_wait_ms, store (a PostgreSQL store name), and for a PostgreSQL store
--- connect_timeout_ms, statement_timeout_ms, pool_size, pool_backlog.
+-- connect_timeout_ms, statement_timeout_ms, pool_size, pool_backlog; metrics (a
+-- lua_shared_dict for pairstore.metrics; nil: no metrics).
 function gateway.init(opts)
   assert(type(opts) == "table", "pairing_gateway.init: opts must be a table")
   assert(type(opts.target) == "string" and opts.target ~= "",
@@ -98,6 +101,10 @@ function gateway.init(opts)
     -- For the benchmark only (make bench-nginx compares the two paths): with
     -- PAIRSTORE_PG_THREAD_POOL=off each round trip runs on the worker itself, blocking it.
     if os.getenv("PAIRSTORE_PG_THREAD_POOL") == "off" then o.thread_pool = false end
+  end
+  if opts.metrics then -- a lua_shared_dict: counts shared by the workers (pairstore.metrics)
+    metrics = require("pairstore.metrics").new { dict = opts.metrics }
+    o.metrics = metrics
   end
   store = pairstore.open(conf.target, o) -- touches nothing yet: each worker connects itself
   handler.log = function(msg) ngx.log(ngx.ERR, msg) end
@@ -179,6 +186,17 @@ function gateway.new()
     end
     reply(201, { sid = s.sid, code = s.secondaryCode, url = pairstore.pairing_url(conf.base_url, s),
       expires_at_ms = s.expiresAtMs })
+  end)
+end
+
+-- GET /metrics (the operator's server): the store's metrics, every worker's counts, and
+-- its sessions by status read now.
+function gateway.metrics()
+  serve("GET", function()
+    if not metrics then return reply(404, { error = "not_found" }) end
+    local text = metrics:render(store)
+    ngx.header["Content-Type"] = require("pairstore.metrics").CONTENT_TYPE
+    ngx.print(text)
   end)
 end
 

@@ -117,6 +117,7 @@ local OPTION_TYPES = {
   store = "string", connect_timeout_ms = "number", statement_timeout_ms = "number",
   pool_size = "number", pool_backlog = "number", thread_pool = "string", listen_target = "string",
   blocking_wait_ms = "number",
+  metrics = "table", -- (pairstore.metrics.new())
 }
 -- Options that only one kind of store takes.
 local FILE_ONLY = { lock_stale_ms = true, max_file_bytes = true }
@@ -250,6 +251,11 @@ function pairstore.open(path, options)
     argerror(2, "open", "path names a directory: " .. path)
   end
   local opts = check_options(options, pg)
+  local m = opts.metrics
+  if m then
+    if type(m.done) ~= "function" then argerror(2, "open", "option metrics must be pairstore.metrics.new()'s") end
+    opts.on_event = m:listener(opts.on_event)
+  end
   local c = at_caller(pcall(core.open, path, opts))
   local pgopts = pg and {
     thread_pool = opts.thread_pool == nil and "pairstore" or opts.thread_pool,
@@ -261,7 +267,7 @@ function pairstore.open(path, options)
   }
   return setmetatable({ _core = c, _rng = opts.rng or {}, _now = opts.now, _sleep = opts.sleep,
     _pg = pgopts, _blocking_wait_ms = math.min(opts.blocking_wait_ms or 100, opts.lock_wait_ms or core.LOCK_WAIT_MS),
-    _lock_wait_ms = opts.lock_wait_ms or pairstore.LOCK_WAIT_MS, path = c:path() }, Store)
+    _lock_wait_ms = opts.lock_wait_ms or pairstore.LOCK_WAIT_MS, _metrics = m, path = c:path() }, Store)
 end
 
 -- The cooperative lock wait ---------------------------------------------------------------------
@@ -325,7 +331,7 @@ local function deferred(self, sleep)
   local pool = pg.thread_pool
   d = require("pairstore.deferred").new(self._core, {
     run = function(fname, ...) return ngx.run_worker_thread(pool, "pairstore.thread", fname, ...) end,
-    sleep = ngx.sleep,
+    sleep = self._metrics and self._metrics:metered(ngx.sleep) or ngx.sleep, -- (a row lock's wait)
     now = core.mono_ms,
     semaphore = function() return semaphore.new(0) end,
     every = function(s, fn)
@@ -344,11 +350,14 @@ end
 -- comes back as nil, message, "lock_busy", ms, deadline, tries: sleep that long, outside
 -- the core (the mutators never yield), and run it again, within the deadline its first
 -- attempt set (kept here, per call: other calls on the same store may wait meanwhile).
-function Store:_txn(name, ...)
+local function run_txn(self, name, ...)
   local c = self._core
   local sleep, bound = sleeper(self)
   local d = sleep and not bound and deferred(self, sleep)
-  if d then return d:run(name, ...) end
+  if d then
+    if self._metrics then return self._metrics:slept_then(d:run(name, ...)) end -- (its lock waits)
+    return d:run(name, ...)
+  end
   if not sleep then
     c:wait_mode(WAIT_BLOCK) -- (a mode left by a call that raised before its transaction)
     if not in_nginx_init() then return c[name](c, ...) end
@@ -359,13 +368,25 @@ function Store:_txn(name, ...)
   end
   if bound then c:wait_mode(WAIT_CONTINUE, core.mono_ms() + bound, 0) else c:wait_mode(WAIT_START) end
   local r = pack(c[name](c, ...))
+  local busy_at = r[1] == nil and r[3] == "lock_busy" and self._metrics and core.clock()
   while r[1] == nil and r[3] == "lock_busy" do
     sleep(r[4] / 1000)
     if self._closed then return nil, "the store was closed while this call waited", "closed" end
     c:wait_mode(WAIT_CONTINUE, r[5], r[6])
     r = pack(c[name](c, ...))
   end
+  if busy_at then self._metrics:lock_waited(core.clock() - busy_at) end
   return unpack(r, 1, r.n)
+end
+
+-- Metrics (the metrics option, pairstore.metrics): each operation's name, result and time;
+-- a cooperative wait's time from its first busy answer to its last attempt's end (on the
+-- thread pool's path: from its first sleep to the end of its last).
+function Store:_txn(name, ...)
+  local m = self._metrics
+  if not m then return run_txn(self, name, ...) end
+  local t0 = core.clock()
+  return m:done(name, t0, run_txn(self, name, ...))
 end
 
 -- Runs the core's operation name (or the watch, name "watch") so that it ends by the
@@ -674,6 +695,8 @@ function Store:wait(sid, opts)
   -- The watch is closed however the wait ends, an error included (what a <close> variable
   -- would do on 5.4; this runs on 5.1 too).
   local watch = {}
+  local m, t0 = self._metrics, core.clock()
+  if m then return m:done("wait", t0, finish_wait(watch, pcall(wait_watching, self, sid, opts, timeout, watch))) end
   return finish_wait(watch, pcall(wait_watching, self, sid, opts, timeout, watch))
 end
 

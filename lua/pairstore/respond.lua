@@ -70,7 +70,12 @@ return function(store, sid, body, opts)
   local aead = opts and opts.aead or "aes-256-gcm"
   if not AEAD[aead] then argerror("unknown aead " .. tostring(aead)) end
 
-  if not shape_ok(sid, body) then return fail("bad_request") end
+  if not shape_ok(sid, body) then
+    -- (refused before the store is touched; counted like its operations)
+    local m = type(store) == "table" and rawget(store, "_metrics")
+    if m then return m:done("respond", m.clock(), fail("bad_request")) end
+    return fail("bad_request")
+  end
 
   -- consume's rule (rules.c) and the decryption, in C under the store's lock
   if type(store) ~= "table" or not rawget(store, "_core") then argerror("store must be a pairstore store") end

@@ -4,8 +4,9 @@
 # PostgreSQL backend) beside a private cluster started for it (spec/support/with-pg.sh), clean
 # up. BENCH_QUICK=1: short CI mode. BENCH_STRICT=1: failing targets of the file section fail
 # the run. BENCH_DIR: where the temporary directory goes (default /tmp; the figures are those
-# of that file system). BENCH_ONLY=file|pg|nginx: one section only (nginx: spec/bench/nginx.sh,
-# the nginx example over HTTP, `make bench-nginx`).
+# of that file system). BENCH_ONLY=file|pg|nginx: one section only (the metrics cost,
+# spec/bench/metrics.lua, runs with the file section; nginx: spec/bench/nginx.sh, the nginx
+# example over HTTP, `make bench-nginx`).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -53,6 +54,9 @@ export LUA_CPATH="$ROOT/build/lua5.4/?.so;$ROOT/build/bench/?.so;;"
 status=0
 if [ -z "${BENCH_ONLY:-}" ] || [ "${BENCH_ONLY:-}" = file ]; then
   "$LUA" spec/bench/bench.lua || status=$?
+  rc=0
+  "$LUA" spec/bench/metrics.lua || rc=$? # (what the metrics option costs a cached get)
+  [ "$status" -eq 0 ] && status=$rc
 fi
 if [ -z "${BENCH_ONLY:-}" ] || [ "${BENCH_ONLY:-}" = pg ]; then
   rc=0

@@ -11,6 +11,7 @@
 --   pairstore corrupt [--remove]
 --   pairstore migrate FROM TO [--from-store-name NAME] [--to-store-name NAME]
 --   pairstore schema
+--   pairstore stats [--json | --prometheus]
 --
 -- cli.main(arg) is the process's entry (standard descriptors, SIGPIPE, the final close of
 -- stdout); cli.run(argv, opts) runs one command line in-process and returns its exit code:

@@ -11,7 +11,7 @@
 -- A new command is a new file and a new name here.
 local M = {}
 
-M.NAMES = { "list", "show", "reject", "prune", "create", "watch", "corrupt", "schema", "migrate" }
+M.NAMES = { "list", "show", "reject", "prune", "create", "watch", "corrupt", "schema", "migrate", "stats" }
 
 function M.get(name)
   return require("pairstore.cli.commands." .. name)

@@ -1,0 +1,42 @@
+--- pairstore stats [--json | --prometheus]: a snapshot of the store (pairstore.stats) as a
+-- table, JSON, or a Prometheus text exposition for node_exporter's textfile collector.
+local stats = require "pairstore.stats"
+local output = require "pairstore.cli.output"
+local targets = require "pairstore.cli.targets"
+
+local json_encode = require("pairstore.core").json_encode
+
+local function run(ctx, args, store)
+  local opts
+  if store:backend() == "postgresql" then
+    local name = args.store_name or os.getenv("PAIRSTORE_STORE_NAME")
+    opts = { target = targets.store_target(ctx, args), store_name = name ~= "" and name or nil }
+  end
+  local snap, msg, code = stats.snapshot(store, opts)
+  if not snap then ctx:failed("cannot read the store", msg, code) end
+  if args.prometheus then
+    ctx.w:out(stats.prometheus(snap))
+  elseif args.json then
+    local text, why = json_encode(output.utf8_copy(snap))
+    if not text then ctx:die("cannot encode the snapshot as JSON: " .. tostring(why)) end
+    ctx.w:out(output.escape_hidden(text), "\n")
+  else
+    for _, r in ipairs(stats.rows(snap)) do ctx.w:out(string.format("%-12s %s\n", r[1], output.visible(r[2]))) end
+  end
+  return 0
+end
+
+return {
+  summary = "A snapshot of the store: sessions by status, the oldest live one, size, lock, ...",
+  epilog = "Sessions by status and the oldest live session's age (one read); for a file: its size, the\n"
+    .. "lock's holder and age, the corrupt files moved aside; for PostgreSQL: the server reached,\n"
+    .. "whether it is the primary, and the store's rows. --prometheus prints the same as a text\n"
+    .. "exposition for node_exporter's textfile collector (write it to a .prom file atomically).",
+  define = function(cmd)
+    cmd:mutex(
+      cmd:flag("--json", "Print it as JSON."),
+      cmd:flag("--prometheus", "Print it in the Prometheus text format 0.0.4.")
+    )
+  end,
+  run = run,
+}
