@@ -30,7 +30,8 @@ Pool.__index = Pool
 
 --- A pool for the store s (its core `c`) with the environment env: { run = function(fname,
 -- id, ...) -> ok, ... (run pairstore.thread's fname elsewhere), sleep = function(seconds),
--- now = function() -> monotonic ms, semaphore = function() -> a semaphore (wait(s), post(n)),
+-- now = function() -> monotonic ms, semaphore = function() -> a semaphore (wait(s), post(n),
+-- count(): what ngx.semaphore gives),
 -- every = function(seconds, fn) (a repeating timer) or nil, spawn = function(fn) (a light
 -- thread) or nil, exiting = function() -> bool }, and options { size, backlog, wait_ms }.
 function M.new(c, env, o)
