@@ -127,7 +127,7 @@ describe("reads without write access", function()
     -- a write as that user fails on the lock, as before, and changes nothing
     local before = helpers.read(path)
     ok, out = helpers.run(("setpriv --reuid=nobody --regid=nogroup --clear-groups env %s %s -e %s"):format(
-      helpers.LUA_ENV, helpers.LUA, q(([[
+      env, helpers.LUA, q(([[
         local v, msg, code = require("pairstore").open(%q):create {}
         print(tostring(v), code, msg)
       ]]):format(path))))
