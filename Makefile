@@ -149,7 +149,7 @@ test-ha: deps all
 # (spec/nginx/outage.lua, with 4 and 1 workers).
 test-nginx:
 	@bash .ci/deps $(LUA_NAME) nginx
-	@$(MAKE) --no-print-directory LUA=lua5.4 all build/lua5.4/test/forkutil.so
+	@$(MAKE) --no-print-directory LUA=lua5.4 all build/lua5.4-test/test/forkutil.so
 	@$(MAKE) --no-print-directory LUA=luajit all
 	bash spec/nginx/run.sh
 

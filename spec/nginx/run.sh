@@ -234,7 +234,7 @@ if [ "$backend" = pg ] && [ "${NGX_OUTAGE:-1}" != 0 ]; then
   # the black hole: a loopback port that accepts and never answers (forkutil), held by a
   # process of its own until the end
   if want blackhole4 || want blackhole1; then
-    LUA_CPATH="$cdir54/?.so;;" lua5.4 -e 'local f = require "test.forkutil"
+    LUA_CPATH="${cdir54}-test/?.so;;" lua5.4 -e 'local f = require "test.forkutil"
       local fd, port = assert(f.listen_blackhole(0))
       io.write(port, "\n"); io.stdout:flush(); f.pause()' > "$prefix/blackhole.port" &
     blackhole=$!
