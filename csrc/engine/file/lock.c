@@ -1,7 +1,8 @@
 /*
  * lock.c — the cross-process lock: a sentinel "<path>.lock" holding "<pid>\n", exactly what
  * the reference implementation creates and honours, published already flock()ed so that a
- * live pairstore holder can be told from a dead one. See locking-and-writes.md.
+ * live pairstore holder can be told from a dead one. The README's "Concurrency and
+ * durability" says what it promises.
  *
  * A pairstore sentinel is marked by its owner-execute bit (mode 0500): the reference creates
  * its sentinel with open(..., 0666) & ~umask, which can never carry an execute bit. So:
