@@ -164,6 +164,8 @@ local function note(self, h, r)
     self.down_until = self.env.now() + self.backoff
     self.down_ms = self.backoff
     self.down_msg = r[2]
+    -- those waiting for a link hear it now, not at their deadline
+    if waiting(self.sema) > 0 then self.sema:post(waiting(self.sema)) end
   elseif not failed then
     self.down_until, self.down_msg, self.backoff = nil, nil, BACKOFF_MIN_MS
   end
@@ -176,9 +178,12 @@ local function thread_failed(err)
     .. "thread_pool option; or open the store with thread_pool = false)", tostring(err)), 0)
 end
 
--- Runs the core's operation name on link h, its round trips elsewhere.
-local function drive(self, h, name, ...)
+-- Runs the core's operation name on the link held in `held.h`, its round trips elsewhere.
+-- While it sleeps on a row another transaction holds, it holds no link (its transaction was
+-- rolled back): the link serves other requests meanwhile, and it takes one again to retry.
+local function drive(self, held, name, ...)
   local c = self.c
+  local h = held.h
   c:wait_mode(WAIT_START)
   c:use_engine(h)
   local r = pack(c[name](c, ...))
@@ -196,8 +201,15 @@ local function drive(self, h, name, ...)
       -- each attempt is two round trips on a worker thread and a server transaction: back off
       -- further than the core's slices (1, 2, 4, 8 ms), up to BUSY_MAX_MS, within the deadline
       local ms = math.min(math.max(r[4], 2 ^ math.min(r[6], 6)), BUSY_MAX_MS, math.max(r[5] - self.env.now(), 0))
+      if ran then note(self, h, r) end
+      held.h = nil
+      self:release(h, false)
       self.env.sleep(ms / 1000)
       if self.closed then return pack(closed()) end
+      local msg, code
+      h, msg, code = self:acquire(r[5])
+      if not h then return pack(nil, msg, code) end
+      held.h = h
       c:wait_mode(WAIT_CONTINUE, r[5], r[6])
       c:use_engine(h)
       r = pack(c[name](c, ...))
@@ -208,14 +220,15 @@ local function drive(self, h, name, ...)
   end
 end
 
-local function finish(self, h, ok, r)
+local function finish(self, held, ok, r)
+  local h = held.h
   if not ok then
     self.c:use_engine(nil) -- (a call that raised before its transaction took it)
-    if self.probe_h == h then self.probing, self.probe_h = false, nil end
-    self:release(h, true)
+    if h and self.probe_h == h then self.probing, self.probe_h = false, nil end
+    if h then self:release(h, true) end
     error(r, 0)
   end
-  self:release(h, false)
+  if h then self:release(h, false) end
   return unpack(r, 1, r.n)
 end
 
@@ -235,7 +248,8 @@ function Pool:run(name, ...)
   if self.closed then return closed() end
   local h, msg, code = self:acquire(self.env.now() + self.wait_ms)
   if not h then return nil, msg, code end
-  return finish(self, h, pcall(drive, self, h, name, ...))
+  local held = { h = h }
+  return finish(self, held, pcall(drive, self, held, name, ...))
 end
 
 -- Waiting for a change ------------------------------------------------------------------------

@@ -83,8 +83,8 @@ if [[ $SKIP != *" asan "* ]]; then
     if log=$(clang -g -O1 -std=c11 -D_GNU_SOURCE -fPIC -fvisibility=hidden -fno-omit-frame-pointer \
         -fsanitize=address,undefined -fno-sanitize-recover=undefined -shared-libasan -shared -DPS_TEST \
         $(pkg-config --cflags lua5.4 libsodium libqrencode libpq 2>/dev/null || echo -I/usr/include/lua5.4 -I/usr/include/postgresql) \
-        -o "$tree/build/lua5.4-test/pairstore/core.so" csrc/*.c csrc/engine/file/*.c \
-        $(pkg-config --libs libsodium libqrencode libpq 2>/dev/null || echo -lsodium -lqrencode -lpq) 2>&1); then
+        -o "$tree/build/lua5.4-test/pairstore/core.so" $(ls csrc/*.c | grep -vE '^csrc/(pg|qr)_none\.c$') csrc/engine/file/*.c \
+        $(pkg-config --libs libsodium libqrencode libpq 2>/dev/null || echo -lsodium -lqrencode -lpq) -ldl -lpthread 2>&1); then
       cp "$tree/build/lua5.4-test/pairstore/core.so" "$out/pairstore-core-asan.so"
       # The specs' test-only fork helper, plain (nothing of pairstore in it).
       mkdir -p "$tree/build/lua5.4-test/test"
