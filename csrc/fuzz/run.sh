@@ -21,7 +21,7 @@ for f in csrc/*.c csrc/engine/file/*.c; do
   srcs="$srcs $f" # what ships: no test hooks, no PG=0/QR=0 stand-ins
 done
 cflags="-g -O1 -std=c11 -D_GNU_SOURCE -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all"
-deps=$(pkg-config --cflags --libs lua5.4 libsodium libqrencode libpq 2>/dev/null || echo "-I/usr/include/lua5.4 -I/usr/include/postgresql -llua5.4 -lsodium -lqrencode -lpq") -ldl -lpthread
+deps="$(pkg-config --cflags --libs lua5.4 libsodium libqrencode libpq 2>/dev/null || echo "-I/usr/include/lua5.4 -I/usr/include/postgresql -llua5.4 -lsodium -lqrencode -lpq") -ldl -lpthread"
 if ! log=$($CC_FUZZ $cflags -o "$out/fuzz_load" csrc/fuzz/fuzz_load.c $srcs $deps -lm 2>&1); then
   check "fuzz: build the target with $CC_FUZZ (needs libclang-rt-14-dev)" 1 "$log"
   echo "$passed passed, $failed failed"; exit 1
