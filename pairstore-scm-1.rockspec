@@ -36,7 +36,8 @@ build = {
       sources = {
         -- every C file but csrc/testhooks.c (the test build's, -DPS_TEST)
         "csrc/base64url.c", "csrc/bind.c", "csrc/buf.c", "csrc/clock.c", "csrc/crypto.c",
-        "csrc/engine_pg.c", "csrc/err.c", "csrc/json.c", "csrc/pg_link.c", "csrc/pq.c", "csrc/qr.c", "csrc/rand.c",
+        "csrc/engine_pg.c", "csrc/err.c", "csrc/json.c", "csrc/pg_link.c", "csrc/pg_schema.c", "csrc/pq.c",
+        "csrc/qr.c", "csrc/rand.c", "csrc/target.c",
         "csrc/record.c", "csrc/rules.c", "csrc/sys.c", "csrc/txn.c", "csrc/wait.c",
         "csrc/engine/file/datafile.c", "csrc/engine/file/engine.c", "csrc/engine/file/fs.c",
         "csrc/engine/file/lock.c",

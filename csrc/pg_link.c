@@ -164,8 +164,13 @@ static void unregister(pg_link *k)
   for (i = 0; i < nlinks; i++) {
     if (links[i] == k) {
       links[i] = links[--nlinks];
-      return;
+      break;
     }
+  }
+  if (nlinks == 0) { /* (none left: nothing kept past the last, the module may be unloaded) */
+    free(links);
+    links = NULL;
+    caplinks = 0;
   }
 }
 

@@ -280,3 +280,23 @@ for _, backend in ipairs(helpers.backends()) do
     end)
   end)
 end
+
+describe("the rockspec", function()
+  it("builds every C file the Makefile ships (but the test hooks and the PG=0/QR=0 stand-ins)", function()
+    local rockspec = helpers.read(helpers.ROOT .. "/pairstore-scm-1.rockspec")
+    local listed = {}
+    for f in rockspec:gmatch('"(csrc/[%w_/]+%.c)"') do listed[f] = true end
+    local p = io.popen("cd " .. helpers.sh_quote(helpers.ROOT) .. " && ls csrc/*.c csrc/engine/file/*.c")
+    local missing, extra = {}, {}
+    for f in p:lines() do
+      local not_shipped = f == "csrc/testhooks.c" or f == "csrc/pg_none.c" or f == "csrc/qr_none.c"
+      if not not_shipped and not listed[f] then missing[#missing + 1] = f end
+      if not_shipped and listed[f] then extra[#extra + 1] = f end
+      listed[f] = nil
+    end
+    p:close()
+    for f in pairs(listed) do extra[#extra + 1] = f end
+    assert.are.same({}, missing)
+    assert.are.same({}, extra)
+  end)
+end)
