@@ -262,7 +262,10 @@ describe("for plugin authors", function()
 end)
 
 describe("in nginx's master (init_by_lua, about to fork the workers)", function()
-  after_each(function() rawset(_G, "ngx", nil) end)
+  after_each(function()
+    rawset(_G, "ngx", nil)
+    helpers.cleanup() -- (the temp directories, nothing left in /tmp)
+  end)
 
   it("keeps no parked lock sentinel after an operation (the workers would inherit it)", function()
     local dir = helpers.tmpdir()
