@@ -2,7 +2,7 @@
 -- directory listings, the canary secrets, and small process utilities. Each harness
 -- prints one line per check and ends with "N passed, N failed".
 local H = { passed = 0, failed = 0 }
--- Standalone on purpose (not spec/helpers.lua): it is loaded inside processes whose I/O is
+-- Standalone on purpose (not spec/support/helpers.lua): it is loaded inside processes whose I/O is
 -- failed from outside by fiu-run, where helpers' start-up (a `pwd` through popen) fails.
 
 H.json = require("cjson").new()

@@ -10,7 +10,7 @@
 --   * directories the call created are 0700 and the file 0600 once a normal call succeeded;
 --   * the next normal call succeeds; no descriptor leaks; no canary in any message or event.
 -- Needs the fault-injection build: LUA_CPATH=build-fault/?.so.
-package.path = "spec/?.lua;" .. package.path
+package.path = "spec/support/?.lua;spec/?.lua;" .. package.path
 local H = require "fault.harness"
 local core = H.need_fault_build("fault loop")
 local pairstore = require "pairstore"

@@ -8,7 +8,7 @@
 --   seed      create one session (canary key and code) -> "ok <sid>"
 --   list      list_all                                 -> "ok <count>"
 -- Failures print "err <code>\t<message>"; every event prints "event <name>\t<message>\t<path>".
-package.path = "spec/?.lua;" .. package.path
+package.path = "spec/support/?.lua;spec/?.lua;" .. package.path
 local H = require "fault.harness"
 local pairstore = require "pairstore"
 

@@ -4,7 +4,7 @@
 --    byte-identical, a successful one added exactly 1; no temp file, no sentinel; at the end
 --    the counter equals the number of acknowledged updates.
 --  * a real EFBIG: ulimit -f below the size of the new file, SIGXFSZ ignored (trap '' XFSZ).
-package.path = "spec/?.lua;" .. package.path
+package.path = "spec/support/?.lua;spec/?.lua;" .. package.path
 local H = require "fault.harness"
 
 local RUNS = tonumber(os.getenv("FIU_RUNS")) or 150

@@ -8,7 +8,7 @@
 set -u
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
-export LUA_PATH="$ROOT/lua/?.lua;$ROOT/lua/?/init.lua;$ROOT/spec/?.lua;;"
+export LUA_PATH="$ROOT/lua/?.lua;$ROOT/lua/?/init.lua;$ROOT/spec/support/?.lua;$ROOT/spec/?.lua;;"
 export LUA_CPATH="$ROOT/build/lua5.4/?.so;;"
 passed=0; failed=0
 summaries=()

@@ -3,7 +3,7 @@
 -- the code. Exercises the store's outcomes and failures and every CLI command, capturing all
 -- of stdout and stderr. (The code is printed by `pairstore create` on purpose, to the
 -- operator who made the session: that one output is checked for the key only.)
-package.path = "spec/?.lua;" .. package.path
+package.path = "spec/support/?.lua;spec/?.lua;" .. package.path
 local H = require "fault.harness"
 local pairstore = require "pairstore"
 

@@ -11,7 +11,7 @@
 -- Every name in the directory is reached relative to the directory's descriptor (the *at
 -- calls), never by a path from the current directory: only the directory itself is.
 -- With durable = false the same sequence runs without the two fsyncs.
-package.path = "spec/?.lua;" .. package.path
+package.path = "spec/support/?.lua;spec/?.lua;" .. package.path
 local H = require "fault.harness"
 
 if not H.sh("command -v strace") then

@@ -3,7 +3,7 @@
 -- child started outside the store gets; none of them may point into the store's directory or be
 -- an inotify instance. And while a process waits for the lock (its inotify descriptor and the
 -- sentinel it inspects are open), every such descriptor carries O_CLOEXEC.
-package.path = "spec/?.lua;" .. package.path
+package.path = "spec/support/?.lua;spec/?.lua;" .. package.path
 local H = require "fault.harness"
 local pairstore = require "pairstore"
 

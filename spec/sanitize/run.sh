@@ -20,7 +20,7 @@ ROOT=$PWD
 if [ -z "${PAIRSTORE_TEST_PG:-}" ]; then
   exec bash "$ROOT/spec/support/with-pg.sh" bash "$ROOT/spec/sanitize/run.sh" "$@"
 fi
-export LUA_PATH="$ROOT/lua/?.lua;$ROOT/lua/?/init.lua;$ROOT/spec/?.lua;;"
+export LUA_PATH="$ROOT/lua/?.lua;$ROOT/lua/?/init.lua;$ROOT/spec/support/?.lua;$ROOT/spec/?.lua;;"
 export LUA_CPATH="$ROOT/build/lua5.4-test/?.so;;" # the test build (core.test_hooks())
 SPECS=${SANITIZE_SPECS:-spec}
 VSPECS=${VALGRIND_SPECS:-$SPECS}
@@ -74,7 +74,7 @@ if [[ $SKIP != *" asan "* ]]; then
     check "asan: clang's shared ASan runtime (libclang-rt-14-dev)" 1 "$rt"
   else
     # A private tree whose build/lua5.4-test holds the instrumented test build, so that the
-    # lua5.4 children the specs start (through spec/helpers.lua, with ROOT/build) load it too;
+    # lua5.4 children the specs start (through spec/support/helpers.lua, with ROOT/build) load it too;
     # build/lua5.4 is the plain shipped build (the spec that checks it has no test hooks).
     tree=$out/tree
     rm -rf "$tree"; mkdir -p "$tree/build/lua5.4-test/pairstore"
@@ -99,7 +99,7 @@ if [[ $SKIP != *" asan "* ]]; then
       ( cd "$tree" && timeout "$TMO" env LD_PRELOAD="$rt" \
           ASAN_OPTIONS="detect_leaks=1:exitcode=0:log_path=$out/asan:detect_odr_violation=0:strict_string_checks=1:check_initialization_order=1" \
           UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:log_path=$out/asan" \
-          LUA_PATH="$tree/lua/?.lua;$tree/lua/?/init.lua;$tree/spec/?.lua;;" LUA_CPATH="$tree/build/lua5.4-test/?.so;;" \
+          LUA_PATH="$tree/lua/?.lua;$tree/lua/?/init.lua;$tree/spec/support/?.lua;$tree/spec/?.lua;;" LUA_CPATH="$tree/build/lua5.4-test/?.so;;" \
           PAIRSTORE_HOSTILE_BIG_MB=20 \
           lua5.4 /usr/bin/busted --ignore-lua -o utfTerminal "${filters[@]}" $SPECS ) > "$out/asan.busted" 2>&1
       logs=$(ls "$out"/asan.* 2>/dev/null | grep -v -e 'asan.busted$')

@@ -20,8 +20,8 @@ helpers.FIXTURES = ROOT .. "/spec/fixtures"
 -- The runtime under test (`make test LUA=...` exports it; else the one running the specs):
 -- the Lua children run it, against its test build (build/lua5.4-test, build/luajit-test, ...).
 helpers.LUA = os.getenv("PAIRSTORE_TEST_LUA") or compat.runtime
-local LUA_ENV = string.format("LUA_PATH='%s/lua/?.lua;%s/lua/?/init.lua;%s/spec/?.lua;;' LUA_CPATH='%s/build/%s-test/?.so;;'",
-  ROOT, ROOT, ROOT, ROOT, helpers.LUA)
+local LUA_ENV = string.format("LUA_PATH='%s/lua/?.lua;%s/lua/?/init.lua;%s/spec/support/?.lua;%s/spec/?.lua;;' LUA_CPATH='%s/build/%s-test/?.so;;'",
+  ROOT, ROOT, ROOT, ROOT, ROOT, helpers.LUA)
 helpers.LUA_ENV = LUA_ENV
 
 --- Whether x is an integer: math.type(x) == "integer" on 5.3 and 5.4; on 5.1 and LuaJIT,
@@ -238,8 +238,8 @@ function helpers.readable_tree()
   local ok, out = helpers.run(("cp -R %s %s %s/ && mkdir %s/build && cp -R %s %s/build/ && chmod -R a+rX %s"):format(
     q(ROOT .. "/lua"), q(ROOT .. "/spec"), q(d), q(d), q(ROOT .. "/build/" .. helpers.LUA), q(d), q(d)))
   assert(ok, out)
-  return d, string.format("LUA_PATH='%s/lua/?.lua;%s/lua/?/init.lua;%s/spec/?.lua;;' LUA_CPATH='%s/build/%s/?.so;;'",
-    d, d, d, d, helpers.LUA)
+  return d, string.format("LUA_PATH='%s/lua/?.lua;%s/lua/?/init.lua;%s/spec/support/?.lua;%s/spec/?.lua;;' LUA_CPATH='%s/build/%s/?.so;;'",
+    d, d, d, d, d, helpers.LUA)
 end
 
 --- Whether pid runs (a zombie does not: PID 1 may never reap our orphans).
