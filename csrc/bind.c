@@ -339,6 +339,16 @@ static int m_idle(lua_State *L)
   return 0;
 }
 
+/* c:lock_waited() -> the seconds the last transaction waited inside the core for a lock
+ * another held (the file's lock, a PostgreSQL row), or nil: it did not wait there. */
+static int m_lock_waited(lua_State *L)
+{
+  ps_store *s = check_store(L, 1);
+  if (s->eng->waited_us <= 0) return 0;
+  lua_pushnumber(L, (lua_Number)s->eng->waited_us / 1e6);
+  return 1;
+}
+
 static int m_backend(lua_State *L)
 {
   ps_store *s = check_store(L, 1);
@@ -672,7 +682,7 @@ static const luaL_Reg store_methods[] = {
   { "verify_code", m_verify }, { "consume", m_consume }, { "respond", m_respond }, { "prune", m_prune },
   { "export", m_export }, { "import", m_import }, { "watch", m_watch }, { "backend", m_backend },
   { "now", m_now }, { "wait_mode", m_wait_mode }, { "deadline", m_deadline },
-  { "use_engine", m_use_engine }, { "idle", m_idle }, { "pg_handle", m_pg_handle }, { "announce", m_announce },
+  { "use_engine", m_use_engine }, { "idle", m_idle }, { "lock_waited", m_lock_waited }, { "pg_handle", m_pg_handle }, { "announce", m_announce },
   { "close", m_close }, { "path", m_path }, { NULL, NULL },
 };
 

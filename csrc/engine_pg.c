@@ -434,6 +434,18 @@ static void take_first(lua_State *L, pg_eng *p, int eng, int now_known, PGresult
   p->have_now = 1;
 }
 
+/* Adds how long a row lock (Q_LOCK_STORE's or Q_FETCH's, its column col) was waited for,
+ * as the server measured it, to what the transaction waited: a wait of a millisecond or
+ * less is not one (a cooperative wait's 1 ms lock_timeout lets as much pass). Only a
+ * blocking wait is counted here: a cooperative one waits outside, and is timed there. */
+static void add_lock_wait(pg_eng *p, PGresult *r, int col)
+{
+  int64_t us;
+  if (p->hint.nowait || PQntuples(r) < 1 || PQnfields(r) <= col || PQgetisnull(r, 0, col)) return;
+  us = (int64_t)strtoll(PQgetvalue(r, 0, col), NULL, 10);
+  if (us > 1000) p->base.waited_us += us;
+}
+
 /* The first round trip: what the hint says the transaction needs first, and its clock.
  * A read is one statement; a write begins the transaction and locks what it will change.
  * now_known: the caller's clock gave p->now. A connection found broken before anything was
@@ -444,7 +456,7 @@ static int first_roundtrip(lua_State *L, pg_eng *p, int eng, int now_known, ps_e
   PGresult *res[8] = { 0 };
   char now_s[24], limit_s[24];
   settings_buf sb;
-  int n = 0, i_clock = -1, i_count = -1, i_fetch = -1, i_read = -1;
+  int n = 0, i_clock = -1, i_count = -1, i_fetch = -1, i_read = -1, i_lock = -1;
   int64_t budget = p->k->stmt_ms;
 
   if (p->rt1) return 0;
@@ -466,6 +478,7 @@ static int first_roundtrip(lua_State *L, pg_eng *p, int eng, int now_known, ps_e
     q[n].q = Q_CLOCK;
     q[n++].v[0] = p->k->store;
     if (p->hint.count_live && !p->readonly) {
+      i_lock = n;
       q[n].q = Q_LOCK_STORE;
       q[n++].v[0] = p->k->store;
       i_count = n;
@@ -498,6 +511,8 @@ static int first_roundtrip(lua_State *L, pg_eng *p, int eng, int now_known, ps_e
   }
   p->rt1 = 1;
   take_first(L, p, eng, now_known, res, i_read, i_clock, i_count, i_fetch);
+  if (i_lock >= 0) add_lock_wait(p, res[i_lock], 0);
+  if (i_fetch >= 0) add_lock_wait(p, res[i_fetch], 4);
   rt_clear(p, res, n);
   return 0;
 }
@@ -566,6 +581,7 @@ static int pe_fetch(ps_engine *e, lua_State *L, int eng, const char *sid, ps_err
       return -1;
     }
     take_row(L, p, eng, sid, r[n - 1], 0, p->readonly ? 1 : 0);
+    if (!p->readonly) add_lock_wait(p, r[n - 1], 4);
     rt_clear(p, r, n);
   }
   lua_pop(L, 1);

@@ -85,6 +85,7 @@ int  ps_fault_coarse_ctime(void);
 
 int64_t ps_wall_ms(void);
 int64_t ps_mono_ms(void);
+int64_t ps_mono_us(void);
 
 /* ---- randomness (rand.c) -------------------------------------------------------------- */
 
@@ -330,6 +331,10 @@ typedef struct ps_cont {
 struct ps_engine {
   const ps_engine_methods *m;
   ps_cont cont;
+  /* How long the last transaction waited, inside the engine, for a lock another held (the
+   * file's lock, a row lock), in microseconds; 0: it did not wait. Set by begin (and the
+   * first fetch), reset by the transaction; read by c:lock_waited() for the metrics. */
+  int64_t waited_us;
 };
 
 /* Whether a failure is a deferred engine's "a round trip is due" (io_pending). */

@@ -23,20 +23,25 @@
 /* The statements (see pg.h). The transaction's time in ms is the server's clock at the start
  * of the transaction (for a read, of its one statement), the same in every statement of it. */
 #define NOW_MS "floor(date_part('epoch', transaction_timestamp()) * 1000)::int8"
+/* How long a statement has run so far, in us: statement_timestamp() is when its Execute
+ * arrived (planning, at Bind, is not counted). Evaluated over a CTE that takes row locks
+ * (a CTE with FOR UPDATE is never inlined: it runs first), it is how long they were waited
+ * for, give or take the executor's microseconds. */
+#define RAN_US "floor(date_part('epoch', clock_timestamp() - statement_timestamp()) * 1000000)::int8"
 
 const char *const pg_stmt_sql[Q_NSTMT] = {
   /* Q_CLOCK */
   "SELECT " NOW_MS ", LEAST("
   "(SELECT min(prune_at) FROM pairstore_sessions WHERE store = $1 AND live), "
   "(SELECT min(prune_at) FROM pairstore_sessions WHERE store = $1 AND NOT live))",
-  /* Q_LOCK_STORE */
-  "SELECT 1 FROM pairstore_stores WHERE store = $1 FOR UPDATE",
+  /* Q_LOCK_STORE (its one row: how long the lock took) */
+  "WITH l AS (SELECT 1 FROM pairstore_stores WHERE store = $1 FOR UPDATE) SELECT " RAN_US " FROM l",
   /* Q_COUNT */
   "SELECT count(*) FROM (SELECT 1 FROM pairstore_sessions WHERE store = $1 AND live "
   "AND prune_at >= COALESCE($2::int8, " NOW_MS ") LIMIT $3::int8) AS t",
-  /* Q_FETCH */
-  "SELECT body, live, txn, waited_until FROM pairstore_sessions WHERE store = $1 "
-  "AND sid = $2 FOR UPDATE",
+  /* Q_FETCH (and how long its row's lock took) */
+  "WITH l AS (SELECT body, live, txn, waited_until FROM pairstore_sessions WHERE store = $1 "
+  "AND sid = $2 FOR UPDATE) SELECT body, live, txn, waited_until, " RAN_US " FROM l",
   /* Q_GET (no row: no clock either, and none is needed to say not_found) */
   "SELECT " NOW_MS ", body, live, txn FROM pairstore_sessions WHERE store = $1 AND sid = $2",
   /* Q_LIST */

@@ -608,6 +608,7 @@ int ps_txn_run(lua_State *L, ps_op op, int readonly)
   /* The wait mode is for this transaction only; one run again keeps the wait it began. */
   if (cont->stage == PS_STAGE_NONE) {
     memset(cont, 0, sizeof *cont);
+    t.e->waited_us = 0;
     cont->coop = s->wait_mode != PS_WAIT_BLOCK;
     cont->deadline = s->wait_mode == PS_WAIT_CONTINUE ? s->wait_deadline : ps_mono_ms() + s->lock_wait_ms;
     cont->tries = s->wait_mode == PS_WAIT_CONTINUE ? s->wait_tries : 0;

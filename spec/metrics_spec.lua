@@ -104,27 +104,28 @@ describe("pairstore.metrics", function()
     assert.are.equal(2, s['pairstore_operations_total{op="get",result="other"}'])
   end)
 
-  it("times a thread-pool path's lock wait from its first sleep to the end of its last, per coroutine", function()
+  it("times a lock wait from the first busy answer to the end of the last attempt (pairstore.attempts)", function()
+    local attempts = require "pairstore.attempts"
     local m = metrics.new()
     local function busy(secs) local t = metrics.clock() + secs; while metrics.clock() < t do end end
-    local sleep = m:metered(busy)
-    local other = coroutine.create(function() sleep(0.01); coroutine.yield(); return m:slept_then("b") end)
-    local a = coroutine.wrap(function()
-      sleep(0.01)
-      busy(0.02) -- (an attempt between two sleeps)
-      sleep(0.01)
-      assert(coroutine.resume(other)) -- another request's sleep, meanwhile: not this one's
-      return m:slept_then("a", 2)
-    end)
-    assert.are.same({ "a", 2 }, { a() })
+    local answers = { { nil, "held", "lock_busy", 10, 0, 1 }, { nil, "held", "lock_busy", 10, 0, 2 }, { "done", n = 1 } }
+    local i, paused = 0, 0
+    local r = attempts.run(function() i = i + 1; busy(0.005); return answers[i] end,
+      function(b) paused = paused + 1; assert.are.equal("lock_busy", b[3]); busy(0.01) end,
+      function(secs) m:lock_waited(secs) end, metrics.clock)
+    assert.are.same({ "done", n = 1 }, r)
+    assert.are.same({ 3, 2 }, { i, paused })
     local s = samples(m:render())
     assert.are.equal(1, s.pairstore_lock_wait_seconds_count)
-    assert.is_true(s.pairstore_lock_wait_seconds_sum >= 0.04 and s.pairstore_lock_wait_seconds_sum < 0.5,
+    -- two pauses and two attempts after the first busy answer: about 30 ms
+    assert.is_true(s.pairstore_lock_wait_seconds_sum >= 0.03 and s.pairstore_lock_wait_seconds_sum < 0.5,
       s.pairstore_lock_wait_seconds_sum)
-    assert.are.same({ true, "b" }, { coroutine.resume(other) })
-    assert.are.equal(2, samples(m:render()).pairstore_lock_wait_seconds_count)
-    assert.are.equal("c", m:slept_then("c")) -- no sleep: no wait
-    assert.are.equal(2, samples(m:render()).pairstore_lock_wait_seconds_count)
+    -- not busy: no wait; a pause that ends the call: no wait either
+    assert.are.same({ "x" }, attempts.run(function() return { "x" } end, error, function() error("no wait") end, metrics.clock))
+    local stop = { nil, "closed", "closed" }
+    assert.are.equal(stop, attempts.run(function() return { nil, "held", "lock_busy", 1, 0, 1 } end,
+      function() return stop end, function() error("no wait") end, metrics.clock))
+    assert.are.equal(1, samples(m:render()).pairstore_lock_wait_seconds_count)
   end)
 
   it("keeps counts in a shared dict with one incr per value, and counts what does not fit", function()
@@ -292,6 +293,32 @@ for _, backend in ipairs(helpers.backends()) do
         -- an uncontended operation records no wait
         assert(coop:get(s.sid))
         assert.are.equal(1, samples(m:render())["pairstore_lock_wait_seconds_count"])
+      end)
+
+      it("times a lock wait inside the core (the blocking path), and no wait when uncontended", function()
+        local s = assert(st:create {})
+        local blocking = helpers.reopen(where, { durable = false, metrics = m, lock_wait_ms = 20000, sleep = false })
+        assert(blocking:get(s.sid)) -- (a connection made, the file read: not a wait)
+        assert(blocking:update(s.sid, function() end))
+        assert.are.equal(0, samples(m:render())["pairstore_lock_wait_seconds_count"])
+        helpers.spawn_lua(string.format([[
+          local st = %s
+          assert(st:update(%q, function()
+            local f = io.open(%q, "w"); f:close()
+            os.execute("sleep 0.6")
+          end))
+        ]], helpers.open_expr(where, "durable = false"), s.sid, dir .. "/held2"), dir .. "/holder2.out")
+        assert(helpers.wait_file(dir .. "/held2", nil, 20), "the holder never took the lock")
+        assert(blocking:verify_code(s.sid, s.secondaryCode))
+        local t = samples(m:render())
+        assert.are.equal(1, t["pairstore_lock_wait_seconds_count"])
+        assert.is_true(t["pairstore_lock_wait_seconds_sum"] >= 0.2, t["pairstore_lock_wait_seconds_sum"])
+        assert.is_true(t["pairstore_lock_wait_seconds_sum"] < 20)
+        assert.are.equal(0, t['pairstore_lock_wait_seconds_bucket{le="0.1"}'])
+        assert(blocking:get(s.sid))
+        assert(blocking:update(s.sid, function() end))
+        assert.are.equal(1, samples(m:render())["pairstore_lock_wait_seconds_count"])
+        blocking:close()
       end)
 
       it("counts events and sessions pruned", function()

@@ -11,6 +11,7 @@
 -- it stops with "io_pending" where a round trip is due, the round trip runs, and the same
 -- call runs it again (it replays what it did; its mutator runs once).
 local compat = require "pairstore.compat"
+local attempts = require "pairstore.attempts"
 
 local pack, unpack = compat.pack, compat.unpack
 local fmt = string.format
@@ -33,7 +34,8 @@ Pool.__index = Pool
 -- now = function() -> monotonic ms, semaphore = function() -> a semaphore (wait(s), post(n),
 -- count(): what ngx.semaphore gives),
 -- every = function(seconds, fn) (a repeating timer) or nil, spawn = function(fn) (a light
--- thread) or nil, exiting = function() -> bool }, and options { size, backlog, wait_ms }.
+-- thread) or nil, exiting = function() -> bool, waited = function(seconds) (told each row
+-- lock's wait, by clock = function() -> monotonic seconds) or nil }, and options { size, backlog, wait_ms }.
 function M.new(c, env, o)
   return setmetatable({
     c = c, env = env, size = o.size, backlog = o.backlog, wait_ms = o.wait_ms,
@@ -182,42 +184,42 @@ end
 -- While it sleeps on a row another transaction holds, it holds no link (its transaction was
 -- rolled back): the link serves other requests meanwhile, and it takes one again to retry.
 local function drive(self, held, name, ...)
-  local c = self.c
-  local h = held.h
-  c:wait_mode(WAIT_START)
-  c:use_engine(h)
-  local r = pack(c[name](c, ...))
+  local c, env = self.c, self.env
+  local args = pack(...)
   local ran = false
-  while true do
-    if r[1] == nil and r[3] == "io_pending" then
-      local ok, res, err = self.env.run("perform", h:link())
+  local function attempt()
+    c:use_engine(held.h)
+    local r = pack(c[name](c, unpack(args, 1, args.n)))
+    while r[1] == nil and r[3] == "io_pending" do
+      local ok, res, err = env.run("perform", held.h:link())
       if self.closed then return pack(closed()) end
       if not ok then thread_failed(res) end
       if not res then thread_failed(err) end
       ran = true
-      c:use_engine(h)
-      r = pack(c[name](c, ...))
-    elseif r[1] == nil and r[3] == "lock_busy" then
-      -- each attempt is two round trips on a worker thread and a server transaction: back off
-      -- further than the core's slices (1, 2, 4, 8 ms), up to BUSY_MAX_MS, within the deadline
-      local ms = math.min(math.max(r[4], 2 ^ math.min(r[6], 6)), BUSY_MAX_MS, math.max(r[5] - self.env.now(), 0))
-      if ran then note(self, h, r) end
-      held.h = nil
-      self:release(h, false)
-      self.env.sleep(ms / 1000)
-      if self.closed then return pack(closed()) end
-      local msg, code
-      h, msg, code = self:acquire(r[5])
-      if not h then return pack(nil, msg, code) end
-      held.h = h
-      c:wait_mode(WAIT_CONTINUE, r[5], r[6])
-      c:use_engine(h)
-      r = pack(c[name](c, ...))
-    else
-      if ran then note(self, h, r) end
-      return r
+      c:use_engine(held.h)
+      r = pack(c[name](c, unpack(args, 1, args.n)))
     end
+    if ran then note(self, held.h, r) end
+    return r
   end
+  -- each attempt is two round trips on a worker thread and a server transaction: back off
+  -- further than the core's slices (1, 2, 4, 8 ms), up to BUSY_MAX_MS, within the deadline
+  local function pause(busy)
+    local ms = math.min(math.max(busy[4], 2 ^ math.min(busy[6], 6)), BUSY_MAX_MS,
+      math.max(busy[5] - env.now(), 0))
+    local h = held.h
+    held.h = nil
+    self:release(h, false)
+    env.sleep(ms / 1000)
+    if self.closed then return pack(closed()) end
+    local msg, code
+    h, msg, code = self:acquire(busy[5])
+    if not h then return pack(nil, msg, code) end
+    held.h = h
+    c:wait_mode(WAIT_CONTINUE, busy[5], busy[6])
+  end
+  c:wait_mode(WAIT_START)
+  return attempts.run(attempt, pause, env.waited, env.clock)
 end
 
 local function finish(self, held, ok, r)

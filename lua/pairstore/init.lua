@@ -6,6 +6,7 @@
 
 local core = require "pairstore.core"
 local compat = require "pairstore.compat"
+local attempts = require "pairstore.attempts"
 
 local type, error, pairs, ipairs, setmetatable = type, error, pairs, ipairs, setmetatable
 local fmt, tointeger = string.format, compat.tointeger
@@ -267,7 +268,8 @@ function pairstore.open(path, options)
   }
   return setmetatable({ _core = c, _rng = opts.rng or {}, _now = opts.now, _sleep = opts.sleep,
     _pg = pgopts, _blocking_wait_ms = math.min(opts.blocking_wait_ms or 100, opts.lock_wait_ms or core.LOCK_WAIT_MS),
-    _lock_wait_ms = opts.lock_wait_ms or pairstore.LOCK_WAIT_MS, _metrics = m, path = c:path() }, Store)
+    _lock_wait_ms = opts.lock_wait_ms or pairstore.LOCK_WAIT_MS, _metrics = m,
+    _lock_waited = m and function(secs) m:lock_waited(secs) end, path = c:path() }, Store)
 end
 
 -- The cooperative lock wait ---------------------------------------------------------------------
@@ -331,8 +333,9 @@ local function deferred(self, sleep)
   local pool = pg.thread_pool
   d = require("pairstore.deferred").new(self._core, {
     run = function(fname, ...) return ngx.run_worker_thread(pool, "pairstore.thread", fname, ...) end,
-    sleep = self._metrics and self._metrics:metered(ngx.sleep) or ngx.sleep, -- (a row lock's wait)
+    sleep = ngx.sleep,
     now = core.mono_ms,
+    waited = self._metrics and self._lock_waited, clock = core.clock, -- (row lock waits, for the metrics)
     semaphore = function() return semaphore.new(0) end,
     every = function(s, fn)
       return ngx.timer.every(s, function(premature) if not premature then fn() end end)
@@ -347,41 +350,38 @@ local function deferred(self, sleep)
 end
 
 -- Runs the core's operation name as one transaction. Waiting cooperatively, a busy lock
--- comes back as nil, message, "lock_busy", ms, deadline, tries: sleep that long, outside
--- the core (the mutators never yield), and run it again, within the deadline its first
--- attempt set (kept here, per call: other calls on the same store may wait meanwhile).
+-- is slept on outside the core (the mutators never yield) and the transaction run again
+-- (pairstore.attempts), within the deadline its first attempt set (kept here, per call:
+-- other calls on the same store may wait meanwhile). Blocking, the core waits itself and
+-- says how long (c:lock_waited) for the metrics.
 local function run_txn(self, name, ...)
-  local c = self._core
+  local c, m = self._core, self._metrics
   local sleep, bound = sleeper(self)
   local d = sleep and not bound and deferred(self, sleep)
-  if d then
-    if self._metrics then return self._metrics:slept_then(d:run(name, ...)) end -- (its lock waits)
-    return d:run(name, ...)
-  end
+  if d then return d:run(name, ...) end
   if not sleep then
     c:wait_mode(WAIT_BLOCK) -- (a mode left by a call that raised before its transaction)
-    if not in_nginx_init() then return c[name](c, ...) end
-    -- nginx's master, about to fork its workers: nothing kept for them to inherit
+    if not m and not in_nginx_init() then return c[name](c, ...) end
     local r = pack(c[name](c, ...))
-    c:idle()
+    local waited = m and c:lock_waited()
+    if waited then m:lock_waited(waited) end
+    -- nginx's master, about to fork its workers: nothing kept for them to inherit
+    if in_nginx_init() then c:idle() end
     return unpack(r, 1, r.n)
   end
   if bound then c:wait_mode(WAIT_CONTINUE, core.mono_ms() + bound, 0) else c:wait_mode(WAIT_START) end
-  local r = pack(c[name](c, ...))
-  local busy_at = r[1] == nil and r[3] == "lock_busy" and self._metrics and core.clock()
-  while r[1] == nil and r[3] == "lock_busy" do
-    sleep(r[4] / 1000)
-    if self._closed then return nil, "the store was closed while this call waited", "closed" end
-    c:wait_mode(WAIT_CONTINUE, r[5], r[6])
-    r = pack(c[name](c, ...))
-  end
-  if busy_at then self._metrics:lock_waited(core.clock() - busy_at) end
+  local args = pack(...)
+  local r = attempts.run(function() return pack(c[name](c, unpack(args, 1, args.n))) end,
+    function(busy)
+      sleep(busy[4] / 1000)
+      if self._closed then return pack(nil, "the store was closed while this call waited", "closed") end
+      c:wait_mode(WAIT_CONTINUE, busy[5], busy[6])
+    end, m and self._lock_waited, core.clock)
   return unpack(r, 1, r.n)
 end
 
--- Metrics (the metrics option, pairstore.metrics): each operation's name, result and time;
--- a cooperative wait's time from its first busy answer to its last attempt's end (on the
--- thread pool's path: from its first sleep to the end of its last).
+-- Metrics (the metrics option, pairstore.metrics): each operation's name, result and time,
+-- lock waits included; and each lock wait's time on its own (see run_txn).
 function Store:_txn(name, ...)
   local m = self._metrics
   if not m then return run_txn(self, name, ...) end
@@ -402,13 +402,13 @@ function Store:_txn_by(deadline, name, ...)
   c:deadline(bound)
   if name == "watch" then return c:watch(...) end
   c:wait_mode(WAIT_CONTINUE, math.min(deadline, core.mono_ms() + self._lock_wait_ms), 0)
-  local r = pack(c[name](c, ...))
-  while r[1] == nil and r[3] == "lock_busy" do
-    sleep(r[4] / 1000)
-    c:deadline(bound)
-    c:wait_mode(WAIT_CONTINUE, r[5], r[6])
-    r = pack(c[name](c, ...))
-  end
+  local args = pack(...)
+  local r = attempts.run(function() return pack(c[name](c, unpack(args, 1, args.n))) end,
+    function(busy)
+      sleep(busy[4] / 1000)
+      c:deadline(bound)
+      c:wait_mode(WAIT_CONTINUE, busy[5], busy[6])
+    end)
   c:wait_mode(WAIT_BLOCK) -- (now, which runs no transaction on a file store, leaves it)
   return unpack(r, 1, r.n)
 end

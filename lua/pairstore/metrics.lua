@@ -6,7 +6,7 @@
 --   ngx.print(metrics:render(store))                                  -- text format 0.0.4
 --
 -- The store records every public operation (its op name, the code it returned, its
--- duration), the time a cooperative lock wait slept, and every on_event event. Counts live
+-- duration), how long it waited for a lock another held, and every on_event event. Counts live
 -- in a Lua table (per process) or in an nginx lua_shared_dict (shared by every worker, kept
 -- across `nginx -s reload`): one atomic incr per value on the request path, no Lua lock;
 -- a key the dict has no room for is counted in pairstore_metrics_dropped_total, never
@@ -129,8 +129,7 @@ function M.new(opts)
       log = function() end
     end
   end
-  local m = setmetatable({ dict = dict, log = log, keys = {}, dropped_here = 0,
-    slept = setmetatable({}, { __mode = "k" }) }, Metrics)
+  local m = setmetatable({ dict = dict, log = log, keys = {}, dropped_here = 0 }, Metrics)
   if dict then
     dict:safe_add(DROPPED, 0) -- (kept from before a reload)
   else
@@ -215,7 +214,7 @@ function Metrics:observe(op, result, secs)
   h.sum = h.sum + secs
 end
 
---- Records a cooperative lock wait of secs seconds.
+--- Records a lock wait of secs seconds (one per operation that waited).
 function Metrics:lock_waited(secs)
   local i = bucket(secs)
   if self.dict then
@@ -226,34 +225,6 @@ function Metrics:lock_waited(secs)
   local h = self.whist
   h[i] = h[i] + 1
   h.sum = h.sum + secs
-end
-
--- The thread pool's path (pairstore.deferred) waits for a row lock by its own sleeps, with
--- an attempt (a round trip) between two: a sleep function that notes, per coroutine, when
--- its first sleep began and its last one ended, and that span recorded as one wait once
--- the operation has returned.
-local running = coroutine.running
-local function co_key() return running() or "main" end -- (5.1: nil in the main thread)
-
-function Metrics:metered(sleep)
-  local slept = self.slept
-  return function(secs)
-    local t = clock()
-    sleep(secs)
-    local co = co_key()
-    local span = slept[co]
-    if span then span[2] = clock() else slept[co] = { t, clock() } end
-  end
-end
-
-function Metrics:slept_then(...)
-  local co = co_key()
-  local span = self.slept[co]
-  if span then
-    self.slept[co] = nil
-    self:lock_waited(span[2] - span[1])
-  end
-  return ...
 end
 
 --- Counts an event (a name the core sends); n occurrences (default 1).

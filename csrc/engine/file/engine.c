@@ -587,6 +587,7 @@ static int fe_begin(ps_engine *e, lua_State *L, int eng, int readonly, const ps_
   (void)eng;
   s->f.nowait = hint->nowait;
   rc = lock(&s->f, err);
+  e->waited_us = rc == 0 ? s->f.lock.waited_us : 0;
   /* A read where this user cannot make the sentinel (a read-only file system, a directory it
    * may not write) reads without the lock: writers replace the file by rename, so the one
    * file it opens is a whole, consistent snapshot. It then writes nothing back. */

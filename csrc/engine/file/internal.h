@@ -23,6 +23,7 @@ typedef struct ps_lock {
   pid_t idle_pid;        /* the process that parked it: a forked child makes its own */
   int64_t touched_ms;    /* monotonic time its mtime was last set */
   int64_t busy_seen_ms;  /* monotonic time the lock was last found held by another */
+  int64_t waited_us;     /* how long the last acquisition waited for another's hold (0: none) */
   int no_park;           /* rename(RENAME_NOREPLACE) refused here: a new sentinel each time */
   char *idle_name;       /* malloc'd parking name (in the store's directory), NULL until needed */
 } ps_lock;

@@ -402,6 +402,7 @@ int ps_lock_acquire(ps_file *f, ps_err *e)
 {
   attempt a;
   int rc;
+  int64_t busy_since = 0;
 
   if (f->lock.fd >= 0) {
     ps_err_set(e, "reentrant", "lock %s is already held by this store", f->lockpath);
@@ -412,6 +413,7 @@ int ps_lock_acquire(ps_file *f, ps_err *e)
     int64_t foreign_left;
     int verdict;
     if ((rc = attempt_publish(f, &a, e)) <= 0) break;
+    if (!busy_since) busy_since = ps_mono_us();
     f->lock.busy_seen_ms = ps_mono_ms();
     watch_open(f);
     verdict = inspect(f, f->ino_fd, &foreign_left, e);
@@ -421,6 +423,7 @@ int ps_lock_acquire(ps_file *f, ps_err *e)
     }
   }
   if (rc == 0) {
+    f->lock.waited_us = busy_since ? ps_mono_us() - busy_since : 0;
     f->lock.fd = a.fd;
     f->lock.dev = a.st.st_dev;
     f->lock.ino = a.st.st_ino;
