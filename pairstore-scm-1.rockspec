@@ -52,6 +52,7 @@ build = {
     ["pairstore.respond"] = "lua/pairstore/respond.lua",
     ["pairstore.qr"] = "lua/pairstore/qr.lua",
     ["pairstore.deferred"] = "lua/pairstore/deferred.lua",
+    ["pairstore.attempts"] = "lua/pairstore/attempts.lua",
     ["pairstore.thread"] = "lua/pairstore/thread.lua",
     ["pairstore.compat"] = "lua/pairstore/compat.lua",
     ["pairstore.cli"] = "lua/pairstore/cli/init.lua",

@@ -299,4 +299,20 @@ describe("the rockspec", function()
     assert.are.same({}, missing)
     assert.are.same({}, extra)
   end)
+
+  it("installs every Lua module of the tree, each under its name", function()
+    local rockspec = helpers.read(helpers.ROOT .. "/pairstore-scm-1.rockspec")
+    local listed = {}
+    for name, f in rockspec:gmatch('%["([%w_.]+)"%] = "(lua/[%w_/]+%.lua)"') do listed[f] = name end
+    local p = io.popen("cd " .. helpers.sh_quote(helpers.ROOT) .. " && find lua -name '*.lua' | sort")
+    local missing = {}
+    for f in p:lines() do
+      local name = f:gsub("^lua/", ""):gsub("/init%.lua$", ""):gsub("%.lua$", ""):gsub("/", ".")
+      if listed[f] ~= name then missing[#missing + 1] = f .. " as " .. name end
+      listed[f] = nil
+    end
+    p:close()
+    assert.are.same({}, missing)
+    assert.are.same({}, listed)
+  end)
 end)
