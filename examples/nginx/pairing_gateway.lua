@@ -3,6 +3,7 @@
 -- the reference gateway, one copy for both. nginx.conf (beside it) wires it up:
 --
 --   init_by_lua_block     require("pairing_gateway").init { target = ..., payload_dir = ... }
+--   init_worker_by_lua_block  require("pairing_gateway").init_worker()  (checks the store's directory)
 --   content_by_lua_block  require("pairing_gateway").start()     GET  /pair/start?sid=&c=
 --                         require("pairing_gateway").respond()   POST /pair/respond
 --                         require("pairing_gateway").status()    GET  /pair/status?sid=[&wait=S&since=STATUS]
@@ -38,6 +39,8 @@ for _, decl in ipairs {
   "int fsync(int fd);",
   "int close(int fd);",
   "char *strerror(int errnum);",
+  "int access(const char *path, int mode);",
+  "unsigned int geteuid(void);",
 } do
   pcall(ffi.cdef, decl) -- (already declared by another module: that declaration serves)
 end
@@ -108,6 +111,25 @@ function gateway.init(opts)
   end
   store = pairstore.open(conf.target, o) -- touches nothing yet: each worker connects itself
   handler.log = function(msg) ngx.log(ngx.ERR, msg) end
+end
+
+--- Called from init_worker_by_lua_block, as the workers' user: init_by_lua ran as root (the
+-- master), so a file store whose directory that user may not write only shows now. Logs an
+-- alert (once, from worker 0) naming the directory and the user: every request that writes
+-- would answer 500. (A PostgreSQL store connects on its first request, which logs its failure.)
+local W_OK, X_OK = 2, 1
+function gateway.init_worker()
+  if ngx.worker.id() ~= 0 or pairstore.is_pg_target(conf.target) then return end
+  local dir = conf.target:match("^(.*)/[^/]*$")
+  if not dir or dir == "" then dir = "/" end
+  -- the nearest directory that exists: pairstore makes the rest, there
+  while dir ~= "/" and ffi.C.access(dir, 0) ~= 0 do dir = dir:match("^(.*)/[^/]*$") or "/" end
+  if ffi.C.access(dir, bit.bor(W_OK, X_OK)) ~= 0 then
+    ngx.log(ngx.ALERT, "pairing_gateway: the store ", conf.target, " cannot be written by the ",
+      "workers' user (uid ", tonumber(ffi.C.geteuid()), "): ", dir, ": ", errstr(), "; every ",
+      "pairing request will answer 500. Make the directory writable by nginx.conf's `user`, ",
+      "or set PAIRSTORE_TARGET to one that is.")
+  end
 end
 
 --- The store (for a site's own handlers beside these).

@@ -216,6 +216,16 @@ fi
 
 run_checks driver "$target" "${run_as[@]}" -- lua5.4 "$here/driver.lua"
 
+# A file store in a directory the workers' user may not write: nginx starts; each worker
+# says so in the error log when it starts, and requests answer 500 (spec/nginx/unwritable.sh).
+if [ "$backend" = file ]; then
+  stop_nginx
+  mkdir "$prefix/ro" && chmod 0555 "$prefix/ro"
+  if start_nginx "$prefix/ro/pair-sessions.json" 2 "a store directory the workers may not write"; then
+    run_checks unwritable "$prefix/ro/pair-sessions.json" -- bash "$here/unwritable.sh"
+  else total_f=$((total_f + 1)); fi
+fi
+
 # PostgreSQL: the database frozen, black-holed, requests aborted, long polls
 # (spec/nginx/outage.lua), as the caller (it signals the server's processes and asks
 # pg_stat_activity through pgcluster.sh): on the same nginx (4 workers), then on nginx with 1
