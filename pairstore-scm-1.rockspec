@@ -40,7 +40,7 @@ build = {
         "csrc/qr.c", "csrc/rand.c", "csrc/target.c",
         "csrc/record.c", "csrc/rules.c", "csrc/sys.c", "csrc/txn.c", "csrc/wait.c",
         "csrc/engine/file/datafile.c", "csrc/engine/file/engine.c", "csrc/engine/file/fs.c",
-        "csrc/engine/file/lock.c",
+        "csrc/engine/file/lock.c", "csrc/engine/file/beside.c",
       },
       defines = { "_GNU_SOURCE" },
       libraries = { "sodium", "qrencode", "dl", "pthread" },

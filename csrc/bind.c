@@ -349,6 +349,24 @@ static int m_lock_waited(lua_State *L)
   return 1;
 }
 
+/* c:server(timeout_ms) -> { host, port, primary, version, rows } | nil, message, code: the
+ * server a PostgreSQL store's connection reaches (`pairstore stats`), asked on its own
+ * connection, outside a transaction, within timeout_ms. */
+static int m_server(lua_State *L)
+{
+  ps_store *s = check_store(L, 1);
+  lua_Integer ms = luaL_checkinteger(L, 2);
+  ps_err e;
+  luaL_argcheck(L, ms > 0, 2, "timeout_ms must be positive");
+  if (strcmp(s->eng->m->name, "postgresql") != 0) {
+    ps_err_set(&e, "unsupported", "not a PostgreSQL store: %s", s->eng->m->display(s->eng));
+    return ps_push_err(L, &e);
+  }
+  if (s->busy) return luaL_error(L, "pairstore: server() called while a transaction of this store runs");
+  if (ps_pg_server(s->eng, L, ps_mono_ms() + (int64_t)ms, &e) != 0) return ps_push_err(L, &e);
+  return 1;
+}
+
 static int m_backend(lua_State *L)
 {
   ps_store *s = check_store(L, 1);
@@ -682,7 +700,7 @@ static const luaL_Reg store_methods[] = {
   { "verify_code", m_verify }, { "consume", m_consume }, { "respond", m_respond }, { "prune", m_prune },
   { "export", m_export }, { "import", m_import }, { "watch", m_watch }, { "backend", m_backend },
   { "now", m_now }, { "wait_mode", m_wait_mode }, { "deadline", m_deadline },
-  { "use_engine", m_use_engine }, { "idle", m_idle }, { "lock_waited", m_lock_waited }, { "pg_handle", m_pg_handle }, { "announce", m_announce },
+  { "use_engine", m_use_engine }, { "idle", m_idle }, { "lock_waited", m_lock_waited }, { "server", m_server }, { "pg_handle", m_pg_handle }, { "announce", m_announce },
   { "close", m_close }, { "path", m_path }, { NULL, NULL },
 };
 
@@ -783,239 +801,24 @@ __attribute__((visibility("default"))) int luaopen_pairstore_core(lua_State *L)
  * files beside a sessions file, and the PostgreSQL server a target reaches. None of them
  * takes a lock or changes anything. */
 
-#include <dirent.h>
-#include <fcntl.h>
-#include <poll.h>
-#include <time.h>
-
-#ifndef PS_NO_PG
-#include "pq.h" /* (libpq, loaded on first use) */
-#endif
-
 /* clock() -> monotonic seconds, a float with ns resolution. */
 static int f_clock(lua_State *L)
 {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)ts.tv_nsec / 1e9);
+  lua_pushnumber(L, ps_mono_s());
   return 1;
 }
 
-static const char *kind_of(mode_t m)
-{
-  return S_ISREG(m) ? "file" : S_ISDIR(m) ? "directory" : S_ISLNK(m) ? "symlink" : S_ISFIFO(m) ? "fifo" : "other";
-}
-
-static void push_stat(lua_State *L, const struct stat *st)
-{
-  lua_createtable(L, 0, 3);
-  lua_pushstring(L, kind_of(st->st_mode));
-  lua_setfield(L, -2, "kind");
-  lua_pushinteger(L, (lua_Integer)st->st_size);
-  lua_setfield(L, -2, "size");
-  lua_pushinteger(L, (lua_Integer)st->st_mtim.tv_sec * 1000 + st->st_mtim.tv_nsec / 1000000);
-  lua_setfield(L, -2, "mtime_ms");
-}
-
-/* files_beside(path) -> { file = stat?, lock = stat + pid?, corrupt = { count, newest?,
- * newest_size?, newest_ms? } } | nil, message, "io". Never through a symlink, never
- * blocking on a FIFO; the sentinel's pid only when it is a regular file holding "<pid>\n". */
+/* files_beside(path) -> what lies beside a sessions file (see ps_file_beside) | nil,
+ * message, "io". */
 static int f_files_beside(lua_State *L)
 {
-  const char *path = luaL_checkstring(L, 1);
-  char lock[PATH_MAX], dir[PATH_MAX], best[NAME_MAX + 1] = "";
-  const char *slash = strrchr(path, '/'), *base;
-  struct stat st;
-  size_t blen;
-  int n = 0, fd;
-  int64_t best_ms = -1;
-  DIR *d;
-  struct dirent *de;
   ps_err e;
-
-  if (!slash || snprintf(lock, sizeof lock, "%s.lock", path) >= (int)sizeof lock)
-    return luaL_argerror(L, 1, "an absolute path");
-  snprintf(dir, sizeof dir, "%.*s", slash == path ? 1 : (int)(slash - path), path);
-  base = slash + 1;
-  blen = strlen(base);
-  lua_createtable(L, 0, 3);
-  if (lstat(path, &st) == 0) {
-    push_stat(L, &st);
-    lua_setfield(L, -2, "file");
-  } else if (errno != ENOENT) {
-    ps_err_sys(&e, errno, "lstat", path);
-    return ps_push_err(L, &e);
-  }
-  if (lstat(lock, &st) == 0) {
-    push_stat(L, &st);
-    fd = open(lock, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
-    if (fd >= 0) {
-      char buf[32];
-      ssize_t r = fstat(fd, &st) == 0 && S_ISREG(st.st_mode) ? read(fd, buf, sizeof buf - 1) : -1;
-      close(fd);
-      if (r > 1 && buf[r - 1] == '\n') {
-        char *end;
-        long pid;
-        buf[r - 1] = '\0';
-        pid = strtol(buf, &end, 10);
-        if (*end == '\0' && buf[0] >= '0' && buf[0] <= '9' && pid > 0) {
-          lua_pushinteger(L, pid);
-          lua_setfield(L, -2, "pid");
-        }
-      }
-    }
-    lua_setfield(L, -2, "lock");
-  } else if (errno != ENOENT) {
-    ps_err_sys(&e, errno, "lstat", lock);
-    return ps_push_err(L, &e);
-  }
-  /* <base>.corrupt-<ms>: how many, and the newest (by the ms the store put in its name). */
-  d = opendir(dir);
-  if (!d) {
-    ps_err_sys(&e, errno, "opendir", dir);
-    return ps_push_err(L, &e);
-  }
-  while ((de = readdir(d)) != NULL) {
-    const char *tail;
-    char *end;
-    long long ms;
-    if (strncmp(de->d_name, base, blen) || strncmp(de->d_name + blen, ".corrupt-", 9)) continue;
-    tail = de->d_name + blen + 9;
-    n++;
-    ms = strtoll(tail, &end, 10);
-    if (end == tail || ms < 0) ms = 0;
-    if (ms > best_ms) {
-      best_ms = ms;
-      snprintf(best, sizeof best, "%s", de->d_name);
-    }
-  }
-  closedir(d);
-  lua_createtable(L, 0, 4);
-  lua_pushinteger(L, n);
-  lua_setfield(L, -2, "count");
-  if (n) {
-    lua_pushstring(L, best);
-    lua_setfield(L, -2, "newest");
-    lua_pushinteger(L, (lua_Integer)best_ms);
-    lua_setfield(L, -2, "newest_ms");
-    if (fstatat(AT_FDCWD, lua_pushfstring(L, "%s/%s", dir, best), &st, AT_SYMLINK_NOFOLLOW) == 0) {
-      lua_pushinteger(L, (lua_Integer)st.st_size);
-      lua_setfield(L, -3, "newest_size");
-    }
-    lua_pop(L, 1);
-  }
-  lua_setfield(L, -2, "corrupt");
+  if (ps_file_beside(L, luaL_checkstring(L, 1), &e) != 0) return ps_push_err(L, &e);
   return 1;
 }
-
-#ifndef PS_NO_PG
-/* A failure of pg_server: nil, message, "unavailable". libpq's own text is left out (it may
- * echo the target, a password or a hidden user name); a statement's SQLSTATE is kept. */
-static int pg_fail(lua_State *L, PGconn *c, PGresult *r, const char *what)
-{
-  const char *state = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
-  lua_pushnil(L);
-  if (state && strlen(state) == 5 && strspn(state, "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ") == 5)
-    lua_pushfstring(L, "PostgreSQL: %s (SQLSTATE %s)", what, state);
-  else
-    lua_pushfstring(L, "PostgreSQL: %s", what);
-  lua_pushstring(L, "unavailable");
-  if (r) PQclear(r);
-  if (c) PQfinish(c);
-  return 3;
-}
-
-/* Waits for the connection's socket (POLLIN or POLLOUT) until the deadline: 1, or 0. */
-static int pg_wait(PGconn *c, short ev, int64_t deadline)
-{
-  struct pollfd pfd;
-  int64_t left = deadline - ps_mono_ms();
-  pfd.fd = PQsocket(c);
-  pfd.events = ev;
-  pfd.revents = 0;
-  return left > 0 && pfd.fd >= 0 && poll(&pfd, 1, (int)left) > 0;
-}
-
-/* One statement, bounded by the deadline (a server that stops answering: NULL). */
-static PGresult *pg_ask(PGconn *c, const char *sql, const char *param, int64_t deadline)
-{
-  PGresult *r, *last = NULL;
-  if (!PQsendQueryParams(c, sql, param ? 1 : 0, NULL, param ? &param : NULL, NULL, NULL, 0)) return NULL;
-  for (;;) {
-    while (PQisBusy(c)) {
-      if (!pg_wait(c, POLLIN, deadline) || !PQconsumeInput(c)) {
-        if (last) PQclear(last);
-        return NULL;
-      }
-    }
-    r = PQgetResult(c);
-    if (!r) return last;
-    if (last) PQclear(last);
-    last = r;
-  }
-}
-
-/* pg_server(target, timeout_ms, store) -> { host, port, primary, version, rows? } | nil,
- * message, "unavailable": a connection of its own (closed before returning), all within
- * timeout_ms. host and port as the server says (inet_server_addr; "local" for a unix
- * socket). rows: the store's rows in pairstore_sessions (absent when there is no table). */
-static int f_pg_server(lua_State *L)
-{
-  const char *target = luaL_checkstring(L, 1);
-  lua_Integer ms = luaL_checkinteger(L, 2);
-  const char *store = luaL_checkstring(L, 3);
-  const char *conninfo = !strncmp(target, "pg:", 3) ? target + 3 : target;
-  int64_t deadline = ps_mono_ms() + ms;
-  const char *why = NULL;
-  PostgresPollingStatusType st = PGRES_POLLING_WRITING;
-  PGconn *c;
-  PGresult *r;
-
-  if (ps_pq_load(&why) != 0) return pg_fail(L, NULL, NULL, why ? why : "libpq cannot be loaded");
-  c = PQconnectStart(conninfo);
-  if (!c || PQstatus(c) == CONNECTION_BAD) return pg_fail(L, c, NULL, "cannot connect to the server for its state");
-  while (st != PGRES_POLLING_OK) {
-    if (st == PGRES_POLLING_FAILED ||
-        !pg_wait(c, st == PGRES_POLLING_READING ? POLLIN : POLLOUT, deadline))
-      return pg_fail(L, c, NULL, "cannot connect to the server for its state");
-    st = PQconnectPoll(c);
-  }
-  if (PQsetnonblocking(c, 1) != 0) return pg_fail(L, c, NULL, "cannot connect to the server for its state");
-  r = pg_ask(c, "SELECT pg_is_in_recovery(), current_setting('server_version'), "
-                "coalesce(host(inet_server_addr()), 'local'), coalesce(inet_server_port()::text, '')", NULL, deadline);
-  if (!r || PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1)
-    return pg_fail(L, c, r, "cannot read the server's state");
-  lua_createtable(L, 0, 5);
-  lua_pushstring(L, PQgetvalue(r, 0, 2));
-  lua_setfield(L, -2, "host");
-  lua_pushstring(L, PQgetvalue(r, 0, 3));
-  lua_setfield(L, -2, "port");
-  lua_pushboolean(L, strcmp(PQgetvalue(r, 0, 0), "f") == 0);
-  lua_setfield(L, -2, "primary");
-  lua_pushstring(L, PQgetvalue(r, 0, 1));
-  lua_setfield(L, -2, "version");
-  PQclear(r);
-  r = pg_ask(c, "SELECT count(*) FROM pairstore_sessions WHERE store = $1", store, deadline);
-  if (r && PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1) {
-    lua_pushinteger(L, (lua_Integer)strtoll(PQgetvalue(r, 0, 0), NULL, 10));
-    lua_setfield(L, -2, "rows");
-  }
-  if (r) PQclear(r);
-  PQfinish(c);
-  return 1;
-}
-#else
-static int f_pg_server(lua_State *L)
-{
-  lua_pushnil(L);
-  lua_pushliteral(L, "PostgreSQL: not in this build (make PG=0)");
-  lua_pushliteral(L, "unavailable");
-  return 3;
-}
-#endif
 
 static const luaL_Reg stats_funcs[] = {
-  { "clock", f_clock }, { "files_beside", f_files_beside }, { "pg_server", f_pg_server },
+  { "clock", f_clock }, { "files_beside", f_files_beside },
   { NULL, NULL },
 };
 

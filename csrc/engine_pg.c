@@ -1527,6 +1527,43 @@ ps_engine *ps_pg_engine_new(lua_State *L, const char *target, const ps_pg_opts *
   return &p->base;
 }
 
+int ps_pg_server(ps_engine *e, lua_State *L, int64_t deadline, ps_err *err)
+{
+  pg_eng *p = PE(e);
+  pgq q[2];
+  PGresult *res[2] = { NULL, NULL };
+  int rc;
+  if (p->deferred || p->in_txn) {
+    ps_err_set(err, "busy", "PostgreSQL %s: the connection is in use", p->k->display);
+    return -1;
+  }
+  memset(q, 0, sizeof q);
+  q[0].q = Q_SQL;
+  q[0].sql = "SELECT pg_is_in_recovery(), current_setting('server_version'), "
+             "coalesce(host(inet_server_addr()), 'local'), coalesce(inet_server_port()::text, '')";
+  q[1].q = Q_SQL;
+  q[1].sql = "SELECT count(*) FROM pairstore_sessions WHERE store = $1";
+  q[1].v[0] = p->k->store;
+  p->k->bound = deadline;
+  rc = rt(p, q, 2, res, p->k->stmt_ms, 1, err);
+  p->k->bound = 0;
+  if (rc == 0) {
+    lua_createtable(L, 0, 5);
+    lua_pushstring(L, PQgetvalue(res[0], 0, 2));
+    lua_setfield(L, -2, "host");
+    lua_pushstring(L, PQgetvalue(res[0], 0, 3));
+    lua_setfield(L, -2, "port");
+    lua_pushboolean(L, PQgetvalue(res[0], 0, 0)[0] == 'f');
+    lua_setfield(L, -2, "primary");
+    lua_pushstring(L, PQgetvalue(res[0], 0, 1));
+    lua_setfield(L, -2, "version");
+    lua_pushinteger(L, (lua_Integer)strtoll(PQgetvalue(res[1], 0, 0), NULL, 10));
+    lua_setfield(L, -2, "rows");
+  }
+  rt_clear(p, res, 2);
+  return rc;
+}
+
 void ps_pg_until(ps_engine *e, int64_t deadline)
 {
   PE(e)->until = deadline;

@@ -86,6 +86,7 @@ int  ps_fault_coarse_ctime(void);
 int64_t ps_wall_ms(void);
 int64_t ps_mono_ms(void);
 int64_t ps_mono_us(void);
+double  ps_mono_s(void); /* monotonic seconds, ns resolution (durations) */
 
 /* ---- randomness (rand.c) -------------------------------------------------------------- */
 
@@ -340,6 +341,12 @@ struct ps_engine {
 /* Whether a failure is a deferred engine's "a round trip is due" (io_pending). */
 int ps_is_pending(const ps_err *e);
 
+/* What lies beside the sessions file at path (engine/file/beside.c): pushes { file = stat?,
+ * lock = stat + pid?, corrupt = { count, newest?, newest_size?, newest_ms? } } (a stat:
+ * { kind, size, mtime_ms }; the sentinel's pid only when it is a regular file holding
+ * "<pid>\n"; the newest corrupt file by its mtime) and returns 0, or -1 with e set. */
+int ps_file_beside(lua_State *L, const char *path, ps_err *e);
+
 /* The file engine (engine/file/engine.c): the options it takes. */
 typedef struct ps_file_opts {
   int lock_wait_ms, lock_stale_ms, durable;
@@ -389,6 +396,10 @@ void ps_pg_register(lua_State *L);
 /* The next transaction or watch of this PostgreSQL engine connects and gets its answers by
  * deadline (monotonic ms; 0: only its own timeouts), or fails with code "timeout". */
 void ps_pg_until(ps_engine *e, int64_t deadline);
+/* The server the store's connection reaches (`pairstore stats`), on this thread, outside a
+ * transaction, within deadline (monotonic ms; 0: the store's own timeouts): pushes { host,
+ * port, primary, version, rows } and returns 0, or -1 with err set. */
+int  ps_pg_server(ps_engine *e, lua_State *L, int64_t deadline, ps_err *err);
 #ifdef PS_TEST
 /* Test hooks: cut the connection after sending the next n COMMITs; round trips so far. */
 void ps_pg_fault_cut_commits(int n);

@@ -42,6 +42,13 @@ void ps_pg_until(ps_engine *e, int64_t deadline)
   (void)e; (void)deadline;
 }
 
+int ps_pg_server(ps_engine *e, lua_State *L, int64_t deadline, ps_err *err)
+{
+  (void)e; (void)L; (void)deadline;
+  ps_err_set(err, "unsupported", "%s", NO_PG);
+  return -1;
+}
+
 #ifdef PS_TEST
 void ps_pg_fault_cut_commits(int n)
 {

@@ -3,6 +3,7 @@
 -- moved aside; PostgreSQL's server, primary or not, and rows), as rows, JSON and a text
 -- exposition that promtool accepts; no secret in any of them. Both backends, from one source.
 local stats = require "pairstore.stats"
+local pairstore = require "pairstore"
 local helpers = require "helpers"
 local q = helpers.sh_quote
 
@@ -33,8 +34,8 @@ describe("pairstore.stats", function()
     local st = helpers.open_store("file")
     assert.has_error(function() stats.snapshot(st, 1) end, "pairstore.stats.snapshot: opts must be a table")
     assert.has_error(function() stats.snapshot(st, { bogus = 1 }) end, 'pairstore.stats.snapshot: unknown option "bogus"')
-    assert.has_error(function() stats.snapshot(st, { target = 1 }) end,
-      "pairstore.stats.snapshot: option target must be a string")
+    assert.has_error(function() stats.snapshot(st, { timeout_ms = "1" }) end,
+      "pairstore.stats.snapshot: option timeout_ms must be a number")
     assert.has_error(function() stats.prometheus({}) end, "pairstore.stats.prometheus: snap must be a stats.snapshot()")
   end)
 
@@ -67,7 +68,7 @@ for _, backend in ipairs(helpers.backends()) do
 
       local function opts()
         if backend == "file" then return nil end
-        return { target = where.target, store_name = where.store }
+        return { timeout_ms = 5000 }
       end
 
       it("counts the sessions by status and ages the oldest live one", function()
@@ -155,13 +156,18 @@ for _, backend in ipairs(helpers.backends()) do
           helpers.write(where.path .. ".corrupt-1000", "{x")
           helpers.write(where.path .. ".corrupt-2000", "{xyz")
           helpers.write(where.dir .. "/other.json.corrupt-3000", "{")
+          -- the newest is the one moved aside last, by its mtime, whatever its name says
+          -- (a hand-named copy, a clock that was wrong)
+          os.execute("touch -d '-60 seconds' " .. q(where.path .. ".corrupt-1000"))
+          os.execute("touch -d '-600 seconds' " .. q(where.path .. ".corrupt-2000"))
           -- the store's read would wait for that (foreign, fresh enough) sentinel: the reads
           -- beside the file are what is checked here
           local f = assert(require("pairstore.core").files_beside(where.path))
           assert.are.equal(4242, f.lock.pid)
           assert.is_true(math.abs(require("pairstore.core").now_ms() - f.lock.mtime_ms - 90000) < 5000)
-          assert.are.same({ count = 2, newest = "pair-sessions.json.corrupt-2000", newest_ms = 2000, newest_size = 4 },
-            f.corrupt)
+          assert.are.same({ count = 2, newest = "pair-sessions.json.corrupt-1000", newest_size = 2 },
+            { count = f.corrupt.count, newest = f.corrupt.newest, newest_size = f.corrupt.newest_size })
+          assert.is_true(math.abs(require("pairstore.core").now_ms() - f.corrupt.newest_ms - 60000) < 5000)
           assert.are.equal("file", f.file.kind)
           os.remove(where.path .. ".lock")
           assert(os.execute("mkfifo " .. q(where.path .. ".lock")))
@@ -173,11 +179,22 @@ for _, backend in ipairs(helpers.backends()) do
           os.remove(where.path .. ".lock")
         end)
       else
-        it("says when the server cannot be asked, without the target's password", function()
-          local snap = assert(stats.snapshot(st, { target = "postgresql://u:s3cretpw@127.0.0.1:1/db", timeout_ms = 2000 }))
-          -- (libpq's text, which may echo the target, is left out)
-          assert.are.equal("PostgreSQL: cannot connect to the server for its state", snap.server.error)
-          local text = stats.prometheus(snap)
+        it("asks the server on the store's own connection, and says when it cannot, without the password", function()
+          -- (one connection: the store's; the snapshot opens none of its own)
+          local srv = assert(st._core:server(5000))
+          assert.is_true(srv.primary)
+          local down = pairstore.open("postgresql://u:s3cretpw@127.0.0.1:1/db", { connect_timeout_ms = 2000 })
+          local snap, msg, code = stats.snapshot(down, { timeout_ms = 2000 })
+          assert.is_nil(snap)
+          assert.are.equal("unavailable", code)
+          assert.is_nil(msg:find("s3cretpw", 1, true), msg)
+          assert.matches("postgresql://u@127.0.0.1:1/db", msg, 1, true)
+          local _, smsg, scode = down._core:server(2000)
+          assert.are.equal("unavailable", scode)
+          assert.is_nil(smsg:find("s3cretpw", 1, true), smsg)
+          -- a snapshot whose server part fails still renders (pairstore_pg_up 0)
+          local text = stats.prometheus { backend = "postgresql", sessions = { total = 0, live = 0, by_status = {} },
+            server = { error = smsg } }
           assert.are.equal(0, samples(text).pairstore_pg_up)
           local ok, out = promtool(text)
           assert.is_true(ok, out)

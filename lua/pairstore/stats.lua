@@ -1,16 +1,14 @@
 --- pairstore.stats: a snapshot of a store for its operator (`pairstore stats`).
 --
 --   local stats = require "pairstore.stats"
---   local snap = assert(stats.snapshot(store, { target = target, store_name = name }))
+--   local snap = assert(stats.snapshot(store))      -- or stats.snapshot(store, { timeout_ms = 2000 })
 --   print(stats.prometheus(snap))   -- the same as a text exposition (node_exporter textfile)
 --
 -- What it reads: first, for a file store, beside the file (never through a symlink, never
 -- blocking): its size, the lock sentinel's holder and age, the corrupt files moved aside;
 -- then the sessions in one read (list_all: by status, the oldest live one's age); for
--- PostgreSQL, on a
--- connection of its own (opts.target, as given to pairstore.open, bounded by
--- opts.timeout_ms): the server reached, whether it is the primary, its version, and the
--- store's rows. Nothing is changed (the read prunes as any read does), and no sid, code,
+-- PostgreSQL, on the store's own connection (bounded by opts.timeout_ms, default 5000): the
+-- server reached, whether it is the primary, its version, and the store's rows. Nothing is changed (the read prunes as any read does), and no sid, code,
 -- key, sender or account is part of it. It blocks: for the CLI and scripts, not for a
 -- request path.
 
@@ -22,7 +20,7 @@ local fmt = string.format
 
 local stats = {}
 
-local OPTIONS = { target = "string", store_name = "string", timeout_ms = "number" }
+local OPTIONS = { timeout_ms = "number" }
 
 -- Whether a process of this pid runs on this host (a PID namespace may hide it: then false).
 local function alive(pid)
@@ -32,9 +30,8 @@ local function alive(pid)
   return true
 end
 
---- The snapshot: a table (JSON-able) | nil, message, code. opts (optional): target (a
--- PostgreSQL store's target, for the server's part), store_name ("default"), timeout_ms
--- (the server's part, default 5000).
+--- The snapshot: a table (JSON-able) | nil, message, code. opts (optional): timeout_ms
+-- (PostgreSQL: the server's part, default 5000).
 function stats.snapshot(store, opts)
   if type(store) ~= "table" or not rawget(store, "_core") then
     error("pairstore.stats.snapshot: store must be a pairstore store", 2)
@@ -87,8 +84,8 @@ function stats.snapshot(store, opts)
       snap.corrupt.newest_age_ms = f.corrupt.newest_ms > 0 and wall - f.corrupt.newest_ms or nil
       snap.corrupt.newest_size = f.corrupt.newest_size
     end
-  elseif opts.target then
-    local srv, smsg = core.pg_server(opts.target, opts.timeout_ms or 5000, opts.store_name or "default")
+  elseif backend == "postgresql" then
+    local srv, smsg = store._core:server(opts.timeout_ms or 5000)
     if srv then
       snap.server = { host = srv.host, port = srv.port, primary = srv.primary, version = srv.version }
       snap.rows = srv.rows

@@ -2,17 +2,11 @@
 -- table, JSON, or a Prometheus text exposition for node_exporter's textfile collector.
 local stats = require "pairstore.stats"
 local output = require "pairstore.cli.output"
-local targets = require "pairstore.cli.targets"
 
 local json_encode = require("pairstore.core").json_encode
 
 local function run(ctx, args, store)
-  local opts
-  if store:backend() == "postgresql" then
-    local name = args.store_name or os.getenv("PAIRSTORE_STORE_NAME")
-    opts = { target = targets.store_target(ctx, args), store_name = name ~= "" and name or nil }
-  end
-  local snap, msg, code = stats.snapshot(store, opts)
+  local snap, msg, code = stats.snapshot(store)
   if not snap then ctx:failed("cannot read the store", msg, code) end
   if args.prometheus then
     ctx.w:out(stats.prometheus(snap))
