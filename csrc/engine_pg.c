@@ -68,6 +68,7 @@ typedef struct pg_eng {
   int removed;
   ps_event events[PS_MAX_EVENTS];
   int nevents;
+  char invalid_first[200]; /* the first invalid row's sid and why, for a later count's message */
   /* a deferred transaction: its round trips so far, the next one's index when it runs
    * again, and where its commit began */
   rt_entry *log;
@@ -101,6 +102,28 @@ static void add_event(pg_eng *p, const char *name, const char *detail)
   memset(ev, 0, sizeof *ev);
   snprintf(ev->name, sizeof ev->name, "%s", name);
   snprintf(ev->detail, sizeof ev->detail, "%s", detail); /* (our own text: a sid, what is wrong) */
+}
+
+/* A row whose text is not a valid session: one invalid_dropped event per transaction, its
+ * count the rows found (info.count, as the file engine's counts the entries it dropped). */
+static void add_invalid(pg_eng *p, const char *sid, const char *why)
+{
+  char detail[320];
+  int i;
+  for (i = 0; i < p->nevents; i++) {
+    ps_event *ev = &p->events[i];
+    if (strcmp(ev->name, "invalid_dropped") != 0) continue;
+    ev->count++;
+    snprintf(ev->detail, sizeof ev->detail, "%ld sessions in the database are not valid sessions: left as "
+             "they are, read as absent (the first: %s)", ev->count, p->invalid_first);
+    return;
+  }
+  snprintf(p->invalid_first, sizeof p->invalid_first, "session %.32s, %s", sid, why);
+  snprintf(detail, sizeof detail, "session %.32s in the database is not a valid session (%s): "
+           "left as it is, read as absent", sid, why);
+  add_event(p, "invalid_dropped", detail);
+  if (p->nevents > 0 && !strcmp(p->events[p->nevents - 1].name, "invalid_dropped"))
+    p->events[p->nevents - 1].count = 1;
 }
 
 /* ---- round trips ---------------------------------------------------------------------------------- */
@@ -269,7 +292,6 @@ static void take_row(lua_State *L, pg_eng *p, int eng, const char *sid, PGresult
   const char *body, *why;
   int live;
   ps_buf tmp = { 0 };
-  char detail[200];
 
   lua_pushboolean(L, 1);
   uv_set(L, eng, UV_SEEN, sid);
@@ -297,9 +319,7 @@ static void take_row(lua_State *L, pg_eng *p, int eng, const char *sid, PGresult
   }
   if (why) {
     lua_pop(L, 1);
-    snprintf(detail, sizeof detail, "session %.32s in the database is not a valid session (%s): "
-             "left as it is, read as absent", sid, why);
-    add_event(p, "invalid_dropped", detail);
+    add_invalid(p, sid, why);
     return;
   }
   lua_remove(L, -2);

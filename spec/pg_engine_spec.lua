@@ -144,7 +144,7 @@ end)
 describe("PostgreSQL engine: a row whose text names another sid than its key", function()
   it("is invalid: read as absent with invalid_dropped, never returned, never written through", function()
     local events = {}
-    local s = open { on_event = function(name, info) events[#events + 1] = { name, info.message } end }
+    local s = open { on_event = function(name, info) events[#events + 1] = { name, info.message, info.count } end }
     local a, b = assert(s:create {}), assert(s:create {})
     local store = s.path:match("%(store (.*)%)$")
     -- someone copies b's text into a's row (a hand edit, a restore of the wrong backup)
@@ -162,6 +162,7 @@ describe("PostgreSQL engine: a row whose text names another sid than its key", f
     assert.are.same({ nil, "not_found", "not_found" }, { s:get(a.sid) })
     assert.are.equal("invalid_dropped", events[#events][1])
     assert.matches(a.sid, events[#events][2], 1, true)
+    assert.are.equal(1, events[#events][3]) -- info.count, as the file store's
     local all = assert(s:list_all())
     assert.are.equal(1, #all)
     assert.are.equal(b.sid, all[1].sid)
@@ -175,6 +176,31 @@ describe("PostgreSQL engine: a row whose text names another sid than its key", f
     assert.are.equal(a_row, row(a.sid)) -- left as it is
     assert.are.equal(b_row, row(b.sid))
     assert.are.equal("awaiting_scan", assert(s:get(b.sid)).status)
+  end)
+end)
+
+describe("PostgreSQL engine: several invalid rows read by one operation", function()
+  it("make one invalid_dropped event whose info.count is how many (as the file store's)", function()
+    local events = {}
+    local s = open { on_event = function(name, info) events[#events + 1] = { name = name, info = info } end }
+    local good, bad1, bad2, bad3 = assert(s:create {}), assert(s:create {}), assert(s:create {}), assert(s:create {})
+    local store = s.path:match("%(store (.*)%)$")
+    assert(helpers.psql(("UPDATE pairstore_sessions SET body = '[]' WHERE store = %s AND sid IN (%s, %s, %s)")
+      :format(helpers.sql_literal(store), helpers.sql_literal(bad1.sid), helpers.sql_literal(bad2.sid),
+        helpers.sql_literal(bad3.sid))))
+    local all = assert(s:list_all())
+    assert.are.equal(1, #all)
+    assert.are.equal(good.sid, all[1].sid)
+    assert.are.equal(1, #events)
+    assert.are.equal("invalid_dropped", events[1].name)
+    assert.are.equal(3, events[1].info.count)
+    assert.matches("^3 sessions in the database are not valid sessions", events[1].info.message)
+    -- one of them read alone: a count of 1, its sid named
+    events = {}
+    assert.are.same({ nil, "not_found", "not_found" }, { s:get(bad2.sid) })
+    assert.are.equal(1, #events)
+    assert.are.equal(1, events[1].info.count)
+    assert.matches(bad2.sid, events[1].info.message, 1, true)
   end)
 end)
 

@@ -139,7 +139,7 @@ local function machine()
   local mem = read_file("/proc/meminfo"):match("MemTotal:%s*(%d+)")
   -- The tree measured (read-only git queries): runs are compared by commit.
   local commit = capture("git -C " .. sh_quote(ROOT) .. " rev-parse --short HEAD"):gsub("%s+$", "")
-  if not commit:match("^%x+$") then commit = "?" end
+  if not commit:match("^%x+$") then commit = "unknown" end
   local dirty = capture("git -C " .. sh_quote(ROOT) .. " status --porcelain --untracked-files=no -- csrc lua"):gsub("%s+$", "") ~= ""
   return {
     commit = commit, dirty = dirty,
@@ -633,6 +633,11 @@ local function print_report(M, G, C, T, S, P, elapsed)
     p(fmt("  %-6d %10s %15.0f %17.0f %16.0f %14.0f", level, kb(f.size_bytes), f.write_ops_s,
       f.write_nofsync_ops_s, f.read_ops_s, f.lock))
   end
+  local locks = {}
+  for _, level in ipairs(LEVELS) do locks[#locks + 1] = fmt("%.1f", 1e6 / R.floors[level].lock) end
+  p(fmt("  parts of an operation (information): lock round trip with the parked sentinel (two renames) %s µs",
+    table.concat(locks, " / ")))
+  p(fmt("  at 10 / 100 / 1000 live; an X25519 key pair (what create makes) %.1f µs", R.keypair_us))
   p("")
   p("Single process: ops/s, µs/op and ×floor (our time per op / floor time per op; writes vs the")
   p("write floor of the same mode, reads vs the read+parse floor)")
@@ -716,13 +721,16 @@ local function print_report(M, G, C, T, S, P, elapsed)
     T.n, T.median_ms, T.max_ms, T.lock_broken_events, T.n))
   p("  (kill(2) in the bench -> the waiter's mutator running: includes its lock takeover and load of a 10-session file)")
   p("")
-  p(fmt("Peak RSS of a process holding a %d-session store (%s file; list_all, 20 get, 5 update, list_active, prune):",
+  p("Memory (child processes, /proc/self/status; MB = 2^20 bytes)")
+  p(fmt("  RSS of %s alone %.1f MB; after require \"pairstore\" %.1f MB; libpq mapped after the file store's operations: %s",
+    LUA, S.bare_rss_kb / 1024, S.required_rss_kb / 1024, S.libpq_mapped and "yes" or "no"))
+  p(fmt("  Peak RSS of a process holding a %d-session store (%s file; list_all, 20 get, 5 update, list_active, prune):",
     S.sessions, kb(S.file_bytes)))
-  p(fmt("  VmHWM %.1f MB (%.1f MB before the first operation: interpreter, libsodium, cjson); VmRSS %.1f MB",
+  p(fmt("    VmHWM %.1f MB (%.1f MB before the first operation: interpreter, libsodium, cjson); VmRSS %.1f MB",
     S.hwm_kb / 1024, S.base_hwm_kb / 1024, S.rss_kb / 1024))
-  p(fmt("Peak RSS of one list_all of a %s file (%d sessions, near max_file_bytes) in a fresh process:",
+  p(fmt("  Peak RSS of one list_all of a %s file (%d sessions, near max_file_bytes) in a fresh process:",
     kb(SL.file_bytes), SL.sessions))
-  p(fmt("  VmHWM %.1f MB (%.1f MB before it); %.1f× the file", SL.hwm_kb / 1024, SL.base_hwm_kb / 1024,
+  p(fmt("    VmHWM %.1f MB (%.1f MB before it); %.1f× the file", SL.hwm_kb / 1024, SL.base_hwm_kb / 1024,
     SL.hwm_kb * 1024 / SL.file_bytes))
   p("")
   p("Targets (issue 5; ratios from this run)")
@@ -768,7 +776,18 @@ local function main()
   if P then log("reference peer here: %.0f updates/s at 100, %.0f at 1000", P[100].update_ops_s, P[1000].update_ops_s) end
   local T = takeover()
   log("takeover: median %.2f ms", T.median_ms)
+  do -- what making a session's key pair costs (core.crypto_keypair: what create does)
+    local core = require "pairstore.core"
+    local n, samples = QUICK and 200 or 2000, {}
+    for _ = 1, 5 do
+      local t0 = mono()
+      for _ = 1, n do core.crypto_keypair() end
+      samples[#samples + 1] = (mono() - t0) / n * 1e6
+    end
+    R.keypair_us = median(samples)
+  end
   local S = peak_rss()
+  target("a process using only a file store: libpq not mapped", S.libpq_mapped and 1 or 0, "0", not S.libpq_mapped)
   SL = peak_rss_list()
   target("list_all of a 16 MiB file: peak RSS below 500 MB", SL.hwm_kb / 1024, "< 500 MB",
     SL.hwm_kb / 1024 < 500, " MB")
@@ -868,7 +887,7 @@ local function main()
     config = { rounds = CFG.rounds, batch_s = CFG.batch_s,
       contention_workers = CFG.contention_workers, contention_updates = CFG.contention_n,
       contention_rounds = CFG.contention_rounds, takeover_runs = CFG.takeover },
-    floors = floors, ops = ops, growth = G, reference = reference, contention = C, takeover = T, rss = S,
+    floors = floors, keypair_us = R.keypair_us, ops = ops, growth = G, reference = reference, contention = C, takeover = T, rss = S,
     rss_list = SL,
     targets = TARGETS, targets_failed_count = #failed, hard_failures_count = #HARD_FAILURES,
   }

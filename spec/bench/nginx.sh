@@ -33,6 +33,11 @@ set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 tree=$(cd "$here/../.." && pwd)
 QUICK=${BENCH_QUICK:-0}
+# Alone (make bench-nginx), the date of the run and the commit first (make bench prints them).
+if [ -z "${BENCH_HEADER_DONE:-}" ]; then
+  commit=$(git -C "$tree" rev-parse --short HEAD 2>/dev/null) || commit=unknown
+  echo "make bench-nginx: run of $(date -u '+%Y-%m-%d %H:%M:%SZ'), commit ${commit:-unknown}"
+fi
 
 [ -n "${PAIRSTORE_TEST_PG:-}" ] && [ -n "${PAIRSTORE_TEST_PGDIR:-}" ] ||
   { echo "bench nginx: run it under spec/support/with-pg.sh" >&2; exit 2; }

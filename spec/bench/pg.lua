@@ -540,6 +540,22 @@ end
 
 
 -- The bare statements an operation needs: round trips before its commit, then the commit.
+-- ---- memory -----------------------------------------------------------------------------------
+-- A fresh process (spec/bench/worker.lua rss_pg) that opens this server's target: its RSS
+-- after require (libpq not loaded yet), after open (loaded), after a create, get and delete,
+-- and its peak.
+local function memory()
+  local out = WORK .. "/rss-pg.out"
+  local cmd = fmt("%s %s rss_pg %s bench-rss %s 2>&1", LUA, sh_quote(WORKER), sh_quote(TARGET), sh_quote(out))
+  local pipe = assert(io.popen(cmd))
+  local text = pipe:read("a")
+  if not pipe:close() or not exists(out) then
+    HARD_FAILURES[#HARD_FAILURES + 1] = "rss_pg worker failed: " .. text
+    return nil
+  end
+  return assert(loadfile(out))()
+end
+
 local NEEDS = { get = { reads = 1, commits = 0 }, update = { reads = 1, commits = 1 },
                 create = { reads = 1, commits = 1 }, consume = { reads = 1, commits = 1 } }
 
@@ -554,7 +570,7 @@ end
 
 local function level_label(L) return L.label or L.key end
 
-local function report(CL, ST, RT, elapsed)
+local function report(CL, ST, RT, MEM, elapsed)
   local FILE = file_figures()
   local p = print
   local server = F:exec("SHOW server_version") or "?"
@@ -611,6 +627,14 @@ local function report(CL, ST, RT, elapsed)
     end
   end
   p("  (the file backend's levels are 10, 100 and 1 000 live sessions; \"-\": not measured there)")
+  do -- what a get adds to its one row read: decoding and validating the JSON, copying it out
+    local parts = {}
+    for _, L in ipairs(LEVELS) do
+      local e = R.levels[L.key]
+      parts[#parts + 1] = fmt("%s %.0f", level_label(L), e.us.get - e.row_select_us)
+    end
+    p("  get beyond its row SELECT (µs; sessions: " .. table.concat(parts, ", ") .. ")")
+  end
   p("")
   p("Growth: cost at 10 000 sessions / cost at 10 (target ≤ 1.3×)")
   p(fmt("  %-8s %14s %14s %18s", "op", "1000 live", "10000 live", "10000, 10 live"))
@@ -640,6 +664,13 @@ local function report(CL, ST, RT, elapsed)
   if fc then
     p(fmt("  file backend, %d processes on one session (durable): %.0f updates/s, lost %d", fc.workers or 4,
       fc.total_ops_s, fc.lost_updates))
+  end
+  if MEM then
+    p("")
+    p("Memory of a process that opens this server's target (libpq is loaded then) and makes a create, get")
+    p(fmt("and delete (/proc/self/status): RSS after require \"pairstore\" %.1f MB, after open %.1f MB, after the",
+      MEM.required_rss_kb / 1024, MEM.before_rss_kb / 1024))
+    p(fmt("operations %.1f MB, peak %.1f MB", MEM.rss_kb / 1024, MEM.hwm_kb / 1024))
   end
   p("")
   p("Targets (issue 12; reported, not enforced: only a lost update fails the bench)")
@@ -690,9 +721,10 @@ local function main()
   local ST = count_statements()
   local RT = count_roundtrips()
   local CL = clients()
-  local targets, growth = report(CL, ST, RT, mono() - t0)
+  local MEM = memory()
+  local targets, growth = report(CL, ST, RT, MEM, mono() - t0)
   local doc = { version = 1, quick = QUICK, levels = {}, statements = ST, roundtrips = RT, growth = growth, targets = targets,
-    clients = {}, one_session = { ops_s = CL.one.ops_s, lost = CL.one.lost, acknowledged = CL.one.ok } }
+    clients = {}, one_session = { ops_s = CL.one.ops_s, lost = CL.one.lost, acknowledged = CL.one.ok }, rss = MEM }
   for _, L in ipairs(LEVELS) do
     local e = R.levels[L.key]
     doc.levels[L.key] = { sessions = L.n, live = L.live, select_us = e.select_us, update_us = e.update_us,

@@ -10,10 +10,25 @@
 --                                           until it is SIGKILLed (60 s at most).
 --   wait PATH SID DURABLE WAITING OUT       writes WAITING, then one update of SID; records
 --                                           the monotonic time its mutator ran (= got the lock).
---   rss PATH OUT                            peak RSS of a process using the store at PATH.
+--   rss PATH OUT                            peak RSS of a process using the store at PATH;
+--                                           also its RSS before and after `require "pairstore"`.
+--   rss_list PATH OUT                       peak RSS of one list_all of the store at PATH.
+--   rss_pg TARGET STORE OUT                 RSS of a process that opens a PostgreSQL target
+--                                           (libpq loaded then) and uses it, and its peak.
 --
 -- Results go to OUT as a Lua chunk (`return {...}`), written to a temp name and renamed.
+
+-- VmRSS and VmHWM (kB) of this process, read first thing: the interpreter alone, then with
+-- pairstore required (and nothing else: the bench's own modules come after).
+local function vm()
+  local f = assert(io.open("/proc/self/status", "r"))
+  local s = f:read("a")
+  f:close()
+  return tonumber(s:match("VmRSS:%s*(%d+)")), tonumber(s:match("VmHWM:%s*(%d+)"))
+end
+local RSS_BARE = vm()
 local pairstore = require "pairstore"
+local RSS_REQUIRED = vm()
 local bu = require "benchutil"
 local common = require "common"
 
@@ -97,38 +112,45 @@ elseif mode == "wait" then
 
 elseif mode == "rss" then
   local path, out = arg[2], arg[3]
-  local function status()
-    local f = assert(io.open("/proc/self/status", "r"))
-    local s = f:read("a")
-    f:close()
-    return tonumber(s:match("VmHWM:%s*(%d+)")), tonumber(s:match("VmRSS:%s*(%d+)"))
-  end
   local store = pairstore.open(path, { max_sessions = 100000 })
-  local base_hwm = status()
+  local _, base_hwm = vm()
   local all = assert(store:list_all())
   for i = 1, 20 do assert(store:get(all[(i * 37) % #all + 1].sid)) end
   for i = 1, 5 do assert(store:update(all[(i * 91) % #all + 1].sid, bump)) end
   local active = assert(store:list_active())
   assert(store:prune())
-  local hwm, rss = status()
-  write_atomic(out, fmt("return { sessions = %d, active = %d, base_hwm_kb = %d, hwm_kb = %d, rss_kb = %d }\n",
-    #all, #active, base_hwm, hwm, rss))
+  local rss, hwm = vm()
+  -- a process that only opened a file never maps libpq (csrc/pq.c loads it on first use)
+  local maps = assert(io.open("/proc/self/maps", "r"))
+  local libpq = maps:read("a"):find("libpq", 1, true) ~= nil
+  maps:close()
+  write_atomic(out, fmt("return { sessions = %d, active = %d, bare_rss_kb = %d, required_rss_kb = %d, "
+    .. "base_hwm_kb = %d, hwm_kb = %d, rss_kb = %d, libpq_mapped = %s }\n", #all, #active, RSS_BARE, RSS_REQUIRED,
+    base_hwm, hwm, rss, tostring(libpq)))
 
 elseif mode == "rss_list" then
   -- One list_all of a file near max_file_bytes, in a fresh process: its peak memory.
   local path, out = arg[2], arg[3]
-  local function hwm()
-    local f = assert(io.open("/proc/self/status", "r"))
-    local s = f:read("a")
-    f:close()
-    return tonumber(s:match("VmHWM:%s*(%d+)"))
-  end
   local store = pairstore.open(path, { max_sessions = 100000 })
-  local base = hwm()
+  local _, base = vm()
   local all = assert(store:list_all())
-  write_atomic(out, fmt("return { sessions = %d, base_hwm_kb = %d, hwm_kb = %d }\n", #all, base, hwm()))
+  write_atomic(out, fmt("return { sessions = %d, base_hwm_kb = %d, hwm_kb = %d }\n", #all, base, select(2, vm())))
+
+elseif mode == "rss_pg" then
+  -- A process that opens a PostgreSQL target: libpq is loaded (dlopen) then.
+  local target, name, out = arg[2], arg[3], arg[4]
+  local store = pairstore.open(target, { store = name })
+  local before = vm()
+  local s = assert(store:create {})
+  assert(store:get(s.sid))
+  local ok, msg, code = store:update(s.sid, function() return false end)
+  assert(ok ~= nil, tostring(msg) .. " (" .. tostring(code) .. ")") -- (false: deleted)
+  local rss, hwm = vm()
+  store:close()
+  write_atomic(out, fmt("return { bare_rss_kb = %d, required_rss_kb = %d, before_rss_kb = %d, rss_kb = %d, hwm_kb = %d }\n",
+    RSS_BARE, RSS_REQUIRED, before, rss, hwm))
 
 else
-  io.stderr:write("usage: worker.lua contend|hold|wait|rss|rss_list ...\n")
+  io.stderr:write("usage: worker.lua contend|hold|wait|rss|rss_list|rss_pg ...\n")
   os.exit(2)
 end
