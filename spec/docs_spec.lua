@@ -230,7 +230,7 @@ local function unhex(s) return (s:gsub("%x%x", function(h) return string.char(to
 local function run_console(ctx, block)
   local body = substitute(ctx, block.body)
   local steps = {}
-  for line in body:gmatch("[^\n]*") do
+  for line in (body .. "\n"):gmatch("([^\n]*)\n") do
     local cmd = line:match("^%$ (.*)$")
     if cmd then
       steps[#steps + 1] = { cmd = cmd, out = {} }
@@ -263,7 +263,7 @@ local function run_console(ctx, block)
     helpers.write(script, prelude .. st.cmd .. "\n")
     local ok, out = helpers.run("timeout 120 bash " .. q(script))
     local got = {}
-    for l in out:gmatch("[^\n]*") do got[#got + 1] = l end
+    for l in (out .. "\n"):gmatch("([^\n]*)\n") do got[#got + 1] = l end
     while got[#got] == "" do got[#got] = nil end
     local want = st.out
     while want[#want] == "" do want[#want] = nil end
@@ -439,7 +439,7 @@ describe("the docs' code blocks", function()
     end
     for _, file in ipairs(doc_files()) do
       local set, infence = {}, false
-      for line in assert(helpers.read(ROOT .. "/" .. file)):gmatch("[^\n]*") do
+      for line in (assert(helpers.read(ROOT .. "/" .. file)) .. "\n"):gmatch("([^\n]*)\n") do
         if line:match("^```") then infence = not infence end
         local h = not infence and line:match("^#+%s+(.-)%s*$")
         if h then set[slug(h)] = true end
