@@ -272,7 +272,7 @@ for _, mode in ipairs { "transaction", "session" } do
       end
       do
         -- Without a listen target, what a wait does through a pooler in transaction mode
-        -- (the README's fallback): it ends by its deadline (a missed wake-up, not a hang or
+        -- (docs/postgresql.md, "Through a connection pooler"): it ends by its deadline (a missed wake-up, not a hang or
         -- an error), and a read after it sees the change.
         it("store:wait without listen_target ends by its deadline; the change is read after", function()
           local name = helpers.store_name("pgb-wait")

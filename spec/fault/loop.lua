@@ -1,6 +1,6 @@
 -- The fault loop: for each operation and each fault kind, make the Nth wrapped system call
 -- fail (N = 1, 2, ... until the operation runs without reaching the fault) and check the
--- promises of the README's "Concurrency and durability" after every single run:
+-- promises of docs/locking-and-writes.md ("Writes") after every single run:
 --   * the call returns nil, message, code (or succeeds, for EINTR and short writes, which the
 --     core must retry);
 --   * a failed call leaves the sessions file byte-identical (the one exception: the fault hit

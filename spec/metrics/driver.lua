@@ -11,76 +11,26 @@
 --      next requests counted exactly; Prometheus sees no counter reset;
 --   4. every exposition passes `promtool check metrics`, and none (nor any series Prometheus
 --      stored) holds a sid, a code or a key of the sessions made.
+package.path = (arg[0]:match("^(.*)/[^/]*$") or ".") .. "/../nginx/?.lua;" .. package.path
+local H = require "common" -- (the environment, check/note, files, shell, HTTP through curl)
 local pairstore = require "pairstore"
 local crypto = require "pairstore.crypto"
 local core = require "pairstore.core"
 local cjson = require "cjson"
 
-local fmt = string.format
-local function env(k) return (assert(os.getenv(k), "driver.lua: " .. k .. " is not set")) end
+local fmt, env, q, sh, read, write, sleep = H.fmt, H.env, H.q, H.sh, H.read, H.write, H.sleep
+local check, note, count, workers_of_master, wrong = H.check, H.note, H.count, H.workers_of_master, H.wrong
+local tmp = H.tmpname
 
-local BACKEND = env("BACKEND")
-local PREFIX = env("NGX_PREFIX")
-local WORK = env("NGX_WORK")
-local MASTER = tonumber(env("NGX_MASTER_PID"))
-local TARGET = env("PAIRSTORE_TARGET")
+local BACKEND, PREFIX, MASTER, TARGET = H.BACKEND, H.PREFIX, H.MASTER, H.TARGET
 local CTL = env("METRICS_CTL")
 local PROM = env("PROM_URL")
-local PUBLIC = "http://127.0.0.1:" .. env("NGX_PORT")
-local OPERATOR = "http://127.0.0.1:" .. env("NGX_OPERATOR_PORT")
-
-local passed, failed = 0, 0
-local function check(ok, what, detail)
-  if ok then passed = passed + 1 else failed = failed + 1 end
-  print(fmt("%-4s [%s] %s%s", ok and "ok" or "FAIL", BACKEND, what, detail and ("  (" .. tostring(detail) .. ")") or ""))
-  return ok
-end
-local function note(s) print(fmt("     [%s] %s", BACKEND, s)) end
-
--- Shell, files, time ------------------------------------------------------------------------
-
-local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
-local function sh(cmd)
-  local p = io.popen(cmd)
-  local out = p:read("a")
-  p:close()
-  return out
-end
-local function read(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
-end
-local function write(path, data)
-  local f = assert(io.open(path, "wb"))
-  f:write(data)
-  f:close()
-end
-local function sleep(s) os.execute(fmt("sleep %.3f", s)) end
-local n_tmp = 0
-local function tmp(tag)
-  n_tmp = n_tmp + 1
-  return fmt("%s/m-%s-%d", WORK, tag, n_tmp)
-end
+local PUBLIC, OPERATOR = H.BASE, H.OPERATOR
 
 -- One request: status, body text, worker pid (X-Pairstore-Worker).
 local function http(method, url, opts)
-  opts = opts or {}
-  local bodyfile = tmp("body")
-  local data = ""
-  if opts.body then
-    local bf = tmp("req")
-    write(bf, opts.body)
-    data = " -H 'Content-Type: application/json' --data-binary @" .. q(bf)
-  end
-  local line = sh(fmt("curl -s --max-time 20 -X %s%s %s -o %s -w '%%{http_code} %%header{x-pairstore-worker}' %s",
-    method, data, opts.curl or "", q(bodyfile), q(url)))
-  local code, worker = line:match("^(%d+) ?(%d*)")
-  local body = read(bodyfile) or ""
-  os.remove(bodyfile)
-  return tonumber(code) or 0, body, tonumber(worker)
+  local code, _, _, worker, raw = H.http(method, url, opts)
+  return code, raw, worker
 end
 
 local function json(s)
@@ -165,8 +115,6 @@ local function new_session()
   return s
 end
 
-local function wrong(code) return code == "000000" and "999999" or "000000" end
-
 local function start(s, c)
   local code, body, worker = http("GET", PUBLIC .. "/pair/start?sid=" .. s.sid .. "&c=" .. c)
   if worker then workers_seen[worker] = true end
@@ -183,29 +131,14 @@ local function respond(s, plaintext)
   return code, b.error or b.status
 end
 
-local function count(t)
-  local n = 0
-  for _ in pairs(t) do n = n + 1 end
-  return n
-end
-
-local function workers_of_master()
-  local t = {}
-  for pid in (read(fmt("/proc/%d/task/%d/children", MASTER, MASTER)) or ""):gmatch("%d+") do t[#t + 1] = tonumber(pid) end
-  table.sort(t)
-  return t
-end
-
 -- n copies of url, `at_once` in parallel (curl --parallel): their status codes and workers.
 local function parallel(url, n, at_once)
-  local cfg = {}
-  for _ = 1, n do cfg[#cfg + 1] = fmt("url = %q\noutput = \"/dev/null\"\n", url) end
-  local cf = tmp("cfg")
-  write(cf, table.concat(cfg))
-  local out = sh(fmt("curl -s --max-time 120 --parallel --parallel-immediate --parallel-max %d -w '%%{http_code} %%header{x-pairstore-worker}\\n' -K %s",
-    at_once, q(cf)))
+  local urls = {}
+  for i = 1, n do urls[i] = url end
+  local text, outs = H.parallel("GET", urls, { max = at_once, max_time = 120 })
+  for _, f in ipairs(outs) do os.remove(f) end
   local codes, workers = {}, {}
-  for code, worker in out:gmatch("(%d+) (%d*)\n") do
+  for code, worker in text:gmatch("(%d+) [%d.]+ (%d*) [^\n]*\n") do
     codes[code] = (codes[code] or 0) + 1
     if worker ~= "" then workers[worker] = (workers[worker] or 0) + 1 end
   end
@@ -494,5 +427,4 @@ for _, step in ipairs(steps) do
   local ok, err = xpcall(step[2], debug.traceback)
   if not ok then check(false, step[1] .. ": raised", err) end
 end
-print(fmt("%d passed, %d failed", passed, failed))
-os.exit(failed == 0 and 0 or 1)
+os.exit(H.summary() and 0 or 1)

@@ -2,7 +2,8 @@
 -- server's coordinates from the environment run.sh sets, the check/note lines and their
 -- count, real HTTP through curl (one request, many in parallel, their -w lines), sessions
 -- made through the operator's server, sealed responses, a lock held by a process outside
--- nginx (holder.lua). require "common" with spec/nginx/ on package.path.
+-- nginx (holder.lua). require "common" with spec/nginx/ on package.path (the checks of
+-- `make test-metrics`, spec/metrics/driver.lua, too).
 local pairstore = require "pairstore"
 local crypto = require "pairstore.crypto"
 local core = require "pairstore.core"
@@ -25,7 +26,11 @@ local HOLD_MS = tonumber(os.getenv("HOLD_MS") or "2000")
 local BASE = "http://127.0.0.1:" .. PORT
 -- The operator's server (POST /pair/new), apart from the public one.
 local OPERATOR = "http://127.0.0.1:" .. env("NGX_OPERATOR_PORT")
-local function url_of(path) return (path == "/pair/new" and OPERATOR or BASE) .. path end
+-- A path (on the public server; /pair/new on the operator's), or a whole URL as it is.
+local function url_of(path)
+  if path:find("^https?://") then return path end
+  return (path == "/pair/new" and OPERATOR or BASE) .. path
+end
 
 local passed, failed = 0, 0
 local function check(ok, what, detail)

@@ -1,8 +1,8 @@
 /*
  * lock.c — the cross-process lock: a sentinel "<path>.lock" holding "<pid>\n", exactly what
  * the reference implementation creates and honours, published already flock()ed so that a
- * live pairstore holder can be told from a dead one. The README's "Concurrency and
- * durability" says what it promises.
+ * live pairstore holder can be told from a dead one. docs/locking-and-writes.md says what
+ * it promises and walks through acquire, fence, release and parking step by step.
  *
  * A pairstore sentinel is marked by its owner-execute bit (mode 0500): the reference creates
  * its sentinel with open(..., 0666) & ~umask, which can never carry an execute bit. So:
