@@ -128,15 +128,7 @@ static int rt(pg_eng *p, const pgq *qs, int n, PGresult **res, int64_t budget, i
   uint64_t h;
   int i;
   if (!p->deferred) {
-    int rc, attempt;
-    for (attempt = 0;; attempt++) {
-      int reused = k->conn && k->pid == getpid() && PQstatus(k->conn) == CONNECTION_OK;
-      rc = pg_roundtrip(k, qs, n, res, budget, 0, err);
-      if (rc == 0 || !retry || attempt > 0 || !reused || !err->code ||
-          strcmp(err->code, "unavailable") != 0 || k->conn)
-        break;
-      for (i = 0; i < n; i++) PQclear(res[i]);
-    }
+    int rc = pg_exchange(k, qs, n, res, budget, 0, retry, err);
     p->lost = k->lost;
     if (rc != 0) lock_busy_code(p, k->state, k->cancel, err);
     return rc;

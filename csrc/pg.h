@@ -96,6 +96,13 @@ int  pg_link_idle(pg_link *k);
  * (do not connect again). */
 int  pg_roundtrip(pg_link *k, const pgq *qs, int n, PGresult **res, int64_t budget,
                   int connecting, ps_err *err);
+/* A round trip (pg_roundtrip) as an operation makes it: retry (nothing was done yet): a
+ * connection made before and found broken is opened again once and the round trip sent
+ * again. Each attempt has budget ms, or, with a deadline (monotonic ms; 0: none), what is
+ * left until then (none left: "timeout"). The one copy of the reconnect-once rule, for the
+ * engine's own thread and for a worker thread's. */
+int  pg_exchange(pg_link *k, const pgq *qs, int n, PGresult **res, int64_t budget,
+                 int64_t deadline, int retry, ps_err *err);
 /* Connects (if not connected) within connect_timeout_ms; 0, or -1 with err set. */
 int  pg_connect(pg_link *k, ps_err *err);
 

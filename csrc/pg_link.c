@@ -650,6 +650,35 @@ lost:
   return -1;
 }
 
+int pg_exchange(pg_link *k, const pgq *qs, int n, PGresult **res, int64_t budget,
+                int64_t deadline, int retry, ps_err *err)
+{
+  int attempt, rc = -1, i;
+  for (attempt = 0; attempt < 2; attempt++) {
+    int reused = k->conn && k->pid == getpid() && PQstatus(k->conn) == CONNECTION_OK;
+    if (deadline) {
+      budget = deadline - ps_mono_ms();
+      if (budget <= 0) {
+        ps_err_set(err, "timeout", "PostgreSQL %s: no answer within statement_timeout_ms "
+                   "(%d): the round trip waited for a worker thread", k->display, k->stmt_ms);
+        return -1;
+      }
+    }
+    memset(err, 0, sizeof *err);
+    rc = pg_roundtrip(k, qs, n, res, budget, 0, err);
+    /* again only when nothing was done: the round trip may be retried, the connection was
+     * one made before (not the one just made) and it turned out broken (dropped) */
+    if (rc == 0 || !retry || !reused || !err->code || strcmp(err->code, "unavailable") != 0 ||
+        k->conn)
+      break;
+    for (i = 0; i < n; i++) {
+      PQclear(res[i]);
+      res[i] = NULL;
+    }
+  }
+  return rc;
+}
+
 /* ---- handing a round trip to a worker thread ------------------------------------------------- */
 
 uint64_t pg_hash(const pgq *qs, int n)
@@ -724,8 +753,6 @@ int pg_link_hand_over(pg_link *k, const pgq *qs, int n, int64_t budget, int retr
 static int perform(unsigned id)
 {
   pg_link *k = take(id);
-  int64_t left;
-  int attempt;
   if (!k) return -1;
   k->res = calloc((size_t)(k->pend_n ? k->pend_n : 1), sizeof *k->res);
   memset(&k->err, 0, sizeof k->err);
@@ -733,26 +760,7 @@ static int perform(unsigned id)
     ps_err_set(&k->err, "unavailable", "PostgreSQL %s: out of memory", k->display);
     k->rc = -1;
   } else {
-    for (attempt = 0; attempt < 2; attempt++) {
-      int reused = k->conn && k->pid == getpid() && PQstatus(k->conn) == CONNECTION_OK;
-      int j;
-      left = k->pend_deadline - ps_mono_ms();
-      if (left <= 0) {
-        ps_err_set(&k->err, "timeout", "PostgreSQL %s: no answer within statement_timeout_ms "
-                   "(%d): the round trip waited for a worker thread", k->display, k->stmt_ms);
-        k->rc = -1;
-        break;
-      }
-      memset(&k->err, 0, sizeof k->err);
-      k->rc = pg_roundtrip(k, k->pend, k->pend_n, k->res, left, 0, &k->err);
-      if (k->rc == 0 || !k->pend_retry || !reused || !k->err.code ||
-          strcmp(k->err.code, "unavailable") != 0 || k->conn)
-        break;
-      for (j = 0; j < k->pend_n; j++) {
-        PQclear(k->res[j]);
-        k->res[j] = NULL;
-      }
-    }
+    k->rc = pg_exchange(k, k->pend, k->pend_n, k->res, 0, k->pend_deadline, k->pend_retry, &k->err);
     if (k->rc != 0 && k->conn && !pg_link_idle(k)) {
       pgq rb = { Q_SQL, "ROLLBACK", { 0 } };
       PGresult *r = NULL;
