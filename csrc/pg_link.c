@@ -188,6 +188,12 @@ void pg_link_drop(pg_link *k)
   k->listening = 0;
 }
 
+void pg_link_break(pg_link *k)
+{
+  if (k->conn && k->pid == getpid()) k->broken = 1;
+  pg_link_drop(k);
+}
+
 void pg_link_free(pg_link *k)
 {
   int later;
@@ -429,15 +435,42 @@ static void connect_failed(pg_link *k, ps_err *err)
   pg_set_err(k, err, code, "PostgreSQL %s: cannot connect: %s", d);
 }
 
+/* Notes which server a new connection reached (see pg_link: reconnects, moves): host:port as
+ * libpq reached it, which of a multi-host target's hosts it is, with the address a host name
+ * resolved to (a name that now points elsewhere is another server). */
+static void note_server(pg_link *k)
+{
+  char id[sizeof k->server];
+  const char *host = PQhost(k->conn), *addr = PQhostaddr(k->conn), *port = PQport(k->conn);
+  if (!host) host = "";
+  if (!port) port = "";
+  if (addr && *addr && strcmp(addr, host) != 0)
+    snprintf(id, sizeof id, "%s (%s):%s", host, addr, port);
+  else
+    snprintf(id, sizeof id, "%s:%s", host, port);
+  if (k->server[0]) { /* the link had a connection before this one */
+    if (k->broken) k->reconnects++;
+    if (strcmp(k->server, id) != 0) {
+      k->moves++;
+      memcpy(k->server_before, k->server, sizeof k->server_before);
+    }
+  }
+  memcpy(k->server, id, sizeof k->server);
+  k->broken = 0;
+}
+
 int pg_connect(pg_link *k, ps_err *err)
 {
   PostgresPollingStatusType st = PGRES_POLLING_WRITING;
   int64_t deadline;
 
   k->connect_failed = 0;
-  if (k->conn && k->pid != getpid()) pg_link_drop(k);
+  if (k->conn && k->pid != getpid()) { /* a forked child: its own, none broke */
+    pg_link_drop(k);
+    k->broken = 0;
+  }
   if (k->conn && PQstatus(k->conn) == CONNECTION_OK) return 0;
-  pg_link_drop(k);
+  pg_link_break(k); /* (one there: libpq found it broken) */
   k->connect_failed = 1;
   k->conn = PQconnectStart(k->conninfo);
   if (!k->conn) {
@@ -483,6 +516,7 @@ int pg_connect(pg_link *k, ps_err *err)
     return -1;
   }
   k->connect_failed = 0;
+  note_server(k);
   return 0;
 }
 
@@ -631,7 +665,7 @@ int pg_roundtrip(pg_link *k, const pgq *qs, int n, PGresult **res, int64_t budge
     PGnotify *nt;
     while ((nt = PQnotifies(c)) != NULL) PQfreemem(nt);
   }
-  if (failed && drop) pg_link_drop(k);
+  if (failed && drop) pg_link_break(k);
   return failed ? -1 : 0;
 
 timed_out:
@@ -641,12 +675,12 @@ timed_out:
   else
     ps_err_set(err, "timeout", "PostgreSQL %s: no answer within %lld ms (statement_timeout_ms = %d)",
                k->display, (long long)budget, k->stmt_ms);
-  pg_link_drop(k);
+  pg_link_break(k);
   return -1;
 lost:
   k->lost = 1;
   pg_set_err(k, err, "unavailable", "PostgreSQL %s: connection lost: %s", PQerrorMessage(c));
-  pg_link_drop(k);
+  pg_link_break(k);
   return -1;
 }
 
@@ -768,7 +802,7 @@ static int perform(unsigned id)
       char state[6];
       int lost = k->lost, cancel = k->cancel;
       memcpy(state, k->state, sizeof state); /* (what the round trip said, not the rollback) */
-      if (pg_roundtrip(k, &rb, 1, &r, k->stmt_ms, 1, &e2) != 0) pg_link_drop(k);
+      if (pg_roundtrip(k, &rb, 1, &r, k->stmt_ms, 1, &e2) != 0) pg_link_break(k);
       PQclear(r);
       memcpy(k->state, state, sizeof state);
       k->lost = lost;
@@ -806,7 +840,7 @@ static int listen_poll(lua_State *L, unsigned id, int ms)
     PGnotify *nt;
     if (PQconsumeInput(k->conn) != 1) {
       pg_set_err(k, &err, "unavailable", "PostgreSQL %s: connection lost: %s", PQerrorMessage(k->conn));
-      pg_link_drop(k);
+      pg_link_break(k);
       give_back(k);
       lua_pop(L, 1);
       return ps_push_err(L, &err);
