@@ -6,7 +6,8 @@
 --
 -- Loops until WORK/stop appears (or 90 s at most): POST /pair/new (operator), GET
 -- /pair/start with a wrong code, then the right one, POST /pair/respond (a sealed payload:
--- consumes the session, then the gateway marks it completed); every third step it also
+-- consumes the session, then the gateway marks it completed; sent only once the right code
+-- was acknowledged, as a phone would: a response before it rejects the session); every third step it also
 -- responds to a session another client connected (its log's right code), so that consumes
 -- of one sid race across clients. Each answer is logged to WORK/logs/ID as it comes, in
 -- client.lua's format (phase op sid ok|err code detail), the HTTP answer mapped to the
@@ -111,14 +112,14 @@ local function sealed(sid, pk, plaintext)
 end
 
 -- One step (op) of a session: logged; tried once more after unavailable; resolved after
--- outcome_unknown.
+-- outcome_unknown. -> whether it succeeded, or the status read back after outcome_unknown
 local function step(op, sid, method, url, body, several)
   for _ = 1, 2 do
     local status, b = http(method, url, body)
     local ok, code = outcome(status, b, several)
     record(op, sid, ok, code)
     if ok then return true end
-    if code == "outcome_unknown" then resolve(sid) return false end
+    if code == "outcome_unknown" then return false, resolve(sid) end
     if code ~= "unavailable" then return false end
     pause()
   end
@@ -161,8 +162,12 @@ while not exists(work .. "/stop") and os.time() < deadline do
     record("create", sid, true, "-", fmt("code=%s pk=%s", b.code, pk))
     local bad = b.code == "000000" and "999999" or fmt("%06d", (tonumber(b.code) + 1 + rand16() % 999998) % 1000000)
     step("verify_wrong", sid, "GET", BASE .. "/pair/start?sid=" .. sid .. "&c=" .. bad)
-    step("verify_right", sid, "GET", BASE .. "/pair/start?sid=" .. sid .. "&c=" .. b.code)
-    step("consume", sid, "POST", BASE .. "/pair/respond", sealed(sid, pk, "failover " .. sid), true)
+    local right, now = step("verify_right", sid, "GET", BASE .. "/pair/start?sid=" .. sid .. "&c=" .. b.code)
+    -- a response to a session whose code was not checked rejects it (the protocol): only
+    -- after a code check that succeeded (or was found applied)
+    if right or now == "device_connected" then
+      step("consume", sid, "POST", BASE .. "/pair/respond", sealed(sid, pk, "failover " .. sid), true)
+    end
   else
     record("create", "-", false, ok and "http_no_session" or code)
     if code == "unavailable" then pause() end
