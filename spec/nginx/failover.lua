@@ -58,6 +58,7 @@ do
 end
 
 assert(os.execute("mkdir -p " .. q(WORK .. "/logs")))
+touch("running") -- (the clients stop when it goes: run.sh removes everything on any exit)
 local pids = {}
 for i = 1, CLIENTS do
   local pid = sh(fmt("timeout 150 lua5.4 %s %d %s > %s 2>&1 & echo $!", q(TREE .. "/spec/nginx/failover_client.lua"), i,

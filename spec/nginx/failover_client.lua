@@ -4,7 +4,7 @@
 --
 --   failover_client.lua ID WORK        (NGX_PORT, NGX_OPERATOR_PORT: the example's servers)
 --
--- Loops until WORK/stop appears (or 90 s at most): POST /pair/new (operator), GET
+-- Loops until WORK/stop appears (or WORK/running goes, or 90 s at most): POST /pair/new (operator), GET
 -- /pair/start with a wrong code, then the right one, POST /pair/respond (a sealed payload:
 -- consumes the session, then the gateway marks it completed; sent only once the right code
 -- was acknowledged, as a phone would: a response before it rejects the session); every third step it also
@@ -36,6 +36,9 @@ local function exists(path)
   if f then f:close() return true end
   return false
 end
+
+-- (WORK/running gone: the run was interrupted and its directory removed: stop at once)
+local function interrupted() return not exists(work .. "/running") end
 
 local function phase()
   if exists(work .. "/settled") then return "post" end
@@ -92,6 +95,7 @@ local function pause() os.execute("sleep 0.05") end
 -- Reads a session back after an outcome_unknown answer, until the server answers.
 local function resolve(sid)
   for _ = 1, 400 do
+    if interrupted() then return nil end
     local status, body = http("GET", BASE .. "/pair/status?sid=" .. sid)
     if status == 200 and body.status then
       record("resolve", sid, true, body.status)
@@ -153,7 +157,7 @@ local function rand16() local a, b = urandom:read(2):byte(1, 2) return a * 256 +
 
 local deadline = os.time() + 90
 local n = 0
-while not exists(work .. "/stop") and os.time() < deadline do
+while not interrupted() and not exists(work .. "/stop") and os.time() < deadline do
   n = n + 1
   local status, b = http("POST", OPERATOR .. "/pair/new")
   local ok, code = outcome(status, b)
