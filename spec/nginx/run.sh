@@ -51,7 +51,7 @@ cdir54=$tree/build/lua5.4
 [ -f "$cdir54/pairstore/core.so" ] || cdir54=$tree/build
 
 prefix=$(mktemp -d /tmp/pairstore-nginx.XXXXXX)
-ha_p= ha_s= # the failover's clusters (pgcluster.sh pair), while they run
+ha_p='' ha_s='' # the failover's clusters (pgcluster.sh pair), while they run
 master=
 driver=
 tailer=
@@ -86,7 +86,7 @@ thaw() {
 stop_pair() {
   local d
   for d in $ha_s $ha_p; do bash "$tree/spec/support/pgcluster.sh" stop "$d" >/dev/null 2>&1; done
-  ha_p= ha_s=
+  ha_p='' ha_s=''
 }
 # shellcheck disable=SC2317  # (called by the trap)
 cleanup() {

@@ -65,9 +65,10 @@ pair)
   bash "$0" start "$dir" >/dev/null || { echo "pgcluster: the primary did not start" >&2; exit 1; }
   bash "$0" start "$standby" standby-of "$dir" >/dev/null || { echo "pgcluster: the standby did not start" >&2; exit 1; }
   # every commit waits for the standby (ALTER SYSTEM cannot share a psql call with the reload)
-  bash "$0" psql "$dir" -c "ALTER SYSTEM SET synchronous_standby_names = 'standby'" >/dev/null &&
-    bash "$0" psql "$dir" -c "SELECT pg_reload_conf()" >/dev/null ||
-    { echo "pgcluster: could not set synchronous_standby_names" >&2; exit 1; }
+  if ! bash "$0" psql "$dir" -c "ALTER SYSTEM SET synchronous_standby_names = 'standby'" >/dev/null ||
+    ! bash "$0" psql "$dir" -c "SELECT pg_reload_conf()" >/dev/null; then
+    echo "pgcluster: could not set synchronous_standby_names" >&2; exit 1
+  fi
   state=
   for _ in $(seq 1 100); do
     state=$(bash "$0" psql "$dir" -c \
