@@ -146,7 +146,9 @@ test-ha: deps all
 # both backends (spec/nginx/run.sh starts the PostgreSQL cluster itself): the flow, parallel
 # codes and responses, a killed worker, a lock held by another process, per-request times;
 # on PostgreSQL also the database frozen and black-holed, aborted requests and long polls
-# (spec/nginx/outage.lua, with 4 and 1 workers).
+# (spec/nginx/outage.lua, with 4 and 1 workers), and a failover: a primary and its synchronous
+# standby of their own, the primary killed and the standby promoted under HTTP traffic
+# (spec/nginx/failover.lua, the checks of make test-ha).
 test-nginx:
 	@bash .ci/deps $(LUA_NAME) nginx
 	@$(MAKE) --no-print-directory LUA=lua5.4 all build/lua5.4-test/test/forkutil.so

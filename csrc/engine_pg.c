@@ -39,6 +39,7 @@ enum { UV_DECODE = 1, UV_ROWS, UV_TEXTS, UV_TOKENS, UV_DIRTY, UV_PENDING, UV_SEE
 typedef struct rt_entry {
   uint64_t hash;
   int n, rc, lost, cancel;
+  int news;              /* what the link noted meanwhile (link_news) */
   char state[6];
   PGresult **res;
   ps_err err;
@@ -69,10 +70,11 @@ typedef struct pg_eng {
   ps_event events[PS_MAX_EVENTS];
   int nevents;
   char invalid_first[200]; /* the first invalid row's sid and why, for a later count's message */
+  unsigned reconnects_seen, moves_seen; /* the link's counts, as the last events told them */
   /* a deferred transaction: its round trips so far, the next one's index when it runs
    * again, and where its commit began */
   rt_entry *log;
-  int nlog, caplog, seq, commit_seq, in_commit;
+  int nlog, caplog, seq, commit_seq, in_commit, commit_nevents;
 } pg_eng;
 
 #define PE(e) ((pg_eng *)(void *)(e))
@@ -101,7 +103,42 @@ static void add_event(pg_eng *p, const char *name, const char *detail)
   ev = &p->events[p->nevents++];
   memset(ev, 0, sizeof *ev);
   snprintf(ev->name, sizeof ev->name, "%s", name);
-  snprintf(ev->detail, sizeof ev->detail, "%s", detail); /* (our own text: a sid, what is wrong) */
+  /* (our own text: a sid, what is wrong, a server's host and port) */
+  snprintf(ev->detail, sizeof ev->detail, "%.*s", (int)sizeof ev->detail - 1, detail);
+}
+
+/* What the transport noted on the link since the engine last told it: a connection made
+ * again after one broke (reconnected), one that reached another server than the connection
+ * before it (failover). Taken inside a transaction only, whose events say it (outside one,
+ * the next transaction's first round trip takes it). */
+#define NEWS_RECONNECTED 1
+#define NEWS_FAILOVER 2
+
+static int link_news(pg_eng *p)
+{
+  pg_link *k = p->k;
+  int news = 0;
+  if (!p->in_txn) return 0;
+  if (k->reconnects != p->reconnects_seen) news |= NEWS_RECONNECTED;
+  if (k->moves != p->moves_seen) news |= NEWS_FAILOVER;
+  p->reconnects_seen = k->reconnects;
+  p->moves_seen = k->moves;
+  return news;
+}
+
+static void add_news(pg_eng *p, int news)
+{
+  char d[640];
+  if (news & NEWS_RECONNECTED) {
+    snprintf(d, sizeof d, "a PostgreSQL connection broke (lost, no answer in time, or a server "
+             "that would not take writes) and was made again, to %s", p->k->server);
+    add_event(p, "reconnected", d);
+  }
+  if (news & NEWS_FAILOVER) {
+    snprintf(d, sizeof d, "a new PostgreSQL connection reached another server: %s (before: %s)",
+             p->k->server, p->k->server_before);
+    add_event(p, "failover", d);
+  }
 }
 
 /* A row whose text is not a valid session: one invalid_dropped event per transaction, its
@@ -151,15 +188,8 @@ static int rt(pg_eng *p, const pgq *qs, int n, PGresult **res, int64_t budget, i
   uint64_t h;
   int i;
   if (!p->deferred) {
-    int rc, attempt;
-    for (attempt = 0;; attempt++) {
-      int reused = k->conn && k->pid == getpid() && PQstatus(k->conn) == CONNECTION_OK;
-      rc = pg_roundtrip(k, qs, n, res, budget, 0, err);
-      if (rc == 0 || !retry || attempt > 0 || !reused || !err->code ||
-          strcmp(err->code, "unavailable") != 0 || k->conn)
-        break;
-      for (i = 0; i < n; i++) PQclear(res[i]);
-    }
+    int rc = pg_exchange(k, qs, n, res, budget, 0, retry, err);
+    add_news(p, link_news(p));
     p->lost = k->lost;
     if (rc != 0) lock_busy_code(p, k->state, k->cancel, err);
     return rc;
@@ -187,6 +217,7 @@ static int rt(pg_eng *p, const pgq *qs, int n, PGresult **res, int64_t budget, i
     x = &p->log[p->nlog++];
     x->hash = h;
     x->n = n;
+    x->news = link_news(p);
     x->rc = k->rc;
     x->lost = k->lost;
     x->cancel = k->cancel;
@@ -203,6 +234,7 @@ static int rt(pg_eng *p, const pgq *qs, int n, PGresult **res, int64_t budget, i
     return -1;
   }
   for (i = 0; i < n; i++) res[i] = x->res[i];
+  add_news(p, x->news); /* (again each time the transaction runs again: its events start over) */
   p->lost = x->lost;
   if (x->rc != 0) {
     *err = x->err;
@@ -831,7 +863,7 @@ static int end_rollback(lua_State *L, pg_eng *p, int eng)
       pgq q = { Q_SQL, "ROLLBACK", { 0 } };
       PGresult *r = NULL;
       ps_err e2;
-      if (pg_roundtrip(k, &q, 1, &r, k->stmt_ms, 1, &e2) != 0) pg_link_drop(k);
+      if (pg_roundtrip(k, &q, 1, &r, k->stmt_ms, 1, &e2) != 0) pg_link_break(k);
       PQclear(r);
     }
   }
@@ -929,7 +961,7 @@ static void cut_commit(pg_eng *p, const pgq *q, int n)
     for (j = 0; j < 5000 && PQflush(c) == 1; j++) usleep(1000);
     usleep(200000); /* let the server run it before the connection goes */
   }
-  pg_link_drop(p->k);
+  pg_link_break(p->k); /* (as a connection lost) */
 }
 
 /* Which session the server refused, and why in our terms (err's code "database"). */
@@ -966,10 +998,13 @@ static int end_commit(lua_State *L, pg_eng *p, int eng, ps_err *err)
   commit_key key;
 
   if (p->deferred) { /* run again: the same round trips, from where the commit began */
-    if (p->in_commit) p->seq = p->commit_seq;
-    else {
+    if (p->in_commit) {
+      p->seq = p->commit_seq;
+      p->nevents = p->commit_nevents; /* (and the events they make, made again) */
+    } else {
       p->in_commit = 1;
       p->commit_seq = p->seq;
+      p->commit_nevents = p->nevents;
     }
   }
   push_uv(L, eng, UV_PENDING);
@@ -1038,7 +1073,7 @@ static int end_commit(lua_State *L, pg_eng *p, int eng, ps_err *err)
     pgq rb = { Q_SQL, "ROLLBACK", { 0 } };
     PGresult *r = NULL;
     ps_err e2;
-    if (pg_roundtrip(p->k, &rb, 1, &r, p->k->stmt_ms, 1, &e2) != 0) pg_link_drop(p->k);
+    if (pg_roundtrip(p->k, &rb, 1, &r, p->k->stmt_ms, 1, &e2) != 0) pg_link_break(p->k);
     PQclear(r);
   }
   if (rc != 0 && err->code && !strcmp(err->code, "database")) refused(p, q, res, n, err);

@@ -57,6 +57,15 @@ typedef struct pg_link {
   int connect_failed;    /* the last round trip could not connect */
   char state[6];         /* the SQLSTATE of the last round trip's failed statement, or "" */
   int cancel;            /* that failure was a cancel ("due to user request") */
+  /* what the engine turns into events (pg_connect notes it; counts only grow) */
+  int broken;            /* the connection broke (lost, no answer in time, or dropped as not to
+                          * be trusted: a read-only server, a server shutting down) and no
+                          * other was made since; a connection let go on purpose is not */
+  unsigned reconnects;   /* connections made after one broke (on a link that had one) */
+  unsigned moves;        /* connections that reached another server than the one before */
+  char server[192];      /* the server the last connection reached: host:port as libpq
+                          * reached it ("" before the first) */
+  char server_before[192]; /* the server before the last move */
   /* a round trip handed to a worker thread: the statements (parameters in pend_buf) */
   int pend_n;
   pgq *pend;
@@ -81,6 +90,8 @@ pg_link *pg_link_new(const char *conninfo, const char *display, const char *stor
                      const char *hidden_user, const char *hidden_db, const ps_pg_opts *o);
 /* Closes the connection (the server rolls back what it held). */
 void pg_link_drop(pg_link *k);
+/* The same for a connection that broke, or cannot be trusted any more (k->broken). */
+void pg_link_break(pg_link *k);
 /* Releases a link: at once, or, while a worker thread runs its round trip, when it ends. */
 void pg_link_free(pg_link *k);
 /* Under the table's mutex: 2 a worker thread runs its round trip; 1 one finished at *done_ms
@@ -96,6 +107,13 @@ int  pg_link_idle(pg_link *k);
  * (do not connect again). */
 int  pg_roundtrip(pg_link *k, const pgq *qs, int n, PGresult **res, int64_t budget,
                   int connecting, ps_err *err);
+/* A round trip (pg_roundtrip) as an operation makes it: retry (nothing was done yet): a
+ * connection made before and found broken is opened again once and the round trip sent
+ * again. Each attempt has budget ms, or, with a deadline (monotonic ms; 0: none), what is
+ * left until then (none left: "timeout"). The one copy of the reconnect-once rule, for the
+ * engine's own thread and for a worker thread's. */
+int  pg_exchange(pg_link *k, const pgq *qs, int n, PGresult **res, int64_t budget,
+                 int64_t deadline, int retry, ps_err *err);
 /* Connects (if not connected) within connect_timeout_ms; 0, or -1 with err set. */
 int  pg_connect(pg_link *k, ps_err *err);
 

@@ -193,6 +193,12 @@ void pg_link_drop(pg_link *k)
   k->listening = 0;
 }
 
+void pg_link_break(pg_link *k)
+{
+  if (k->conn && k->pid == getpid()) k->broken = 1;
+  pg_link_drop(k);
+}
+
 void pg_link_free(pg_link *k)
 {
   int later;
@@ -434,15 +440,42 @@ static void connect_failed(pg_link *k, ps_err *err)
   pg_set_err(k, err, code, "PostgreSQL %s: cannot connect: %s", d);
 }
 
+/* Notes which server a new connection reached (see pg_link: reconnects, moves): host:port as
+ * libpq reached it, which of a multi-host target's hosts it is, with the address a host name
+ * resolved to (a name that now points elsewhere is another server). */
+static void note_server(pg_link *k)
+{
+  char id[sizeof k->server];
+  const char *host = PQhost(k->conn), *addr = PQhostaddr(k->conn), *port = PQport(k->conn);
+  if (!host) host = "";
+  if (!port) port = "";
+  if (addr && *addr && strcmp(addr, host) != 0)
+    snprintf(id, sizeof id, "%s (%s):%s", host, addr, port);
+  else
+    snprintf(id, sizeof id, "%s:%s", host, port);
+  if (k->server[0]) { /* the link had a connection before this one */
+    if (k->broken) k->reconnects++;
+    if (strcmp(k->server, id) != 0) {
+      k->moves++;
+      memcpy(k->server_before, k->server, sizeof k->server_before);
+    }
+  }
+  memcpy(k->server, id, sizeof k->server);
+  k->broken = 0;
+}
+
 int pg_connect(pg_link *k, ps_err *err)
 {
   PostgresPollingStatusType st = PGRES_POLLING_WRITING;
   int64_t deadline;
 
   k->connect_failed = 0;
-  if (k->conn && k->pid != getpid()) pg_link_drop(k);
+  if (k->conn && k->pid != getpid()) { /* a forked child: its own, none broke */
+    pg_link_drop(k);
+    k->broken = 0;
+  }
   if (k->conn && PQstatus(k->conn) == CONNECTION_OK) return 0;
-  pg_link_drop(k);
+  pg_link_break(k); /* (one there: libpq found it broken) */
   k->connect_failed = 1;
   k->conn = PQconnectStart(k->conninfo);
   if (!k->conn) {
@@ -488,6 +521,7 @@ int pg_connect(pg_link *k, ps_err *err)
     return -1;
   }
   k->connect_failed = 0;
+  note_server(k);
   return 0;
 }
 
@@ -636,7 +670,7 @@ int pg_roundtrip(pg_link *k, const pgq *qs, int n, PGresult **res, int64_t budge
     PGnotify *nt;
     while ((nt = PQnotifies(c)) != NULL) PQfreemem(nt);
   }
-  if (failed && drop) pg_link_drop(k);
+  if (failed && drop) pg_link_break(k);
   return failed ? -1 : 0;
 
 timed_out:
@@ -646,13 +680,42 @@ timed_out:
   else
     ps_err_set(err, "timeout", "PostgreSQL %s: no answer within %lld ms (statement_timeout_ms = %d)",
                k->display, (long long)budget, k->stmt_ms);
-  pg_link_drop(k);
+  pg_link_break(k);
   return -1;
 lost:
   k->lost = 1;
   pg_set_err(k, err, "unavailable", "PostgreSQL %s: connection lost: %s", PQerrorMessage(c));
-  pg_link_drop(k);
+  pg_link_break(k);
   return -1;
+}
+
+int pg_exchange(pg_link *k, const pgq *qs, int n, PGresult **res, int64_t budget,
+                int64_t deadline, int retry, ps_err *err)
+{
+  int attempt, rc = -1, i;
+  for (attempt = 0; attempt < 2; attempt++) {
+    int reused = k->conn && k->pid == getpid() && PQstatus(k->conn) == CONNECTION_OK;
+    if (deadline) {
+      budget = deadline - ps_mono_ms();
+      if (budget <= 0) {
+        ps_err_set(err, "timeout", "PostgreSQL %s: no answer within statement_timeout_ms "
+                   "(%d): the round trip waited for a worker thread", k->display, k->stmt_ms);
+        return -1;
+      }
+    }
+    memset(err, 0, sizeof *err);
+    rc = pg_roundtrip(k, qs, n, res, budget, 0, err);
+    /* again only when nothing was done: the round trip may be retried, the connection was
+     * one made before (not the one just made) and it turned out broken (dropped) */
+    if (rc == 0 || !retry || !reused || !err->code || strcmp(err->code, "unavailable") != 0 ||
+        k->conn)
+      break;
+    for (i = 0; i < n; i++) {
+      PQclear(res[i]);
+      res[i] = NULL;
+    }
+  }
+  return rc;
 }
 
 /* ---- handing a round trip to a worker thread ------------------------------------------------- */
@@ -729,8 +792,6 @@ int pg_link_hand_over(pg_link *k, const pgq *qs, int n, int64_t budget, int retr
 static int perform(unsigned id)
 {
   pg_link *k = take(id);
-  int64_t left;
-  int attempt;
   if (!k) return -1;
   k->res = calloc((size_t)(k->pend_n ? k->pend_n : 1), sizeof *k->res);
   memset(&k->err, 0, sizeof k->err);
@@ -738,26 +799,7 @@ static int perform(unsigned id)
     ps_err_set(&k->err, "unavailable", "PostgreSQL %s: out of memory", k->display);
     k->rc = -1;
   } else {
-    for (attempt = 0; attempt < 2; attempt++) {
-      int reused = k->conn && k->pid == getpid() && PQstatus(k->conn) == CONNECTION_OK;
-      int j;
-      left = k->pend_deadline - ps_mono_ms();
-      if (left <= 0) {
-        ps_err_set(&k->err, "timeout", "PostgreSQL %s: no answer within statement_timeout_ms "
-                   "(%d): the round trip waited for a worker thread", k->display, k->stmt_ms);
-        k->rc = -1;
-        break;
-      }
-      memset(&k->err, 0, sizeof k->err);
-      k->rc = pg_roundtrip(k, k->pend, k->pend_n, k->res, left, 0, &k->err);
-      if (k->rc == 0 || !k->pend_retry || !reused || !k->err.code ||
-          strcmp(k->err.code, "unavailable") != 0 || k->conn)
-        break;
-      for (j = 0; j < k->pend_n; j++) {
-        PQclear(k->res[j]);
-        k->res[j] = NULL;
-      }
-    }
+    k->rc = pg_exchange(k, k->pend, k->pend_n, k->res, 0, k->pend_deadline, k->pend_retry, &k->err);
     if (k->rc != 0 && k->conn && !pg_link_idle(k)) {
       pgq rb = { Q_SQL, "ROLLBACK", { 0 } };
       PGresult *r = NULL;
@@ -765,7 +807,7 @@ static int perform(unsigned id)
       char state[6];
       int lost = k->lost, cancel = k->cancel;
       memcpy(state, k->state, sizeof state); /* (what the round trip said, not the rollback) */
-      if (pg_roundtrip(k, &rb, 1, &r, k->stmt_ms, 1, &e2) != 0) pg_link_drop(k);
+      if (pg_roundtrip(k, &rb, 1, &r, k->stmt_ms, 1, &e2) != 0) pg_link_break(k);
       PQclear(r);
       memcpy(k->state, state, sizeof state);
       k->lost = lost;
@@ -803,7 +845,7 @@ static int listen_poll(lua_State *L, unsigned id, int ms)
     PGnotify *nt;
     if (PQconsumeInput(k->conn) != 1) {
       pg_set_err(k, &err, "unavailable", "PostgreSQL %s: connection lost: %s", PQerrorMessage(k->conn));
-      pg_link_drop(k);
+      pg_link_break(k);
       give_back(k);
       lua_pop(L, 1);
       return ps_push_err(L, &err);

@@ -48,6 +48,9 @@ int ps_pq_load(const char **why);
   X(PQconnectStart) \
   X(PQconnectPoll) \
   X(PQcmdTuples) \
+  X(PQhost) \
+  X(PQhostaddr) \
+  X(PQport) \
 
 #define PS_PQ_DECLARE(f) extern __typeof__(f) *ps_pq_##f;
 PS_PQ_FUNCS(PS_PQ_DECLARE)
@@ -89,6 +92,9 @@ PS_PQ_FUNCS(PS_PQ_DECLARE)
 #define PQconnectStart (*ps_pq_PQconnectStart)
 #define PQconnectPoll (*ps_pq_PQconnectPoll)
 #define PQcmdTuples (*ps_pq_PQcmdTuples)
+#define PQhost (*ps_pq_PQhost)
+#define PQhostaddr (*ps_pq_PQhostaddr)
+#define PQport (*ps_pq_PQport)
 #endif
 
 #endif

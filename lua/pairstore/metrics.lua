@@ -34,7 +34,8 @@ M.BUCKETS, M.BUCKET_LABELS = BOUND, BUCKETS
 -- event name that is not 1 to 40 of [a-z_] (the core's names always are), counts as "other".
 local OPS = { "create", "get", "update", "transition", "verify_code", "register_failed_code", "consume",
   "respond", "reject", "list", "prune", "wait", "now", "export", "import" }
-local EVENTS = { "lock_broken", "corrupt", "invalid_dropped", "orphans_swept", "commit_confirmed", "pruned" }
+local EVENTS = { "lock_broken", "corrupt", "invalid_dropped", "orphans_swept", "commit_confirmed", "reconnected",
+  "failover", "pruned" }
 local STATUSES = core.STATUSES
 M.OPS, M.EVENTS = OPS, EVENTS
 

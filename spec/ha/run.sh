@@ -62,21 +62,9 @@ watchdog=$!
 t0=$SECONDS
 say() { echo "ha: [$((SECONDS - t0)) s] $*"; }
 
-$PGC start "$primary" >/dev/null || fail_early "the primary did not start"
-$PGC start "$standby" standby-of "$primary" >/dev/null || fail_early "the standby did not start"
-$PGC psql "$primary" -c "ALTER SYSTEM SET synchronous_standby_names = 'standby'" &&
-  $PGC psql "$primary" -c "SELECT pg_reload_conf()" >/dev/null || fail_early "could not set synchronous_standby_names"
-state=
-for _ in $(seq 1 100); do
-  state=$($PGC psql "$primary" -c \
-    "SELECT sync_state FROM pg_stat_replication WHERE application_name = 'standby'" 2>/dev/null)
-  [ "$state" = sync ] && break
-  sleep 0.1
-done
-[ "$state" = sync ] || fail_early "the standby is not synchronous (sync_state '${state}')"
+target=$($PGC pair "$primary" "$standby") || fail_early "no primary with a synchronous standby (pgcluster.sh pair)"
 say "primary $primary, synchronous standby $standby"
 
-target="postgresql:///pairstore?host=$primary,$standby&user=pairstore&target_session_attrs=read-write"
 direct="postgresql:///pairstore?host=$standby&user=pairstore"
 # The schema is made once before the clients start (its concurrent creation is not what this
 # test is about); the clients then only use the store.

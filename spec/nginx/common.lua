@@ -2,8 +2,10 @@
 -- server's coordinates from the environment run.sh sets, the check/note lines and their
 -- count, real HTTP through curl (one request, many in parallel, their -w lines), sessions
 -- made through the operator's server, sealed responses, a lock held by a process outside
--- nginx (holder.lua). require "common" with spec/nginx/ on package.path (the checks of
--- `make test-metrics`, spec/metrics/driver.lua, too).
+-- nginx (holder.lua), probes of the page and a route without the store (outage.lua,
+-- failover.lua), error.log lines that say something broke. require "common" with
+-- spec/nginx/ on package.path (the checks of `make test-metrics`, spec/metrics/driver.lua,
+-- too).
 local pairstore = require "pairstore"
 local crypto = require "pairstore.crypto"
 local core = require "pairstore.core"
@@ -24,12 +26,13 @@ local PAYLOADS = env("PAIRSTORE_PAYLOAD_DIR")
 local TREE = env("TREE")
 local HOLD_MS = tonumber(os.getenv("HOLD_MS") or "2000")
 local BASE = "http://127.0.0.1:" .. PORT
--- The operator's server (POST /pair/new), apart from the public one.
+-- The operator's server (POST /pair/new, GET /metrics), apart from the public one.
 local OPERATOR = "http://127.0.0.1:" .. env("NGX_OPERATOR_PORT")
--- A path (on the public server; /pair/new on the operator's), or a whole URL as it is.
+-- A path (on the public server; /pair/new and /metrics on the operator's), or a whole URL
+-- as it is.
 local function url_of(path)
   if path:find("^https?://") then return path end
-  return (path == "/pair/new" and OPERATOR or BASE) .. path
+  return ((path == "/pair/new" or path == "/metrics") and OPERATOR or BASE) .. path
 end
 
 local passed, failed = 0, 0
@@ -239,6 +242,61 @@ local function wait_for(fn, seconds)
   return nil
 end
 
+-- error.log lines that say something broke (not a store failure the handler mapped to 503).
+local function crashes(text)
+  local bad = {}
+  for line in text:gmatch("[^\n]+") do
+    local ours = line:find("exited on signal 9", 1, true) -- (the tests' own SIGKILL)
+    if not ours and (line:find("exited on signal", 1, true)
+      or line:find("[alert]", 1, true) or line:find("[emerg]", 1, true) or line:find("[crit]", 1, true)
+      or line:find("lua entry thread aborted", 1, true) or line:find("pairing_gateway:", 1, true)) then
+      bad[#bad + 1] = line
+    end
+  end
+  return bad
+end
+
+-- Probes of what must never wait on the database: the static page and a Lua route that
+-- answers without the store (the handler's own 400), each from a curl of its own, one probe
+-- after the other (the next one starts when the last one ended, 25 a second at most: curl
+-- --rate), one new connection each (so that every worker gets some), until stopped:
+-- :stop() -> { code, ms, worker, exit (curl's exit code), at (the probe's start, ms after
+-- the first, about) } list.
+local function probes(sid)
+  local dir = tmpname("probe")
+  assert(os.execute("mkdir " .. q(dir)))
+  local run = { "echo $$ > " .. q(dir .. "/pid"), "trap 'kill $(jobs -p) 2>/dev/null; exit 0' TERM" }
+  for k, url in ipairs { BASE .. "/pair?sid=" .. sid, BASE .. "/pair/status?sid=nothex" } do
+    local cfg = {}
+    for _ = 1, 1500 do cfg[#cfg + 1] = fmt("url = %q\noutput = \"/dev/null\"\n", url) end
+    write(fmt("%s/cfg%d", dir, k), table.concat(cfg))
+    -- (stdbuf: each -w line written as it comes, so that stopping curl loses none)
+    run[#run + 1] = fmt("stdbuf -oL curl -s --no-progress-meter --rate 25/s --max-time 10 -H 'Connection: close' "
+      .. "-w '%%{http_code} %%{time_total} %%{exitcode} %%header{x-pairstore-worker}\\n' -K %s > %s 2>/dev/null &",
+      q(fmt("%s/cfg%d", dir, k)), q(fmt("%s/out%d", dir, k)))
+  end
+  run[#run + 1] = "wait"
+  write(dir .. "/run.sh", table.concat(run, "\n") .. "\n")
+  os.execute(fmt("timeout 120 bash %s > /dev/null 2>&1 &", q(dir .. "/run.sh")))
+  local p = {}
+  function p.stop()
+    local pid = wait_for(function() return tonumber(read(dir .. "/pid") or "") end, 5)
+    if pid then os.execute(fmt("kill -TERM %d 2>/dev/null", pid)) end
+    sleep(0.1)
+    local r = {}
+    for k = 1, 2 do
+      local i = 0
+      for code, secs, exit, worker in (read(fmt("%s/out%d", dir, k)) or ""):gmatch("(%d+) ([%d.]+) (%d+) (%d*)\n") do
+        i = i + 1
+        r[#r + 1] = { code = tonumber(code), ms = tonumber(secs) * 1000, worker = tonumber(worker), exit = tonumber(exit),
+          at = i * 40 }
+      end
+    end
+    return r
+  end
+  return p
+end
+
 local function summary()
   print(fmt("%d passed, %d failed", passed, failed))
   return failed == 0
@@ -252,4 +310,5 @@ return {
   stats = stats, WOUT = WOUT, body_args = body_args, http = http, parallel = parallel, results = results,
   tally = tally, show = show, count = count, new_session = new_session, sealed = sealed, wrong = wrong,
   workers_of_master = workers_of_master, look = look, holder = holder, wait_for = wait_for,
+  probes = probes, crashes = crashes,
 }

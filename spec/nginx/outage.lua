@@ -28,6 +28,7 @@ local fmt, check, note, q, read, write, sh, sleep = H.fmt, H.check, H.note, H.q,
 local http, parallel, tally, show, count = H.http, H.parallel, H.tally, H.show, H.count
 local new_session, sealed, wrong, wait_for, tmpname = H.new_session, H.sealed, H.wrong, H.wait_for, H.tmpname
 local PORT, PREFIX, TREE = H.PORT, H.PREFIX, H.TREE
+local probes, crashes = H.probes, H.crashes
 
 local PGDIR = os.getenv("PAIRSTORE_TEST_PGDIR")
 local PGCLUSTER = TREE .. "/spec/support/pgcluster.sh"
@@ -92,20 +93,6 @@ end
 local function errors_since(offset)
   return (read(PREFIX .. "/error.log") or ""):sub(offset + 1)
 end
--- error.log lines that say something broke (not a store failure the handler mapped to 503).
-local function crashes(text)
-  local bad = {}
-  for line in text:gmatch("[^\n]+") do
-    local ours = line:find("exited on signal 9", 1, true) -- (the tests' own SIGKILL)
-    if not ours and (line:find("exited on signal", 1, true)
-      or line:find("[alert]", 1, true) or line:find("[emerg]", 1, true) or line:find("[crit]", 1, true)
-      or line:find("lua entry thread aborted", 1, true) or line:find("pairing_gateway:", 1, true)) then
-      bad[#bad + 1] = line
-    end
-  end
-  return bad
-end
-
 -- The workers holding established connections of our port (ss, as root: every process).
 local function busy_workers()
   local busy = {}
@@ -139,47 +126,6 @@ local function launch(method, urls, opts)
     return r
   end
   return h
-end
-
--- Probes of what must never wait on the database: the static page and a Lua route that
--- answers without the store (the handler's own 400), each from a curl of its own, one probe
--- after the other (the next one starts when the last one ended, 25 a second at most: curl
--- --rate), one new connection each (so that every worker gets some), until stopped:
--- :stop() -> { code, ms, worker, exit (curl's exit code), at (the probe's start, ms after
--- the first, about) } list.
-local function probes(sid)
-  local dir = tmpname("probe")
-  assert(os.execute("mkdir " .. q(dir)))
-  local run = { "echo $$ > " .. q(dir .. "/pid"), "trap 'kill $(jobs -p) 2>/dev/null; exit 0' TERM" }
-  for k, url in ipairs { H.BASE .. "/pair?sid=" .. sid, H.BASE .. "/pair/status?sid=nothex" } do
-    local cfg = {}
-    for _ = 1, 1500 do cfg[#cfg + 1] = fmt("url = %q\noutput = \"/dev/null\"\n", url) end
-    write(fmt("%s/cfg%d", dir, k), table.concat(cfg))
-    -- (stdbuf: each -w line written as it comes, so that stopping curl loses none)
-    run[#run + 1] = fmt("stdbuf -oL curl -s --no-progress-meter --rate 25/s --max-time 10 -H 'Connection: close' "
-      .. "-w '%%{http_code} %%{time_total} %%{exitcode} %%header{x-pairstore-worker}\\n' -K %s > %s 2>/dev/null &",
-      q(fmt("%s/cfg%d", dir, k)), q(fmt("%s/out%d", dir, k)))
-  end
-  run[#run + 1] = "wait"
-  write(dir .. "/run.sh", table.concat(run, "\n") .. "\n")
-  os.execute(fmt("timeout 120 bash %s > /dev/null 2>&1 &", q(dir .. "/run.sh")))
-  local p = {}
-  function p.stop()
-    local pid = wait_for(function() return tonumber(read(dir .. "/pid") or "") end, 5)
-    if pid then os.execute(fmt("kill -TERM %d 2>/dev/null", pid)) end
-    sleep(0.1)
-    local r = {}
-    for k = 1, 2 do
-      local i = 0
-      for code, secs, exit, worker in (read(fmt("%s/out%d", dir, k)) or ""):gmatch("(%d+) ([%d.]+) (%d+) (%d*)\n") do
-        i = i + 1
-        r[#r + 1] = { code = tonumber(code), ms = tonumber(secs) * 1000, worker = tonumber(worker), exit = tonumber(exit),
-          at = i * 40 }
-      end
-    end
-    return r
-  end
-  return p
 end
 
 local function probe_report(what, rs)

@@ -7,8 +7,11 @@
 # reachable by that user), error_log in the prefix; spec/nginx/driver.lua runs the checks
 # over HTTP, bounded in time. On PostgreSQL, spec/nginx/outage.lua then runs as the caller
 # (it SIGSTOPs the server's processes and reads pg_stat_activity): on the same nginx, on one
-# with 1 worker, and on nginx with 4 and 1 workers against a listener that never answers
-# (NGX_OUTAGE=0: not at all; NGX_OUTAGE=aborts,longpoll,frozen,frozen1,blackhole4,blackhole1:
+# with 1 worker, and on nginx with 4 and 1 workers against a listener that never answers;
+# then spec/nginx/failover.lua, also as the caller: a primary and its synchronous standby of
+# their own (spec/support/pgcluster.sh pair), nginx with 4 workers on the multi-host target,
+# the primary killed and the standby promoted under HTTP traffic
+# (NGX_OUTAGE=0: none of these; NGX_OUTAGE=aborts,longpoll,frozen,frozen1,blackhole4,blackhole1,failover:
 # those). Each script's closing line shows as "NAME: N passed, N failed" and counts into the
 # run's own. nginx is stopped, the server's processes continued and everything removed at the
 # end, also on failure or interruption (NGX_KEEP_LOGS=DIR: the logs copied there first). Ends
@@ -48,6 +51,7 @@ cdir54=$tree/build/lua5.4
 [ -f "$cdir54/pairstore/core.so" ] || cdir54=$tree/build
 
 prefix=$(mktemp -d /tmp/pairstore-nginx.XXXXXX)
+ha_p='' ha_s='' # the failover's clusters (pgcluster.sh pair), while they run
 master=
 driver=
 tailer=
@@ -77,6 +81,13 @@ thaw() {
   # shellcheck disable=SC2046  # (the children, one word each)
   kill -CONT "$pm" $(cat "/proc/$pm/task/$pm/children" 2>/dev/null) 2>/dev/null || true
 }
+# The failover's clusters, stopped and removed.
+# shellcheck disable=SC2317  # (called by the trap)
+stop_pair() {
+  local d
+  for d in $ha_s $ha_p; do bash "$tree/spec/support/pgcluster.sh" stop "$d" >/dev/null 2>&1; done
+  ha_p='' ha_s=''
+}
 # shellcheck disable=SC2317  # (called by the trap)
 cleanup() {
   if [ -n "$driver" ]; then kill -TERM "$driver" 2>/dev/null; wait "$driver" 2>/dev/null; fi
@@ -84,6 +95,7 @@ cleanup() {
   if [ -n "$blackhole" ]; then kill -TERM "$blackhole" 2>/dev/null; wait "$blackhole" 2>/dev/null; fi
   thaw
   stop_nginx
+  stop_pair
   # NGX_KEEP_LOGS=DIR: nginx's logs and the scripts' outputs copied there first
   [ -n "${NGX_KEEP_LOGS:-}" ] && mkdir -p "$NGX_KEEP_LOGS" && cp "$prefix"/*.log "$prefix"/*.out "$NGX_KEEP_LOGS"/ 2>/dev/null
   rm -rf "$prefix"
@@ -260,6 +272,25 @@ if [ "$backend" = pg ] && [ "${NGX_OUTAGE:-1}" != 0 ]; then
       run_checks "blackhole-$w" "$bht" -- env OUTAGE=blackhole NGX_BLACKHOLE_PORT="$bh" lua5.4 "$here/outage.lua"
     else total_f=$((total_f + 1)); fi
   done
+  # A failover (spec/nginx/failover.lua): a primary and its synchronous standby of their own,
+  # nginx with 4 workers on host=PRIMARY,STANDBY&target_session_attrs=read-write.
+  if want failover; then
+    stop_nginx
+    ha_p=$(mktemp -d /tmp/pairstore-ngx-ha-p.XXXXXX)
+    ha_s=$(mktemp -d /tmp/pairstore-ngx-ha-s.XXXXXX)
+    if hat=$(bash "$tree/spec/support/pgcluster.sh" pair "$ha_p" "$ha_s"); then
+      # (the workers' user reaches the sockets: enter only, as for the suite's cluster)
+      [ ${#run_as[@]} -gt 0 ] && chmod 0711 "$ha_p" "$ha_s"
+      if start_nginx "$hat" 4 "4 workers, a primary and its synchronous standby (multi-host target)"; then
+        run_checks failover "$hat" -- env NGX_HA_PRIMARY="$ha_p" NGX_HA_STANDBY="$ha_s" lua5.4 "$here/failover.lua"
+      else total_f=$((total_f + 1)); fi
+      stop_nginx
+    else
+      echo "run.sh: no primary with a synchronous standby (pgcluster.sh pair)"
+      total_f=$((total_f + 1))
+    fi
+    stop_pair
+  fi
 fi
 echo "$total_p passed, $total_f failed"
 [ "$total_f" -eq 0 ]

@@ -3,6 +3,10 @@
 # unix socket in that directory (no TCP port, nothing shared with the machine's clusters).
 #
 #   pgcluster.sh start DIR [standby-of PRIMARY_DIR]   initdb (or pg_basebackup), start, print the target
+#   pgcluster.sh pair DIR STANDBY_DIR                 a primary in DIR and a synchronous streaming
+#                                                     standby in STANDBY_DIR (named in the primary's
+#                                                     synchronous_standby_names, sync_state checked);
+#                                                     prints the multi-host target (read-write)
 #   pgcluster.sh stop DIR                             stop (fast) and remove DIR
 #   pgcluster.sh ctl DIR ARGS...                      pg_ctl ARGS as the cluster's user (stop -m immediate, start, promote)
 #   pgcluster.sh psql DIR ARGS...                     psql as the superuser on the cluster's socket
@@ -17,7 +21,7 @@
 set -euo pipefail
 
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
-cmd=${1:?usage: pgcluster.sh start|stop|ctl|psql|pid DIR}
+cmd=${1:?usage: pgcluster.sh start|pair|stop|ctl|psql|pid DIR}
 dir=${2:?usage: pgcluster.sh $cmd DIR}
 shift 2
 
@@ -55,6 +59,25 @@ start)
       -c "CREATE ROLE pairstore_password NOLOGIN" >/dev/null
   fi
   echo "postgresql:///pairstore?host=$dir&user=pairstore" | tee "$dir/target"
+  ;;
+pair)
+  standby=${1:?usage: pgcluster.sh pair DIR STANDBY_DIR}
+  bash "$0" start "$dir" >/dev/null || { echo "pgcluster: the primary did not start" >&2; exit 1; }
+  bash "$0" start "$standby" standby-of "$dir" >/dev/null || { echo "pgcluster: the standby did not start" >&2; exit 1; }
+  # every commit waits for the standby (ALTER SYSTEM cannot share a psql call with the reload)
+  if ! bash "$0" psql "$dir" -c "ALTER SYSTEM SET synchronous_standby_names = 'standby'" >/dev/null ||
+    ! bash "$0" psql "$dir" -c "SELECT pg_reload_conf()" >/dev/null; then
+    echo "pgcluster: could not set synchronous_standby_names" >&2; exit 1
+  fi
+  state=
+  for _ in $(seq 1 100); do
+    state=$(bash "$0" psql "$dir" -c \
+      "SELECT sync_state FROM pg_stat_replication WHERE application_name = 'standby'" 2>/dev/null || true)
+    [ "$state" = sync ] && break
+    sleep 0.1
+  done
+  [ "$state" = sync ] || { echo "pgcluster: the standby is not synchronous (sync_state '$state')" >&2; exit 1; }
+  echo "postgresql:///pairstore?host=$dir,$standby&user=pairstore&target_session_attrs=read-write"
   ;;
 stop)
   if [ -d "$dir/data" ]; then
