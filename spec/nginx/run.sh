@@ -56,21 +56,12 @@ master=
 driver=
 tailer=
 blackhole=
+# nginx from the template, started and stopped as make bench-nginx does (spec/nginx/serve.sh:
+# ngx_start, ngx_stop; the same variables: prefix, tree, jitdir, user_line, master).
+# shellcheck source=spec/nginx/serve.sh
+source "$here/serve.sh"
 # shellcheck disable=SC2317  # (called by the trap)
-stop_nginx() {
-  [ -n "$master" ] || return 0
-  local kids
-  kids=$(cat "/proc/$master/task/$master/children" 2>/dev/null || true)
-  kill -QUIT "$master" 2>/dev/null
-  for _ in $(seq 30); do kill -0 "$master" 2>/dev/null || break; sleep 0.1; done
-  kill -TERM "$master" 2>/dev/null
-  for _ in $(seq 20); do kill -0 "$master" 2>/dev/null || break; sleep 0.1; done
-  # (still there: the master and the workers it had, by their ids)
-  kids="$kids $(cat "/proc/$master/task/$master/children" 2>/dev/null || true)"
-  kill -KILL "$master" 2>/dev/null
-  for k in $kids; do kill -KILL "$k" 2>/dev/null; done
-  master=
-}
+stop_nginx() { ngx_stop; }
 # The PostgreSQL server's processes, running again (outage.lua stops them; whatever became of it).
 # shellcheck disable=SC2317  # (called by the trap)
 thaw() {
@@ -104,6 +95,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 run_as=()
+# shellcheck disable=SC2034  # (serve.sh's ngx_start reads it)
 user_line="# (not root: the workers run as the caller)"
 mkdir -p "$prefix/tmp" "$prefix/store" "$prefix/payloads" "$prefix/work"
 chmod 0755 "$prefix"
@@ -134,41 +126,12 @@ fi
 
 if [ "$backend" = pg ]; then target=$PAIRSTORE_TEST_PG; else target=$prefix/store/pair-sessions.json; fi
 
-free_port() {
-  local p
-  for _ in $(seq 100); do
-    p=$((20000 + RANDOM % 40000))
-    [ -z "$(ss -Htln "sport = :$p" 2>/dev/null)" ] && { echo "$p"; return 0; }
-  done
-  return 1
-}
-
-# start_nginx TARGET WORKERS: nginx from the template on free loopback ports (tried again on
-# another port if the one chosen was taken meanwhile); sets port, oport, master.
+# start_nginx TARGET WORKERS [NOTE]: nginx from the template on free loopback ports (tried
+# again on another port if the one chosen was taken meanwhile); sets port, oport, master.
 start_nginx() {
-  local tgt=$1 workers=$2 started=
-  for _ in 1 2 3; do
-    port=$(free_port) || break
-    oport=$(free_port) || break
-    [ "$oport" = "$port" ] && continue
-    sed -e "s|@USER@|$user_line|; s|@PREFIX@|$prefix|g; s|@LISTEN@|127.0.0.1:$port|; s|@TREE@|$tree|g" \
-      -e "s|@OPERATOR_LISTEN@|127.0.0.1:$oport|" -e "s|^worker_processes .*|worker_processes $workers;|" \
-      -e "s|rate=20r/s|rate=${NGX_RATE:-100000r/s}|" \
-      -e "s|$tree/build/luajit/?.so|$jitdir/?.so|" \
-      "$tree/examples/nginx/nginx.conf" > "$prefix/nginx.conf"
-    rm -f "$prefix/nginx.pid"
-    if PAIRSTORE_TARGET=$tgt PAIRSTORE_PAYLOAD_DIR=$prefix/payloads PAIRSTORE_BASE_URL=http://127.0.0.1:$port/pair \
-      timeout 20 nginx -p "$prefix" -c "$prefix/nginx.conf" 2> "$prefix/start.err"; then
-      for _ in $(seq 50); do [ -s "$prefix/nginx.pid" ] && break; sleep 0.1; done
-      master=$(cat "$prefix/nginx.pid" 2>/dev/null || true)
-      if [ -n "$master" ] && curl -s --max-time 5 -o /dev/null "http://127.0.0.1:$port/"; then started=1; break; fi
-    fi
-    grep -q "Address already in use" "$prefix/start.err" "$prefix/error.log" 2>/dev/null || break
-    stop_nginx
-  done
-  if [ -z "$started" ]; then
+  if ! target=$1 NGX_WORKERS=$2 ngx_start > "$prefix/start.out"; then
     echo "run.sh: nginx did not start:"
-    cat "$prefix/start.err" "$prefix/error.log" 2>/dev/null | tail -n 20
+    cat "$prefix/start.out"
     return 1
   fi
   echo "nginx $(nginx -v 2>&1 | sed 's/.*\///') on 127.0.0.1:$port, master $master, workers: $(cat "/proc/$master/task/$master/children"), backend $backend${run_as:+ (workers as nobody)}${3:+, $3}"

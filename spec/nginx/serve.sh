@@ -1,6 +1,8 @@
-# spec/nginx/serve.sh: sourced (bash) by spec/bench/nginx.sh (make bench-nginx): the nginx
-# example (examples/nginx/nginx.conf) rendered into a temporary prefix and started on free
-# loopback ports, as spec/nginx/run.sh's start_nginx does (make test-nginx); stopped again.
+# shellcheck shell=bash
+# spec/nginx/serve.sh: sourced (bash) by spec/nginx/run.sh (make test-nginx, test-metrics,
+# test-browser) and spec/bench/nginx.sh (make bench-nginx): the nginx example
+# (examples/nginx/nginx.conf) rendered into a temporary prefix and started on free loopback
+# ports; stopped again.
 #
 #   ngx_free_port                 a free loopback TCP port (printed)
 #   ngx_start                     render and start; uses prefix, tree, jitdir, target,
