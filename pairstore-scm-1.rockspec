@@ -53,6 +53,7 @@ build = {
     ["pairstore.qr"] = "lua/pairstore/qr.lua",
     ["pairstore.deferred"] = "lua/pairstore/deferred.lua",
     ["pairstore.attempts"] = "lua/pairstore/attempts.lua",
+    ["pairstore.text"] = "lua/pairstore/text.lua",
     ["pairstore.thread"] = "lua/pairstore/thread.lua",
     ["pairstore.compat"] = "lua/pairstore/compat.lua",
     ["pairstore.cli"] = "lua/pairstore/cli/init.lua",

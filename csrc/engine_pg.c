@@ -1603,7 +1603,7 @@ int ps_pg_server(ps_engine *e, lua_State *L, int64_t deadline, ps_err *err)
   rc = rt(p, q, 2, res, p->k->stmt_ms, 1, err);
   p->k->bound = 0;
   if (rc == 0) {
-    lua_createtable(L, 0, 5);
+    lua_createtable(L, 0, 6);
     lua_pushstring(L, PQgetvalue(res[0], 0, 2));
     lua_setfield(L, -2, "host");
     lua_pushstring(L, PQgetvalue(res[0], 0, 3));
@@ -1612,6 +1612,8 @@ int ps_pg_server(ps_engine *e, lua_State *L, int64_t deadline, ps_err *err)
     lua_setfield(L, -2, "primary");
     lua_pushstring(L, PQgetvalue(res[0], 0, 1));
     lua_setfield(L, -2, "version");
+    lua_pushstring(L, p->k->server); /* (what libpq reached: host or socket directory, port) */
+    lua_setfield(L, -2, "reached");
     lua_pushinteger(L, (lua_Integer)strtoll(PQgetvalue(res[1], 0, 0), NULL, 10));
     lua_setfield(L, -2, "rows");
   }

@@ -398,7 +398,8 @@ void ps_pg_register(lua_State *L);
 void ps_pg_until(ps_engine *e, int64_t deadline);
 /* The server the store's connection reaches (`pairstore stats`), on this thread, outside a
  * transaction, within deadline (monotonic ms; 0: the store's own timeouts): pushes { host,
- * port, primary, version, rows } and returns 0, or -1 with err set. */
+ * port (the server's own address for the connection), reached (host:port as libpq reached
+ * it), primary, version, rows } and returns 0, or -1 with err set. */
 int  ps_pg_server(ps_engine *e, lua_State *L, int64_t deadline, ps_err *err);
 #ifdef PS_TEST
 /* Test hooks: cut the connection after sending the next n COMMITs; round trips so far. */

@@ -1457,6 +1457,18 @@ end)
 
 -- Outside text on the operator's terminal ----------------------------------------------------
 
+describe("bin/pairstore without its modules", function()
+  it("says where they are looked for and how to run it from a tree (not a traceback)", function()
+    local ok, out, rc = helpers.run("env -u PAIRSTORE_DEV LUA_PATH='/nonexistent/?.lua' LUA_CPATH='/nonexistent/?.so' "
+      .. helpers.LUA .. " " .. q(BIN) .. " list")
+    assert.is_false(ok)
+    assert.are.equal(2, rc)
+    assert.matches("^pairstore: the pairstore Lua modules are not installed where this Lua looks", out)
+    assert.matches("PAIRSTORE_DEV=1 bin/pairstore", out, 1, true)
+    assert.is_nil(out:find("traceback", 1, true), out)
+  end)
+end)
+
 describe("bin/pairstore: outside text reaches stderr only escaped", function()
   after_each(helpers.cleanup)
 

@@ -184,11 +184,16 @@ describe("pairstore.hide_targets (what the CLI echoes of its arguments)", functi
   it("replaces each target by its display form in one pass, altering nothing else", function()
     local hide = pairstore.hide_targets
     local t1 = "postgresql://gw:t@db1:54329/ps"
-    assert.are.equal("unknown command 'postgresql://gw@db1:54329/ps (store default)' (PostgreSQL, port 54329, gw)",
+    assert.are.equal("unknown command 'postgresql://gw@db1:54329/ps' (PostgreSQL, port 54329, gw)",
       hide("unknown command '" .. t1 .. "' (PostgreSQL, port 54329, gw)", { t1 }))
     -- a password that the display form holds (*, ***) is not looked for again: no growth, no loop
     local t2 = "postgresql://u:***@h/a***b"
-    assert.are.equal("x postgresql://u@h/a***b (store default) y", hide("x " .. t2 .. " y", { t2 }))
+    assert.are.equal("x postgresql://u@h/a***b y", hide("x " .. t2 .. " y", { t2 }))
+    -- a target that hides nothing is left as it is: a message that names it with its store
+    -- says that store once (not "(store default) (store prod)")
+    local t3 = "postgresql://gateway@127.0.0.1:1/pairstore"
+    assert.are.equal("PostgreSQL " .. t3 .. " (store prod): cannot connect",
+      hide("PostgreSQL " .. t3 .. " (store prod): cannot connect", { t3 }))
     -- unparsable, refused: the scheme only
     assert.are.equal("a postgresql:[target not shown] b", hide("a postgresql://[::1/db?user=gw:S3cretPW b",
       { "postgresql://[::1/db?user=gw:S3cretPW" }))

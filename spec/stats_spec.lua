@@ -36,7 +36,20 @@ describe("pairstore.stats", function()
     assert.has_error(function() stats.snapshot(st, { bogus = 1 }) end, 'pairstore.stats.snapshot: unknown option "bogus"')
     assert.has_error(function() stats.snapshot(st, { timeout_ms = "1" }) end,
       "pairstore.stats.snapshot: option timeout_ms must be a number")
-    assert.has_error(function() stats.prometheus({}) end, "pairstore.stats.prometheus: snap must be a stats.snapshot()")
+    assert.has_error(function() stats.prometheus({}) end,
+      "pairstore.stats.prometheus: snap must be a stats.snapshot() or stats.down()")
+    assert.has_error(function() stats.down({}) end, "pairstore.stats.down: store must be a pairstore store")
+  end)
+
+  it("writes no control or bidi character of a server's text into an exposition", function()
+    local hostile = "15.0 \27]0;PWNED\7\27[2J\226\128\174x\\\"y\n"
+    local text = stats.prometheus { backend = "postgresql", sessions = { total = 0, live = 0, by_status = {} },
+      server = { reached = "h:1", host = "h", port = "1", primary = true, version = hostile }, rows = 0 }
+    assert.is_nil(text:find("[%z\1-\9\11-\31\127]"), text) -- (only the lines' newlines)
+    assert.is_nil(text:find("\226\128\174", 1, true), text)
+    assert.matches('version="15.0 \\\\e]0;PWNED\\\\x07\\\\e[2J\\\\u{202e}x\\\\\\"y\\n"', text, 1, true)
+    local ok, out = promtool(text)
+    assert.is_true(ok, out)
   end)
 
   it("says durations for people", function()
@@ -113,11 +126,13 @@ for _, backend in ipairs(helpers.backends()) do
           assert.is_true(snap.server.primary)
           assert.are.equal(1, s.pairstore_pg_primary)
           assert.matches("^%d+", snap.server.version)
-          -- the server as it says (the test cluster: over a unix socket)
+          -- the server as it says (the test cluster: over a unix socket), and as libpq
+          -- reached it (the socket's directory and the port)
           assert.are.equal("local", snap.server.host)
           assert.are.equal("", snap.server.port)
-          assert.are.equal(1, s[('pairstore_pg_server_info{host="%s",port="%s",version="%s"}'):format(
-            snap.server.host, snap.server.port, snap.server.version)])
+          assert.matches("^/.+:%d+$", snap.server.reached)
+          assert.are.equal(1, s[('pairstore_pg_server_info{reached="%s",host="%s",port="%s",version="%s"}'):format(
+            snap.server.reached, snap.server.host, snap.server.port, snap.server.version)])
         end
       end)
 
@@ -200,6 +215,27 @@ for _, backend in ipairs(helpers.backends()) do
           assert.is_true(ok, out)
         end)
       end
+
+      it("--prometheus says the store is down when it cannot be read (exit 0: the exposition is the product)", function()
+        local bad = backend == "file" and helpers.tmpdir() .. "/pair-sessions.json"
+          or "postgresql://gateway:s3cretPW@127.0.0.1:1/pairstore"
+        if backend == "file" then helpers.write(bad, "{bad") end
+        local arg = backend == "file" and ("--file " .. q(bad)) or ("--store " .. q(bad))
+        local ok, out = helpers.run("(" .. CLI .. " " .. arg .. " stats --prometheus 2>/dev/null)")
+        assert.is_true(ok, out)
+        local s = samples(out)
+        assert.are.equal(0, s.pairstore_store_up, out)
+        assert.is_nil(s['pairstore_sessions{status="awaiting_scan"}'])
+        if backend == "postgresql" then assert.are.equal(0, s.pairstore_pg_up, out) end
+        local okt, tout = promtool(out)
+        assert.is_true(okt, tout)
+        -- the reason on stderr, without the password; the table and --json still fail
+        local okr, rout, rc = helpers.run(CLI .. " " .. arg .. " stats")
+        assert.is_false(okr)
+        assert.are.equal(2, rc)
+        assert.matches("cannot read the store", rout, 1, true)
+        assert.is_nil(rout:find("s3cretPW", 1, true), rout)
+      end)
 
       it("is what `pairstore stats` prints, as a table, --json and --prometheus", function()
         assert(st:create { operator = { channel = "web", senderId = "sender-x", accountId = "account-y" } })

@@ -205,7 +205,10 @@ function pairstore.hide_targets(text, targets)
   for i = 1, #targets do
     local t = targets[i]
     check_type("hide_targets", "targets[" .. i .. "]", t, "string")
+    -- (the target's display form without its "(store NAME)": the text names its store
+    -- itself where it names one, and a target that hides nothing is left as it is)
     local shown = pairstore.display_target(t)
+    shown = shown and shown:gsub(" %(store [^()]*%)$", "")
     if not shown then shown = (t:match("^[%a][%w+.-]*:") or "") .. "[target not shown]" end
     if shown ~= t and t ~= "" then subs[#subs + 1] = { t, shown } end
   end

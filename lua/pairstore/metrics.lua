@@ -14,6 +14,8 @@
 -- never a sid, a code, a key, a sender or an account.
 
 local core = require "pairstore.core"
+local ptext = require "pairstore.text"
+local visible, text_scan, hidden_char = ptext.visible, ptext.scan, ptext.hidden_char
 
 local type, error, pairs, ipairs, tostring, setmetatable = type, error, pairs, ipairs, tostring, setmetatable
 local fmt, concat, sort, floor = string.format, table.concat, table.sort, math.floor
@@ -49,8 +51,28 @@ local function code_label(code)
   return "other"
 end
 
--- Text format 0.0.4: a label value escapes \, " and newline; HELP text \ and newline.
-local function esc_label(s) return (tostring(s):gsub("[\\\"\n]", { ["\\"] = "\\\\", ['"'] = '\\"', ["\n"] = "\\n" })) end
+-- Text format 0.0.4: a label value escapes \, " and newline; HELP text \ and newline. Any
+-- other character that would act on a terminal or hide text (a server's version may hold
+-- one: pairstore.text says which) is written as the text of its visible form (\e, \x07,
+-- \u{202e}, with the backslash escaped): never raw into a file an operator reads.
+local LABEL_ESC = { ["\\"] = "\\\\", ['"'] = '\\"' }
+local function esc_label(s)
+  s = tostring(s)
+  if not s:find("[^\32-\126]") then return (s:gsub('[\\"]', LABEL_ESC)) end
+  local parts = {}
+  text_scan(s, function(kind, piece, cp)
+    if kind == "ascii" then
+      parts[#parts + 1] = piece:gsub('[\\"]', LABEL_ESC)
+    elseif cp == 10 then
+      parts[#parts + 1] = "\\n"
+    elseif kind == "byte" or hidden_char(cp) then
+      parts[#parts + 1] = visible(piece):gsub("\\", "\\\\")
+    else
+      parts[#parts + 1] = piece
+    end
+  end)
+  return table.concat(parts)
+end
 local function esc_help(s) return (s:gsub("[\\\n]", { ["\\"] = "\\\\", ["\n"] = "\\n" })) end
 M.escape_label = esc_label
 
@@ -330,10 +352,11 @@ function M.sessions_by_status(store)
 end
 
 --- Appends pairstore_sessions{status} and pairstore_store_up for store to text (a builder
--- from metrics.text()). sessions: counts already read (else they are read now).
+-- from metrics.text()). counts: the counts already read (nil: read them now; false: the
+-- store could not be read).
 function M.render_sessions(text, store, counts)
   local err
-  if not counts then counts, err = M.sessions_by_status(store) end
+  if counts == nil then counts, err = M.sessions_by_status(store) end
   text:family("pairstore_sessions", "gauge", "Sessions in the store by status (live and retained), read when scraped.")
   if counts then
     for _, st in ipairs(STATUSES) do text:sample("pairstore_sessions", { { "status", st } }, counts[st] or 0) end

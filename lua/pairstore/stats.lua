@@ -87,7 +87,8 @@ function stats.snapshot(store, opts)
   elseif backend == "postgresql" then
     local srv, smsg = store._core:server(opts.timeout_ms or 5000)
     if srv then
-      snap.server = { host = srv.host, port = srv.port, primary = srv.primary, version = srv.version }
+      snap.server = { reached = srv.reached, host = srv.host, port = srv.port, primary = srv.primary,
+        version = srv.version }
       snap.rows = srv.rows
     else
       snap.server = { error = smsg }
@@ -96,12 +97,31 @@ function stats.snapshot(store, opts)
   return snap
 end
 
---- The snapshot as a text exposition (format 0.0.4), for node_exporter's textfile collector.
+--- What stands for the snapshot of a store that could not be read (snapshot's nil, message,
+-- code): its exposition says so (pairstore_store_up 0, and for PostgreSQL pairstore_pg_up 0)
+-- instead of saying nothing, which would leave a textfile collector's last file in place.
+function stats.down(store, message, code)
+  if type(store) ~= "table" or not rawget(store, "_core") then
+    error("pairstore.stats.down: store must be a pairstore store", 2)
+  end
+  return { backend = store:backend(), store = store.path, down = { message = message, code = code } }
+end
+
+--- The snapshot (or stats.down's) as a text exposition (format 0.0.4), for node_exporter's
+-- textfile collector.
 function stats.prometheus(snap)
-  if type(snap) ~= "table" or type(snap.sessions) ~= "table" then
-    error("pairstore.stats.prometheus: snap must be a stats.snapshot()", 2)
+  if type(snap) ~= "table" or (type(snap.sessions) ~= "table" and type(snap.down) ~= "table") then
+    error("pairstore.stats.prometheus: snap must be a stats.snapshot() or stats.down()", 2)
   end
   local t = metrics.text()
+  if snap.down then
+    metrics.render_sessions(t, nil, false)
+    if snap.backend == "postgresql" then
+      t:family("pairstore_pg_up", "gauge", "1 when the PostgreSQL server could be asked for its state.")
+      t:sample("pairstore_pg_up", nil, 0)
+    end
+    return t:done()
+  end
   local counts = {}
   for k, v in pairs(snap.sessions.by_status) do counts[k] = v end
   metrics.render_sessions(t, nil, counts)
@@ -126,9 +146,10 @@ function stats.prometheus(snap)
     if not snap.server.error then
       t:family("pairstore_pg_primary", "gauge", "1 when the server reached is the primary (not in recovery).")
       t:sample("pairstore_pg_primary", nil, snap.server.primary and 1 or 0)
-      t:family("pairstore_pg_server_info", "gauge", "The PostgreSQL server reached (always 1).")
-      t:sample("pairstore_pg_server_info", { { "host", snap.server.host }, { "port", snap.server.port },
-        { "version", snap.server.version } }, 1)
+      t:family("pairstore_pg_server_info", "gauge",
+        "The PostgreSQL server reached (always 1): reached as libpq reached it; host, port: its own address.")
+      t:sample("pairstore_pg_server_info", { { "reached", snap.server.reached or "" }, { "host", snap.server.host },
+        { "port", snap.server.port }, { "version", snap.server.version } }, 1)
       if snap.rows then
         t:family("pairstore_rows", "gauge", "The store's rows in pairstore_sessions.")
         t:sample("pairstore_rows", nil, snap.rows)
@@ -176,9 +197,10 @@ function stats.rows(snap)
     if snap.server.error then
       add("server", "not asked: " .. snap.server.error)
     else
-      add("server", fmt("%s%s, %s (PostgreSQL %s)", snap.server.host == "local" and "a unix socket" or snap.server.host,
-        snap.server.port ~= "" and ":" .. snap.server.port or "",
-        snap.server.primary and "primary" or "standby (in recovery)", snap.server.version))
+      add("server", fmt("%s, %s (PostgreSQL %s; its own address: %s%s)", snap.server.reached or "?",
+        snap.server.primary and "primary" or "standby (in recovery)", snap.server.version,
+        snap.server.host == "local" and "a unix socket" or snap.server.host,
+        snap.server.port ~= "" and ":" .. snap.server.port or ""))
       add("rows", snap.rows and tostring(snap.rows) or "? (no pairstore_sessions table)")
     end
   end
