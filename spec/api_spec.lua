@@ -304,7 +304,7 @@ describe("the rockspec", function()
     local rockspec = helpers.read(helpers.ROOT .. "/pairstore-scm-1.rockspec")
     local listed = {}
     for name, f in rockspec:gmatch('%["([%w_.]+)"%] = "(lua/[%w_/]+%.lua)"') do listed[f] = name end
-    local p = io.popen("cd " .. helpers.sh_quote(helpers.ROOT) .. " && find lua -name '*.lua' | sort")
+    local p = io.popen("cd " .. helpers.sh_quote(helpers.ROOT) .. " && find -L lua -name '*.lua' | sort")
     local missing = {}
     for f in p:lines() do
       local name = f:gsub("^lua/", ""):gsub("/init%.lua$", ""):gsub("%.lua$", ""):gsub("/", ".")

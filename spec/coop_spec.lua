@@ -82,7 +82,9 @@ for _, backend in ipairs(helpers.backends()) do
         end
         assert.is_table(result and result[1], result and tostring(result[2]))
         assert.are.equal("device_connected", result[1].status)
-        assert.is_true(served >= 10, "served " .. served .. " requests while waiting")
+        -- (a few are proof enough; how many fit in the hold depends on the machine, and under
+        -- ASan a read takes ten times as long)
+        assert.is_true(served >= 3, "served " .. served .. " requests while waiting")
       end)
 
       it("gives the blocking wait's timeout after lock_wait_ms", function()
