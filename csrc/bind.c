@@ -349,7 +349,7 @@ static int m_lock_waited(lua_State *L)
   return 1;
 }
 
-/* c:server(timeout_ms) -> { host, port, primary, version, rows } | nil, message, code: the
+/* c:server(timeout_ms) -> { host, port, reached, primary, version, rows } | nil, message, code: the
  * server a PostgreSQL store's connection reaches (`pairstore stats`), asked on its own
  * connection, outside a transaction, within timeout_ms. */
 static int m_server(lua_State *L)
@@ -797,9 +797,9 @@ __attribute__((visibility("default"))) int luaopen_pairstore_core(lua_State *L)
 }
 
 /* ---- for pairstore.metrics and pairstore.stats (issue 21) ----------------------------------
- * A clock for durations, and the reads of `pairstore stats` that no transaction makes: the
- * files beside a sessions file, and the PostgreSQL server a target reaches. None of them
- * takes a lock or changes anything. */
+ * A clock for durations, and the read of `pairstore stats` that no transaction makes: the
+ * files beside a sessions file (engine/file/beside.c; the PostgreSQL server is the store's
+ * own c:server()). Neither takes a lock or changes anything. */
 
 /* clock() -> monotonic seconds, a float with ns resolution. */
 static int f_clock(lua_State *L)
