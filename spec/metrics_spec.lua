@@ -271,18 +271,24 @@ for _, backend in ipairs(helpers.backends()) do
         assert.is_true(ok, out)
       end)
 
-      it("times a cooperative lock wait, and still calls the store's own on_event", function()
-        local s = assert(st:create {})
-        local coop = helpers.reopen(where, { durable = false, metrics = m, lock_wait_ms = 20000,
-          sleep = function(secs) helpers.sleep(secs) end })
+      -- Another process holds session s's lock (the file's, or its row) for 0.6 s; returns
+      -- once it does (it made dir/<flag>).
+      local function hold_for_a_while(s, flag)
         helpers.spawn_lua(string.format([[
           local st = %s
           assert(st:update(%q, function()
             local f = io.open(%q, "w"); f:close()
             os.execute("sleep 0.6")
           end))
-        ]], helpers.open_expr(where, "durable = false"), s.sid, dir .. "/held"), dir .. "/holder.out")
-        assert(helpers.wait_file(dir .. "/held", nil, 20), "the holder never took the lock")
+        ]], helpers.open_expr(where, "durable = false"), s.sid, dir .. "/" .. flag), dir .. "/" .. flag .. ".out")
+        assert(helpers.wait_file(dir .. "/" .. flag, nil, 20), "the holder never took the lock")
+      end
+
+      it("times a cooperative lock wait, and still calls the store's own on_event", function()
+        local s = assert(st:create {})
+        local coop = helpers.reopen(where, { durable = false, metrics = m, lock_wait_ms = 20000,
+          sleep = function(secs) helpers.sleep(secs) end })
+        hold_for_a_while(s, "held")
         assert(coop:verify_code(s.sid, s.secondaryCode))
         local t = samples(m:render())
         assert.are.equal(1, t["pairstore_lock_wait_seconds_count"])
@@ -301,14 +307,7 @@ for _, backend in ipairs(helpers.backends()) do
         assert(blocking:get(s.sid)) -- (a connection made, the file read: not a wait)
         assert(blocking:update(s.sid, function() end))
         assert.are.equal(0, samples(m:render())["pairstore_lock_wait_seconds_count"])
-        helpers.spawn_lua(string.format([[
-          local st = %s
-          assert(st:update(%q, function()
-            local f = io.open(%q, "w"); f:close()
-            os.execute("sleep 0.6")
-          end))
-        ]], helpers.open_expr(where, "durable = false"), s.sid, dir .. "/held2"), dir .. "/holder2.out")
-        assert(helpers.wait_file(dir .. "/held2", nil, 20), "the holder never took the lock")
+        hold_for_a_while(s, "held2")
         assert(blocking:verify_code(s.sid, s.secondaryCode))
         local t = samples(m:render())
         assert.are.equal(1, t["pairstore_lock_wait_seconds_count"])

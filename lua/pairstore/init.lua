@@ -364,12 +364,12 @@ local function run_txn(self, name, ...)
   if d then return d:run(name, ...) end
   if not sleep then
     c:wait_mode(WAIT_BLOCK) -- (a mode left by a call that raised before its transaction)
-    if not m and not in_nginx_init() then return c[name](c, ...) end
+    local forking = in_nginx_init() -- (nginx's master, about to fork its workers)
+    if not m and not forking then return c[name](c, ...) end
     local r = pack(c[name](c, ...))
     local waited = m and c:lock_waited()
     if waited then m:lock_waited(waited) end
-    -- nginx's master, about to fork its workers: nothing kept for them to inherit
-    if in_nginx_init() then c:idle() end
+    if forking then c:idle() end -- (nothing kept for the workers to inherit)
     return unpack(r, 1, r.n)
   end
   if bound then c:wait_mode(WAIT_CONTINUE, core.mono_ms() + bound, 0) else c:wait_mode(WAIT_START) end

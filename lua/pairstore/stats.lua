@@ -114,12 +114,13 @@ function stats.prometheus(snap)
     error("pairstore.stats.prometheus: snap must be a stats.snapshot() or stats.down()", 2)
   end
   local t = metrics.text()
+  local function pg_up(v)
+    t:family("pairstore_pg_up", "gauge", "1 when the PostgreSQL server could be asked for its state.")
+    t:sample("pairstore_pg_up", nil, v)
+  end
   if snap.down then
     metrics.render_sessions(t, nil, false)
-    if snap.backend == "postgresql" then
-      t:family("pairstore_pg_up", "gauge", "1 when the PostgreSQL server could be asked for its state.")
-      t:sample("pairstore_pg_up", nil, 0)
-    end
+    if snap.backend == "postgresql" then pg_up(0) end
     return t:done()
   end
   local counts = {}
@@ -141,8 +142,7 @@ function stats.prometheus(snap)
     t:family("pairstore_corrupt_newest_age_seconds", "gauge", "Age of the newest corrupt file moved aside (0: none).")
     t:sample("pairstore_corrupt_newest_age_seconds", nil, (snap.corrupt.newest_age_ms or 0) / 1000)
   elseif snap.server then
-    t:family("pairstore_pg_up", "gauge", "1 when the PostgreSQL server could be asked for its state.")
-    t:sample("pairstore_pg_up", nil, snap.server.error and 0 or 1)
+    pg_up(snap.server.error and 0 or 1)
     if not snap.server.error then
       t:family("pairstore_pg_primary", "gauge", "1 when the server reached is the primary (not in recovery).")
       t:sample("pairstore_pg_primary", nil, snap.server.primary and 1 or 0)

@@ -14,6 +14,8 @@
 -- (retrying until the server answers) and logs a `resolve` line with what it found.
 -- Writes WORK/done-ID when it stops.
 local pairstore = require "pairstore"
+package.path = (arg[0]:match("^(.*)/[^/]*$") or ".") .. "/?.lua;" .. package.path
+local peers = require "peers"
 
 local target, id, work = arg[1], arg[2], arg[3]
 assert(target and id and work, "usage: client.lua TARGET ID WORK")
@@ -94,25 +96,13 @@ local function op(name, sid, fn, detail_of)
 end
 
 -- Sessions other clients created (their logs' acknowledged creates), refreshed now and then.
-local others, others_read = {}, {}
+local others = {}
+local new_lines = peers(work, id)
 local function refresh_others()
-  for i = 1, 64 do
-    local name = tostring(i)
-    if name ~= id then
-      local f = io.open(work .. "/logs/" .. name, "rb")
-      if not f then break end
-      f:seek("set", others_read[name] or 0)
-      local data = f:read("a")
-      -- only whole lines
-      local cut = data:match("^.*\n()") or 1
-      others_read[name] = (others_read[name] or 0) + cut - 1
-      for line in data:sub(1, cut - 1):gmatch("[^\n]+") do
-        local o, sid, res = line:match("^%S+\t(%S+)\t(%x+)\t(%S+)")
-        if o == "create" and res == "ok" then others[#others + 1] = sid end
-      end
-      f:close()
-    end
-  end
+  new_lines(function(line)
+    local o, sid, res = line:match("^%S+\t(%S+)\t(%x+)\t(%S+)")
+    if o == "create" and res == "ok" then others[#others + 1] = sid end
+  end)
 end
 
 local function wrong(code)

@@ -24,6 +24,8 @@
 -- Writes WORK/done-ID when it stops.
 local crypto = require "pairstore.crypto"
 local cjson = require "cjson"
+package.path = (arg[0]:match("^(.*)/[^/]*$") or ".") .. "/../ha/?.lua;" .. package.path
+local peers = require "peers"
 
 local id, work = arg[1], arg[2]
 assert(id and work, "usage: failover_client.lua ID WORK")
@@ -131,25 +133,14 @@ local function step(op, sid, method, url, body, several)
 end
 
 -- Sessions other clients connected (their logs: the create's key, then the right code).
-local others, others_read, keys = {}, {}, {}
+local others, keys = {}, {}
+local new_lines = peers(work, id)
 local function refresh_others()
-  for i = 1, 64 do
-    local name = tostring(i)
-    if name ~= id then
-      local f = io.open(work .. "/logs/" .. name, "rb")
-      if not f then break end
-      f:seek("set", others_read[name] or 0)
-      local data = f:read("a")
-      local cut = data:match("^.*\n()") or 1 -- (whole lines only)
-      others_read[name] = (others_read[name] or 0) + cut - 1
-      for line in data:sub(1, cut - 1):gmatch("[^\n]+") do
-        local o, sid, res, detail = line:match("^%S+\t(%S+)\t(%x+)\t(%S+)\t%S+\t(.*)$")
-        if o == "create" and res == "ok" then keys[sid] = detail:match("pk=(%S+)") end
-        if o == "verify_right" and res == "ok" and keys[sid] then others[#others + 1] = sid end
-      end
-      f:close()
-    end
-  end
+  new_lines(function(line)
+    local o, sid, res, detail = line:match("^%S+\t(%S+)\t(%x+)\t(%S+)\t%S+\t(.*)$")
+    if o == "create" and res == "ok" then keys[sid] = detail:match("pk=(%S+)") end
+    if o == "verify_right" and res == "ok" and keys[sid] then others[#others + 1] = sid end
+  end)
 end
 
 local urandom = assert(io.open("/dev/urandom", "rb"))
